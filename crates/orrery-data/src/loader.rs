@@ -1,0 +1,196 @@
+//! The dataset and its deterministic, resumable batch order.
+//! Letters: b batch, t frames, c channels, h/w latent size.
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::schema::{read_parquet, Clip, DatasetMeta};
+use crate::{store, DataError, Result};
+
+/// Every clip under a URL, split into training and held-out clips.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// Training clips, sorted by id.
+    pub train: Vec<Clip>,
+    /// Held-out clips: the last ones by id.
+    pub holdout: Vec<Clip>,
+    /// Metadata of the first file.
+    pub meta: DatasetMeta,
+    /// How many files were read.
+    pub files: usize,
+}
+
+impl Dataset {
+    /// Read every Parquet file under `url`, check that the clips agree on
+    /// [C, H, W], and hold out the last `holdout` clips (by clip id).
+    pub fn open(url: &str, holdout: usize) -> Result<Self> {
+        let loc = store::parse(url)?;
+        let rt = store::runtime();
+        let (mut clips, meta, files) = rt.block_on(async {
+            let files = loc.list_parquet().await?;
+            let mut clips = Vec::new();
+            let mut meta = None;
+            for path in &files {
+                let bytes = loc.get(path).await?;
+                let file = format!("{}", path);
+                let part = read_parquet(&bytes, &file)?;
+                meta.get_or_insert(part.meta);
+                clips.extend(part.clips);
+            }
+            Ok::<_, DataError>((clips, meta.unwrap_or_default(), files.len()))
+        })?;
+        clips.sort_by(|a, b| a.id.cmp(&b.id));
+        if let Some(w) = clips.windows(2).find(|w| w[0].id == w[1].id) {
+            return Err(DataError::Geometry(format!("clip id {} appears twice under {url}", w[0].id)));
+        }
+        if let Some(first) = clips.first() {
+            if let Some(c) = clips.iter().find(|c| c.shape[1..] != first.shape[1..]) {
+                return Err(DataError::Geometry(format!(
+                    "clip {} has latent shape {:?} but clip {} has {:?}: all clips need the same [C, H, W]",
+                    c.id, c.shape, first.id, first.shape
+                )));
+            }
+        }
+        if holdout >= clips.len() {
+            return Err(DataError::Geometry(format!(
+                "{url} has {} clips, not enough to hold out {holdout}: lower data.holdout_clips or add clips",
+                clips.len()
+            )));
+        }
+        let holdout = clips.split_off(clips.len() - holdout);
+        Ok(Dataset { train: clips, holdout, meta, files })
+    }
+
+    /// [C, H, W] of the clips.
+    pub fn frame_shape(&self) -> [usize; 3] {
+        let s = self.train[0].shape;
+        [s[1], s[2], s[3]]
+    }
+}
+
+/// Where the loader stands: saved in checkpoints, so a resumed run continues
+/// the same global sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Epoch.
+    pub epoch: u64,
+    /// Global batch within the epoch.
+    pub batch: u64,
+}
+
+/// One rank's share of one global batch, on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// [b, t, c, h, w].
+    pub dims: [usize; 5],
+    /// Latents, row-major in `dims`.
+    pub latents: Vec<f32>,
+    /// Actions [b, t], if the clips have them.
+    pub actions: Option<Vec<i64>>,
+    /// Global sample index of each row (keys per-sample randomness): [b].
+    pub sample_ids: Vec<u64>,
+    /// Clip id of each row: [b].
+    pub clip_ids: Vec<String>,
+}
+
+/// Walks the training clips in a global order that is a pure function of
+/// (seed, epoch): each epoch is a seeded permutation cut into global batches
+/// (the last partial batch is dropped); rank r of w takes rows
+/// [r b / w, (r + 1) b / w) of each global batch; each clip is cropped to t
+/// frames at an offset drawn from (seed, epoch, clip).
+#[derive(Debug)]
+pub struct Loader<'a> {
+    clips: Vec<&'a Clip>,
+    seed: u64,
+    global_batch: usize,
+    frames: usize,
+    rank: usize,
+    world: usize,
+    cursor: Cursor,
+    order: Vec<usize>,
+    /// Clips skipped because they are shorter than `frames`.
+    pub skipped_short: usize,
+}
+
+impl<'a> Loader<'a> {
+    /// A loader at `cursor`.
+    pub fn new(
+        clips: &'a [Clip],
+        seed: u64,
+        global_batch: usize,
+        frames: usize,
+        (rank, world): (usize, usize),
+        cursor: Cursor,
+    ) -> Result<Self> {
+        let usable: Vec<&Clip> = clips.iter().filter(|c| c.shape[0] >= frames).collect();
+        let skipped_short = clips.len() - usable.len();
+        if usable.len() < global_batch {
+            return Err(DataError::Geometry(format!(
+                "only {} clips have at least {frames} frames ({skipped_short} are shorter), fewer than one global batch of {global_batch}: lower data.global_batch or model.frames",
+                usable.len()
+            )));
+        }
+        if global_batch % world != 0 {
+            return Err(DataError::Geometry(format!(
+                "global batch {global_batch} is not divisible by world size {world}: set data.global_batch to a multiple of {world}"
+            )));
+        }
+        let mut loader =
+            Loader { clips: usable, seed, global_batch, frames, rank, world, cursor, order: Vec::new(), skipped_short };
+        loader.shuffle();
+        Ok(loader)
+    }
+
+    fn shuffle(&mut self) {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ self.cursor.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        self.order = (0..self.clips.len()).collect();
+        self.order.shuffle(&mut rng);
+    }
+
+    /// Global batches per epoch.
+    pub fn batches_per_epoch(&self) -> u64 {
+        (self.clips.len() / self.global_batch) as u64
+    }
+
+    /// The position of the next batch.
+    pub fn cursor(&self) -> Cursor {
+        self.cursor
+    }
+
+    /// This rank's share of the next global batch.
+    pub fn next_batch(&mut self) -> Batch {
+        if self.cursor.batch >= self.batches_per_epoch() {
+            self.cursor = Cursor { epoch: self.cursor.epoch + 1, batch: 0 };
+            self.shuffle();
+        }
+        let local = self.global_batch / self.world;
+        let first = self.cursor.batch as usize * self.global_batch + self.rank * local;
+        let epoch_base = self.cursor.epoch * self.batches_per_epoch() * self.global_batch as u64;
+        let [_, c, h, w] = self.clips[0].shape;
+        let (t, frame_len) = (self.frames, c * h * w);
+        let mut batch = Batch {
+            dims: [local, t, c, h, w],
+            latents: Vec::with_capacity(local * t * frame_len),
+            actions: self.clips[0].actions.as_ref().map(|_| Vec::with_capacity(local * t)),
+            sample_ids: Vec::with_capacity(local),
+            clip_ids: Vec::with_capacity(local),
+        };
+        for pos in first..first + local {
+            let index = self.order[pos];
+            let clip = self.clips[index];
+            let mut rng = ChaCha8Rng::seed_from_u64(
+                self.seed.wrapping_add(0x5851_F42D_4C95_7F2D) ^ self.cursor.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+            );
+            let offset = rng.random_range(0..=clip.shape[0] - t);
+            batch.latents.extend_from_slice(&clip.latents[offset * frame_len..(offset + t) * frame_len]);
+            if let (Some(out), Some(a)) = (batch.actions.as_mut(), clip.actions.as_ref()) {
+                out.extend_from_slice(&a[offset..offset + t]);
+            }
+            batch.sample_ids.push(epoch_base + pos as u64);
+            batch.clip_ids.push(clip.id.clone());
+        }
+        self.cursor.batch += 1;
+        batch
+    }
+}

@@ -1,0 +1,274 @@
+//! Schema v1: one Parquet row per clip (see datasets/README.md).
+//!
+//! | column        | type          | meaning                                     |
+//! |---------------|---------------|---------------------------------------------|
+//! | clip_id       | utf8          | unique id of the clip                       |
+//! | latents       | binary        | little-endian values, `latent_shape` order  |
+//! | latent_shape  | list<int32>   | [T, C, H, W]                                |
+//! | latent_dtype  | utf8          | f32, f16 or bf16                            |
+//! | action_ids    | list<int32>?  | [T] discrete action per frame (optional)    |
+//! | agent_xy      | list<float32>?| [T, 2] ground-truth agent centre (synth)    |
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BinaryArray, BinaryBuilder, Float32Array, Float32Builder, Int32Array, Int32Builder, ListArray,
+    ListBuilder, RecordBatch, StringArray, StringBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema};
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+
+use crate::{DataError, Result};
+
+/// The schema version written to and expected in file metadata.
+pub const SCHEMA_VERSION: &str = "1";
+/// Metadata key of the schema version.
+pub const KEY_VERSION: &str = "orrery.schema_version";
+/// Metadata key of the latent scale (x_model = (x_file - shift) * scale).
+pub const KEY_SCALE: &str = "orrery.latent_scale";
+/// Metadata key of the latent shift.
+pub const KEY_SHIFT: &str = "orrery.latent_shift";
+/// Metadata key of the number of discrete actions.
+pub const KEY_NUM_ACTIONS: &str = "orrery.num_actions";
+/// Metadata key of the generator's settings (JSON), for synthetic data.
+pub const KEY_GENERATOR: &str = "orrery.generator";
+
+/// One clip, decoded to f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Clip {
+    /// Unique id.
+    pub id: String,
+    /// [T, C, H, W].
+    pub shape: [usize; 4],
+    /// Values, row-major in `shape`.
+    pub latents: Vec<f32>,
+    /// Discrete action per frame: [T].
+    pub actions: Option<Vec<i64>>,
+    /// Ground-truth agent centre (x, y) per frame: [T, 2] (synthetic data).
+    pub agent_xy: Option<Vec<f32>>,
+}
+
+impl Clip {
+    /// Values of one frame: [C, H, W].
+    pub fn frame(&self, f: usize) -> &[f32] {
+        let len = self.shape[1] * self.shape[2] * self.shape[3];
+        &self.latents[f * len..(f + 1) * len]
+    }
+}
+
+/// File-level metadata.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DatasetMeta {
+    /// Latent scale.
+    pub scale: f64,
+    /// Latent shift.
+    pub shift: f64,
+    /// Number of discrete actions (0 if none).
+    pub num_actions: usize,
+    /// Generator settings, if synthetic.
+    pub generator: Option<String>,
+}
+
+/// A decoded file.
+#[derive(Debug, Clone)]
+pub struct ParquetClips {
+    /// Its clips.
+    pub clips: Vec<Clip>,
+    /// Its metadata.
+    pub meta: DatasetMeta,
+}
+
+fn schema(with_actions: bool, with_xy: bool) -> Schema {
+    let list = |t: DataType| DataType::List(Arc::new(Field::new("item", t, true)));
+    let mut fields = vec![
+        Field::new("clip_id", DataType::Utf8, false),
+        Field::new("latents", DataType::Binary, false),
+        Field::new("latent_shape", list(DataType::Int32), false),
+        Field::new("latent_dtype", DataType::Utf8, false),
+    ];
+    if with_actions {
+        fields.push(Field::new("action_ids", list(DataType::Int32), true));
+    }
+    if with_xy {
+        fields.push(Field::new("agent_xy", list(DataType::Float32), true));
+    }
+    Schema::new(fields)
+}
+
+/// Encode clips (as f32) into one Parquet file with schema-v1 metadata.
+pub fn write_parquet(clips: &[Clip], meta: &DatasetMeta) -> Result<Bytes> {
+    let err = |reason: String| DataError::Schema { file: "(writing)".into(), reason };
+    let with_actions = clips.iter().any(|c| c.actions.is_some());
+    let with_xy = clips.iter().any(|c| c.agent_xy.is_some());
+    let (mut ids, mut lat, mut dtype) = (StringBuilder::new(), BinaryBuilder::new(), StringBuilder::new());
+    let mut shapes = ListBuilder::new(Int32Builder::new());
+    let mut actions = ListBuilder::new(Int32Builder::new());
+    let mut xy = ListBuilder::new(Float32Builder::new());
+    for c in clips {
+        ids.append_value(&c.id);
+        let bytes: Vec<u8> = c.latents.iter().flat_map(|v| v.to_le_bytes()).collect();
+        lat.append_value(&bytes);
+        shapes.append_value(c.shape.iter().map(|&d| Some(d as i32)));
+        dtype.append_value("f32");
+        match &c.actions {
+            Some(a) => actions.append_value(a.iter().map(|&x| Some(x as i32))),
+            None => actions.append_null(),
+        }
+        match &c.agent_xy {
+            Some(a) => xy.append_value(a.iter().map(|&x| Some(x))),
+            None => xy.append_null(),
+        }
+    }
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(ids.finish()),
+        Arc::new(lat.finish()),
+        Arc::new(shapes.finish()),
+        Arc::new(dtype.finish()),
+    ];
+    if with_actions {
+        columns.push(Arc::new(actions.finish()));
+    }
+    if with_xy {
+        columns.push(Arc::new(xy.finish()));
+    }
+    let schema = Arc::new(schema(with_actions, with_xy));
+    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| err(e.to_string()))?;
+    let mut kv = vec![
+        KeyValue::new(KEY_VERSION.into(), SCHEMA_VERSION.to_string()),
+        KeyValue::new(KEY_SCALE.into(), meta.scale.to_string()),
+        KeyValue::new(KEY_SHIFT.into(), meta.shift.to_string()),
+        KeyValue::new(KEY_NUM_ACTIONS.into(), meta.num_actions.to_string()),
+    ];
+    if let Some(g) = &meta.generator {
+        kv.push(KeyValue::new(KEY_GENERATOR.into(), g.clone()));
+    }
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap()))
+        .set_max_row_group_row_count(Some(64))
+        .set_key_value_metadata(Some(kv))
+        .build();
+    let mut out = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut out, schema, Some(props)).map_err(|e| err(e.to_string()))?;
+    writer.write(&batch).map_err(|e| err(e.to_string()))?;
+    writer.close().map_err(|e| err(e.to_string()))?;
+    Ok(Bytes::from(out))
+}
+
+fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str, file: &str, required: bool) -> Result<Option<&'a T>> {
+    match batch.column_by_name(name) {
+        None if required => Err(DataError::Schema {
+            file: file.into(),
+            reason: format!(
+                "missing column `{name}`; schema v1 needs clip_id, latents, latent_shape, latent_dtype (see datasets/README.md), found: {}",
+                batch.schema().fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        }),
+        None => Ok(None),
+        Some(col) => col.as_any().downcast_ref::<T>().map(Some).ok_or_else(|| DataError::Schema {
+            file: file.into(),
+            reason: format!("column `{name}` has type {}, which schema v1 does not allow", col.data_type()),
+        }),
+    }
+}
+
+fn list_values<T: 'static + Array>(list: &ListArray, row: usize) -> Option<T>
+where
+    T: From<arrow::array::ArrayData>,
+{
+    if list.is_null(row) {
+        return None;
+    }
+    Some(T::from(list.value(row).to_data()))
+}
+
+fn decode_latents(bytes: &[u8], dtype: &str, n: usize) -> std::result::Result<Vec<f32>, String> {
+    let width = match dtype {
+        "f32" => 4,
+        "f16" | "bf16" => 2,
+        other => return Err(format!("latent_dtype {other:?} is not one of f32, f16, bf16")),
+    };
+    if bytes.len() != n * width {
+        return Err(format!("latents hold {} bytes but latent_shape and {dtype} need {}", bytes.len(), n * width));
+    }
+    let vals: Vec<f32> = match dtype {
+        "f32" => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        "f16" => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        _ => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+    };
+    if let Some(i) = vals.iter().position(|v| !v.is_finite()) {
+        return Err(format!("latents hold a non-finite value ({}) at flat index {i}", vals[i]));
+    }
+    Ok(vals)
+}
+
+/// Decode one Parquet file, checking the schema and every row.
+pub fn read_parquet(bytes: &Bytes, file: &str) -> Result<ParquetClips> {
+    let schema_err = |reason: String| DataError::Schema { file: file.to_string(), reason };
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
+        .map_err(|e| schema_err(format!("not a readable Parquet file ({e})")))?;
+    let kv: HashMap<String, String> = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .map(|kv| kv.iter().filter_map(|e| e.value.clone().map(|v| (e.key.clone(), v))).collect())
+        .unwrap_or_default();
+    match kv.get(KEY_VERSION).map(String::as_str) {
+        Some(SCHEMA_VERSION) | None => {}
+        Some(v) => return Err(schema_err(format!("schema version {v} is not supported (this orrery reads {SCHEMA_VERSION})"))),
+    }
+    let num = |k: &str, default: f64| -> Result<f64> {
+        kv.get(k).map(|v| v.parse::<f64>().map_err(|_| schema_err(format!("metadata {k} = {v:?} is not a number")))).unwrap_or(Ok(default))
+    };
+    let meta = DatasetMeta {
+        scale: num(KEY_SCALE, 1.0)?,
+        shift: num(KEY_SHIFT, 0.0)?,
+        num_actions: num(KEY_NUM_ACTIONS, 0.0)? as usize,
+        generator: kv.get(KEY_GENERATOR).cloned(),
+    };
+    let reader = builder.build().map_err(|e| schema_err(e.to_string()))?;
+    let mut clips = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| schema_err(format!("reading row group: {e}")))?;
+        let ids = column::<StringArray>(&batch, "clip_id", file, true)?.unwrap();
+        let lat = column::<BinaryArray>(&batch, "latents", file, true)?.unwrap();
+        let shapes = column::<ListArray>(&batch, "latent_shape", file, true)?.unwrap();
+        let dtypes = column::<StringArray>(&batch, "latent_dtype", file, true)?.unwrap();
+        let actions = column::<ListArray>(&batch, "action_ids", file, false)?;
+        let xy = column::<ListArray>(&batch, "agent_xy", file, false)?;
+        for r in 0..batch.num_rows() {
+            let row = clips.len();
+            let row_err = |reason: String| DataError::Row { file: file.to_string(), row, reason };
+            let shape: Int32Array = list_values(shapes, r).ok_or_else(|| row_err("latent_shape is null".into()))?;
+            if shape.len() != 4 || shape.iter().any(|d| d.is_none_or(|d| d <= 0)) {
+                return Err(row_err(format!("latent_shape {:?} is not four positive dims [T, C, H, W]", shape.values())));
+            }
+            let s: Vec<usize> = shape.values().iter().map(|&d| d as usize).collect();
+            let shape = [s[0], s[1], s[2], s[3]];
+            let n = shape.iter().product();
+            let mut latents = decode_latents(lat.value(r), dtypes.value(r), n).map_err(row_err)?;
+            if meta.scale != 1.0 || meta.shift != 0.0 {
+                latents.iter_mut().for_each(|v| *v = ((*v as f64 - meta.shift) * meta.scale) as f32);
+            }
+            let actions = match actions.and_then(|a| list_values::<Int32Array>(a, r)) {
+                None => None,
+                Some(a) if a.len() != shape[0] || a.null_count() > 0 => {
+                    return Err(row_err(format!("action_ids has {} entries for {} frames", a.len(), shape[0])))
+                }
+                Some(a) => {
+                    if let Some(bad) = a.values().iter().find(|&&x| x < 0 || (meta.num_actions > 0 && x as usize >= meta.num_actions)) {
+                        return Err(row_err(format!("action id {bad} is outside 0..{}", meta.num_actions)));
+                    }
+                    Some(a.values().iter().map(|&x| x as i64).collect())
+                }
+            };
+            let agent_xy = xy.and_then(|a| list_values::<Float32Array>(a, r)).map(|a| a.values().to_vec());
+            clips.push(Clip { id: ids.value(r).to_string(), shape, latents, actions, agent_xy });
+        }
+    }
+    Ok(ParquetClips { clips, meta })
+}

@@ -1,0 +1,78 @@
+//! orrery-diffusion: the math of training and sampling.
+//!
+//! The principal types are [`ObjectiveConfig`], which turns a clean batch into
+//! a rectified-flow regression problem (x_t = (1 - t) x_0 + t ε, target
+//! v = ε - x_0) with one noise level per frame, and the samplers in [`sample`]
+//! (an Euler ODE sampler and an autoregressive world-model rollout). Both talk
+//! to the network only through the [`Denoiser`] trait, which any closure
+//! `(x_t, t, actions) -> v` implements.
+//!
+//! All randomness is drawn on the host from a stream keyed by
+//! (seed, step, global sample index) ([`sample_rng`]), so a sample's noise does
+//! not depend on which rank or batch position it lands on.
+//!
+//! ```
+//! use orrery_diffusion::{TimestepSampler, sample_rng};
+//! let ts = TimestepSampler::LogitNormal { m: 0.0, s: 1.0 };
+//! let t = ts.draw(&mut sample_rng(0, 1, 2));
+//! assert!(t > 0.0 && t < 1.0);
+//! ```
+#![deny(missing_docs)]
+
+mod objective;
+pub mod sample;
+mod timesteps;
+
+pub use objective::{FrameNoise, NoisePlan, ObjectiveConfig, TrainBatch};
+pub use timesteps::TimestepSampler;
+
+use burn::tensor::{backend::Backend, Int, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// Errors from the diffusion math.
+#[derive(Debug, thiserror::Error)]
+pub enum DiffusionError {
+    /// A config value is out of range.
+    #[error("invalid objective config: {0}")]
+    Config(String),
+    /// The denoiser failed.
+    #[error("denoiser failed: {0}")]
+    Denoiser(String),
+    /// Inputs do not fit together.
+    #[error("{0}")]
+    Shape(String),
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, DiffusionError>;
+
+/// A network that predicts the velocity v = ε - x_0 from noisy latents.
+pub trait Denoiser<B: Backend> {
+    /// # Shapes
+    /// x_t: [b, t, c, h, w], t: [b, t], actions: [b, t] -> [b, t, c, h, w]
+    fn velocity(&self, x_t: Tensor<B, 5>, t: Tensor<B, 2>, actions: Option<Tensor<B, 2, Int>>) -> Result<Tensor<B, 5>>;
+}
+
+impl<B, F> Denoiser<B> for F
+where
+    B: Backend,
+    F: Fn(Tensor<B, 5>, Tensor<B, 2>, Option<Tensor<B, 2, Int>>) -> Result<Tensor<B, 5>>,
+{
+    fn velocity(&self, x_t: Tensor<B, 5>, t: Tensor<B, 2>, actions: Option<Tensor<B, 2, Int>>) -> Result<Tensor<B, 5>> {
+        self(x_t, t, actions)
+    }
+}
+
+/// The RNG for one sample of one step: a pure function of its key, so the same
+/// sample draws the same noise on any number of ranks.
+pub fn sample_rng(seed: u64, step: u64, sample: u64) -> ChaCha8Rng {
+    // splitmix64-style mixing of the three keys into one 64-bit seed.
+    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ sample.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ChaCha8Rng::seed_from_u64(z ^ (z >> 31))
+}
+
+#[cfg(test)]
+mod tests;

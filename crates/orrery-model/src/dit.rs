@@ -1,0 +1,157 @@
+//! The video DiT. Letters: b batch, t frames, c channels, h/w latent size,
+//! p patch, s = (h/p)(w/p) tokens per frame, n = t*s tokens, d hidden.
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer};
+use burn::tensor::{backend::Backend, Bool, Distribution, Int, Tensor, TensorData};
+
+use crate::layers::{DitBlock, FinalLayer, TimestepEmbedder};
+use crate::{AttentionMask, DitConfig, ModelError, Result};
+
+/// What the DiT reads.
+#[derive(Debug, Clone)]
+pub struct DitInput<B: Backend> {
+    /// Noisy latents x_t: [b, t, c, h, w].
+    pub latents: Tensor<B, 5>,
+    /// Noise level per frame in [0, 1] (0 = clean): [b, t].
+    pub t: Tensor<B, 2>,
+    /// Discrete action per frame, or `None` for the null action: [b, t].
+    pub actions: Option<Tensor<B, 2, Int>>,
+}
+
+/// A video diffusion transformer with per-frame adaLN-Zero conditioning.
+#[derive(Module, Debug)]
+pub struct Dit<B: Backend> {
+    patch_embed: burn::nn::Linear<B>,
+    pos_spatial: Param<Tensor<B, 2>>,
+    pos_temporal: Param<Tensor<B, 2>>,
+    t_embed: TimestepEmbedder<B>,
+    action_embed: Option<Embedding<B>>,
+    blocks: Vec<DitBlock<B>>,
+    final_layer: FinalLayer<B>,
+    #[module(skip)]
+    cfg: DitConfig,
+}
+
+impl DitConfig {
+    /// Build the model on `device`. Weights are drawn from the backend's RNG:
+    /// seed it (`B::seed`) first for reproducible weights.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Dit<B>> {
+        self.validate()?;
+        let d = self.hidden;
+        let pos = |rows: usize| {
+            Param::from_tensor(Tensor::random([rows, d], Distribution::Normal(0.0, 0.02), device))
+        };
+        let action_embed = (self.num_actions > 0).then(|| {
+            EmbeddingConfig::new(self.num_actions + 1, d)
+                .with_initializer(Initializer::Normal { mean: 0.0, std: 0.02 })
+                .init(device)
+        });
+        Ok(Dit {
+            patch_embed: burn::nn::LinearConfig::new(self.patch_dim(), d)
+                .with_initializer(Initializer::XavierUniform { gain: 1.0 })
+                .init(device),
+            pos_spatial: pos(self.tokens_per_frame()),
+            pos_temporal: pos(self.frames),
+            t_embed: TimestepEmbedder::new(d, device),
+            action_embed,
+            blocks: (0..self.depth).map(|_| DitBlock::new(d, self.heads, self.mlp_hidden(), device)).collect(),
+            final_layer: FinalLayer::new(d, self.patch_dim(), device),
+            cfg: self.clone(),
+        })
+    }
+}
+
+impl<B: Backend> Dit<B> {
+    /// The config this model was built from.
+    pub fn config(&self) -> &DitConfig {
+        &self.cfg
+    }
+
+    /// Predict the model output (velocity for flow matching) for every frame.
+    ///
+    /// # Shapes
+    /// - latents: [b, t, c, h, w] with 1 <= t <= model.frames
+    /// - t: [b, t]; actions: [b, t]
+    /// - returns [b, t, c, h, w]
+    pub fn forward(&self, input: DitInput<B>) -> Result<Tensor<B, 5>> {
+        let cfg = &self.cfg;
+        let [b, t, c, h, w] = input.latents.dims();
+        if c != cfg.channels || h != cfg.height || w != cfg.width || t == 0 || t > cfg.frames {
+            return Err(ModelError::Shape {
+                name: "latents",
+                got: vec![b, t, c, h, w],
+                expected: format!("[b, 1..={}, {}, {}, {}]", cfg.frames, cfg.channels, cfg.height, cfg.width),
+            });
+        }
+        if input.t.dims() != [b, t] {
+            return Err(ModelError::Shape { name: "t", got: input.t.dims().to_vec(), expected: format!("[{b}, {t}]") });
+        }
+        let device = input.latents.device();
+        let s = cfg.tokens_per_frame();
+        let x = self.patch_embed.forward(patchify(input.latents, cfg.patch_size)); // [b, t, s, d]
+        let pos = self.pos_temporal.val().narrow(0, 0, t).unsqueeze_dim::<3>(1)
+            + self.pos_spatial.val().unsqueeze_dim::<3>(0); // [t, s, d]
+        let mut x = x + pos.unsqueeze_dim::<4>(0);
+
+        let mut cond = self.t_embed.forward(input.t); // [b, t, d]
+        if let Some(embed) = &self.action_embed {
+            let ids = match input.actions {
+                Some(a) if a.dims() == [b, t] => a,
+                Some(a) => {
+                    return Err(ModelError::Shape { name: "actions", got: a.dims().to_vec(), expected: format!("[{b}, {t}]") })
+                }
+                None => Tensor::<B, 2, Int>::full([b, t], cfg.num_actions as i64, &device),
+            };
+            cond = cond + embed.forward(ids); // [b, t, d]
+        }
+
+        let mask = match cfg.attention {
+            AttentionMask::Full => None,
+            AttentionMask::FrameCausal => Some(frame_causal_mask::<B>(t, s, &device)),
+        };
+        for block in &self.blocks {
+            x = block.forward(x, cond.clone(), mask.clone());
+        }
+        let out = self.final_layer.forward(x, cond); // [b, t, s, c*p*p]
+        Ok(unpatchify(out, c, h, w, cfg.patch_size))
+    }
+
+    /// Number of scalar parameters.
+    pub fn param_count(&self) -> usize {
+        self.num_params()
+    }
+}
+
+/// Split frames into non-overlapping p x p patches.
+///
+/// # Shapes
+/// x: [b, t, c, h, w] -> [b, t, s, c*p*p]
+pub fn patchify<B: Backend>(x: Tensor<B, 5>, p: usize) -> Tensor<B, 4> {
+    let [b, t, c, h, w] = x.dims();
+    let (hp, wp) = (h / p, w / p);
+    x.reshape([b * t, c, hp, p, wp, p]) // [bt, c, hp, p, wp, p]
+        .permute([0, 2, 4, 1, 3, 5]) // [bt, hp, wp, c, p, p]
+        .reshape([b, t, hp * wp, c * p * p])
+}
+
+/// Inverse of [`patchify`].
+///
+/// # Shapes
+/// x: [b, t, s, c*p*p] -> [b, t, c, h, w]
+pub fn unpatchify<B: Backend>(x: Tensor<B, 4>, c: usize, h: usize, w: usize, p: usize) -> Tensor<B, 5> {
+    let [b, t, _, _] = x.dims();
+    let (hp, wp) = (h / p, w / p);
+    x.reshape([b * t, hp, wp, c, p, p]) // [bt, hp, wp, c, p, p]
+        .permute([0, 3, 1, 4, 2, 5]) // [bt, c, hp, p, wp, p]
+        .reshape([b, t, c, h, w])
+}
+
+/// True where a query token may not see a key token: the key's frame is later.
+///
+/// # Shapes
+/// -> [n, n] with n = t * s
+pub fn frame_causal_mask<B: Backend>(t: usize, s: usize, device: &B::Device) -> Tensor<B, 2, Bool> {
+    let n = t * s;
+    let mask: Vec<bool> = (0..n * n).map(|i| (i % n) / s > (i / n) / s).collect();
+    Tensor::from_data(TensorData::new(mask, [n, n]), device)
+}

@@ -1,0 +1,289 @@
+//! The one config tree of a run: TOML file, `--set` overrides, validation.
+use std::path::Path;
+
+use orrery_diffusion::ObjectiveConfig;
+use orrery_model::DitConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::{Result, TrainError};
+
+/// Everything a run needs, written resolved to `<run dir>/config.toml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Run identity, length and device.
+    pub run: RunConfig,
+    /// The DiT.
+    pub model: DitConfig,
+    /// The training objective.
+    pub objective: ObjectiveConfig,
+    /// Where the clips come from and how they are batched.
+    pub data: DataConfig,
+    /// Parallelism.
+    pub parallel: ParallelConfig,
+    /// Optimizer and learning-rate schedule.
+    pub optim: OptimConfig,
+    /// Exponential moving average of the weights.
+    pub ema: EmaConfig,
+    /// Checkpointing.
+    pub checkpoint: CheckpointConfig,
+    /// Logging and evaluation.
+    pub logging: LoggingConfig,
+    /// World-model rollouts (end of training and `orrery sample`).
+    pub sample: SampleConfig,
+}
+
+/// Compute device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Device {
+    /// The CPU (burn's Flex backend).
+    Cpu,
+    /// One CUDA GPU (build with `--features cuda`).
+    Cuda,
+}
+
+/// Run identity and length.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Name; the default run directory is runs/<name>.
+    pub name: String,
+    /// Seed of weights, data order and noise.
+    pub seed: u64,
+    /// Optimizer steps to train for.
+    pub steps: u64,
+    /// Compute device.
+    pub device: Device,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self { name: "run".into(), seed: 0, steps: 1000, device: Device::Cpu }
+    }
+}
+
+/// Data source and batching.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Dataset URL: a directory of Parquet files (local path or file://).
+    pub url: String,
+    /// Clips per optimizer step, over all ranks.
+    pub global_batch: usize,
+    /// Clips held out for evaluation and rollouts (the last by clip id).
+    pub holdout_clips: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self { url: "data/quickstart".into(), global_batch: 16, holdout_clips: 16 }
+    }
+}
+
+/// Parallel strategy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Replicated weights, averaged gradients.
+    Ddp,
+    /// Sharded weights, gradients and optimizer state.
+    Fsdp,
+}
+
+/// Parallelism.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParallelConfig {
+    /// ddp or fsdp.
+    pub strategy: Strategy,
+}
+
+impl Default for ParallelConfig {
+    fn default() -> Self {
+        Self { strategy: Strategy::Ddp }
+    }
+}
+
+/// Learning-rate schedule after warm-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// Constant at `lr`.
+    Constant,
+    /// Cosine from `lr` to `lr * min_lr_ratio` at the last step.
+    Cosine,
+}
+
+/// AdamW (Loshchilov & Hutter 2019) with linear warm-up and clipping.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Adam beta1.
+    pub beta1: f64,
+    /// Adam beta2.
+    pub beta2: f64,
+    /// Adam epsilon.
+    pub eps: f64,
+    /// Decoupled weight decay, applied to weights of rank >= 2.
+    pub weight_decay: f64,
+    /// Steps of linear warm-up from 0.
+    pub warmup_steps: u64,
+    /// Schedule after warm-up.
+    pub schedule: Schedule,
+    /// Final lr as a fraction of `lr` (cosine).
+    pub min_lr_ratio: f64,
+    /// Clip the global gradient norm to this (0 = off).
+    pub grad_clip: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            warmup_steps: 50,
+            schedule: Schedule::Cosine,
+            min_lr_ratio: 0.1,
+            grad_clip: 1.0,
+        }
+    }
+}
+
+/// EMA of the weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmaConfig {
+    /// Decay; the effective decay warms up as min(decay, (1 + n) / (10 + n)).
+    pub decay: f64,
+}
+
+impl Default for EmaConfig {
+    fn default() -> Self {
+        Self { decay: 0.995 }
+    }
+}
+
+/// Checkpointing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Save every this many steps (and at the end).
+    pub every: u64,
+    /// Keep the newest this many checkpoints.
+    pub keep: usize,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self { every: 100, keep: 3 }
+    }
+}
+
+/// Logging and evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// Log scalars every this many steps.
+    pub every: u64,
+    /// Evaluate the held-out loss every this many steps (and at the start and end).
+    pub eval_every: u64,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self { every: 10, eval_every: 100 }
+    }
+}
+
+/// World-model rollout settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SampleConfig {
+    /// Real frames given as context.
+    pub context: usize,
+    /// Frames to generate after the context.
+    pub frames: usize,
+    /// Euler steps per generated frame.
+    pub steps: usize,
+    /// Held-out clips to roll out and score.
+    pub clips: usize,
+}
+
+impl Default for SampleConfig {
+    fn default() -> Self {
+        Self { context: 4, frames: 12, steps: 10, clips: 16 }
+    }
+}
+
+impl TrainConfig {
+    /// Load a TOML file, apply `key=value` overrides, and validate.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TrainError::Config(format!("cannot read config file {}: {e}", path.display())))?;
+        Self::from_toml(&text, &path.display().to_string(), overrides)
+    }
+
+    /// Parse TOML text (named `origin` in messages), apply overrides, validate.
+    pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self> {
+        let mut value: toml::Table =
+            toml::from_str(text).map_err(|e| TrainError::Config(format!("{origin} is not valid TOML: {e}")))?;
+        let defaults = toml::Table::try_from(TrainConfig::default()).expect("defaults serialize");
+        for o in overrides {
+            crate::overrides::apply(&mut value, &defaults, o)?;
+        }
+        let cfg: TrainConfig = crate::overrides::deserialize(value, origin)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check every section; messages name the key to change.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        self.model.validate().map_err(|e| TrainError::Config(e.to_string()))?;
+        self.objective.validate().map_err(|e| TrainError::Config(e.to_string()))?;
+        if self.run.steps == 0 {
+            return bad("run.steps must be at least 1".into());
+        }
+        if self.data.global_batch == 0 {
+            return bad("data.global_batch must be at least 1".into());
+        }
+        let o = &self.optim;
+        if !(o.lr > 0.0 && o.lr.is_finite()) {
+            return bad(format!("optim.lr = {} must be positive", o.lr));
+        }
+        for (k, b) in [("beta1", o.beta1), ("beta2", o.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return bad(format!("optim.{k} = {b} must be in [0, 1)"));
+            }
+        }
+        if o.eps <= 0.0 || o.weight_decay < 0.0 || o.grad_clip < 0.0 || !(0.0..=1.0).contains(&o.min_lr_ratio) {
+            return bad("optim.eps must be > 0, optim.weight_decay and optim.grad_clip >= 0, optim.min_lr_ratio in [0, 1]".into());
+        }
+        if !(0.0..1.0).contains(&self.ema.decay) {
+            return bad(format!("ema.decay = {} must be in [0, 1)", self.ema.decay));
+        }
+        if self.checkpoint.every == 0 || self.checkpoint.keep == 0 {
+            return bad("checkpoint.every and checkpoint.keep must be at least 1".into());
+        }
+        if self.logging.every == 0 || self.logging.eval_every == 0 {
+            return bad("logging.every and logging.eval_every must be at least 1".into());
+        }
+        let s = &self.sample;
+        if s.context == 0 || s.frames == 0 || s.steps == 0 {
+            return bad("sample.context, sample.frames and sample.steps must be at least 1".into());
+        }
+        if self.model.frames < 2 && s.frames > 0 {
+            return bad("rollouts need model.frames >= 2 (a context frame and a new one)".into());
+        }
+        if self.parallel.strategy == Strategy::Fsdp {
+            return bad("parallel.strategy = \"fsdp\" is not available yet: use \"ddp\"".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,91 @@
+//! orrery-train: the config tree, the training loop and everything it writes.
+//!
+//! The principal entry points are [`TrainConfig`] (one TOML tree for a run,
+//! with `--set` overrides and start-up validation), [`train`] (the loop:
+//! AdamW with warm-up and clipping, EMA, safetensors checkpoints with exact
+//! resume, TensorBoard and metrics.jsonl) and [`sample::sample`] (an
+//! autoregressive rollout of a trained world model, written as GIF and PNG and
+//! scored against the synthetic world's ground truth).
+//!
+//! ```no_run
+//! use orrery_train::{train, RunOptions, Resume, TrainConfig};
+//! let cfg = TrainConfig::load("configs/quickstart.toml".as_ref(), &["run.steps=10".into()]).unwrap();
+//! let summary = train(cfg, RunOptions { run_dir: "runs/demo".into(), resume: Resume::Auto, stop_after: None }).unwrap();
+//! println!("held-out loss {} -> {}", summary.heldout_loss_start, summary.heldout_loss_end);
+//! ```
+#![deny(missing_docs)]
+
+/// Run `$body` with `$B` bound to the autodiff backend for `$device`
+/// (a [`config::Device`]) and `$dev` to its device handle.
+macro_rules! with_backend {
+    ($device:expr, |$B:ident, $dev:ident| $body:expr) => {{
+        match $device {
+            crate::config::Device::Cpu => {
+                type $B = burn::backend::Autodiff<burn::backend::Flex>;
+                let $dev = Default::default();
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            crate::config::Device::Cuda => {
+                type $B = burn::backend::Autodiff<burn::backend::Cuda<f32, i32>>;
+                let $dev = Default::default();
+                $body
+            }
+            #[cfg(not(feature = "cuda"))]
+            crate::config::Device::Cuda => Err(crate::TrainError::Config(
+                "run.device = \"cuda\" needs a binary built with `cargo build --release --features cuda`".into(),
+            )),
+        }
+    }};
+}
+
+pub mod checkpoint;
+pub mod config;
+pub mod export;
+pub mod media;
+pub mod optim;
+mod overrides;
+pub mod sample;
+pub mod tensorboard;
+mod trainer;
+
+pub use config::TrainConfig;
+pub use trainer::{train, train_on, Resume, RunOptions, TrainSummary};
+
+/// Errors of a run; each says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A config problem.
+    #[error("{0}")]
+    Config(String),
+    /// A data problem.
+    #[error(transparent)]
+    Data(#[from] orrery_data::DataError),
+    /// A model problem.
+    #[error(transparent)]
+    Model(#[from] orrery_model::ModelError),
+    /// A diffusion problem.
+    #[error(transparent)]
+    Diffusion(#[from] orrery_diffusion::DiffusionError),
+    /// The launcher's environment.
+    #[error(transparent)]
+    World(#[from] orrery_dist::DistError),
+    /// Reading or writing a checkpoint.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// Other I/O.
+    #[error("{0}")]
+    Io(String),
+    /// Training diverged or the data holds non-finite values.
+    #[error("non-finite {what} at step {step}: the run stopped before writing anything from this step; lower optim.lr, check the data with `orrery data inspect`, or resume from the last checkpoint")]
+    NonFinite {
+        /// The step.
+        step: u64,
+        /// Which quantity.
+        what: String,
+    },
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, TrainError>;
+

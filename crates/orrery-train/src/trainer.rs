@@ -1,0 +1,343 @@
+//! The training loop: a short loop over components (data, objective,
+//! optimizer, EMA, checkpoints, metrics). Letters: b batch, t frames.
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use orrery_data::{Batch, Cursor, Dataset, Loader};
+use orrery_diffusion::{DiffusionError, TrainBatch};
+use orrery_dist::World;
+use orrery_model::named::{load_host, map_named, named_grads, to_host, visit_named, HostTensor, NamedTensors};
+use orrery_model::{Dit, DitInput};
+
+use crate::checkpoint::{self, Checkpoint, TrainerState};
+use crate::config::TrainConfig;
+use crate::optim::{global_norm, learning_rate, AdamW, Ema};
+use crate::tensorboard::EventWriter;
+use crate::{Result, TrainError};
+
+/// Where to resume from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resume {
+    /// The run directory's latest checkpoint, if any.
+    Auto,
+    /// Start fresh.
+    Never,
+    /// A checkpoint, checkpoints/ or run directory.
+    From(PathBuf),
+}
+
+/// Run-time options that are not part of the experiment.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Where everything is written.
+    pub run_dir: PathBuf,
+    /// Resume policy.
+    pub resume: Resume,
+    /// Stop (with a checkpoint) after this many steps in this invocation,
+    /// e.g. to fit a scheduler's time limit; `run.steps` still sets the schedule.
+    pub stop_after: Option<u64>,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainSummary {
+    /// Step the run started at (non-zero when resumed).
+    pub start_step: u64,
+    /// Steps at the end.
+    pub end_step: u64,
+    /// Held-out loss before the first step of this run.
+    pub heldout_loss_start: f64,
+    /// Held-out loss at the end (online weights).
+    pub heldout_loss_end: f64,
+    /// Held-out loss at the end (EMA weights).
+    pub heldout_loss_ema: f64,
+    /// Mean seconds per step of this run.
+    pub seconds_per_step: f64,
+    /// The last checkpoint written.
+    pub checkpoint: PathBuf,
+}
+
+/// Train on the backend named by `cfg.run.device`.
+pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
+    with_backend!(cfg.run.device, |AB, device| train_on::<AB>(cfg, opts, device))
+}
+
+pub(crate) fn denoiser<B: Backend>(model: &Dit<B>) -> impl orrery_diffusion::Denoiser<B> + '_ {
+    move |x_t: Tensor<B, 5>, t: Tensor<B, 2>, actions: Option<Tensor<B, 2, Int>>| {
+        model.forward(DitInput { latents: x_t, t, actions }).map_err(|e| DiffusionError::Denoiser(e.to_string()))
+    }
+}
+
+fn to_device<B: Backend>(batch: &Batch, null_action: i64, device: &B::Device) -> TrainBatch<B> {
+    let [b, t, ..] = batch.dims;
+    TrainBatch {
+        latents: Tensor::from_data(TensorData::new(batch.latents.clone(), batch.dims), device),
+        actions: batch.actions.as_ref().map(|a| Tensor::from_data(TensorData::new(a.clone(), [b, t]), device)),
+        null_action,
+        sample_ids: batch.sample_ids.clone(),
+    }
+}
+
+/// The first `frames` frames of up to `n` held-out clips, as one batch.
+fn heldout_batch(data: &Dataset, frames: usize, n: usize) -> Batch {
+    let clips: Vec<_> = data.holdout.iter().filter(|c| c.shape[0] >= frames).take(n).collect();
+    let [_, c, h, w] = clips.first().map(|c| c.shape).unwrap_or([0; 4]);
+    let frame_len = c * h * w;
+    Batch {
+        dims: [clips.len(), frames, c, h, w],
+        latents: clips.iter().flat_map(|c| c.latents[..frames * frame_len].iter().copied()).collect(),
+        actions: clips.first().and_then(|c| c.actions.as_ref()).map(|_| {
+            clips.iter().flat_map(|c| c.actions.as_ref().map(|a| a[..frames].to_vec()).unwrap_or_default()).collect()
+        }),
+        sample_ids: (0..clips.len() as u64).collect(),
+        clip_ids: clips.iter().map(|c| c.id.clone()).collect(),
+    }
+}
+
+/// The held-out loss with fixed noise (key step = u64::MAX), so values from
+/// different steps compare.
+fn heldout_loss<B: Backend>(cfg: &TrainConfig, model: &Dit<B>, batch: &TrainBatch<B>) -> Result<f64> {
+    let loss = cfg.objective.loss(&denoiser(model), batch, cfg.run.seed, u64::MAX)?;
+    Ok(loss.into_scalar().elem::<f64>())
+}
+
+/// Check the data against the model config; say which key to set.
+fn check_geometry(cfg: &TrainConfig, data: &Dataset) -> Result<()> {
+    let [c, h, w] = data.frame_shape();
+    let m = &cfg.model;
+    if [c, h, w] != [m.channels, m.height, m.width] {
+        return Err(TrainError::Config(format!(
+            "{} holds latents of [C, H, W] = [{c}, {h}, {w}] but the model expects [{}, {}, {}]: set model.channels={c}, model.height={h}, model.width={w}",
+            cfg.data.url, m.channels, m.height, m.width
+        )));
+    }
+    let has_actions = data.train[0].actions.is_some();
+    if has_actions && data.meta.num_actions > m.num_actions {
+        return Err(TrainError::Config(format!(
+            "{} has {} discrete actions but model.num_actions = {}: set model.num_actions={}",
+            cfg.data.url, data.meta.num_actions, m.num_actions, data.meta.num_actions
+        )));
+    }
+    let need = cfg.sample.context + 1;
+    if data.holdout.iter().all(|c| c.shape[0] < m.frames.max(need)) {
+        return Err(TrainError::Config(format!(
+            "no held-out clip has {} frames: raise data.holdout_clips or use longer clips",
+            m.frames.max(need)
+        )));
+    }
+    Ok(())
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
+    move |e| TrainError::Io(format!("{}: {e}", path.display()))
+}
+
+/// Train on backend `B` (autodiff) and device.
+pub fn train_on<B: AutodiffBackend>(cfg: TrainConfig, opts: RunOptions, device: B::Device) -> Result<TrainSummary> {
+    let world = World::from_env()?;
+    if world.size > 1 {
+        return Err(TrainError::Config(format!(
+            "started as rank {} of {} by {}, but multi-rank training is not in this build yet: run one process",
+            world.rank, world.size, world.launcher
+        )));
+    }
+    let data = Dataset::open(&cfg.data.url, cfg.data.holdout_clips)?;
+    check_geometry(&cfg, &data)?;
+    let run_dir = &opts.run_dir;
+    std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
+    let resolved = toml::to_string(&cfg).expect("config serializes");
+    std::fs::write(run_dir.join("config.toml"), resolved).map_err(io(run_dir))?;
+    let ckpt_dir = run_dir.join("checkpoints");
+
+    B::seed(&device, cfg.run.seed);
+    let mut model: Dit<B> = cfg.model.init(&device)?;
+    let mut shapes = BTreeMap::new();
+    visit_named(&model, |name, _, shape, _| {
+        shapes.insert(name.to_string(), shape);
+    });
+    let from = match &opts.resume {
+        Resume::Never => None,
+        Resume::Auto => ckpt_dir.join("latest").is_file().then(|| checkpoint::resolve(&ckpt_dir)).transpose()?,
+        Resume::From(p) => Some(checkpoint::resolve(p)?),
+    };
+    let (mut step, mut cursor, mut optim, mut ema) = (0u64, Cursor::default(), AdamW::<B::InnerBackend>::default(), None);
+    if let Some(dir) = &from {
+        let ck = checkpoint::load(dir)?;
+        if ck.state.config.model != cfg.model {
+            return Err(TrainError::Config(format!(
+                "checkpoint {} was trained with a different [model] section; resume with the same model config or use --resume never",
+                dir.display()
+            )));
+        }
+        model = load_host(model, &ck.model, &device)?;
+        let inner = device.clone();
+        optim = AdamW::from_host(&ck.optimizer, ck.state.step, &inner);
+        let mut e = Ema::new(ck.ema.iter().map(|(n, t)| (n.clone(), t.to_flat(&inner))).collect());
+        e.updates = ck.state.ema_updates;
+        ema = Some(e);
+        (step, cursor) = (ck.state.step, ck.state.cursor);
+        eprintln!("resuming from {} at step {step}", dir.display());
+    }
+    let mut ema = ema.unwrap_or_else(|| {
+        let mut w = BTreeMap::new();
+        visit_named(&model, |name, _, _, flat| {
+            w.insert(name.to_string(), flat.inner());
+        });
+        Ema::new(w)
+    });
+
+    let mut loader = Loader::new(&data.train, cfg.run.seed, cfg.data.global_batch, cfg.model.frames, (world.rank, world.size), cursor)?;
+    let null_action = cfg.model.num_actions as i64;
+    let inner_device = device.clone();
+    let heldout = to_device::<B::InnerBackend>(&heldout_batch(&data, cfg.model.frames, cfg.data.global_batch), null_action, &inner_device);
+    let mut tb = EventWriter::create(&run_dir.join("tensorboard")).map_err(io(run_dir))?;
+    let metrics_path = run_dir.join("metrics.jsonl");
+    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(io(&metrics_path))?;
+
+    let start_step = step;
+    let heldout_start = heldout_loss(&cfg, &model.valid(), &heldout)?;
+    tb.scalar("eval/heldout_loss", step, heldout_start).map_err(io(run_dir))?;
+    eprintln!(
+        "training {} params on {} clips ({} held out, {} skipped as too short), {} steps from step {step}; held-out loss {heldout_start:.4}",
+        model.param_count(),
+        data.train.len(),
+        data.holdout.len(),
+        loader.skipped_short,
+        cfg.run.steps
+    );
+    let bar = crate::sample::progress_bar(cfg.run.steps, step);
+    let (mut window_loss, mut window_n, mut data_wait, mut window_start) = (0.0f64, 0u64, Duration::ZERO, Instant::now());
+    let run_start = Instant::now();
+    let mut last_ckpt = from.clone().unwrap_or_default();
+    let mut last_heldout = heldout_start;
+    let stop_at = opts.stop_after.map_or(cfg.run.steps, |n| (step + n).min(cfg.run.steps));
+    while step < stop_at {
+        let t0 = Instant::now();
+        let batch = to_device::<B>(&loader.next_batch(), null_action, &device);
+        data_wait += t0.elapsed();
+        let (next, out) = train_step(&cfg, model, &batch, step, &mut optim, &mut ema, &shapes)?;
+        model = next;
+        let (loss_value, norm, lr) = (out.loss, out.grad_norm, out.lr);
+        step += 1;
+        window_loss += loss_value;
+        window_n += 1;
+        bar.set_position(step);
+        bar.set_message(format!("loss {loss_value:.4}"));
+
+        let eval_now = step % cfg.logging.eval_every == 0 || step == stop_at;
+        if eval_now {
+            last_heldout = heldout_loss(&cfg, &model.valid(), &heldout)?;
+            tb.scalar("eval/heldout_loss", step, last_heldout).map_err(io(run_dir))?;
+        }
+        if step % cfg.logging.every == 0 || step == stop_at {
+            let secs = window_start.elapsed().as_secs_f64();
+            let line = serde_json::json!({
+                "step": step,
+                "loss": window_loss / window_n as f64,
+                "lr": lr,
+                "grad_norm": norm,
+                "samples_per_s": (window_n as f64 * cfg.data.global_batch as f64) / secs,
+                "step_time_s": secs / window_n as f64,
+                "data_wait_frac": data_wait.as_secs_f64() / secs,
+                "heldout_loss": if eval_now { Some(last_heldout) } else { None },
+            });
+            for (tag, key) in [("train/loss", "loss"), ("train/lr", "lr"), ("train/grad_norm", "grad_norm"), ("perf/samples_per_s", "samples_per_s"), ("perf/step_time_s", "step_time_s"), ("perf/data_wait_frac", "data_wait_frac")] {
+                tb.scalar(tag, step, line[key].as_f64().unwrap_or(f64::NAN)).map_err(io(run_dir))?;
+            }
+            tb.flush().map_err(io(run_dir))?;
+            writeln!(metrics, "{line}").map_err(io(&metrics_path))?;
+            bar.suspend(|| {
+                eprintln!(
+                    "step {step:>6}  loss {:.4}  lr {lr:.2e}  grad_norm {norm:.3}  {:.1} samples/s{}",
+                    line["loss"].as_f64().unwrap_or(f64::NAN),
+                    line["samples_per_s"].as_f64().unwrap_or(0.0),
+                    if eval_now { format!("  held-out {last_heldout:.4}") } else { String::new() }
+                )
+            });
+            (window_loss, window_n, data_wait, window_start) = (0.0, 0, Duration::ZERO, Instant::now());
+        }
+        if step % cfg.checkpoint.every == 0 || step == stop_at {
+            let ck = Checkpoint {
+                state: TrainerState {
+                    step,
+                    cursor: loader.cursor(),
+                    ema_updates: ema.updates,
+                    config: cfg.clone(),
+                    world_size: world.size,
+                    version: env!("CARGO_PKG_VERSION").into(),
+                },
+                model: to_host(&model),
+                ema: ema.weights.iter().map(|(n, t)| (n.clone(), HostTensor::from_flat(t.clone(), shapes[n].clone()))).collect::<NamedTensors>(),
+                optimizer: optim.to_host(&shapes),
+            };
+            last_ckpt = checkpoint::save(&ckpt_dir, &ck, cfg.checkpoint.keep)?;
+        }
+    }
+    bar.finish_and_clear();
+    let inner = model.valid();
+    let heldout_end = heldout_loss(&cfg, &inner, &heldout)?;
+    let ema_model = map_named(inner, |name, _, _| ema.weights[name].clone());
+    let heldout_ema = heldout_loss(&cfg, &ema_model, &heldout)?;
+    tb.scalar("eval/heldout_loss_ema", step, heldout_ema).map_err(io(run_dir))?;
+    tb.flush().map_err(io(run_dir))?;
+    let steps_run = (step - start_step).max(1);
+    Ok(TrainSummary {
+        start_step,
+        end_step: step,
+        heldout_loss_start: heldout_start,
+        heldout_loss_end: heldout_end,
+        heldout_loss_ema: heldout_ema,
+        seconds_per_step: run_start.elapsed().as_secs_f64() / steps_run as f64,
+        checkpoint: last_ckpt,
+    })
+}
+
+/// What one step reports.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepOut {
+    /// Loss of the batch.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate used.
+    pub lr: f64,
+}
+
+/// One optimizer step: loss, backward, clip, AdamW, EMA. Nothing is changed
+/// when the loss or gradient is not finite.
+pub(crate) fn train_step<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    model: Dit<B>,
+    batch: &TrainBatch<B>,
+    step: u64,
+    optim: &mut AdamW<B::InnerBackend>,
+    ema: &mut Ema<B::InnerBackend>,
+    shapes: &BTreeMap<String, Vec<usize>>,
+) -> Result<(Dit<B>, StepOut)> {
+    let loss = cfg.objective.loss(&denoiser(&model), batch, cfg.run.seed, step)?;
+    let loss_value: f64 = loss.clone().into_scalar().elem();
+    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+    let grads = named_grads(&model, &mut grads);
+    let norm = global_norm(&grads);
+    if !loss_value.is_finite() || !norm.is_finite() {
+        return Err(TrainError::NonFinite { step, what: format!("loss ({loss_value}) or gradient norm ({norm})") });
+    }
+    let clip = if cfg.optim.grad_clip > 0.0 && norm > cfg.optim.grad_clip { cfg.optim.grad_clip / norm } else { 1.0 };
+    let lr = learning_rate(&cfg.optim, step, cfg.run.steps);
+    optim.begin_step();
+    let model = map_named(model, |name, _, p| {
+        // Decay matrices only: not biases, positions or embedding tables.
+        let decay = shapes[name].len() >= 2 && !name.starts_with("pos_") && !name.contains("embed.weight");
+        Tensor::from_inner(optim.update(&cfg.optim, lr, name, p.inner(), grads[name].clone() * clip, decay))
+    });
+    let d = ema.decay(cfg.ema.decay);
+    visit_named(&model, |name, _, _, flat| ema.update(d, name, flat.inner()));
+    ema.updates += 1;
+    Ok((model, StepOut { loss: loss_value, grad_norm: norm, lr }))
+}

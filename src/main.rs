@@ -1,0 +1,209 @@
+//! The orrery command line: train, data, sample, ckpt.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use orrery_data::synth::{render_clips, SynthConfig};
+use orrery_train::sample::{sample, SampleOptions};
+use orrery_train::{train, Resume, RunOptions, TrainConfig};
+
+/// Train video diffusion transformers and action-conditioned world models.
+#[derive(Parser)]
+#[command(name = "orrery", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model from a TOML config.
+    Train(TrainArgs),
+    /// Create and check datasets.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Roll out a trained world model from held-out context frames.
+    Sample(SampleArgs),
+    /// Work with checkpoints.
+    #[command(subcommand)]
+    Ckpt(CkptCommand),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// The experiment config (TOML).
+    config: PathBuf,
+    /// Override a config key, e.g. --set optim.lr=3e-4 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Run directory (default: runs/<run.name>).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// auto (latest checkpoint of the run directory, if any), never, or a path.
+    #[arg(long, default_value = "auto")]
+    resume: String,
+    /// Stop after this many steps in this invocation, with a checkpoint (run.steps still sets the schedule).
+    #[arg(long)]
+    stop_after: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Render the embedded toy world (agent, actions, bouncing ball) to Parquet.
+    Synth {
+        /// Output directory or URL.
+        #[arg(long)]
+        out: String,
+        /// Number of clips.
+        #[arg(long, default_value_t = 512)]
+        clips: usize,
+        /// Frames per clip.
+        #[arg(long, default_value_t = 16)]
+        frames: usize,
+        /// Frame height and width in pixels.
+        #[arg(long, num_args = 2, value_names = ["H", "W"], default_values_t = [32, 32])]
+        size: Vec<usize>,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Clips per Parquet file.
+        #[arg(long, default_value_t = 128)]
+        clips_per_file: usize,
+    },
+    /// Show a dataset's files, schema and shapes, reading and checking every row.
+    Inspect {
+        /// Directory, file or URL.
+        url: String,
+    },
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    /// Run directory, its checkpoints/ directory, or one checkpoint directory.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Output: a .gif (a .png strip is written beside it) or a .png.
+    #[arg(long)]
+    out: PathBuf,
+    /// Frames to generate after the context.
+    #[arg(long)]
+    frames: Option<usize>,
+    /// Euler steps per generated frame.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Seed of the sampling noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use the online weights instead of the EMA.
+    #[arg(long)]
+    no_ema: bool,
+}
+
+#[derive(Subcommand)]
+enum CkptCommand {
+    /// Write the full model weights to one safetensors file.
+    Export {
+        /// Run directory or checkpoint directory.
+        from: PathBuf,
+        /// Export the EMA weights.
+        #[arg(long)]
+        ema: bool,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn run_train(args: TrainArgs) -> Result<()> {
+    let cfg = TrainConfig::load(&args.config, &args.set)?;
+    let run_dir = args.run_dir.unwrap_or_else(|| PathBuf::from("runs").join(&cfg.run.name));
+    let resume = match args.resume.as_str() {
+        "auto" => Resume::Auto,
+        "never" => Resume::Never,
+        path => Resume::From(PathBuf::from(path)),
+    };
+    let s = train(cfg, RunOptions { run_dir: run_dir.clone(), resume, stop_after: args.stop_after })?;
+    println!("trained steps {}..{} in {:.3} s/step", s.start_step, s.end_step, s.seconds_per_step);
+    println!(
+        "held-out loss: {:.4} at step {} -> {:.4} at step {} (EMA weights: {:.4})",
+        s.heldout_loss_start, s.start_step, s.heldout_loss_end, s.end_step, s.heldout_loss_ema
+    );
+    println!("run directory: {}  (tensorboard --logdir {})", run_dir.display(), run_dir.join("tensorboard").display());
+    println!("checkpoint: {}", s.checkpoint.display());
+    Ok(())
+}
+
+fn run_data(cmd: DataCommand) -> Result<()> {
+    match cmd {
+        DataCommand::Synth { out, clips, frames, size, seed, clips_per_file } => {
+            let cfg = SynthConfig { clips, frames, height: size[0], width: size[1], seed };
+            if let Err(e) = cfg.validate() {
+                bail!("orrery data synth: {e}");
+            }
+            let files = orrery_data::store::write_dataset(&out, &render_clips(&cfg), &cfg.metadata(), clips_per_file)?;
+            println!("wrote {clips} clips of [{frames}, 3, {}, {}] with actions to {} file(s) under {out}", size[0], size[1], files.len());
+        }
+        DataCommand::Inspect { url } => {
+            let files = orrery_data::store::inspect(&url)?;
+            let total: usize = files.iter().map(|f| f.clips).sum();
+            println!("{url}: {} file(s), {total} clips, schema v{}", files.len(), orrery_data::schema::SCHEMA_VERSION);
+            for f in &files {
+                println!(
+                    "  {}  {} bytes  {} clips  shapes {:?}  actions: {}  num_actions {}  scale {} shift {}",
+                    f.path, f.bytes, f.clips, f.shapes, f.actions, f.meta.num_actions, f.meta.scale, f.meta.shift
+                );
+            }
+            println!("validation: every row decoded; latents finite, shapes match byte counts, action ids in range");
+        }
+    }
+    Ok(())
+}
+
+fn run_sample(args: SampleArgs) -> Result<()> {
+    let opts = SampleOptions {
+        checkpoint: args.checkpoint,
+        out: args.out,
+        frames: args.frames,
+        steps: args.steps,
+        seed: args.seed,
+        no_ema: args.no_ema,
+    };
+    let r = sample(&opts)?;
+    println!("rollout of {} held-out clips: {} context frames, {} generated", r.clips, r.context, r.frames);
+    println!("agent-position error (pixels, mean over generated frames):");
+    println!("  model                 {:>6.2}", r.model_error_px);
+    println!("  copy last context     {:>6.2}", r.copy_last_error_px);
+    println!("  generated frames without an agent: {}", r.agent_lost);
+    println!("  moves in the commanded direction: {:.0}% of frames where the agent moved", 100.0 * r.direction_accuracy);
+    let per: Vec<String> = r.model_error_by_frame.iter().zip(&r.copy_last_error_by_frame).map(|(a, b)| format!("{a:.1}/{b:.1}")).collect();
+    println!("  per frame (model/copy): {}", per.join(" "));
+    let json = opts.out.with_extension("json");
+    std::fs::write(&json, serde_json::to_string_pretty(&r)?).with_context(|| format!("writing {}", json.display()))?;
+    for o in r.outputs.iter().chain([&json]) {
+        println!("wrote {}", o.display());
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(args) => run_train(args),
+        Command::Data(cmd) => run_data(cmd),
+        Command::Sample(args) => run_sample(args),
+        Command::Ckpt(CkptCommand::Export { from, ema, out }) => orrery_train::export::export(&from, ema, &out)
+            .map(|(dir, n)| println!("wrote {n} tensors from {} to {}", dir.display(), out.display()))
+            .map_err(Into::into),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}

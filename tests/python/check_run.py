@@ -1,0 +1,80 @@
+"""Read orrery's outputs with the reference Python readers.
+
+Usage: check_run.py RUN_DIR EXPORTED.safetensors
+Checks that Python's `safetensors` reads every checkpoint file and the export,
+and that TensorBoard's EventAccumulator reads the scalars (matching
+metrics.jsonl) and the rollout image. Prints a JSON summary; exits 1 on any
+mismatch.
+"""
+import io
+import json
+import pathlib
+import sys
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+
+def fail(msg):
+    print(f"check_run.py: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def main():
+    run = pathlib.Path(sys.argv[1])
+    export = pathlib.Path(sys.argv[2])
+    ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    summary = {"checkpoint": str(ckpt)}
+    model = load_file(ckpt / "model.safetensors")
+    ema = load_file(ckpt / "ema.safetensors")
+    optim = load_file(ckpt / "optimizer.safetensors")
+    if set(model) != set(ema):
+        fail("model and EMA tensor names differ")
+    for name, t in model.items():
+        if t.dtype != np.float32 or not np.isfinite(t).all():
+            fail(f"{name}: dtype {t.dtype} or non-finite values")
+        for prefix in ("exp_avg.", "exp_avg_sq."):
+            if optim[prefix + name].shape != t.shape:
+                fail(f"optimizer {prefix}{name} shape {optim[prefix + name].shape} != {t.shape}")
+    if "blocks.0.attn.qkv.weight" not in model:
+        fail(f"expected DiT tensor names, got {sorted(model)[:5]}")
+    summary["tensors"] = len(model)
+    summary["params"] = int(sum(t.size for t in model.values()))
+
+    exported = load_file(export)
+    with safe_open(export, framework="numpy") as f:
+        meta = f.metadata()
+    cfg = json.loads(meta["orrery.model_config"])
+    if set(exported) != set(model) or meta["orrery.weights"] != "ema":
+        fail("export does not hold the EMA weights of every tensor")
+    if not all(np.array_equal(exported[n], ema[n]) for n in ema):
+        fail("exported weights differ from the checkpoint's EMA")
+    summary["export_hidden"] = cfg["hidden"]
+
+    metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "perf/samples_per_s", "eval/heldout_loss"):
+        if tag not in tags["scalars"]:
+            fail(f"TensorBoard has no scalar {tag}; has {tags['scalars']}")
+    losses = {e.step: e.value for e in acc.Scalars("train/loss")}
+    for m in metrics:
+        if abs(losses[m["step"]] - m["loss"]) > 1e-5 * max(1.0, abs(m["loss"])):
+            fail(f"step {m['step']}: TensorBoard loss {losses[m['step']]} != metrics.jsonl {m['loss']}")
+    summary["scalar_steps"] = sorted(losses)
+    images = tags["images"]
+    if "rollout/real_above_generated" not in images:
+        fail(f"no rollout image in TensorBoard; images: {images}")
+    img = acc.Images("rollout/real_above_generated")[-1]
+    png = img.encoded_image_string
+    if png[:8] != b"\x89PNG\r\n\x1a\n" or img.width < 16 or img.height < 16:
+        fail("rollout image is not a PNG of a sensible size")
+    summary["image"] = [img.height, img.width]
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
