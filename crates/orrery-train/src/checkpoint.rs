@@ -109,10 +109,9 @@ pub fn save(dir: &Path, ckpt: &Checkpoint, keep: usize) -> Result<PathBuf> {
         fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
     }
     fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
-    let meta = HashMap::from([
-        ("format".to_string(), "orrery".to_string()),
-        ("step".to_string(), ckpt.state.step.to_string()),
-    ]);
+    // One metadata key: safetensors writes metadata in hash-map order, and
+    // checkpoints should be byte-for-byte reproducible. The step is in the state file.
+    let meta = HashMap::from([("format".to_string(), "orrery".to_string())]);
     write_synced(&tmp.join(MODEL_FILE), &to_safetensors(&ckpt.model, meta.clone())?)?;
     write_synced(&tmp.join(EMA_FILE), &to_safetensors(&ckpt.ema, meta.clone())?)?;
     write_synced(&tmp.join(OPTIM_FILE), &to_safetensors(&ckpt.optimizer, meta)?)?;
