@@ -11,7 +11,7 @@ t1=$(date +%s)
 orrery="$CARGO_TARGET_DIR/release/orrery"
 run_dir="${RUN_DIR:-runs/quickstart}"
 if [[ ! -f data/quickstart/part-00000.parquet ]]; then
-  "$orrery" data synth --out data/quickstart --clips 512 --frames 16 --size 32 32 --seed 0
+  "$orrery" data synth --out data/quickstart --clips 512 --frames 16 --size 16 16 --seed 0
 fi
 "$orrery" train configs/quickstart.toml --run-dir "$run_dir" --resume never "$@"
 t2=$(date +%s)

@@ -8,5 +8,6 @@ bash launch/setup.sh --test
 cargo test -j "${JOBS:-2}" --workspace
 if [[ "${ORRERY_SKIP_CUDA_BUILD:-0}" != 1 ]]; then
   echo "checking that the CUDA build compiles (cargo build --features cuda)"
-  cargo build -j "${JOBS:-2}" --features cuda --bin orrery
+  # cudarc picks its CUDA API version at build time; 13000 matches driver 580 / CUDA 13.0.
+  CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13000}" cargo build -j "${JOBS:-2}" --features cuda --bin orrery
 fi

@@ -28,6 +28,27 @@ enum Command {
     /// Work with checkpoints.
     #[command(subcommand)]
     Ckpt(CkptCommand),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Time the training step of a config (data loading reported apart).
+    Step {
+        /// The experiment config (TOML).
+        config: PathBuf,
+        /// Override a config key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Timed steps.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Untimed warm-up steps.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+    },
 }
 
 #[derive(Args)]
@@ -117,37 +138,75 @@ enum CkptCommand {
 
 fn run_train(args: TrainArgs) -> Result<()> {
     let cfg = TrainConfig::load(&args.config, &args.set)?;
-    let run_dir = args.run_dir.unwrap_or_else(|| PathBuf::from("runs").join(&cfg.run.name));
+    let run_dir = args
+        .run_dir
+        .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.run.name));
     let resume = match args.resume.as_str() {
         "auto" => Resume::Auto,
         "never" => Resume::Never,
         path => Resume::From(PathBuf::from(path)),
     };
-    let s = train(cfg, RunOptions { run_dir: run_dir.clone(), resume, stop_after: args.stop_after })?;
-    println!("trained steps {}..{} in {:.3} s/step", s.start_step, s.end_step, s.seconds_per_step);
+    let s = train(
+        cfg,
+        RunOptions {
+            run_dir: run_dir.clone(),
+            resume,
+            stop_after: args.stop_after,
+        },
+    )?;
+    println!(
+        "trained steps {}..{} in {:.3} s/step",
+        s.start_step, s.end_step, s.seconds_per_step
+    );
     println!(
         "held-out loss: {:.4} at step {} -> {:.4} at step {} (EMA weights: {:.4})",
         s.heldout_loss_start, s.start_step, s.heldout_loss_end, s.end_step, s.heldout_loss_ema
     );
-    println!("run directory: {}  (tensorboard --logdir {})", run_dir.display(), run_dir.join("tensorboard").display());
+    println!(
+        "run directory: {}  (tensorboard --logdir {})",
+        run_dir.display(),
+        run_dir.join("tensorboard").display()
+    );
     println!("checkpoint: {}", s.checkpoint.display());
     Ok(())
 }
 
 fn run_data(cmd: DataCommand) -> Result<()> {
     match cmd {
-        DataCommand::Synth { out, clips, frames, size, seed, clips_per_file } => {
-            let cfg = SynthConfig { clips, frames, height: size[0], width: size[1], seed };
+        DataCommand::Synth {
+            out,
+            clips,
+            frames,
+            size,
+            seed,
+            clips_per_file,
+        } => {
+            let cfg = SynthConfig {
+                clips,
+                frames,
+                height: size[0],
+                width: size[1],
+                seed,
+            };
             if let Err(e) = cfg.validate() {
                 bail!("orrery data synth: {e}");
             }
-            let files = orrery_data::store::write_dataset(&out, &render_clips(&cfg), &cfg.metadata(), clips_per_file)?;
+            let files = orrery_data::store::write_dataset(
+                &out,
+                &render_clips(&cfg),
+                &cfg.metadata(),
+                clips_per_file,
+            )?;
             println!("wrote {clips} clips of [{frames}, 3, {}, {}] with actions to {} file(s) under {out}", size[0], size[1], files.len());
         }
         DataCommand::Inspect { url } => {
             let files = orrery_data::store::inspect(&url)?;
             let total: usize = files.iter().map(|f| f.clips).sum();
-            println!("{url}: {} file(s), {total} clips, schema v{}", files.len(), orrery_data::schema::SCHEMA_VERSION);
+            println!(
+                "{url}: {} file(s), {total} clips, schema v{}",
+                files.len(),
+                orrery_data::schema::SCHEMA_VERSION
+            );
             for f in &files {
                 println!(
                     "  {}  {} bytes  {} clips  shapes {:?}  actions: {}  num_actions {}  scale {} shift {}",
@@ -170,19 +229,77 @@ fn run_sample(args: SampleArgs) -> Result<()> {
         no_ema: args.no_ema,
     };
     let r = sample(&opts)?;
-    println!("rollout of {} held-out clips: {} context frames, {} generated", r.clips, r.context, r.frames);
+    println!(
+        "rollout of {} held-out clips: {} context frames, {} generated",
+        r.clips, r.context, r.frames
+    );
     println!("agent-position error (pixels, mean over generated frames):");
     println!("  model                 {:>6.2}", r.model_error_px);
     println!("  copy last context     {:>6.2}", r.copy_last_error_px);
     println!("  generated frames without an agent: {}", r.agent_lost);
-    println!("  moves in the commanded direction: {:.0}% of frames where the agent moved", 100.0 * r.direction_accuracy);
-    let per: Vec<String> = r.model_error_by_frame.iter().zip(&r.copy_last_error_by_frame).map(|(a, b)| format!("{a:.1}/{b:.1}")).collect();
+    println!(
+        "  moves in the commanded direction: {:.0}% of frames where the agent moved",
+        100.0 * r.direction_accuracy
+    );
+    let per: Vec<String> = r
+        .model_error_by_frame
+        .iter()
+        .zip(&r.copy_last_error_by_frame)
+        .map(|(a, b)| format!("{a:.1}/{b:.1}"))
+        .collect();
     println!("  per frame (model/copy): {}", per.join(" "));
     let json = opts.out.with_extension("json");
-    std::fs::write(&json, serde_json::to_string_pretty(&r)?).with_context(|| format!("writing {}", json.display()))?;
+    std::fs::write(&json, serde_json::to_string_pretty(&r)?)
+        .with_context(|| format!("writing {}", json.display()))?;
     for o in r.outputs.iter().chain([&json]) {
         println!("wrote {}", o.display());
     }
+    Ok(())
+}
+
+fn run_bench(cmd: BenchCommand) -> Result<()> {
+    let BenchCommand::Step {
+        config,
+        set,
+        steps,
+        warmup,
+    } = cmd;
+    if steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let cfg = TrainConfig::load(&config, &set)?;
+    let b = orrery_train::bench::bench_step(&cfg, steps, warmup)?;
+    let mean = b.step_s.iter().sum::<f64>() / b.step_s.len() as f64;
+    let min = b.step_s.iter().copied().fold(f64::INFINITY, f64::min);
+    let median = b.median_step();
+    let data = b.data_s.iter().sum::<f64>() / b.data_s.len() as f64;
+    println!(
+        "config {}: {} params, batch {}, {} tokens/sample, {:?} on {} thread(s)",
+        config.display(),
+        b.params,
+        b.batch,
+        b.tokens_per_sample,
+        cfg.run.device,
+        b.threads
+    );
+    println!("| metric | value |");
+    println!("|---|---|");
+    println!("| step time, median (s) | {median:.4} |");
+    println!("| step time, mean (s) | {mean:.4} |");
+    println!("| step time, min (s) | {min:.4} |");
+    println!("| data to device, mean (s) | {data:.5} |");
+    println!(
+        "| samples/s (median step) | {:.1} |",
+        b.batch as f64 / median
+    );
+    println!(
+        "| tokens/s (median step) | {:.0} |",
+        (b.batch * b.tokens_per_sample) as f64 / median
+    );
+    println!(
+        "| approx. GFLOP/s (median step) | {:.1} |",
+        b.flops_per_step / median / 1e9
+    );
     Ok(())
 }
 
@@ -192,9 +309,18 @@ fn main() -> ExitCode {
         Command::Train(args) => run_train(args),
         Command::Data(cmd) => run_data(cmd),
         Command::Sample(args) => run_sample(args),
-        Command::Ckpt(CkptCommand::Export { from, ema, out }) => orrery_train::export::export(&from, ema, &out)
-            .map(|(dir, n)| println!("wrote {n} tensors from {} to {}", dir.display(), out.display()))
-            .map_err(Into::into),
+        Command::Bench(cmd) => run_bench(cmd),
+        Command::Ckpt(CkptCommand::Export { from, ema, out }) => {
+            orrery_train::export::export(&from, ema, &out)
+                .map(|(dir, n)| {
+                    println!(
+                        "wrote {n} tensors from {} to {}",
+                        dir.display(),
+                        out.display()
+                    )
+                })
+                .map_err(Into::into)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

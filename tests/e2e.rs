@@ -4,21 +4,40 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn orrery(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_orrery")).args(args).current_dir(cwd).output().expect("run orrery")
+    Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run orrery")
 }
 
 fn ok(out: Output) -> String {
-    let (so, se) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "orrery failed ({}):\nstdout:\n{so}\nstderr:\n{se}", out.status);
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "orrery failed ({}):\nstdout:\n{so}\nstderr:\n{se}",
+        out.status
+    );
     format!("{so}{se}")
 }
 
 /// A user error: exit code 2, a message containing `needle`, no panic trace.
 fn user_error(out: Output, needle: &str) -> String {
     let se = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(2), "expected a user error, got {}: {se}", out.status);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "expected a user error, got {}: {se}",
+        out.status
+    );
     assert!(se.contains(needle), "stderr lacks {needle:?}:\n{se}");
-    assert!(!se.contains("panicked") && !se.contains("RUST_BACKTRACE"), "panic on user input:\n{se}");
+    assert!(
+        !se.contains("panicked") && !se.contains("RUST_BACKTRACE"),
+        "panic on user input:\n{se}"
+    );
     se
 }
 
@@ -38,7 +57,7 @@ frames = 4
 height = 16
 width = 16
 patch_size = 4
-hidden = 32
+hidden = 64
 depth = 2
 heads = 2
 [data]
@@ -63,13 +82,36 @@ clips = 2
 fn tiny_dir(name: &str) -> PathBuf {
     let dir = scratch(name);
     std::fs::write(dir.join("tiny.toml"), TINY).unwrap();
-    ok(orrery(&["data", "synth", "--out", "data", "--clips", "24", "--frames", "6", "--size", "16", "16", "--clips-per-file", "10"], &dir));
+    ok(orrery(
+        &[
+            "data",
+            "synth",
+            "--out",
+            "data",
+            "--clips",
+            "24",
+            "--frames",
+            "6",
+            "--size",
+            "16",
+            "16",
+            "--clips-per-file",
+            "10",
+        ],
+        &dir,
+    ));
     dir
 }
 
 fn python(args: &[&str]) -> String {
-    let out = Command::new("python3").args(args).output().expect("python3 runs");
-    let (so, se) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("python3")
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
     assert!(
         out.status.success(),
         "python check failed (install the readers with `bash launch/test.sh` or `pip install -r tests/python/requirements.txt`):\n{so}\n{se}"
@@ -81,48 +123,110 @@ fn python(args: &[&str]) -> String {
 fn train_sample_export_and_python_reads_everything() {
     let dir = tiny_dir("full");
     let inspect = ok(orrery(&["data", "inspect", "data"], &dir));
-    assert!(inspect.contains("3 file(s), 24 clips") && inspect.contains("[6, 3, 16, 16]"), "{inspect}");
+    assert!(
+        inspect.contains("3 file(s), 24 clips") && inspect.contains("[6, 3, 16, 16]"),
+        "{inspect}"
+    );
 
     let log = ok(orrery(&["train", "tiny.toml", "--run-dir", "run"], &dir));
-    assert!(log.contains("held-out loss:") && log.contains("at step 6"), "{log}");
+    assert!(
+        log.contains("held-out loss:") && log.contains("at step 6"),
+        "{log}"
+    );
     let run = dir.join("run");
     assert!(run.join("config.toml").is_file());
     let resolved = std::fs::read_to_string(run.join("config.toml")).unwrap();
-    assert!(resolved.contains("hidden = 32") && resolved.contains("[objective.timesteps]"), "{resolved}");
-    assert_eq!(std::fs::read_to_string(run.join("checkpoints/latest")).unwrap().trim(), "step_00000006");
-    assert!(run.join("checkpoints/step_00000003/trainer_state.json").is_file());
+    assert!(
+        resolved.contains("hidden = 64") && resolved.contains("[objective.timesteps]"),
+        "{resolved}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(run.join("checkpoints/latest"))
+            .unwrap()
+            .trim(),
+        "step_00000006"
+    );
+    assert!(run
+        .join("checkpoints/step_00000003/trainer_state.json")
+        .is_file());
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 3, "{metrics}");
 
-    let sample = ok(orrery(&["sample", "--checkpoint", "run", "--out", "out/rollout.gif"], &dir));
+    let sample = ok(orrery(
+        &["sample", "--checkpoint", "run", "--out", "out/rollout.gif"],
+        &dir,
+    ));
     assert!(sample.contains("copy last context"), "{sample}");
     for f in ["out/rollout.gif", "out/rollout.png", "out/rollout.json"] {
-        assert!(dir.join(f).metadata().unwrap().len() > 100, "{f} missing or empty");
+        assert!(
+            dir.join(f).metadata().unwrap().len() > 100,
+            "{f} missing or empty"
+        );
     }
     let gif = std::fs::read(dir.join("out/rollout.gif")).unwrap();
     assert_eq!(&gif[..6], b"GIF89a");
 
-    ok(orrery(&["ckpt", "export", "run", "--ema", "--out", "ema.safetensors"], &dir));
+    ok(orrery(
+        &["ckpt", "export", "run", "--ema", "--out", "ema.safetensors"],
+        &dir,
+    ));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/check_run.py");
-    let summary = python(&[script.to_str().unwrap(), run.to_str().unwrap(), dir.join("ema.safetensors").to_str().unwrap()]);
-    assert!(summary.contains("\"scalar_steps\": [2, 4, 6]") && summary.contains("\"export_hidden\": 32"), "{summary}");
+    let summary = python(&[
+        script.to_str().unwrap(),
+        run.to_str().unwrap(),
+        dir.join("ema.safetensors").to_str().unwrap(),
+    ]);
+    assert!(
+        summary.contains("\"scalar_steps\": [2, 4, 6]")
+            && summary.contains("\"export_hidden\": 64"),
+        "{summary}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn resume_continues_with_identical_state() {
     let dir = tiny_dir("resume");
-    ok(orrery(&["train", "tiny.toml", "--run-dir", "straight"], &dir));
-    let first = ok(orrery(&["train", "tiny.toml", "--run-dir", "split", "--stop-after", "4"], &dir));
+    ok(orrery(
+        &["train", "tiny.toml", "--run-dir", "straight"],
+        &dir,
+    ));
+    let first = ok(orrery(
+        &[
+            "train",
+            "tiny.toml",
+            "--run-dir",
+            "split",
+            "--stop-after",
+            "4",
+        ],
+        &dir,
+    ));
     assert!(first.contains("trained steps 0..4"), "{first}");
     let second = ok(orrery(&["train", "tiny.toml", "--run-dir", "split"], &dir));
-    assert!(second.contains("resuming from") && second.contains("trained steps 4..6"), "{second}");
-    for file in ["model.safetensors", "ema.safetensors", "optimizer.safetensors"] {
+    assert!(
+        second.contains("resuming from") && second.contains("trained steps 4..6"),
+        "{second}"
+    );
+    for file in [
+        "model.safetensors",
+        "ema.safetensors",
+        "optimizer.safetensors",
+    ] {
         let a = std::fs::read(dir.join("straight/checkpoints/step_00000006").join(file)).unwrap();
         let b = std::fs::read(dir.join("split/checkpoints/step_00000006").join(file)).unwrap();
-        assert!(a == b, "{file} differs between the straight and the resumed run");
+        assert!(
+            a == b,
+            "{file} differs between the straight and the resumed run"
+        );
     }
-    let state = |run: &str| std::fs::read_to_string(dir.join(run).join("checkpoints/step_00000006/trainer_state.json")).unwrap();
+    let state = |run: &str| {
+        std::fs::read_to_string(
+            dir.join(run)
+                .join("checkpoints/step_00000006/trainer_state.json"),
+        )
+        .unwrap()
+    };
     assert_eq!(state("straight"), state("split"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -130,37 +234,86 @@ fn resume_continues_with_identical_state() {
 #[test]
 fn bad_input_gets_a_clear_error() {
     let dir = tiny_dir("errors");
-    std::fs::write(dir.join("typo.toml"), TINY.replace("warmup_steps = 2", "warmup_step = 2")).unwrap();
-    let e = user_error(orrery(&["train", "typo.toml"], &dir), "unknown config key optim.warmup_step");
+    std::fs::write(
+        dir.join("typo.toml"),
+        TINY.replace("warmup_steps = 2", "warmup_step = 2"),
+    )
+    .unwrap();
+    let e = user_error(
+        orrery(&["train", "typo.toml"], &dir),
+        "unknown config key optim.warmup_step",
+    );
     assert!(e.contains("did you mean optim.warmup_steps"), "{e}");
 
-    let e = user_error(orrery(&["train", "tiny.toml", "--set", "optim.lr_max=1"], &dir), "no config key optim.lr_max");
+    let e = user_error(
+        orrery(&["train", "tiny.toml", "--set", "optim.lr_max=1"], &dir),
+        "no config key optim.lr_max",
+    );
     assert!(e.contains("did you mean optim.lr"), "{e}");
-    user_error(orrery(&["train", "tiny.toml", "--set", "objective.timesteps.s=0"], &dir), "s > 0");
-    user_error(orrery(&["train", "tiny.toml", "--set", "model.heads=3"], &dir), "model.heads");
-    user_error(orrery(&["train", "tiny.toml", "--set", "data.url=nowhere"], &dir), "no .parquet files found");
-    user_error(orrery(&["train", "missing.toml"], &dir), "cannot read config file missing.toml");
-    user_error(orrery(&["train", "tiny.toml", "--set", "model.height=32"], &dir), "set model.channels=3, model.height=16");
+    user_error(
+        orrery(
+            &["train", "tiny.toml", "--set", "objective.timesteps.s=0"],
+            &dir,
+        ),
+        "s > 0",
+    );
+    user_error(
+        orrery(&["train", "tiny.toml", "--set", "model.heads=3"], &dir),
+        "model.heads",
+    );
+    user_error(
+        orrery(&["train", "tiny.toml", "--set", "data.url=nowhere"], &dir),
+        "no .parquet files found",
+    );
+    user_error(
+        orrery(&["train", "missing.toml"], &dir),
+        "cannot read config file missing.toml",
+    );
+    user_error(
+        orrery(&["train", "tiny.toml", "--set", "model.height=32"], &dir),
+        "set model.channels=3, model.height=16",
+    );
 
     // A Parquet file with the wrong columns.
     std::fs::create_dir_all(dir.join("wrong")).unwrap();
     {
         use std::sync::Arc;
-        let schema = Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new("pixels", arrow::datatypes::DataType::Int32, false)]));
-        let batch = arrow::array::RecordBatch::try_new(schema.clone(), vec![Arc::new(arrow::array::Int32Array::from(vec![1]))]).unwrap();
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("pixels", arrow::datatypes::DataType::Int32, false),
+        ]));
+        let batch = arrow::array::RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(arrow::array::Int32Array::from(vec![1]))],
+        )
+        .unwrap();
         let file = std::fs::File::create(dir.join("wrong/part-0.parquet")).unwrap();
         let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
         w.write(&batch).unwrap();
         w.close().unwrap();
     }
-    let e = user_error(orrery(&["train", "tiny.toml", "--set", "data.url=wrong"], &dir), "missing column `clip_id`");
+    let e = user_error(
+        orrery(&["train", "tiny.toml", "--set", "data.url=wrong"], &dir),
+        "missing column `clip_id`",
+    );
     assert!(e.contains("part-0.parquet"), "{e}");
-    user_error(orrery(&["data", "inspect", "wrong"], &dir), "missing column `clip_id`");
+    user_error(
+        orrery(&["data", "inspect", "wrong"], &dir),
+        "missing column `clip_id`",
+    );
     // A truncated file.
     let good = std::fs::read(dir.join("data/part-00000.parquet")).unwrap();
     std::fs::create_dir_all(dir.join("cut")).unwrap();
     std::fs::write(dir.join("cut/part-0.parquet"), &good[..good.len() / 2]).unwrap();
-    user_error(orrery(&["data", "inspect", "cut"], &dir), "not a readable Parquet file");
-    user_error(orrery(&["sample", "--checkpoint", "nothing", "--out", "x.gif"], &dir), "is not a checkpoint");
+    user_error(
+        orrery(&["data", "inspect", "cut"], &dir),
+        "not a readable Parquet file",
+    );
+    user_error(
+        orrery(
+            &["sample", "--checkpoint", "nothing", "--out", "x.gif"],
+            &dir,
+        ),
+        "is not a checkpoint",
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -42,7 +42,10 @@ impl Dataset {
         })?;
         clips.sort_by(|a, b| a.id.cmp(&b.id));
         if let Some(w) = clips.windows(2).find(|w| w[0].id == w[1].id) {
-            return Err(DataError::Geometry(format!("clip id {} appears twice under {url}", w[0].id)));
+            return Err(DataError::Geometry(format!(
+                "clip id {} appears twice under {url}",
+                w[0].id
+            )));
         }
         if let Some(first) = clips.first() {
             if let Some(c) = clips.iter().find(|c| c.shape[1..] != first.shape[1..]) {
@@ -59,7 +62,12 @@ impl Dataset {
             )));
         }
         let holdout = clips.split_off(clips.len() - holdout);
-        Ok(Dataset { train: clips, holdout, meta, files })
+        Ok(Dataset {
+            train: clips,
+            holdout,
+            meta,
+            files,
+        })
     }
 
     /// [C, H, W] of the clips.
@@ -136,14 +144,25 @@ impl<'a> Loader<'a> {
                 "global batch {global_batch} is not divisible by world size {world}: set data.global_batch to a multiple of {world}"
             )));
         }
-        let mut loader =
-            Loader { clips: usable, seed, global_batch, frames, rank, world, cursor, order: Vec::new(), skipped_short };
+        let mut loader = Loader {
+            clips: usable,
+            seed,
+            global_batch,
+            frames,
+            rank,
+            world,
+            cursor,
+            order: Vec::new(),
+            skipped_short,
+        };
         loader.shuffle();
         Ok(loader)
     }
 
     fn shuffle(&mut self) {
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ self.cursor.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            self.seed ^ self.cursor.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
         self.order = (0..self.clips.len()).collect();
         self.order.shuffle(&mut rng);
     }
@@ -161,7 +180,10 @@ impl<'a> Loader<'a> {
     /// This rank's share of the next global batch.
     pub fn next_batch(&mut self) -> Batch {
         if self.cursor.batch >= self.batches_per_epoch() {
-            self.cursor = Cursor { epoch: self.cursor.epoch + 1, batch: 0 };
+            self.cursor = Cursor {
+                epoch: self.cursor.epoch + 1,
+                batch: 0,
+            };
             self.shuffle();
         }
         let local = self.global_batch / self.world;
@@ -172,7 +194,10 @@ impl<'a> Loader<'a> {
         let mut batch = Batch {
             dims: [local, t, c, h, w],
             latents: Vec::with_capacity(local * t * frame_len),
-            actions: self.clips[0].actions.as_ref().map(|_| Vec::with_capacity(local * t)),
+            actions: self.clips[0]
+                .actions
+                .as_ref()
+                .map(|_| Vec::with_capacity(local * t)),
             sample_ids: Vec::with_capacity(local),
             clip_ids: Vec::with_capacity(local),
         };
@@ -180,10 +205,14 @@ impl<'a> Loader<'a> {
             let index = self.order[pos];
             let clip = self.clips[index];
             let mut rng = ChaCha8Rng::seed_from_u64(
-                self.seed.wrapping_add(0x5851_F42D_4C95_7F2D) ^ self.cursor.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+                self.seed.wrapping_add(0x5851_F42D_4C95_7F2D)
+                    ^ self.cursor.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    ^ (index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
             );
             let offset = rng.random_range(0..=clip.shape[0] - t);
-            batch.latents.extend_from_slice(&clip.latents[offset * frame_len..(offset + t) * frame_len]);
+            batch
+                .latents
+                .extend_from_slice(&clip.latents[offset * frame_len..(offset + t) * frame_len]);
             if let (Some(out), Some(a)) = (batch.actions.as_mut(), clip.actions.as_ref()) {
                 out.extend_from_slice(&a[offset..offset + t]);
             }

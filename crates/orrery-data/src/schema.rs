@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, BinaryBuilder, Float32Array, Float32Builder, Int32Array, Int32Builder, ListArray,
-    ListBuilder, RecordBatch, StringArray, StringBuilder,
+    Array, ArrayRef, BinaryArray, BinaryBuilder, Float32Array, Float32Builder, Int32Array,
+    Int32Builder, ListArray, ListBuilder, RecordBatch, StringArray, StringBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema};
 use bytes::Bytes;
@@ -102,10 +102,17 @@ fn schema(with_actions: bool, with_xy: bool) -> Schema {
 
 /// Encode clips (as f32) into one Parquet file with schema-v1 metadata.
 pub fn write_parquet(clips: &[Clip], meta: &DatasetMeta) -> Result<Bytes> {
-    let err = |reason: String| DataError::Schema { file: "(writing)".into(), reason };
+    let err = |reason: String| DataError::Schema {
+        file: "(writing)".into(),
+        reason,
+    };
     let with_actions = clips.iter().any(|c| c.actions.is_some());
     let with_xy = clips.iter().any(|c| c.agent_xy.is_some());
-    let (mut ids, mut lat, mut dtype) = (StringBuilder::new(), BinaryBuilder::new(), StringBuilder::new());
+    let (mut ids, mut lat, mut dtype) = (
+        StringBuilder::new(),
+        BinaryBuilder::new(),
+        StringBuilder::new(),
+    );
     let mut shapes = ListBuilder::new(Int32Builder::new());
     let mut actions = ListBuilder::new(Int32Builder::new());
     let mut xy = ListBuilder::new(Float32Builder::new());
@@ -153,13 +160,19 @@ pub fn write_parquet(clips: &[Clip], meta: &DatasetMeta) -> Result<Bytes> {
         .set_key_value_metadata(Some(kv))
         .build();
     let mut out = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut out, schema, Some(props)).map_err(|e| err(e.to_string()))?;
+    let mut writer =
+        ArrowWriter::try_new(&mut out, schema, Some(props)).map_err(|e| err(e.to_string()))?;
     writer.write(&batch).map_err(|e| err(e.to_string()))?;
     writer.close().map_err(|e| err(e.to_string()))?;
     Ok(Bytes::from(out))
 }
 
-fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str, file: &str, required: bool) -> Result<Option<&'a T>> {
+fn column<'a, T: 'static>(
+    batch: &'a RecordBatch,
+    name: &str,
+    file: &str,
+    required: bool,
+) -> Result<Option<&'a T>> {
     match batch.column_by_name(name) {
         None if required => Err(DataError::Schema {
             file: file.into(),
@@ -190,39 +203,75 @@ fn decode_latents(bytes: &[u8], dtype: &str, n: usize) -> std::result::Result<Ve
     let width = match dtype {
         "f32" => 4,
         "f16" | "bf16" => 2,
-        other => return Err(format!("latent_dtype {other:?} is not one of f32, f16, bf16")),
+        other => {
+            return Err(format!(
+                "latent_dtype {other:?} is not one of f32, f16, bf16"
+            ))
+        }
     };
     if bytes.len() != n * width {
-        return Err(format!("latents hold {} bytes but latent_shape and {dtype} need {}", bytes.len(), n * width));
+        return Err(format!(
+            "latents hold {} bytes but latent_shape and {dtype} need {}",
+            bytes.len(),
+            n * width
+        ));
     }
     let vals: Vec<f32> = match dtype {
-        "f32" => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        "f16" => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        _ => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        "f32" => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        "f16" => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        _ => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
     };
     if let Some(i) = vals.iter().position(|v| !v.is_finite()) {
-        return Err(format!("latents hold a non-finite value ({}) at flat index {i}", vals[i]));
+        return Err(format!(
+            "latents hold a non-finite value ({}) at flat index {i}",
+            vals[i]
+        ));
     }
     Ok(vals)
 }
 
 /// Decode one Parquet file, checking the schema and every row.
 pub fn read_parquet(bytes: &Bytes, file: &str) -> Result<ParquetClips> {
-    let schema_err = |reason: String| DataError::Schema { file: file.to_string(), reason };
+    let schema_err = |reason: String| DataError::Schema {
+        file: file.to_string(),
+        reason,
+    };
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
         .map_err(|e| schema_err(format!("not a readable Parquet file ({e})")))?;
     let kv: HashMap<String, String> = builder
         .metadata()
         .file_metadata()
         .key_value_metadata()
-        .map(|kv| kv.iter().filter_map(|e| e.value.clone().map(|v| (e.key.clone(), v))).collect())
+        .map(|kv| {
+            kv.iter()
+                .filter_map(|e| e.value.clone().map(|v| (e.key.clone(), v)))
+                .collect()
+        })
         .unwrap_or_default();
     match kv.get(KEY_VERSION).map(String::as_str) {
         Some(SCHEMA_VERSION) | None => {}
-        Some(v) => return Err(schema_err(format!("schema version {v} is not supported (this orrery reads {SCHEMA_VERSION})"))),
+        Some(v) => {
+            return Err(schema_err(format!(
+                "schema version {v} is not supported (this orrery reads {SCHEMA_VERSION})"
+            )))
+        }
     }
     let num = |k: &str, default: f64| -> Result<f64> {
-        kv.get(k).map(|v| v.parse::<f64>().map_err(|_| schema_err(format!("metadata {k} = {v:?} is not a number")))).unwrap_or(Ok(default))
+        kv.get(k)
+            .map(|v| {
+                v.parse::<f64>()
+                    .map_err(|_| schema_err(format!("metadata {k} = {v:?} is not a number")))
+            })
+            .unwrap_or(Ok(default))
     };
     let meta = DatasetMeta {
         scale: num(KEY_SCALE, 1.0)?,
@@ -242,32 +291,59 @@ pub fn read_parquet(bytes: &Bytes, file: &str) -> Result<ParquetClips> {
         let xy = column::<ListArray>(&batch, "agent_xy", file, false)?;
         for r in 0..batch.num_rows() {
             let row = clips.len();
-            let row_err = |reason: String| DataError::Row { file: file.to_string(), row, reason };
-            let shape: Int32Array = list_values(shapes, r).ok_or_else(|| row_err("latent_shape is null".into()))?;
+            let row_err = |reason: String| DataError::Row {
+                file: file.to_string(),
+                row,
+                reason,
+            };
+            let shape: Int32Array =
+                list_values(shapes, r).ok_or_else(|| row_err("latent_shape is null".into()))?;
             if shape.len() != 4 || shape.iter().any(|d| d.is_none_or(|d| d <= 0)) {
-                return Err(row_err(format!("latent_shape {:?} is not four positive dims [T, C, H, W]", shape.values())));
+                return Err(row_err(format!(
+                    "latent_shape {:?} is not four positive dims [T, C, H, W]",
+                    shape.values()
+                )));
             }
             let s: Vec<usize> = shape.values().iter().map(|&d| d as usize).collect();
             let shape = [s[0], s[1], s[2], s[3]];
             let n = shape.iter().product();
             let mut latents = decode_latents(lat.value(r), dtypes.value(r), n).map_err(row_err)?;
             if meta.scale != 1.0 || meta.shift != 0.0 {
-                latents.iter_mut().for_each(|v| *v = ((*v as f64 - meta.shift) * meta.scale) as f32);
+                latents
+                    .iter_mut()
+                    .for_each(|v| *v = ((*v as f64 - meta.shift) * meta.scale) as f32);
             }
             let actions = match actions.and_then(|a| list_values::<Int32Array>(a, r)) {
                 None => None,
                 Some(a) if a.len() != shape[0] || a.null_count() > 0 => {
-                    return Err(row_err(format!("action_ids has {} entries for {} frames", a.len(), shape[0])))
+                    return Err(row_err(format!(
+                        "action_ids has {} entries for {} frames",
+                        a.len(),
+                        shape[0]
+                    )))
                 }
                 Some(a) => {
-                    if let Some(bad) = a.values().iter().find(|&&x| x < 0 || (meta.num_actions > 0 && x as usize >= meta.num_actions)) {
-                        return Err(row_err(format!("action id {bad} is outside 0..{}", meta.num_actions)));
+                    if let Some(bad) = a.values().iter().find(|&&x| {
+                        x < 0 || (meta.num_actions > 0 && x as usize >= meta.num_actions)
+                    }) {
+                        return Err(row_err(format!(
+                            "action id {bad} is outside 0..{}",
+                            meta.num_actions
+                        )));
                     }
                     Some(a.values().iter().map(|&x| x as i64).collect())
                 }
             };
-            let agent_xy = xy.and_then(|a| list_values::<Float32Array>(a, r)).map(|a| a.values().to_vec());
-            clips.push(Clip { id: ids.value(r).to_string(), shape, latents, actions, agent_xy });
+            let agent_xy = xy
+                .and_then(|a| list_values::<Float32Array>(a, r))
+                .map(|a| a.values().to_vec());
+            clips.push(Clip {
+                id: ids.value(r).to_string(),
+                shape,
+                latents,
+                actions,
+                agent_xy,
+            });
         }
     }
     Ok(ParquetClips { clips, meta })

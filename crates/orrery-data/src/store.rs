@@ -23,7 +23,10 @@ pub struct Location {
 /// Parse a data URL: `s3://`, `gs://` and `az://` come with the data-plane work;
 /// here plain paths, `file://` and `memory://`.
 pub fn parse(url: &str) -> Result<Location> {
-    let bad = |reason: String| DataError::Url { url: url.to_string(), reason };
+    let bad = |reason: String| DataError::Url {
+        url: url.to_string(),
+        reason,
+    };
     let parsed = if url.contains("://") {
         Url::parse(url).map_err(|e| bad(e.to_string()))?
     } else {
@@ -39,31 +42,55 @@ pub fn parse(url: &str) -> Result<Location> {
         }
     }
     let (store, prefix) = object_store::parse_url(&parsed).map_err(|e| bad(e.to_string()))?;
-    Ok(Location { store: Arc::from(store), prefix, url: url.to_string() })
+    Ok(Location {
+        store: Arc::from(store),
+        prefix,
+        url: url.to_string(),
+    })
 }
 
 /// A small current-thread runtime for the blocking API.
 pub(crate) fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 impl Location {
     fn store_err(&self, source: object_store::Error) -> DataError {
-        DataError::Store { url: self.url.clone(), source }
+        DataError::Store {
+            url: self.url.clone(),
+            source,
+        }
     }
 
     /// The `.parquet` files under the prefix (or the prefix itself if it is
     /// one), sorted by path.
     pub async fn list_parquet(&self) -> Result<Vec<Path>> {
         if self.prefix.as_ref().ends_with(".parquet") {
-            self.store.head(&self.prefix).await.map_err(|e| self.store_err(e))?;
+            self.store
+                .head(&self.prefix)
+                .await
+                .map_err(|e| self.store_err(e))?;
             return Ok(vec![self.prefix.clone()]);
         }
-        let metas: Vec<_> = self.store.list(Some(&self.prefix)).try_collect().await.map_err(|e| self.store_err(e))?;
-        let mut files: Vec<Path> = metas.into_iter().map(|m| m.location).filter(|p| p.as_ref().ends_with(".parquet")).collect();
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&self.prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.store_err(e))?;
+        let mut files: Vec<Path> = metas
+            .into_iter()
+            .map(|m| m.location)
+            .filter(|p| p.as_ref().ends_with(".parquet"))
+            .collect();
         files.sort();
         if files.is_empty() {
-            return Err(DataError::Empty { url: self.url.clone() });
+            return Err(DataError::Empty {
+                url: self.url.clone(),
+            });
         }
         Ok(files)
     }
@@ -77,20 +104,32 @@ impl Location {
     /// Write one object under the prefix.
     pub async fn put(&self, name: &str, data: Bytes) -> Result<Path> {
         let path = self.prefix.clone().join(name);
-        self.store.put(&path, PutPayload::from(data)).await.map_err(|e| self.store_err(e))?;
+        self.store
+            .put(&path, PutPayload::from(data))
+            .await
+            .map_err(|e| self.store_err(e))?;
         Ok(path)
     }
 }
 
 /// Write clips as Parquet shards `part-NNNNN.parquet` of at most
 /// `clips_per_file` rows under `url`. Returns the paths written.
-pub fn write_dataset(url: &str, clips: &[crate::Clip], meta: &crate::DatasetMeta, clips_per_file: usize) -> Result<Vec<String>> {
+pub fn write_dataset(
+    url: &str,
+    clips: &[crate::Clip],
+    meta: &crate::DatasetMeta,
+    clips_per_file: usize,
+) -> Result<Vec<String>> {
     let loc = parse(url)?;
     runtime().block_on(async {
         let mut written = Vec::new();
         for (i, chunk) in clips.chunks(clips_per_file.max(1)).enumerate() {
             let bytes = crate::schema::write_parquet(chunk, meta)?;
-            written.push(loc.put(&format!("part-{i:05}.parquet"), bytes).await?.to_string());
+            written.push(
+                loc.put(&format!("part-{i:05}.parquet"), bytes)
+                    .await?
+                    .to_string(),
+            );
         }
         Ok(written)
     })

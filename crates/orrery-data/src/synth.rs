@@ -42,7 +42,13 @@ pub struct SynthConfig {
 
 impl Default for SynthConfig {
     fn default() -> Self {
-        Self { clips: 512, frames: 16, height: 32, width: 32, seed: 0 }
+        Self {
+            clips: 512,
+            frames: 16,
+            height: 32,
+            width: 32,
+            seed: 0,
+        }
     }
 }
 
@@ -53,7 +59,10 @@ impl SynthConfig {
             return Err("--clips and --frames must be positive".into());
         }
         if self.height < 12 || self.width < 12 || self.height > 512 || self.width > 512 {
-            return Err(format!("--size {} {}: each side must be between 12 and 512 pixels", self.height, self.width));
+            return Err(format!(
+                "--size {} {}: each side must be between 12 and 512 pixels",
+                self.height, self.width
+            ));
         }
         Ok(())
     }
@@ -73,7 +82,11 @@ impl SynthConfig {
 fn background(y: usize, x: usize, c: usize) -> f32 {
     let (yf, xf) = (y as f32, x as f32);
     let stripes = (0.45 * xf + 0.9 * c as f32).sin() * (0.3 * yf).cos();
-    let checker = if ((x / 4) + (y / 4)) % 2 == 0 { 0.08 } else { -0.08 };
+    let checker = if ((x / 4) + (y / 4)) % 2 == 0 {
+        0.08
+    } else {
+        -0.08
+    };
     -0.35 + 0.12 * c as f32 + 0.15 * stripes + checker
 }
 
@@ -100,7 +113,10 @@ impl WorldState {
         };
         self.agent.0 = (self.agent.0 + dx).clamp(0, (w - AGENT) as i64);
         self.agent.1 = (self.agent.1 + dy).clamp(0, (h - AGENT) as i64);
-        for (pos, vel, max) in [(&mut self.ball.0, &mut self.ball_v.0, w), (&mut self.ball.1, &mut self.ball_v.1, h)] {
+        for (pos, vel, max) in [
+            (&mut self.ball.0, &mut self.ball_v.0, w),
+            (&mut self.ball.1, &mut self.ball_v.1, h),
+        ] {
             let next = *pos + *vel;
             if next < 0 || next > (max - BALL) as i64 {
                 *vel = -*vel;
@@ -111,12 +127,17 @@ impl WorldState {
 
     /// Agent centre in pixel coordinates (x, y).
     pub fn agent_centre(&self) -> (f32, f32) {
-        (self.agent.0 as f32 + AGENT as f32 / 2.0 - 0.5, self.agent.1 as f32 + AGENT as f32 / 2.0 - 0.5)
+        (
+            self.agent.0 as f32 + AGENT as f32 / 2.0 - 0.5,
+            self.agent.1 as f32 + AGENT as f32 / 2.0 - 0.5,
+        )
     }
 
     /// Draw the frame: [3, h, w].
     pub fn render(&self, h: usize, w: usize) -> Vec<f32> {
-        let mut img: Vec<f32> = (0..3 * h * w).map(|i| background((i / w) % h, i % w, i / (h * w))).collect();
+        let mut img: Vec<f32> = (0..3 * h * w)
+            .map(|i| background((i / w) % h, i % w, i / (h * w)))
+            .collect();
         let mut square = |(x0, y0): (i64, i64), side: usize, rgb: [f32; 3]| {
             for y in y0 as usize..y0 as usize + side {
                 for x in x0 as usize..x0 as usize + side {
@@ -135,11 +156,24 @@ impl WorldState {
 /// Render one clip from its own seed.
 pub fn render_clip(cfg: &SynthConfig, index: usize) -> Clip {
     let (h, w) = (cfg.height, cfg.width);
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003).wrapping_add(index as u64));
-    let speed = |rng: &mut ChaCha8Rng| if rng.random::<bool>() { rng.random_range(1..=2) } else { -rng.random_range(1..=2) };
+    let mut rng =
+        ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003).wrapping_add(index as u64));
+    let speed = |rng: &mut ChaCha8Rng| {
+        if rng.random::<bool>() {
+            rng.random_range(1..=2)
+        } else {
+            -rng.random_range(1..=2)
+        }
+    };
     let mut state = WorldState {
-        agent: (rng.random_range(0..=(w - AGENT) as i64), rng.random_range(0..=(h - AGENT) as i64)),
-        ball: (rng.random_range(0..=(w - BALL) as i64), rng.random_range(0..=(h - BALL) as i64)),
+        agent: (
+            rng.random_range(0..=(w - AGENT) as i64),
+            rng.random_range(0..=(h - AGENT) as i64),
+        ),
+        ball: (
+            rng.random_range(0..=(w - BALL) as i64),
+            rng.random_range(0..=(h - BALL) as i64),
+        ),
         ball_v: (speed(&mut rng), speed(&mut rng)),
     };
     let mut action = rng.random_range(0..NUM_ACTIONS as i64);
@@ -177,7 +211,9 @@ pub fn locate_agent(frame: &[f32], h: usize, w: usize) -> Option<(f32, f32)> {
     let (mut sx, mut sy, mut n) = (0.0f32, 0.0f32, 0.0f32);
     for y in 0..h {
         for x in 0..w {
-            let d: f32 = (0..3).map(|c| (frame[(c * h + y) * w + x] - AGENT_RGB[c]).powi(2)).sum();
+            let d: f32 = (0..3)
+                .map(|c| (frame[(c * h + y) * w + x] - AGENT_RGB[c]).powi(2))
+                .sum();
             if d < 0.5 {
                 sx += x as f32;
                 sy += y as f32;

@@ -6,11 +6,19 @@ use arrow::datatypes::{DataType, Field, Schema};
 use bytes::Bytes;
 
 use crate::schema::{read_parquet, write_parquet};
-use crate::synth::{locate_agent, render_clip, render_clips, SynthConfig, WorldState, NUM_ACTIONS, SPEED};
+use crate::synth::{
+    locate_agent, render_clip, render_clips, SynthConfig, WorldState, NUM_ACTIONS, SPEED,
+};
 use crate::{store, Cursor, DataError, Dataset, Loader};
 
 fn small() -> SynthConfig {
-    SynthConfig { clips: 12, frames: 10, height: 16, width: 20, seed: 3 }
+    SynthConfig {
+        clips: 12,
+        frames: 10,
+        height: 16,
+        width: 20,
+        seed: 3,
+    }
 }
 
 #[test]
@@ -25,19 +33,32 @@ fn parquet_round_trips_clips_and_metadata() {
 
 #[test]
 fn wrong_columns_and_truncated_files_name_the_file() {
-    let schema = Arc::new(Schema::new(vec![Field::new("pixels", DataType::Int32, false)]));
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int32Array::from(vec![1, 2]))]).unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "pixels",
+        DataType::Int32,
+        false,
+    )]));
+    let batch =
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(Int32Array::from(vec![1, 2]))]).unwrap();
     let mut out = Vec::new();
     let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, schema, None).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
-    let err = read_parquet(&Bytes::from(out), "bad.parquet").unwrap_err().to_string();
-    assert!(err.starts_with("bad.parquet: missing column `clip_id`") && err.contains("pixels"), "{err}");
+    let err = read_parquet(&Bytes::from(out), "bad.parquet")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("bad.parquet: missing column `clip_id`") && err.contains("pixels"),
+        "{err}"
+    );
 
     let good = write_parquet(&render_clips(&small()), &small().metadata()).unwrap();
     let cut = good.slice(0..good.len() / 2);
     let err = read_parquet(&cut, "cut.parquet").unwrap_err().to_string();
-    assert!(err.starts_with("cut.parquet: not a readable Parquet file"), "{err}");
+    assert!(
+        err.starts_with("cut.parquet: not a readable Parquet file"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -46,7 +67,9 @@ fn non_finite_latents_are_rejected_with_the_row() {
     clips[2].latents[5] = f32::NAN;
     let bytes = write_parquet(&clips, &small().metadata()).unwrap();
     match read_parquet(&bytes, "nan.parquet").unwrap_err() {
-        DataError::Row { row, reason, .. } => assert!(row == 2 && reason.contains("non-finite"), "{row} {reason}"),
+        DataError::Row { row, reason, .. } => {
+            assert!(row == 2 && reason.contains("non-finite"), "{row} {reason}")
+        }
         other => panic!("unexpected {other}"),
     }
 }
@@ -56,7 +79,10 @@ fn the_agent_follows_its_actions_and_is_found_in_the_pixels() {
     let cfg = small();
     let clip = render_clip(&cfg, 5);
     assert_eq!(clip, render_clip(&cfg, 5), "rendering is deterministic");
-    let (actions, xy) = (clip.actions.as_ref().unwrap(), clip.agent_xy.as_ref().unwrap());
+    let (actions, xy) = (
+        clip.actions.as_ref().unwrap(),
+        clip.agent_xy.as_ref().unwrap(),
+    );
     for f in 1..cfg.frames {
         let (dx, dy) = (xy[2 * f] - xy[2 * f - 2], xy[2 * f + 1] - xy[2 * f - 1]);
         let expected = match actions[f] {
@@ -67,19 +93,35 @@ fn the_agent_follows_its_actions_and_is_found_in_the_pixels() {
             _ => (0.0, 0.0),
         };
         // Either the move happened or a wall stopped it.
-        assert!((dx, dy) == expected || (dx, dy) == (0.0, 0.0), "frame {f}: moved {dx},{dy} under action {}", actions[f]);
+        assert!(
+            (dx, dy) == expected || (dx, dy) == (0.0, 0.0),
+            "frame {f}: moved {dx},{dy} under action {}",
+            actions[f]
+        );
         let found = locate_agent(clip.frame(f), cfg.height, cfg.width).unwrap();
-        assert!((found.0 - xy[2 * f]).abs() < 1e-4 && (found.1 - xy[2 * f + 1]).abs() < 1e-4, "{found:?}");
+        assert!(
+            (found.0 - xy[2 * f]).abs() < 1e-4 && (found.1 - xy[2 * f + 1]).abs() < 1e-4,
+            "{found:?}"
+        );
     }
-    assert!(actions.iter().all(|&a| (0..NUM_ACTIONS as i64).contains(&a)));
+    assert!(actions
+        .iter()
+        .all(|&a| (0..NUM_ACTIONS as i64).contains(&a)));
 }
 
 #[test]
 fn the_ball_bounces_inside_the_frame() {
-    let mut s = WorldState { agent: (0, 0), ball: (0, 0), ball_v: (-2, 1) };
+    let mut s = WorldState {
+        agent: (0, 0),
+        ball: (0, 0),
+        ball_v: (-2, 1),
+    };
     for _ in 0..50 {
         s.step(0, 12, 12);
-        assert!((0..=9).contains(&s.ball.0) && (0..=9).contains(&s.ball.1), "{s:?}");
+        assert!(
+            (0..=9).contains(&s.ball.0) && (0..=9).contains(&s.ball.1),
+            "{s:?}"
+        );
     }
 }
 
@@ -92,21 +134,37 @@ fn datasets_open_from_a_directory_and_missing_paths_say_how_to_fix() {
     let cfg = small();
     let clips = render_clips(&cfg);
     store::runtime().block_on(async {
-        loc.put("a.parquet", write_parquet(&clips[..5], &cfg.metadata()).unwrap()).await.unwrap();
-        loc.put("b.parquet", write_parquet(&clips[5..], &cfg.metadata()).unwrap()).await.unwrap();
+        loc.put(
+            "a.parquet",
+            write_parquet(&clips[..5], &cfg.metadata()).unwrap(),
+        )
+        .await
+        .unwrap();
+        loc.put(
+            "b.parquet",
+            write_parquet(&clips[5..], &cfg.metadata()).unwrap(),
+        )
+        .await
+        .unwrap();
     });
     let ds = Dataset::open(&url, 2).unwrap();
     assert_eq!((ds.files, ds.train.len(), ds.holdout.len()), (2, 10, 2));
     assert_eq!(ds.holdout[1].id, "synth-000011");
     let missing = dir.join("nope").to_str().unwrap().to_string();
     let err = Dataset::open(&missing, 0).unwrap_err().to_string();
-    assert!(err.contains("no .parquet files found") && err.contains("orrery data synth"), "{err}");
+    assert!(
+        err.contains("no .parquet files found") && err.contains("orrery data synth"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn the_order_is_deterministic_resumable_and_split_across_ranks() {
-    let cfg = SynthConfig { clips: 20, ..small() };
+    let cfg = SynthConfig {
+        clips: 20,
+        ..small()
+    };
     let clips = render_clips(&cfg);
     let mut whole = Loader::new(&clips, 7, 4, 6, (0, 1), Cursor::default()).unwrap();
     let seq: Vec<_> = (0..12).map(|_| whole.next_batch()).collect();
@@ -129,8 +187,12 @@ fn the_order_is_deterministic_resumable_and_split_across_ranks() {
         assert_eq!([a.sample_ids, c.sample_ids].concat(), b.sample_ids);
     }
     assert_eq!(seq[0].dims, [4, 6, 3, 16, 20]);
-    let err = Loader::new(&clips, 7, 3, 6, (0, 2), Cursor::default()).unwrap_err().to_string();
+    let err = Loader::new(&clips, 7, 3, 6, (0, 2), Cursor::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("multiple of 2"), "{err}");
-    let err = Loader::new(&clips, 7, 4, 11, (0, 1), Cursor::default()).unwrap_err().to_string();
+    let err = Loader::new(&clips, 7, 4, 11, (0, 1), Cursor::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("20 are shorter"), "{err}");
 }

@@ -51,7 +51,12 @@ pub type Result<T> = std::result::Result<T, DiffusionError>;
 pub trait Denoiser<B: Backend> {
     /// # Shapes
     /// x_t: [b, t, c, h, w], t: [b, t], actions: [b, t] -> [b, t, c, h, w]
-    fn velocity(&self, x_t: Tensor<B, 5>, t: Tensor<B, 2>, actions: Option<Tensor<B, 2, Int>>) -> Result<Tensor<B, 5>>;
+    fn velocity(
+        &self,
+        x_t: Tensor<B, 5>,
+        t: Tensor<B, 2>,
+        actions: Option<Tensor<B, 2, Int>>,
+    ) -> Result<Tensor<B, 5>>;
 }
 
 impl<B, F> Denoiser<B> for F
@@ -59,7 +64,12 @@ where
     B: Backend,
     F: Fn(Tensor<B, 5>, Tensor<B, 2>, Option<Tensor<B, 2, Int>>) -> Result<Tensor<B, 5>>,
 {
-    fn velocity(&self, x_t: Tensor<B, 5>, t: Tensor<B, 2>, actions: Option<Tensor<B, 2, Int>>) -> Result<Tensor<B, 5>> {
+    fn velocity(
+        &self,
+        x_t: Tensor<B, 5>,
+        t: Tensor<B, 2>,
+        actions: Option<Tensor<B, 2, Int>>,
+    ) -> Result<Tensor<B, 5>> {
         self(x_t, t, actions)
     }
 }
@@ -68,7 +78,9 @@ where
 /// sample draws the same noise on any number of ranks.
 pub fn sample_rng(seed: u64, step: u64, sample: u64) -> ChaCha8Rng {
     // splitmix64-style mixing of the three keys into one 64-bit seed.
-    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ sample.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let mut z = seed
+        ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ sample.wrapping_mul(0xD1B5_4A32_D192_ED03);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     ChaCha8Rng::seed_from_u64(z ^ (z >> 31))

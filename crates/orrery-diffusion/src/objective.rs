@@ -77,9 +77,14 @@ impl ObjectiveConfig {
     /// Check the values; the message names the key.
     pub fn validate(&self) -> Result<()> {
         self.timesteps.validate()?;
-        for (key, p) in [("context_prob", self.context_prob), ("action_dropout", self.action_dropout)] {
+        for (key, p) in [
+            ("context_prob", self.context_prob),
+            ("action_dropout", self.action_dropout),
+        ] {
             if !(0.0..=1.0).contains(&p) {
-                return Err(DiffusionError::Config(format!("objective.{key} = {p} must be in [0, 1]")));
+                return Err(DiffusionError::Config(format!(
+                    "objective.{key} = {p} must be in [0, 1]"
+                )));
             }
         }
         if !(0.0..1.0).contains(&self.context_noise) {
@@ -112,7 +117,11 @@ impl ObjectiveConfig {
                     FrameNoise::Independent => self.timesteps.draw(&mut rng),
                 })
                 .collect();
-            let context = if t > 1 && rng.random::<f64>() < self.context_prob { rng.random_range(1..t) } else { 0 };
+            let context = if t > 1 && rng.random::<f64>() < self.context_prob {
+                rng.random_range(1..t)
+            } else {
+                0
+            };
             for (f, level) in levels.iter_mut().enumerate() {
                 let is_context = f < context;
                 if is_context {
@@ -121,8 +130,12 @@ impl ObjectiveConfig {
                 plan.t.push(*level as f32);
                 plan.loss_mask.push(if is_context { 0.0 } else { 1.0 });
             }
-            plan.drop_actions.push(rng.random::<f64>() < self.action_dropout);
-            plan.eps.extend((0..t * frame_len).map(|_| { let n: f32 = StandardNormal.sample(&mut rng); n }));
+            plan.drop_actions
+                .push(rng.random::<f64>() < self.action_dropout);
+            plan.eps.extend((0..t * frame_len).map(|_| {
+                let n: f32 = StandardNormal.sample(&mut rng);
+                n
+            }));
         }
         plan
     }
@@ -132,7 +145,13 @@ impl ObjectiveConfig {
     ///
     /// # Shapes
     /// returns [1]
-    pub fn loss<B: Backend>(&self, model: &impl Denoiser<B>, batch: &TrainBatch<B>, seed: u64, step: u64) -> Result<Tensor<B, 1>> {
+    pub fn loss<B: Backend>(
+        &self,
+        model: &impl Denoiser<B>,
+        batch: &TrainBatch<B>,
+        seed: u64,
+        step: u64,
+    ) -> Result<Tensor<B, 1>> {
         let x_0 = batch.latents.clone();
         let dims = x_0.dims();
         let [b, t, c, h, w] = dims;
@@ -145,12 +164,20 @@ impl ObjectiveConfig {
         let x_t = x_0.clone() * (t5.clone().neg() + 1.0) + eps.clone() * t5;
         let v_target = eps - x_0;
         let actions = batch.actions.clone().map(|a| {
-            let drop: Vec<bool> = plan.drop_actions.iter().flat_map(|&d| std::iter::repeat_n(d, t)).collect();
+            let drop: Vec<bool> = plan
+                .drop_actions
+                .iter()
+                .flat_map(|&d| std::iter::repeat_n(d, t))
+                .collect();
             let drop = Tensor::<B, 2, Bool>::from_data(TensorData::new(drop, [b, t]), &device);
             a.mask_fill(drop, batch.null_action)
         });
         let v_pred = model.velocity(x_t, t_levels, actions)?;
-        let per_frame = (v_pred - v_target).powi_scalar(2).reshape([b, t, c * h * w]).mean_dim(2).reshape([b, t]);
+        let err = v_pred - v_target;
+        let per_frame = (err.clone() * err)
+            .reshape([b, t, c * h * w])
+            .mean_dim(2)
+            .reshape([b, t]);
         let mask_sum: f32 = plan.loss_mask.iter().sum();
         let mask = Tensor::<B, 2>::from_data(TensorData::new(plan.loss_mask, [b, t]), &device);
         Ok((per_frame * mask).sum() / mask_sum.max(1.0))

@@ -20,7 +20,10 @@ pub fn euler<B: Backend>(
     let device = noise.device();
     let mut x = noise;
     for i in 0..steps {
-        let (t_now, t_next) = (1.0 - i as f64 / steps as f64, 1.0 - (i + 1) as f64 / steps as f64);
+        let (t_now, t_next) = (
+            1.0 - i as f64 / steps as f64,
+            1.0 - (i + 1) as f64 / steps as f64,
+        );
         let level = Tensor::<B, 2>::full([b, t], t_now, &device);
         let v = model.velocity(x.clone(), level, actions.clone())?;
         // Euler step of the PF-ODE: x_{t'} = x_t + (t' - t) v
@@ -70,15 +73,24 @@ pub fn rollout<B: Backend>(
         let tc = cfg.context_noise;
         let ctx = ctx * (1.0 - tc) + ctx_noise * tc;
         let acts = actions.clone().narrow(1, start, ctx_len + 1); // [b, ctx_len + 1]
-        let mut x = Tensor::<B, 5>::random([b, 1, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+        let mut x =
+            Tensor::<B, 5>::random([b, 1, c, h, w], Distribution::Normal(0.0, 1.0), &device);
         for i in 0..cfg.steps {
-            let (t_now, t_next) = (1.0 - i as f64 / cfg.steps as f64, 1.0 - (i + 1) as f64 / cfg.steps as f64);
+            let (t_now, t_next) = (
+                1.0 - i as f64 / cfg.steps as f64,
+                1.0 - (i + 1) as f64 / cfg.steps as f64,
+            );
             let levels = Tensor::cat(
-                vec![Tensor::<B, 2>::full([b, ctx_len], tc, &device), Tensor::<B, 2>::full([b, 1], t_now, &device)],
+                vec![
+                    Tensor::<B, 2>::full([b, ctx_len], tc, &device),
+                    Tensor::<B, 2>::full([b, 1], t_now, &device),
+                ],
                 1,
             ); // [b, ctx_len + 1]
             let window = Tensor::cat(vec![ctx.clone(), x.clone()], 1);
-            let v = model.velocity(window, levels, Some(acts.clone()))?.narrow(1, ctx_len, 1); // [b, 1, c, h, w]
+            let v = model
+                .velocity(window, levels, Some(acts.clone()))?
+                .narrow(1, ctx_len, 1); // [b, 1, c, h, w]
             x = x + v * (t_next - t_now);
         }
         frames = Tensor::cat(vec![frames, x], 1);

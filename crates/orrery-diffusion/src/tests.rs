@@ -3,13 +3,18 @@ use burn::backend::Flex;
 use burn::tensor::{backend::Backend, Distribution, Int, Tensor};
 
 use crate::sample::{euler, rollout, RolloutConfig};
-use crate::{sample_rng, Denoiser, FrameNoise, ObjectiveConfig, Result, TimestepSampler, TrainBatch};
+use crate::{
+    sample_rng, Denoiser, FrameNoise, ObjectiveConfig, Result, TimestepSampler, TrainBatch,
+};
 
 type B = Flex;
 
 /// The exact velocity field for x_0 ~ N(mu, s^2 I) under x_t = (1-t) x_0 + t ε:
 /// v = E[ε | x_t] - E[x_0 | x_t], both linear in x_t.
-fn gaussian_velocity(mu: f64, s: f64) -> impl Fn(Tensor<B, 5>, Tensor<B, 2>, Option<Tensor<B, 2, Int>>) -> Result<Tensor<B, 5>> {
+fn gaussian_velocity(
+    mu: f64,
+    s: f64,
+) -> impl Fn(Tensor<B, 5>, Tensor<B, 2>, Option<Tensor<B, 2, Int>>) -> Result<Tensor<B, 5>> {
     move |x_t, t, _| {
         let [b, f, ..] = x_t.dims();
         let t = t.reshape([b, f, 1, 1, 1]);
@@ -50,11 +55,18 @@ fn rollout_generates_the_requested_frames_from_the_model() {
     let (mu, s) = (-1.0, 0.3);
     let context = Tensor::<B, 5>::zeros([8, 2, 1, 8, 8], &device);
     let actions = Tensor::<B, 2, Int>::zeros([8, 5], &device);
-    let cfg = RolloutConfig { window: 3, steps: 50, context_noise: 0.0 };
+    let cfg = RolloutConfig {
+        window: 3,
+        steps: 50,
+        context_noise: 0.0,
+    };
     let out = rollout(&gaussian_velocity(mu, s), context, actions, cfg).unwrap();
     assert_eq!(out.dims(), [8, 3, 1, 8, 8]);
     let (mean, var) = moments(out);
-    assert!((mean - mu).abs() < 0.05 && (var - s * s).abs() < 0.05, "{mean} {var}");
+    assert!(
+        (mean - mu).abs() < 0.05 && (var - s * s).abs() < 0.05,
+        "{mean} {var}"
+    );
 }
 
 #[test]
@@ -65,11 +77,16 @@ fn logit_normal_median_is_sigmoid_m_and_uniform_mean_is_half() {
     let mut draws: Vec<f64> = (0..20000).map(|_| ln.draw(&mut rng)).collect();
     draws.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let median = draws[draws.len() / 2];
-    assert!((median - 1.0 / (1.0 + (-m).exp())).abs() < 0.01, "median {median}");
+    assert!(
+        (median - 1.0 / (1.0 + (-m).exp())).abs() < 0.01,
+        "median {median}"
+    );
     let u = TimestepSampler::Uniform;
     let mean = (0..20000).map(|_| u.draw(&mut rng)).sum::<f64>() / 20000.0;
     assert!((mean - 0.5).abs() < 0.01);
-    assert!(TimestepSampler::LogitNormal { m: 0.0, s: 0.0 }.validate().is_err());
+    assert!(TimestepSampler::LogitNormal { m: 0.0, s: 0.0 }
+        .validate()
+        .is_err());
 }
 
 #[test]
@@ -87,7 +104,11 @@ fn a_sample_draws_the_same_noise_in_any_batch() {
 
 #[test]
 fn context_frames_are_clean_and_out_of_the_loss() {
-    let cfg = ObjectiveConfig { context_prob: 1.0, context_noise: 0.0, ..Default::default() };
+    let cfg = ObjectiveConfig {
+        context_prob: 1.0,
+        context_noise: 0.0,
+        ..Default::default()
+    };
     let plan = cfg.plan(0, 0, &(0..64).collect::<Vec<_>>(), [64, 4, 1, 1, 1]);
     for row in 0..64 {
         let t = &plan.t[row * 4..row * 4 + 4];
@@ -97,7 +118,11 @@ fn context_frames_are_clean_and_out_of_the_loss() {
         assert!(t[..k].iter().all(|&x| x == 0.0) && m[..k].iter().all(|&x| x == 0.0));
         assert!(m[k..].iter().all(|&x| x == 1.0) && t[k..].iter().all(|&x| x > 0.0));
     }
-    let shared = ObjectiveConfig { context_prob: 0.0, frame_noise: FrameNoise::Shared, ..Default::default() };
+    let shared = ObjectiveConfig {
+        context_prob: 0.0,
+        frame_noise: FrameNoise::Shared,
+        ..Default::default()
+    };
     let plan = shared.plan(0, 0, &[1], [1, 4, 1, 1, 1]);
     assert!(plan.t.iter().all(|&x| x == plan.t[0]));
 }
@@ -108,13 +133,33 @@ fn the_loss_of_the_exact_model_is_below_a_wrong_model() {
     B::seed(&device, 4);
     let (mu, s) = (0.5, 0.5);
     let x0 = Tensor::<B, 5>::random([32, 2, 1, 8, 8], Distribution::Normal(mu, s), &device);
-    let batch = TrainBatch { latents: x0, actions: None, null_action: 0, sample_ids: (0..32).collect() };
-    let cfg = ObjectiveConfig { context_prob: 0.0, ..Default::default() };
-    let exact = cfg.loss(&gaussian_velocity(mu, s), &batch, 0, 0).unwrap().into_scalar();
-    let wrong = cfg.loss(&gaussian_velocity(-mu, s), &batch, 0, 0).unwrap().into_scalar();
+    let batch = TrainBatch {
+        latents: x0,
+        actions: None,
+        null_action: 0,
+        sample_ids: (0..32).collect(),
+    };
+    let cfg = ObjectiveConfig {
+        context_prob: 0.0,
+        ..Default::default()
+    };
+    let exact = cfg
+        .loss(&gaussian_velocity(mu, s), &batch, 0, 0)
+        .unwrap()
+        .into_scalar();
+    let wrong = cfg
+        .loss(&gaussian_velocity(-mu, s), &batch, 0, 0)
+        .unwrap()
+        .into_scalar();
     assert!(exact < wrong, "exact {exact} wrong {wrong}");
-    let zero = |x: Tensor<B, 5>, _t: Tensor<B, 2>, _a: Option<Tensor<B, 2, Int>>| -> Result<Tensor<B, 5>> { Ok(x.zeros_like()) };
+    let zero = |x: Tensor<B, 5>,
+                _t: Tensor<B, 2>,
+                _a: Option<Tensor<B, 2, Int>>|
+     -> Result<Tensor<B, 5>> { Ok(x.zeros_like()) };
     // With v_pred = 0 the loss is E||ε - x_0||^2 / d = 1 + s^2 + mu^2.
     let zero_loss = cfg.loss(&zero, &batch, 0, 0).unwrap().into_scalar() as f64;
-    assert!((zero_loss - (1.0 + s * s + mu * mu)).abs() < 0.1, "{zero_loss}");
+    assert!(
+        (zero_loss - (1.0 + s * s + mu * mu)).abs() < 0.1,
+        "{zero_loss}"
+    );
 }

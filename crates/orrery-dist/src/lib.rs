@@ -54,7 +54,12 @@ pub struct World {
 impl World {
     /// One process alone.
     pub fn single() -> Self {
-        World { rank: 0, size: 1, local_rank: 0, launcher: "single" }
+        World {
+            rank: 0,
+            size: 1,
+            local_rank: 0,
+            launcher: "single",
+        }
     }
 
     /// Read the world from the process environment.
@@ -68,25 +73,38 @@ impl World {
         let num = |var: &str| -> Result<Option<usize>, DistError> {
             match get(var) {
                 None => Ok(None),
-                Some(v) => v
-                    .trim()
-                    .parse()
-                    .map(Some)
-                    .map_err(|_| DistError::BadEnv { var: var.to_string(), value: v }),
+                Some(v) => v.trim().parse().map(Some).map_err(|_| DistError::BadEnv {
+                    var: var.to_string(),
+                    value: v,
+                }),
             }
         };
         let sources: [(&'static str, &str, &str, &str); 3] = [
-            ("openmpi", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+            (
+                "openmpi",
+                "OMPI_COMM_WORLD_RANK",
+                "OMPI_COMM_WORLD_SIZE",
+                "OMPI_COMM_WORLD_LOCAL_RANK",
+            ),
             ("pmix", "PMIX_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
             ("slurm", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
         ];
         for (name, rank_var, size_var, local_var) in sources {
             if let (Some(rank), Some(size)) = (num(rank_var)?, num(size_var)?) {
                 if rank >= size {
-                    return Err(DistError::RankOutOfRange { rank, size, source_name: name });
+                    return Err(DistError::RankOutOfRange {
+                        rank,
+                        size,
+                        source_name: name,
+                    });
                 }
                 let local_rank = num(local_var)?.unwrap_or(0);
-                return Ok(World { rank, size, local_rank, launcher: name });
+                return Ok(World {
+                    rank,
+                    size,
+                    local_rank,
+                    launcher: name,
+                });
             }
         }
         Ok(World::single())
@@ -103,7 +121,12 @@ mod tests {
     use super::*;
 
     fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     #[test]
@@ -116,21 +139,39 @@ mod tests {
             ("OMPI_COMM_WORLD_LOCAL_RANK", "1"),
         ]))
         .unwrap();
-        assert_eq!(w, World { rank: 3, size: 4, local_rank: 1, launcher: "openmpi" });
+        assert_eq!(
+            w,
+            World {
+                rank: 3,
+                size: 4,
+                local_rank: 1,
+                launcher: "openmpi"
+            }
+        );
     }
 
     #[test]
     fn slurm_alone_and_no_launcher() {
-        let w = World::from_env_fn(env(&[("SLURM_PROCID", "2"), ("SLURM_NTASKS", "8"), ("SLURM_LOCALID", "2")])).unwrap();
-        assert_eq!((w.rank, w.size, w.local_rank, w.launcher), (2, 8, 2, "slurm"));
+        let w = World::from_env_fn(env(&[
+            ("SLURM_PROCID", "2"),
+            ("SLURM_NTASKS", "8"),
+            ("SLURM_LOCALID", "2"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (w.rank, w.size, w.local_rank, w.launcher),
+            (2, 8, 2, "slurm")
+        );
         assert_eq!(World::from_env_fn(env(&[])).unwrap(), World::single());
     }
 
     #[test]
     fn bad_values_are_errors() {
-        let e = World::from_env_fn(env(&[("SLURM_PROCID", "x"), ("SLURM_NTASKS", "2")])).unwrap_err();
+        let e =
+            World::from_env_fn(env(&[("SLURM_PROCID", "x"), ("SLURM_NTASKS", "2")])).unwrap_err();
         assert!(e.to_string().contains("SLURM_PROCID"));
-        let e = World::from_env_fn(env(&[("SLURM_PROCID", "2"), ("SLURM_NTASKS", "2")])).unwrap_err();
+        let e =
+            World::from_env_fn(env(&[("SLURM_PROCID", "2"), ("SLURM_NTASKS", "2")])).unwrap_err();
         assert!(e.to_string().contains("not below world size"));
     }
 }

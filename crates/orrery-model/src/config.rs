@@ -65,9 +65,15 @@ impl DitConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(ModelError::Config(msg));
         if self.channels == 0 || self.frames == 0 || self.depth == 0 || self.hidden == 0 {
-            return bad("model.channels, model.frames, model.depth and model.hidden must be positive".into());
+            return bad(
+                "model.channels, model.frames, model.depth and model.hidden must be positive"
+                    .into(),
+            );
         }
-        if self.patch_size == 0 || self.height % self.patch_size != 0 || self.width % self.patch_size != 0 {
+        if self.patch_size == 0
+            || self.height % self.patch_size != 0
+            || self.width % self.patch_size != 0
+        {
             return bad(format!(
                 "model.patch_size = {} does not divide the latent size {}x{}: pick a patch size that divides both",
                 self.patch_size, self.height, self.width
@@ -79,11 +85,34 @@ impl DitConfig {
                 self.hidden, self.heads
             ));
         }
+        if self.hidden % 4 != 0 {
+            return bad(format!(
+                "model.hidden = {} must be a multiple of 4 (2-D sin-cos positions)",
+                self.hidden
+            ));
+        }
         if (self.hidden / self.heads) % 2 != 0 {
-            return bad(format!("head dim {} must be even: change model.hidden or model.heads", self.hidden / self.heads));
+            return bad(format!(
+                "head dim {} must be even: change model.hidden or model.heads",
+                self.hidden / self.heads
+            ));
+        }
+        if self.patch_dim() >= self.hidden {
+            // Each token must carry its whole noisy patch to predict the
+            // velocity; with fewer dims than values the loss cannot go below
+            // roughly (patch_dim - hidden) / patch_dim of the noise variance.
+            return bad(format!(
+                "a patch holds channels * patch_size^2 = {} values but model.hidden = {}: lower model.patch_size or raise model.hidden above {}",
+                self.patch_dim(),
+                self.hidden,
+                self.patch_dim()
+            ));
         }
         if self.mlp_ratio <= 0.0 || !self.mlp_ratio.is_finite() {
-            return bad(format!("model.mlp_ratio = {} must be positive", self.mlp_ratio));
+            return bad(format!(
+                "model.mlp_ratio = {} must be positive",
+                self.mlp_ratio
+            ));
         }
         Ok(())
     }

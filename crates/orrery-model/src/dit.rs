@@ -2,7 +2,7 @@
 //! p patch, s = (h/p)(w/p) tokens per frame, n = t*s tokens, d hidden.
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer};
-use burn::tensor::{backend::Backend, Bool, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 
 use crate::layers::{DitBlock, FinalLayer, TimestepEmbedder};
 use crate::{AttentionMask, DitConfig, ModelError, Result};
@@ -38,23 +38,43 @@ impl DitConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Dit<B>> {
         self.validate()?;
         let d = self.hidden;
-        let pos = |rows: usize| {
-            Param::from_tensor(Tensor::random([rows, d], Distribution::Normal(0.0, 0.02), device))
+        // Learned positions initialised to fixed sin-cos tables (DiT uses the
+        // fixed 2-D table; a near-zero random start leaves tokens unable to
+        // tell where they are for many steps).
+        let (hp, wp) = (self.height / self.patch_size, self.width / self.patch_size);
+        let spatial: Vec<f32> = (0..hp * wp)
+            .flat_map(|i| {
+                let mut row = sincos(&[(i / wp) as f32], d / 2);
+                row.extend(sincos(&[(i % wp) as f32], d / 2));
+                row
+            })
+            .collect();
+        let temporal = sincos(&(0..self.frames).map(|f| f as f32).collect::<Vec<_>>(), d);
+        let pos = |values: Vec<f32>, rows: usize| {
+            Param::from_tensor(Tensor::from_data(
+                TensorData::new(values, [rows, d]),
+                device,
+            ))
         };
         let action_embed = (self.num_actions > 0).then(|| {
             EmbeddingConfig::new(self.num_actions + 1, d)
-                .with_initializer(Initializer::Normal { mean: 0.0, std: 0.02 })
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.02,
+                })
                 .init(device)
         });
         Ok(Dit {
             patch_embed: burn::nn::LinearConfig::new(self.patch_dim(), d)
                 .with_initializer(Initializer::XavierUniform { gain: 1.0 })
                 .init(device),
-            pos_spatial: pos(self.tokens_per_frame()),
-            pos_temporal: pos(self.frames),
+            pos_spatial: pos(spatial, self.tokens_per_frame()),
+            pos_temporal: pos(temporal, self.frames),
             t_embed: TimestepEmbedder::new(d, device),
             action_embed,
-            blocks: (0..self.depth).map(|_| DitBlock::new(d, self.heads, self.mlp_hidden(), device)).collect(),
+            blocks: (0..self.depth)
+                .map(|_| DitBlock::new(d, self.heads, self.mlp_hidden(), device))
+                .collect(),
             final_layer: FinalLayer::new(d, self.patch_dim(), device),
             cfg: self.clone(),
         })
@@ -80,16 +100,27 @@ impl<B: Backend> Dit<B> {
             return Err(ModelError::Shape {
                 name: "latents",
                 got: vec![b, t, c, h, w],
-                expected: format!("[b, 1..={}, {}, {}, {}]", cfg.frames, cfg.channels, cfg.height, cfg.width),
+                expected: format!(
+                    "[b, 1..={}, {}, {}, {}]",
+                    cfg.frames, cfg.channels, cfg.height, cfg.width
+                ),
             });
         }
         if input.t.dims() != [b, t] {
-            return Err(ModelError::Shape { name: "t", got: input.t.dims().to_vec(), expected: format!("[{b}, {t}]") });
+            return Err(ModelError::Shape {
+                name: "t",
+                got: input.t.dims().to_vec(),
+                expected: format!("[{b}, {t}]"),
+            });
         }
         let device = input.latents.device();
         let s = cfg.tokens_per_frame();
-        let x = self.patch_embed.forward(patchify(input.latents, cfg.patch_size)); // [b, t, s, d]
-        let pos = self.pos_temporal.val().narrow(0, 0, t).unsqueeze_dim::<3>(1)
+        let x = crate::layers::apply(&self.patch_embed, patchify(input.latents, cfg.patch_size)); // [b, t, s, d]
+        let pos = self
+            .pos_temporal
+            .val()
+            .narrow(0, 0, t)
+            .unsqueeze_dim::<3>(1)
             + self.pos_spatial.val().unsqueeze_dim::<3>(0); // [t, s, d]
         let mut x = x + pos.unsqueeze_dim::<4>(0);
 
@@ -98,19 +129,25 @@ impl<B: Backend> Dit<B> {
             let ids = match input.actions {
                 Some(a) if a.dims() == [b, t] => a,
                 Some(a) => {
-                    return Err(ModelError::Shape { name: "actions", got: a.dims().to_vec(), expected: format!("[{b}, {t}]") })
+                    return Err(ModelError::Shape {
+                        name: "actions",
+                        got: a.dims().to_vec(),
+                        expected: format!("[{b}, {t}]"),
+                    })
                 }
                 None => Tensor::<B, 2, Int>::full([b, t], cfg.num_actions as i64, &device),
             };
             cond = cond + embed.forward(ids); // [b, t, d]
         }
 
-        let mask = match cfg.attention {
+        let bias = match cfg.attention {
             AttentionMask::Full => None,
-            AttentionMask::FrameCausal => Some(frame_causal_mask::<B>(t, s, &device)),
+            AttentionMask::FrameCausal => {
+                Some(attention_bias(frame_causal_mask::<B>(t, s, &device)))
+            } // [n, n]
         };
         for block in &self.blocks {
-            x = block.forward(x, cond.clone(), mask.clone());
+            x = block.forward(x, cond.clone(), bias.clone());
         }
         let out = self.final_layer.forward(x, cond); // [b, t, s, c*p*p]
         Ok(unpatchify(out, c, h, w, cfg.patch_size))
@@ -120,6 +157,25 @@ impl<B: Backend> Dit<B> {
     pub fn param_count(&self) -> usize {
         self.num_params()
     }
+}
+
+/// Sin-cos position features (Vaswani et al. 2017, section 3.5; DiT's
+/// `get_1d_sincos_pos_embed`): for each position, `dim / 2` sines then
+/// `dim / 2` cosines of `pos / 10000^(i / (dim / 2))`.
+///
+/// # Shapes
+/// positions: [r] -> [r * dim] (row-major [r, dim])
+pub fn sincos(positions: &[f32], dim: usize) -> Vec<f32> {
+    let half = dim / 2;
+    positions
+        .iter()
+        .flat_map(|&p| {
+            let omega = move |i: usize| 1.0 / 10000f32.powf(i as f32 / half as f32);
+            (0..half)
+                .map(move |i| (p * omega(i)).sin())
+                .chain((0..half).map(move |i| (p * omega(i)).cos()))
+        })
+        .collect()
 }
 
 /// Split frames into non-overlapping p x p patches.
@@ -138,12 +194,27 @@ pub fn patchify<B: Backend>(x: Tensor<B, 5>, p: usize) -> Tensor<B, 4> {
 ///
 /// # Shapes
 /// x: [b, t, s, c*p*p] -> [b, t, c, h, w]
-pub fn unpatchify<B: Backend>(x: Tensor<B, 4>, c: usize, h: usize, w: usize, p: usize) -> Tensor<B, 5> {
+pub fn unpatchify<B: Backend>(
+    x: Tensor<B, 4>,
+    c: usize,
+    h: usize,
+    w: usize,
+    p: usize,
+) -> Tensor<B, 5> {
     let [b, t, _, _] = x.dims();
     let (hp, wp) = (h / p, w / p);
     x.reshape([b * t, hp, wp, c, p, p]) // [bt, hp, wp, c, p, p]
         .permute([0, 3, 1, 4, 2, 5]) // [bt, c, hp, p, wp, p]
         .reshape([b, t, c, h, w])
+}
+
+/// Additive attention bias from a mask: -inf where masked, 0 elsewhere.
+///
+/// # Shapes
+/// [n, n] -> [n, n]
+pub fn attention_bias<B: Backend>(mask: Tensor<B, 2, Bool>) -> Tensor<B, 2> {
+    let [n, _] = mask.dims();
+    Tensor::<B, 2>::zeros([n, n], &mask.device()).mask_fill(mask, f32::NEG_INFINITY)
 }
 
 /// True where a query token may not see a key token: the key's frame is later.

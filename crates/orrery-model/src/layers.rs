@@ -3,10 +3,9 @@
 //! n = t*s tokens, d hidden, k heads, e head dim, f timestep frequencies.
 use burn::module::Module;
 use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::tensor::activation::softmax;
 use burn::tensor::activation::{gelu_approximate, silu};
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{backend::Backend, Bool, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 /// Width of the sinusoidal timestep features.
 pub const FREQ_DIM: usize = 128;
@@ -15,13 +14,30 @@ pub const FREQ_DIM: usize = 128;
 pub fn layer_norm<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let mean = x.clone().mean_dim(D - 1);
     let centered = x - mean;
-    let var = centered.clone().powi_scalar(2).mean_dim(D - 1);
+    let var = (centered.clone() * centered.clone()).mean_dim(D - 1);
     centered / (var + 1e-6).sqrt()
 }
 
 /// `x * (1 + scale) + shift`, the adaLN modulation.
-pub fn modulate<B: Backend>(x: Tensor<B, 4>, shift: Tensor<B, 4>, scale: Tensor<B, 4>) -> Tensor<B, 4> {
+pub fn modulate<B: Backend>(
+    x: Tensor<B, 4>,
+    shift: Tensor<B, 4>,
+    scale: Tensor<B, 4>,
+) -> Tensor<B, 4> {
     x * (scale + 1.0) + shift
+}
+
+/// Apply a linear layer as one 2-D matmul over all leading dims
+/// (`[.., d_in] -> [.., d_out]`): much faster on the CPU than a batched
+/// matmul of many small matrices.
+pub fn apply<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    let dims = x.dims();
+    let d_in = dims[D - 1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let y = layer.forward(x.reshape([rows, d_in])); // [rows, d_out]
+    let mut out = dims;
+    out[D - 1] = y.dims()[1];
+    y.reshape(out)
 }
 
 fn linear<B: Backend>(d_in: usize, d_out: usize, zero: bool, device: &B::Device) -> Linear<B> {
@@ -31,7 +47,9 @@ fn linear<B: Backend>(d_in: usize, d_out: usize, zero: bool, device: &B::Device)
         // DiT initialises linears with Xavier-uniform.
         Initializer::XavierUniform { gain: 1.0 }
     };
-    LinearConfig::new(d_in, d_out).with_initializer(init).init(device)
+    LinearConfig::new(d_in, d_out)
+        .with_initializer(init)
+        .init(device)
 }
 
 /// Sinusoidal features of a noise level t in [0, 1] (scaled by 1000, as in DiT),
@@ -45,7 +63,10 @@ pub struct TimestepEmbedder<B: Backend> {
 impl<B: Backend> TimestepEmbedder<B> {
     /// A new embedder to width `hidden`.
     pub fn new(hidden: usize, device: &B::Device) -> Self {
-        Self { fc1: linear(FREQ_DIM, hidden, false, device), fc2: linear(hidden, hidden, false, device) }
+        Self {
+            fc1: linear(FREQ_DIM, hidden, false, device),
+            fc2: linear(hidden, hidden, false, device),
+        }
     }
 
     /// # Shapes
@@ -53,12 +74,14 @@ impl<B: Backend> TimestepEmbedder<B> {
     pub fn forward(&self, t: Tensor<B, 2>) -> Tensor<B, 3> {
         let half = FREQ_DIM / 2;
         // DiT / ADM: freqs_i = exp(-ln(10000) * i / half)
-        let freqs: Vec<f32> = (0..half).map(|i| (-(10000f32).ln() * i as f32 / half as f32).exp()).collect();
+        let freqs: Vec<f32> = (0..half)
+            .map(|i| (-(10000f32).ln() * i as f32 / half as f32).exp())
+            .collect();
         let freqs = Tensor::<B, 1>::from_data(TensorData::new(freqs, [half]), &t.device())
             .reshape([1, 1, half]); // [1, 1, f/2]
         let args = t.unsqueeze_dim::<3>(2) * 1000.0 * freqs; // [b, t, f/2]
         let feats = Tensor::cat(vec![args.clone().cos(), args.sin()], 2); // [b, t, f]
-        self.fc2.forward(silu(self.fc1.forward(feats)))
+        apply(&self.fc2, silu(apply(&self.fc1, feats)))
     }
 }
 
@@ -73,20 +96,35 @@ pub struct Attention<B: Backend> {
 impl<B: Backend> Attention<B> {
     /// A new attention layer.
     pub fn new(hidden: usize, heads: usize, device: &B::Device) -> Self {
-        Self { qkv: linear(hidden, 3 * hidden, false, device), proj: linear(hidden, hidden, false, device), heads }
+        Self {
+            qkv: linear(hidden, 3 * hidden, false, device),
+            proj: linear(hidden, hidden, false, device),
+            heads,
+        }
     }
 
     /// # Shapes
-    /// x: [b, n, d], mask: [n, n] (true = may not attend) -> [b, n, d]
-    pub fn forward(&self, x: Tensor<B, 3>, mask: Option<Tensor<B, 2, Bool>>) -> Tensor<B, 3> {
+    /// x: [b, n, d], bias: [n, n] added to the attention logits (-inf = may
+    /// not attend) -> [b, n, d]
+    pub fn forward(&self, x: Tensor<B, 3>, bias: Option<Tensor<B, 2>>) -> Tensor<B, 3> {
         let [b, n, d] = x.dims();
         let (k, e) = (self.heads, d / self.heads);
-        let qkv = self.qkv.forward(x).reshape([b, n, 3, k, e]).permute([2, 0, 3, 1, 4]); // [3, b, k, n, e]
+        let qkv = apply(&self.qkv, x)
+            .reshape([b, n, 3, k, e])
+            .permute([2, 0, 3, 1, 4]); // [3, b, k, n, e]
         let mut parts = qkv.chunk(3, 0).into_iter().map(|p| p.squeeze_dim::<4>(0)); // 3 x [b, k, n, e]
-        let (q, kk, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
-        let mask = mask.map(|m| m.unsqueeze_dims::<4>(&[0, 1]).expand([b, k, n, n])); // [b, k, n, n]
-        let out = attention(q, kk, v, mask, None, AttentionModuleOptions::default()); // [b, k, n, e]
-        self.proj.forward(out.swap_dims(1, 2).reshape([b, n, d]))
+        let (q, kk, v) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        // softmax(q k^T / sqrt(e) + bias) v (Vaswani et al. 2017, eq. 1)
+        let mut logits = q.matmul(kk.swap_dims(2, 3)) * (1.0 / (e as f64).sqrt()); // [b, k, n, n]
+        if let Some(bias) = bias {
+            logits = logits + bias.unsqueeze_dims::<4>(&[0, 1]);
+        }
+        let out = softmax(logits, 3).matmul(v); // [b, k, n, e]
+        apply(&self.proj, out.swap_dims(1, 2).reshape([b, n, d]))
     }
 }
 
@@ -100,13 +138,16 @@ pub struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     /// A new MLP d -> inner -> d.
     pub fn new(hidden: usize, inner: usize, device: &B::Device) -> Self {
-        Self { fc1: linear(hidden, inner, false, device), fc2: linear(inner, hidden, false, device) }
+        Self {
+            fc1: linear(hidden, inner, false, device),
+            fc2: linear(inner, hidden, false, device),
+        }
     }
 
     /// # Shapes
     /// x: [b, t, s, d] -> [b, t, s, d]
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.fc2.forward(gelu_approximate(self.fc1.forward(x)))
+        apply(&self.fc2, gelu_approximate(apply(&self.fc1, x)))
     }
 }
 
@@ -130,12 +171,22 @@ impl<B: Backend> DitBlock<B> {
     }
 
     /// # Shapes
-    /// x: [b, t, s, d], c: [b, t, d], mask: [n, n] -> [b, t, s, d]
-    pub fn forward(&self, x: Tensor<B, 4>, c: Tensor<B, 3>, mask: Option<Tensor<B, 2, Bool>>) -> Tensor<B, 4> {
+    /// x: [b, t, s, d], c: [b, t, d], bias: [n, n] -> [b, t, s, d]
+    pub fn forward(
+        &self,
+        x: Tensor<B, 4>,
+        c: Tensor<B, 3>,
+        bias: Option<Tensor<B, 2>>,
+    ) -> Tensor<B, 4> {
         let [b, t, s, d] = x.dims();
-        let m = self.ada_ln.forward(silu(c)).unsqueeze_dim::<4>(2).chunk(6, 3); // 6 x [b, t, 1, d]
+        let m = apply(&self.ada_ln, silu(c))
+            .unsqueeze_dim::<4>(2)
+            .chunk(6, 3); // 6 x [b, t, 1, d]
         let h = modulate(layer_norm(x.clone()), m[0].clone(), m[1].clone());
-        let h = self.attn.forward(h.reshape([b, t * s, d]), mask).reshape([b, t, s, d]);
+        let h = self
+            .attn
+            .forward(h.reshape([b, t * s, d]), bias)
+            .reshape([b, t, s, d]);
         let x = x + m[2].clone() * h;
         let h = modulate(layer_norm(x.clone()), m[3].clone(), m[4].clone());
         x + m[5].clone() * self.mlp.forward(h)
@@ -152,13 +203,21 @@ pub struct FinalLayer<B: Backend> {
 impl<B: Backend> FinalLayer<B> {
     /// A new final layer d -> patch_dim, zero-initialised (adaLN-Zero).
     pub fn new(hidden: usize, patch_dim: usize, device: &B::Device) -> Self {
-        Self { ada_ln: linear(hidden, 2 * hidden, true, device), linear: linear(hidden, patch_dim, true, device) }
+        Self {
+            ada_ln: linear(hidden, 2 * hidden, true, device),
+            linear: linear(hidden, patch_dim, true, device),
+        }
     }
 
     /// # Shapes
     /// x: [b, t, s, d], c: [b, t, d] -> [b, t, s, c*p*p]
     pub fn forward(&self, x: Tensor<B, 4>, c: Tensor<B, 3>) -> Tensor<B, 4> {
-        let m = self.ada_ln.forward(silu(c)).unsqueeze_dim::<4>(2).chunk(2, 3); // 2 x [b, t, 1, d]
-        self.linear.forward(modulate(layer_norm(x), m[0].clone(), m[1].clone()))
+        let m = apply(&self.ada_ln, silu(c))
+            .unsqueeze_dim::<4>(2)
+            .chunk(2, 3); // 2 x [b, t, 1, d]
+        apply(
+            &self.linear,
+            modulate(layer_norm(x), m[0].clone(), m[1].clone()),
+        )
     }
 }

@@ -14,7 +14,7 @@
 //! use burn::tensor::{Int, Tensor};
 //! use orrery_model::{DitConfig, DitInput};
 //!
-//! let cfg = DitConfig { frames: 2, height: 8, width: 8, hidden: 32, depth: 1, heads: 2, ..DitConfig::default() };
+//! let cfg = DitConfig { frames: 2, height: 8, width: 8, patch_size: 2, hidden: 32, depth: 1, heads: 2, ..DitConfig::default() };
 //! let device = Default::default();
 //! let model = cfg.init::<Flex>(&device).unwrap();
 //! let latents = Tensor::<Flex, 5>::zeros([1, 2, cfg.channels, 8, 8], &device);

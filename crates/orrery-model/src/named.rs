@@ -20,13 +20,20 @@ pub struct HostTensor {
 impl HostTensor {
     /// Copy a flat device tensor to the host with the given shape.
     pub fn from_flat<B: Backend>(t: Tensor<B, 1>, shape: Vec<usize>) -> Self {
-        let data = t.into_data().convert::<f32>().into_vec::<f32>().expect("f32 data");
+        let data = t
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("f32 data");
         Self { shape, data }
     }
 
     /// A flat device tensor with these values.
     pub fn to_flat<B: Backend>(&self, device: &B::Device) -> Tensor<B, 1> {
-        Tensor::from_data(TensorData::new(self.data.clone(), [self.data.len()]), device)
+        Tensor::from_data(
+            TensorData::new(self.data.clone(), [self.data.len()]),
+            device,
+        )
     }
 }
 
@@ -42,7 +49,9 @@ fn join(path: &[String]) -> String {
     path.join(".")
 }
 
-impl<B: Backend, F: FnMut(&str, ParamId, Vec<usize>, Tensor<B, 1>)> ModuleVisitor<B> for PathVisitor<'_, F> {
+impl<B: Backend, F: FnMut(&str, ParamId, Vec<usize>, Tensor<B, 1>)> ModuleVisitor<B>
+    for PathVisitor<'_, F>
+{
     fn enter_module(&mut self, name: &str, _container: &str) {
         self.path.push(name.to_string());
     }
@@ -57,7 +66,9 @@ impl<B: Backend, F: FnMut(&str, ParamId, Vec<usize>, Tensor<B, 1>)> ModuleVisito
     }
 }
 
-impl<B: Backend, F: FnMut(&str, ParamId, Tensor<B, 1>) -> Tensor<B, 1>> ModuleMapper<B> for PathVisitor<'_, F> {
+impl<B: Backend, F: FnMut(&str, ParamId, Tensor<B, 1>) -> Tensor<B, 1>> ModuleMapper<B>
+    for PathVisitor<'_, F>
+{
     fn enter_module(&mut self, name: &str, _container: &str) {
         self.path.push(name.to_string());
     }
@@ -82,14 +93,26 @@ impl<B: Backend, F: FnMut(&str, ParamId, Tensor<B, 1>) -> Tensor<B, 1>> ModuleMa
 }
 
 /// Call `f(name, id, shape, flat)` for every float parameter, in module order.
-pub fn visit_named<B: Backend, M: Module<B>>(module: &M, mut f: impl FnMut(&str, ParamId, Vec<usize>, Tensor<B, 1>)) {
-    module.visit(&mut PathVisitor { path: Vec::new(), f: &mut f });
+pub fn visit_named<B: Backend, M: Module<B>>(
+    module: &M,
+    mut f: impl FnMut(&str, ParamId, Vec<usize>, Tensor<B, 1>),
+) {
+    module.visit(&mut PathVisitor {
+        path: Vec::new(),
+        f: &mut f,
+    });
 }
 
 /// Replace every float parameter by `f(name, id, flat)` (same length), keeping
 /// ids and whether it requires grad.
-pub fn map_named<B: Backend, M: Module<B>>(module: M, mut f: impl FnMut(&str, ParamId, Tensor<B, 1>) -> Tensor<B, 1>) -> M {
-    module.map(&mut PathVisitor { path: Vec::new(), f: &mut f })
+pub fn map_named<B: Backend, M: Module<B>>(
+    module: M,
+    mut f: impl FnMut(&str, ParamId, Tensor<B, 1>) -> Tensor<B, 1>,
+) -> M {
+    module.map(&mut PathVisitor {
+        path: Vec::new(),
+        f: &mut f,
+    })
 }
 
 /// Copy every float parameter to the host.
@@ -103,7 +126,11 @@ pub fn to_host<B: Backend, M: Module<B>>(module: &M) -> NamedTensors {
 
 /// Load host tensors into a module by name. Every parameter must be present with
 /// its shape, and every tensor must be used.
-pub fn load_host<B: Backend, M: Module<B>>(module: M, tensors: &NamedTensors, device: &B::Device) -> Result<M> {
+pub fn load_host<B: Backend, M: Module<B>>(
+    module: M,
+    tensors: &NamedTensors,
+    device: &B::Device,
+) -> Result<M> {
     let mut errors = Vec::new();
     let mut used = 0usize;
     let mut expected = BTreeMap::new();
@@ -113,9 +140,10 @@ pub fn load_host<B: Backend, M: Module<B>>(module: M, tensors: &NamedTensors, de
     for (name, shape) in &expected {
         match tensors.get(name) {
             None => errors.push(format!("missing tensor {name}")),
-            Some(t) if &t.shape != shape => {
-                errors.push(format!("tensor {name} has shape {:?}, the model expects {:?}", t.shape, shape))
-            }
+            Some(t) if &t.shape != shape => errors.push(format!(
+                "tensor {name} has shape {:?}, the model expects {:?}",
+                t.shape, shape
+            )),
             Some(_) => used += 1,
         }
     }
@@ -131,7 +159,9 @@ pub fn load_host<B: Backend, M: Module<B>>(module: M, tensors: &NamedTensors, de
         )));
     }
     debug_assert_eq!(used, expected.len());
-    Ok(map_named(module, |name, _, _| tensors[name].to_flat(device)))
+    Ok(map_named(module, |name, _, _| {
+        tensors[name].to_flat(device)
+    }))
 }
 
 struct GradVisitor<'a, B: burn::tensor::backend::AutodiffBackend> {
@@ -157,12 +187,19 @@ impl<B: burn::tensor::backend::AutodiffBackend> ModuleVisitor<B> for GradVisitor
 
 /// Take the gradient of every float parameter out of `grads`, flat, by name.
 /// Parameters that got no gradient are absent.
-pub fn named_grads<B, M>(module: &M, grads: &mut burn::optim::GradientsParams) -> BTreeMap<String, Tensor<B::InnerBackend, 1>>
+pub fn named_grads<B, M>(
+    module: &M,
+    grads: &mut burn::optim::GradientsParams,
+) -> BTreeMap<String, Tensor<B::InnerBackend, 1>>
 where
     B: burn::tensor::backend::AutodiffBackend,
     M: burn::module::AutodiffModule<B>,
 {
-    let mut v = GradVisitor::<B> { path: Vec::new(), grads, out: BTreeMap::new() };
+    let mut v = GradVisitor::<B> {
+        path: Vec::new(),
+        grads,
+        out: BTreeMap::new(),
+    };
     module.visit(&mut v);
     v.out
 }

@@ -9,7 +9,17 @@ use crate::{AttentionMask, Dit, DitConfig, DitInput};
 type B = Flex;
 
 fn small(attention: AttentionMask) -> DitConfig {
-    DitConfig { frames: 3, height: 8, width: 8, patch_size: 4, hidden: 32, depth: 2, heads: 2, attention, ..Default::default() }
+    DitConfig {
+        frames: 3,
+        height: 8,
+        width: 8,
+        patch_size: 2,
+        hidden: 32,
+        depth: 2,
+        heads: 2,
+        attention,
+        ..Default::default()
+    }
 }
 
 /// adaLN-Zero makes a fresh model output exactly zero; perturb every weight so
@@ -29,21 +39,35 @@ fn input(cfg: &DitConfig, b: usize, seed: u64) -> DitInput<B> {
     B::seed(&device, seed);
     let t = cfg.frames;
     DitInput {
-        latents: Tensor::random([b, t, cfg.channels, cfg.height, cfg.width], Distribution::Normal(0.0, 1.0), &device),
+        latents: Tensor::random(
+            [b, t, cfg.channels, cfg.height, cfg.width],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        ),
         t: Tensor::random([b, t], Distribution::Uniform(0.0, 1.0), &device),
         actions: Some(Tensor::<B, 2, Int>::from_data(
-            TensorData::new((0..b * t).map(|i| (i % 5) as i64).collect::<Vec<_>>(), [b, t]),
+            TensorData::new(
+                (0..b * t).map(|i| (i % 5) as i64).collect::<Vec<_>>(),
+                [b, t],
+            ),
             &device,
         )),
     }
 }
 
 fn frame(x: &Tensor<B, 5>, f: usize) -> Vec<f32> {
-    x.clone().narrow(1, f, 1).into_data().into_vec::<f32>().unwrap()
+    x.clone()
+        .narrow(1, f, 1)
+        .into_data()
+        .into_vec::<f32>()
+        .unwrap()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -68,7 +92,10 @@ fn shorter_clips_run_and_wrong_shapes_are_errors() {
     let mut bad = input(&cfg, 1, 1);
     bad.latents = Tensor::zeros([1, 3, 3, 8, 4], &Default::default());
     let err = model.forward(bad).unwrap_err().to_string();
-    assert!(err.contains("latents") && err.contains("[1, 3, 3, 8, 4]"), "{err}");
+    assert!(
+        err.contains("latents") && err.contains("[1, 3, 3, 8, 4]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -78,13 +105,23 @@ fn frame_causal_mask_hides_later_frames() {
     let a = input(&cfg, 1, 3);
     let mut b = a.clone();
     // Change the last frame's latents and its action.
-    let last = Tensor::random([1, 1, 3, 8, 8], Distribution::Normal(0.0, 1.0), &Default::default());
+    let last = Tensor::random(
+        [1, 1, 3, 8, 8],
+        Distribution::Normal(0.0, 1.0),
+        &Default::default(),
+    );
     b.latents = b.latents.slice_assign([0..1, 2..3, 0..3, 0..8, 0..8], last);
     let (ya, yb) = (model.forward(a).unwrap(), model.forward(b).unwrap());
     for f in 0..2 {
-        assert!(max_abs_diff(&frame(&ya, f), &frame(&yb, f)) < 1e-6, "frame {f} saw a later frame");
+        assert!(
+            max_abs_diff(&frame(&ya, f), &frame(&yb, f)) < 1e-6,
+            "frame {f} saw a later frame"
+        );
     }
-    assert!(max_abs_diff(&frame(&ya, 2), &frame(&yb, 2)) > 1e-3, "the changed frame's output did not change");
+    assert!(
+        max_abs_diff(&frame(&ya, 2), &frame(&yb, 2)) > 1e-3,
+        "the changed frame's output did not change"
+    );
 }
 
 #[test]
@@ -93,7 +130,11 @@ fn full_attention_lets_earlier_frames_see_later_ones() {
     let model = perturbed(&cfg);
     let a = input(&cfg, 1, 3);
     let mut b = a.clone();
-    let last = Tensor::random([1, 1, 3, 8, 8], Distribution::Normal(0.0, 1.0), &Default::default());
+    let last = Tensor::random(
+        [1, 1, 3, 8, 8],
+        Distribution::Normal(0.0, 1.0),
+        &Default::default(),
+    );
     b.latents = b.latents.slice_assign([0..1, 2..3, 0..3, 0..8, 0..8], last);
     let (ya, yb) = (model.forward(a).unwrap(), model.forward(b).unwrap());
     assert!(max_abs_diff(&frame(&ya, 0), &frame(&yb, 0)) > 1e-3);
@@ -106,11 +147,29 @@ fn patchify_round_trips() {
     let p = patchify(x.clone(), 4);
     assert_eq!(p.dims(), [2, 3, 6, 64]);
     // The first patch of frame 0 is the top-left 4x4 block of every channel.
-    let first: Vec<f32> = p.clone().narrow(2, 0, 1).narrow(1, 0, 1).narrow(0, 0, 1).into_data().into_vec().unwrap();
-    let block: Vec<f32> = x.clone().narrow(0, 0, 1).narrow(1, 0, 1).narrow(3, 0, 4).narrow(4, 0, 4).into_data().into_vec().unwrap();
+    let first: Vec<f32> = p
+        .clone()
+        .narrow(2, 0, 1)
+        .narrow(1, 0, 1)
+        .narrow(0, 0, 1)
+        .into_data()
+        .into_vec()
+        .unwrap();
+    let block: Vec<f32> = x
+        .clone()
+        .narrow(0, 0, 1)
+        .narrow(1, 0, 1)
+        .narrow(3, 0, 4)
+        .narrow(4, 0, 4)
+        .into_data()
+        .into_vec()
+        .unwrap();
     assert_eq!(first, block);
     let back = unpatchify(p, 4, 8, 12, 4);
-    assert_eq!(back.into_data().into_vec::<f32>().unwrap(), x.into_data().into_vec::<f32>().unwrap());
+    assert_eq!(
+        back.into_data().into_vec::<f32>().unwrap(),
+        x.into_data().into_vec::<f32>().unwrap()
+    );
 }
 
 #[test]
@@ -118,8 +177,18 @@ fn names_are_stable_and_weights_round_trip() {
     let cfg = small(AttentionMask::FrameCausal);
     let model = perturbed(&cfg);
     let host = to_host(&model);
-    for name in ["blocks.1.attn.qkv.weight", "blocks.0.ada_ln.bias", "pos_spatial", "action_embed.weight", "final_layer.linear.weight"] {
-        assert!(host.contains_key(name), "missing {name}; have {:?}", host.keys().collect::<Vec<_>>());
+    for name in [
+        "blocks.1.attn.qkv.weight",
+        "blocks.0.ada_ln.bias",
+        "pos_spatial",
+        "action_embed.weight",
+        "final_layer.linear.weight",
+    ] {
+        assert!(
+            host.contains_key(name),
+            "missing {name}; have {:?}",
+            host.keys().collect::<Vec<_>>()
+        );
     }
     assert_eq!(host["blocks.1.attn.qkv.weight"].shape, vec![32, 96]);
     let total: usize = host.values().map(|t| t.data.len()).sum();
@@ -131,14 +200,47 @@ fn names_are_stable_and_weights_round_trip() {
 
     let mut wrong = host.clone();
     wrong.remove("pos_spatial");
-    let err = load_host(cfg.init::<B>(&Default::default()).unwrap(), &wrong, &Default::default()).unwrap_err();
-    assert!(err.to_string().contains("missing tensor pos_spatial"), "{err}");
+    let err = load_host(
+        cfg.init::<B>(&Default::default()).unwrap(),
+        &wrong,
+        &Default::default(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("missing tensor pos_spatial"),
+        "{err}"
+    );
 }
 
 #[test]
 fn invalid_configs_say_what_to_change() {
-    let cfg = DitConfig { hidden: 30, heads: 4, ..Default::default() };
-    assert!(cfg.validate().unwrap_err().to_string().contains("model.heads"));
-    let cfg = DitConfig { patch_size: 5, ..Default::default() };
-    assert!(cfg.validate().unwrap_err().to_string().contains("model.patch_size"));
+    let cfg = DitConfig {
+        hidden: 30,
+        heads: 4,
+        ..Default::default()
+    };
+    assert!(cfg
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("model.heads"));
+    let cfg = DitConfig {
+        patch_size: 5,
+        ..Default::default()
+    };
+    assert!(cfg
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("model.patch_size"));
+    let cfg = DitConfig {
+        patch_size: 8,
+        hidden: 128,
+        ..Default::default()
+    };
+    assert!(cfg
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("192 values but model.hidden = 128"));
 }

@@ -59,30 +59,54 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
 }
 
 /// Encode named tensors as safetensors bytes, with string metadata.
-pub fn to_safetensors(tensors: &NamedTensors, metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+pub fn to_safetensors(
+    tensors: &NamedTensors,
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
-        .map(|(n, t)| (n.clone(), t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                t.shape.clone(),
+                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        })
         .collect();
     let views = bytes
         .iter()
         .map(|(n, s, b)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)))
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| TrainError::Checkpoint(format!("encoding tensors: {e}")))?;
-    safetensors::serialize(views, Some(metadata)).map_err(|e| TrainError::Checkpoint(format!("encoding tensors: {e}")))
+    safetensors::serialize(views, Some(metadata))
+        .map_err(|e| TrainError::Checkpoint(format!("encoding tensors: {e}")))
 }
 
 /// Decode a safetensors file (f32 tensors).
 pub fn read_safetensors(path: &Path) -> Result<NamedTensors> {
     let bytes = fs::read(path).map_err(|e| io_err(path, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| io_err(path, format!("not a valid safetensors file ({e})")))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| io_err(path, format!("not a valid safetensors file ({e})")))?;
     let mut out = NamedTensors::new();
     for (name, view) in st.tensors() {
         if view.dtype() != Dtype::F32 {
-            return Err(io_err(path, format!("tensor {name} is {:?}, expected F32", view.dtype())));
+            return Err(io_err(
+                path,
+                format!("tensor {name} is {:?}, expected F32", view.dtype()),
+            ));
         }
-        let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        out.insert(name, HostTensor { shape: view.shape().to_vec(), data });
+        let data = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        out.insert(
+            name,
+            HostTensor {
+                shape: view.shape().to_vec(),
+                data,
+            },
+        );
     }
     Ok(out)
 }
@@ -112,9 +136,18 @@ pub fn save(dir: &Path, ckpt: &Checkpoint, keep: usize) -> Result<PathBuf> {
     // One metadata key: safetensors writes metadata in hash-map order, and
     // checkpoints should be byte-for-byte reproducible. The step is in the state file.
     let meta = HashMap::from([("format".to_string(), "orrery".to_string())]);
-    write_synced(&tmp.join(MODEL_FILE), &to_safetensors(&ckpt.model, meta.clone())?)?;
-    write_synced(&tmp.join(EMA_FILE), &to_safetensors(&ckpt.ema, meta.clone())?)?;
-    write_synced(&tmp.join(OPTIM_FILE), &to_safetensors(&ckpt.optimizer, meta)?)?;
+    write_synced(
+        &tmp.join(MODEL_FILE),
+        &to_safetensors(&ckpt.model, meta.clone())?,
+    )?;
+    write_synced(
+        &tmp.join(EMA_FILE),
+        &to_safetensors(&ckpt.ema, meta.clone())?,
+    )?;
+    write_synced(
+        &tmp.join(OPTIM_FILE),
+        &to_safetensors(&ckpt.optimizer, meta)?,
+    )?;
     let state = serde_json::to_vec_pretty(&ckpt.state).expect("state serializes");
     write_synced(&tmp.join(STATE_FILE), &state)?;
     if done.exists() {
@@ -132,7 +165,12 @@ fn prune(dir: &Path, keep: usize) -> Result<()> {
     let mut steps: Vec<PathBuf> = fs::read_dir(dir)
         .map_err(|e| io_err(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step_") && !n.ends_with(".tmp")))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("step_") && !n.ends_with(".tmp"))
+        })
         .collect();
     steps.sort();
     let excess = steps.len().saturating_sub(keep);
@@ -156,7 +194,10 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
             if ckpt.join(STATE_FILE).is_file() {
                 return Ok(ckpt);
             }
-            return Err(io_err(&latest, format!("points at {}, which holds no checkpoint", ckpt.display())));
+            return Err(io_err(
+                &latest,
+                format!("points at {}, which holds no checkpoint", ckpt.display()),
+            ));
         }
     }
     Err(TrainError::Checkpoint(format!(
@@ -169,7 +210,8 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
 pub fn load_state(dir: &Path) -> Result<TrainerState> {
     let path = dir.join(STATE_FILE);
     let text = fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
-    serde_json::from_str(&text).map_err(|e| io_err(&path, format!("not a valid trainer state ({e})")))
+    serde_json::from_str(&text)
+        .map_err(|e| io_err(&path, format!("not a valid trainer state ({e})")))
 }
 
 /// Read a whole checkpoint directory.

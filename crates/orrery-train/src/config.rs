@@ -59,7 +59,12 @@ pub struct RunConfig {
 
 impl Default for RunConfig {
     fn default() -> Self {
-        Self { name: "run".into(), seed: 0, steps: 1000, device: Device::Cpu }
+        Self {
+            name: "run".into(),
+            seed: 0,
+            steps: 1000,
+            device: Device::Cpu,
+        }
     }
 }
 
@@ -77,7 +82,11 @@ pub struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { url: "data/quickstart".into(), global_batch: 16, holdout_clips: 16 }
+        Self {
+            url: "data/quickstart".into(),
+            global_batch: 16,
+            holdout_clips: 16,
+        }
     }
 }
 
@@ -101,7 +110,9 @@ pub struct ParallelConfig {
 
 impl Default for ParallelConfig {
     fn default() -> Self {
-        Self { strategy: Strategy::Ddp }
+        Self {
+            strategy: Strategy::Ddp,
+        }
     }
 }
 
@@ -181,7 +192,10 @@ pub struct CheckpointConfig {
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
-        Self { every: 100, keep: 3 }
+        Self {
+            every: 100,
+            keep: 3,
+        }
     }
 }
 
@@ -197,7 +211,10 @@ pub struct LoggingConfig {
 
 impl Default for LoggingConfig {
     fn default() -> Self {
-        Self { every: 10, eval_every: 100 }
+        Self {
+            every: 10,
+            eval_every: 100,
+        }
     }
 }
 
@@ -217,22 +234,28 @@ pub struct SampleConfig {
 
 impl Default for SampleConfig {
     fn default() -> Self {
-        Self { context: 4, frames: 12, steps: 10, clips: 16 }
+        Self {
+            context: 4,
+            frames: 12,
+            steps: 10,
+            clips: 16,
+        }
     }
 }
 
 impl TrainConfig {
     /// Load a TOML file, apply `key=value` overrides, and validate.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| TrainError::Config(format!("cannot read config file {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            TrainError::Config(format!("cannot read config file {}: {e}", path.display()))
+        })?;
         Self::from_toml(&text, &path.display().to_string(), overrides)
     }
 
     /// Parse TOML text (named `origin` in messages), apply overrides, validate.
     pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self> {
-        let mut value: toml::Table =
-            toml::from_str(text).map_err(|e| TrainError::Config(format!("{origin} is not valid TOML: {e}")))?;
+        let mut value: toml::Table = toml::from_str(text)
+            .map_err(|e| TrainError::Config(format!("{origin} is not valid TOML: {e}")))?;
         let defaults = toml::Table::try_from(TrainConfig::default()).expect("defaults serialize");
         for o in overrides {
             crate::overrides::apply(&mut value, &defaults, o)?;
@@ -245,8 +268,12 @@ impl TrainConfig {
     /// Check every section; messages name the key to change.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(TrainError::Config(m));
-        self.model.validate().map_err(|e| TrainError::Config(e.to_string()))?;
-        self.objective.validate().map_err(|e| TrainError::Config(e.to_string()))?;
+        self.model
+            .validate()
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        self.objective
+            .validate()
+            .map_err(|e| TrainError::Config(e.to_string()))?;
         if self.run.steps == 0 {
             return bad("run.steps must be at least 1".into());
         }
@@ -262,7 +289,11 @@ impl TrainConfig {
                 return bad(format!("optim.{k} = {b} must be in [0, 1)"));
             }
         }
-        if o.eps <= 0.0 || o.weight_decay < 0.0 || o.grad_clip < 0.0 || !(0.0..=1.0).contains(&o.min_lr_ratio) {
+        if o.eps <= 0.0
+            || o.weight_decay < 0.0
+            || o.grad_clip < 0.0
+            || !(0.0..=1.0).contains(&o.min_lr_ratio)
+        {
             return bad("optim.eps must be > 0, optim.weight_decay and optim.grad_clip >= 0, optim.min_lr_ratio in [0, 1]".into());
         }
         if !(0.0..1.0).contains(&self.ema.decay) {

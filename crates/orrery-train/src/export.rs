@@ -14,8 +14,14 @@ pub fn export(from: &Path, ema: bool, out: &Path) -> Result<(PathBuf, usize)> {
     let meta = HashMap::from([
         ("format".to_string(), "orrery".to_string()),
         ("orrery.step".to_string(), state.step.to_string()),
-        ("orrery.weights".to_string(), if ema { "ema" } else { "online" }.to_string()),
-        ("orrery.model_config".to_string(), serde_json::to_string(&state.config.model).expect("json")),
+        (
+            "orrery.weights".to_string(),
+            if ema { "ema" } else { "online" }.to_string(),
+        ),
+        (
+            "orrery.model_config".to_string(),
+            serde_json::to_string(&state.config.model).expect("json"),
+        ),
     ]);
     let bytes = to_safetensors(&tensors, meta)?;
     let tmp = out.with_extension("safetensors.tmp");

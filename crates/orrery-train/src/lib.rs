@@ -39,6 +39,7 @@ macro_rules! with_backend {
     }};
 }
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod export;
@@ -88,4 +89,3 @@ pub enum TrainError {
 
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, TrainError>;
-

@@ -17,7 +17,11 @@ pub struct Rgb {
 impl Rgb {
     /// A blank (dark grey) image.
     pub fn blank(height: usize, width: usize) -> Self {
-        Rgb { height, width, data: vec![40; height * width * 3] }
+        Rgb {
+            height,
+            width,
+            data: vec![40; height * width * 3],
+        }
     }
 
     /// A frame `[3, h, w]` in [-1, 1], scaled up `scale` times (nearest).
@@ -27,7 +31,8 @@ impl Rgb {
             for x in 0..w * scale {
                 for c in 0..3 {
                     let v = frame[(c * h + y / scale) * w + x / scale];
-                    img.data[(y * w * scale + x) * 3 + c] = ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8;
+                    img.data[(y * w * scale + x) * 3 + c] =
+                        ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8;
                 }
             }
         }
@@ -39,7 +44,8 @@ impl Rgb {
         for row in 0..src.height.min(self.height.saturating_sub(y)) {
             let n = src.width.min(self.width.saturating_sub(x)) * 3;
             let dst = ((y + row) * self.width + x) * 3;
-            self.data[dst..dst + n].copy_from_slice(&src.data[row * src.width * 3..row * src.width * 3 + n]);
+            self.data[dst..dst + n]
+                .copy_from_slice(&src.data[row * src.width * 3..row * src.width * 3 + n]);
         }
     }
 
@@ -49,8 +55,11 @@ impl Rgb {
         let mut enc = png::Encoder::new(&mut out, self.width as u32, self.height as u32);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
-        let mut w = enc.write_header().map_err(|e| TrainError::Io(format!("PNG: {e}")))?;
-        w.write_image_data(&self.data).map_err(|e| TrainError::Io(format!("PNG: {e}")))?;
+        let mut w = enc
+            .write_header()
+            .map_err(|e| TrainError::Io(format!("PNG: {e}")))?;
+        w.write_image_data(&self.data)
+            .map_err(|e| TrainError::Io(format!("PNG: {e}")))?;
         drop(w);
         Ok(out)
     }
@@ -62,7 +71,11 @@ pub fn grid(images: &[Rgb], cols: usize, gap: usize) -> Rgb {
     let rows = images.len().div_ceil(cols);
     let mut out = Rgb::blank(rows * (h + gap) + gap, cols * (w + gap) + gap);
     for (i, img) in images.iter().enumerate() {
-        out.paste(img, gap + (i % cols) * (w + gap), gap + (i / cols) * (h + gap));
+        out.paste(
+            img,
+            gap + (i % cols) * (w + gap),
+            gap + (i / cols) * (h + gap),
+        );
     }
     out
 }
@@ -73,7 +86,8 @@ pub fn write_gif(path: &Path, frames: &[Rgb], delay_cs: u16) -> Result<()> {
     let file = std::fs::File::create(path).map_err(|e| err(e.to_string()))?;
     let (w, h) = (frames[0].width as u16, frames[0].height as u16);
     let mut enc = gif::Encoder::new(file, w, h, &[]).map_err(|e| err(e.to_string()))?;
-    enc.set_repeat(gif::Repeat::Infinite).map_err(|e| err(e.to_string()))?;
+    enc.set_repeat(gif::Repeat::Infinite)
+        .map_err(|e| err(e.to_string()))?;
     for f in frames {
         let mut frame = gif::Frame::from_rgb_speed(w, h, &f.data, 10);
         frame.delay = delay_cs;

@@ -30,7 +30,10 @@ pub fn learning_rate(cfg: &OptimConfig, step: u64, total: u64) -> f64 {
 
 /// The global L2 norm of all gradients (one host sync).
 pub fn global_norm<B: Backend>(grads: &FlatMap<B>) -> f64 {
-    let sq: Vec<Tensor<B, 1>> = grads.values().map(|g| g.clone().powi_scalar(2).sum()).collect();
+    let sq: Vec<Tensor<B, 1>> = grads
+        .values()
+        .map(|g| (g.clone() * g.clone()).sum())
+        .collect();
     if sq.is_empty() {
         return 0.0;
     }
@@ -53,7 +56,11 @@ pub struct AdamW<B: Backend> {
 
 impl<B: Backend> Default for AdamW<B> {
     fn default() -> Self {
-        Self { exp_avg: BTreeMap::new(), exp_avg_sq: BTreeMap::new(), steps: 0 }
+        Self {
+            exp_avg: BTreeMap::new(),
+            exp_avg_sq: BTreeMap::new(),
+            steps: 0,
+        }
     }
 }
 
@@ -65,18 +72,30 @@ impl<B: Backend> AdamW<B> {
 
     /// The new value of one parameter (flat), given its gradient (already
     /// scaled for clipping). `decay` says whether weight decay applies.
-    pub fn update(&mut self, cfg: &OptimConfig, lr: f64, name: &str, param: Tensor<B, 1>, grad: Tensor<B, 1>, decay: bool) -> Tensor<B, 1> {
+    pub fn update(
+        &mut self,
+        cfg: &OptimConfig,
+        lr: f64,
+        name: &str,
+        param: Tensor<B, 1>,
+        grad: Tensor<B, 1>,
+        decay: bool,
+    ) -> Tensor<B, 1> {
         let zeros = || param.zeros_like();
         let m = self.exp_avg.remove(name).unwrap_or_else(zeros);
         let v = self.exp_avg_sq.remove(name).unwrap_or_else(zeros);
         // Adam (Kingma & Ba 2015), Algorithm 1
         let m = m * cfg.beta1 + grad.clone() * (1.0 - cfg.beta1);
-        let v = v * cfg.beta2 + grad.powi_scalar(2) * (1.0 - cfg.beta2);
+        let v = v * cfg.beta2 + grad.clone() * grad * (1.0 - cfg.beta2);
         let t = self.steps as i32;
         let (bc1, bc2) = (1.0 - cfg.beta1.powi(t), 1.0 - cfg.beta2.powi(t));
         let step = (m.clone() / bc1) / ((v.clone() / bc2).sqrt() + cfg.eps);
         // AdamW: decoupled weight decay (Loshchilov & Hutter 2019, Algorithm 2, line 12)
-        let param = if decay && cfg.weight_decay > 0.0 { param.clone() - param * (lr * cfg.weight_decay) } else { param };
+        let param = if decay && cfg.weight_decay > 0.0 {
+            param.clone() - param * (lr * cfg.weight_decay)
+        } else {
+            param
+        };
         self.exp_avg.insert(name.to_string(), m);
         self.exp_avg_sq.insert(name.to_string(), v);
         param - step * lr
@@ -87,7 +106,10 @@ impl<B: Backend> AdamW<B> {
         let mut out = NamedTensors::new();
         for (prefix, map) in [("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)] {
             for (name, t) in map {
-                out.insert(format!("{prefix}.{name}"), HostTensor::from_flat(t.clone(), shapes[name].clone()));
+                out.insert(
+                    format!("{prefix}.{name}"),
+                    HostTensor::from_flat(t.clone(), shapes[name].clone()),
+                );
             }
         }
         out
@@ -95,7 +117,10 @@ impl<B: Backend> AdamW<B> {
 
     /// Rebuild from host copies written by [`AdamW::to_host`].
     pub fn from_host(tensors: &NamedTensors, steps: u64, device: &B::Device) -> Self {
-        let mut s = Self { steps, ..Default::default() };
+        let mut s = Self {
+            steps,
+            ..Default::default()
+        };
         for (key, t) in tensors {
             if let Some(name) = key.strip_prefix("exp_avg_sq.") {
                 s.exp_avg_sq.insert(name.to_string(), t.to_flat(device));
@@ -119,7 +144,10 @@ pub struct Ema<B: Backend> {
 impl<B: Backend> Ema<B> {
     /// Start from the current weights.
     pub fn new(weights: FlatMap<B>) -> Self {
-        Self { weights, updates: 0 }
+        Self {
+            weights,
+            updates: 0,
+        }
     }
 
     /// The decay used for the next update: warmed up as min(decay, (1 + n) / (10 + n)).
@@ -145,7 +173,12 @@ mod tests {
 
     #[test]
     fn warmup_then_cosine_reaches_the_floor() {
-        let cfg = OptimConfig { lr: 1.0, warmup_steps: 10, min_lr_ratio: 0.1, ..Default::default() };
+        let cfg = OptimConfig {
+            lr: 1.0,
+            warmup_steps: 10,
+            min_lr_ratio: 0.1,
+            ..Default::default()
+        };
         assert!((learning_rate(&cfg, 0, 110) - 0.1).abs() < 1e-12);
         assert!((learning_rate(&cfg, 9, 110) - 1.0).abs() < 1e-12);
         assert!((learning_rate(&cfg, 60, 110) - 0.55).abs() < 1e-12);
@@ -155,15 +188,28 @@ mod tests {
     #[test]
     fn one_adamw_step_matches_the_hand_computed_value() {
         let device = Default::default();
-        let cfg = OptimConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1, ..Default::default() };
+        let cfg = OptimConfig {
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            ..Default::default()
+        };
         let mut opt = AdamW::<Flex>::default();
         opt.begin_step();
         let p = Tensor::<Flex, 1>::from_data(TensorData::new(vec![1.0f32, -2.0], [2]), &device);
         let g = Tensor::<Flex, 1>::from_data(TensorData::new(vec![0.5f32, 0.0], [2]), &device);
-        let out: Vec<f32> = opt.update(&cfg, 0.01, "w", p, g, true).into_data().into_vec().unwrap();
+        let out: Vec<f32> = opt
+            .update(&cfg, 0.01, "w", p, g, true)
+            .into_data()
+            .into_vec()
+            .unwrap();
         // Step 1: m_hat = g, v_hat = g^2, so the step is sign(g) (0 where g = 0);
         // decay first multiplies p by (1 - lr wd).
-        assert!((out[0] - (1.0 * (1.0 - 0.001) - 0.01)).abs() < 1e-6, "{out:?}");
+        assert!(
+            (out[0] - (1.0 * (1.0 - 0.001) - 0.01)).abs() < 1e-6,
+            "{out:?}"
+        );
         assert!((out[1] - (-2.0 * (1.0 - 0.001))).abs() < 1e-6, "{out:?}");
     }
 

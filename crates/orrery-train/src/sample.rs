@@ -23,7 +23,9 @@ use crate::{Result, TrainError};
 pub fn progress_bar(len: u64, pos: u64) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} ETA {eta}  {msg}").expect("template").progress_chars("=> "),
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} ETA {eta}  {msg}")
+            .expect("template")
+            .progress_chars("=> "),
     );
     bar.set_position(pos);
     bar
@@ -76,17 +78,30 @@ pub struct RolloutReport {
 pub fn sample(opts: &SampleOptions) -> Result<RolloutReport> {
     let dir = checkpoint::resolve(&opts.checkpoint)?;
     let state = checkpoint::load_state(&dir)?;
-    with_backend!(state.config.run.device, |AB, device| sample_on::<<AB as burn::tensor::backend::AutodiffBackend>::InnerBackend>(opts, &dir, device))
+    with_backend!(state.config.run.device, |AB, device| sample_on::<
+        <AB as burn::tensor::backend::AutodiffBackend>::InnerBackend,
+    >(
+        opts, &dir, device
+    ))
 }
 
-fn sample_on<B: Backend>(opts: &SampleOptions, dir: &Path, device: B::Device) -> Result<RolloutReport> {
+fn sample_on<B: Backend>(
+    opts: &SampleOptions,
+    dir: &Path,
+    device: B::Device,
+) -> Result<RolloutReport> {
     let state = checkpoint::load_state(dir)?;
     let cfg = state.config.clone();
     let weights = read_safetensors(&dir.join(if opts.no_ema { MODEL_FILE } else { EMA_FILE }))?;
     let model = load_host(cfg.model.init::<B>(&device)?, &weights, &device)?;
     let data = Dataset::open(&cfg.data.url, cfg.data.holdout_clips)?;
     let (k, m) = (cfg.sample.context, opts.frames.unwrap_or(cfg.sample.frames));
-    let clips: Vec<&Clip> = data.holdout.iter().filter(|c| c.shape[0] >= k + m).take(cfg.sample.clips).collect();
+    let clips: Vec<&Clip> = data
+        .holdout
+        .iter()
+        .filter(|c| c.shape[0] >= k + m)
+        .take(cfg.sample.clips)
+        .collect();
     if clips.is_empty() {
         let longest = data.holdout.iter().map(|c| c.shape[0]).max().unwrap_or(0);
         return Err(TrainError::Config(format!(
@@ -96,60 +111,120 @@ fn sample_on<B: Backend>(opts: &SampleOptions, dir: &Path, device: B::Device) ->
         )));
     }
     let Some(_) = clips[0].actions else {
-        return Err(TrainError::Config(format!("{} has no action_ids: rollouts need per-frame actions", cfg.data.url)));
+        return Err(TrainError::Config(format!(
+            "{} has no action_ids: rollouts need per-frame actions",
+            cfg.data.url
+        )));
     };
     let [_, c, h, w] = clips[0].shape;
     let (b, frame_len) = (clips.len(), c * h * w);
-    let context: Vec<f32> = clips.iter().flat_map(|cl| cl.latents[..k * frame_len].iter().copied()).collect();
-    let actions: Vec<i64> = clips.iter().flat_map(|cl| cl.actions.as_ref().unwrap()[..k + m].iter().copied()).collect();
+    let context: Vec<f32> = clips
+        .iter()
+        .flat_map(|cl| cl.latents[..k * frame_len].iter().copied())
+        .collect();
+    let actions: Vec<i64> = clips
+        .iter()
+        .flat_map(|cl| cl.actions.as_ref().unwrap()[..k + m].iter().copied())
+        .collect();
     B::seed(&device, opts.seed);
-    let rcfg = RolloutConfig { window: cfg.model.frames, steps: opts.steps.unwrap_or(cfg.sample.steps), context_noise: cfg.objective.context_noise };
-    eprintln!("rolling out {b} held-out clips: {k} context frames, {m} generated, {} Euler steps each", rcfg.steps);
+    let rcfg = RolloutConfig {
+        window: cfg.model.frames,
+        steps: opts.steps.unwrap_or(cfg.sample.steps),
+        context_noise: cfg.objective.context_noise,
+    };
+    eprintln!(
+        "rolling out {b} held-out clips: {k} context frames, {m} generated, {} Euler steps each",
+        rcfg.steps
+    );
     let generated = rollout(
         &denoiser(&model),
         Tensor::<B, 5>::from_data(TensorData::new(context, [b, k, c, h, w]), &device),
         Tensor::<B, 2, Int>::from_data(TensorData::new(actions, [b, k + m]), &device),
         rcfg,
     )?;
-    let generated: Vec<f32> = generated.into_data().convert::<f32>().into_vec().expect("f32");
-    let gen_frame = |i: usize, j: usize| &generated[(i * m + j) * frame_len..(i * m + j + 1) * frame_len];
+    let generated: Vec<f32> = generated
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .expect("f32");
+    let gen_frame =
+        |i: usize, j: usize| &generated[(i * m + j) * frame_len..(i * m + j + 1) * frame_len];
     let mut report = score(&clips, k, m, c, h, w, gen_frame);
     let (outputs, strip) = write_pictures(&opts.out, &clips, k, m, (h, w), gen_frame)?;
     report.outputs = outputs;
     // A checkpoint inside a run directory: add the rollout to its TensorBoard.
-    let tb_dir = dir.parent().and_then(Path::parent).map(|run| run.join("tensorboard")).filter(|d| d.is_dir());
+    let tb_dir = dir
+        .parent()
+        .and_then(Path::parent)
+        .map(|run| run.join("tensorboard"))
+        .filter(|d| d.is_dir());
     if let Some(tb_dir) = tb_dir {
         let io = |e: std::io::Error| TrainError::Io(format!("{}: {e}", tb_dir.display()));
         let mut tb = EventWriter::create(&tb_dir).map_err(io)?;
-        tb.image_png("rollout/real_above_generated", state.step, strip.to_png()?, strip.height, strip.width).map_err(io)?;
-        tb.scalar("rollout/agent_error_px", state.step, report.model_error_px).map_err(io)?;
-        tb.scalar("rollout/copy_last_error_px", state.step, report.copy_last_error_px).map_err(io)?;
+        tb.image_png(
+            "rollout/real_above_generated",
+            state.step,
+            strip.to_png()?,
+            strip.height,
+            strip.width,
+        )
+        .map_err(io)?;
+        tb.scalar("rollout/agent_error_px", state.step, report.model_error_px)
+            .map_err(io)?;
+        tb.scalar(
+            "rollout/copy_last_error_px",
+            state.step,
+            report.copy_last_error_px,
+        )
+        .map_err(io)?;
         tb.flush().map_err(io)?;
     }
     Ok(report)
 }
 
-fn score<'a>(clips: &[&Clip], k: usize, m: usize, c: usize, h: usize, w: usize, gen_frame: impl Fn(usize, usize) -> &'a [f32]) -> RolloutReport {
+fn score<'a>(
+    clips: &[&Clip],
+    k: usize,
+    m: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    gen_frame: impl Fn(usize, usize) -> &'a [f32],
+) -> RolloutReport {
     let penalty = ((h * h + w * w) as f64).sqrt() / 2.0;
     let (mut model_by, mut copy_by) = (vec![0.0; m], vec![0.0; m]);
     let (mut lost, mut moves, mut right_way) = (0, 0, 0);
-    let dist = |a: (f32, f32), b: (f32, f32)| (((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)) as f64).sqrt();
+    let dist =
+        |a: (f32, f32), b: (f32, f32)| (((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)) as f64).sqrt();
     for (i, clip) in clips.iter().enumerate() {
-        let Some(xy) = clip.agent_xy.as_ref() else { continue };
+        let Some(xy) = clip.agent_xy.as_ref() else {
+            continue;
+        };
         let truth = |f: usize| (xy[2 * f], xy[2 * f + 1]);
         let mut prev = Some(truth(k - 1));
         for j in 0..m {
-            let found = if c == 3 { locate_agent(gen_frame(i, j), h, w) } else { None };
+            let found = if c == 3 {
+                locate_agent(gen_frame(i, j), h, w)
+            } else {
+                None
+            };
             model_by[j] += found.map(|p| dist(p, truth(k + j))).unwrap_or(penalty);
             copy_by[j] += dist(truth(k - 1), truth(k + j));
             lost += found.is_none() as usize;
-            let true_move = (truth(k + j).0 - truth(k + j - 1).0, truth(k + j).1 - truth(k + j - 1).1);
+            let true_move = (
+                truth(k + j).0 - truth(k + j - 1).0,
+                truth(k + j).1 - truth(k + j - 1).1,
+            );
             if true_move != (0.0, 0.0) {
                 moves += 1;
                 if let (Some(p), Some(q)) = (prev, found) {
                     let gen_move = (q.0 - p.0, q.1 - p.1);
                     let axis_x = true_move.0.abs() > true_move.1.abs();
-                    let (t, g) = if axis_x { (true_move.0, gen_move.0) } else { (true_move.1, gen_move.1) };
+                    let (t, g) = if axis_x {
+                        (true_move.0, gen_move.0)
+                    } else {
+                        (true_move.1, gen_move.1)
+                    };
                     right_way += (t.signum() == g.signum() && g.abs() > 0.5) as usize;
                 }
             }
@@ -157,7 +232,10 @@ fn score<'a>(clips: &[&Clip], k: usize, m: usize, c: usize, h: usize, w: usize, 
         }
     }
     let n = clips.len() as f64;
-    model_by.iter_mut().chain(copy_by.iter_mut()).for_each(|v| *v /= n);
+    model_by
+        .iter_mut()
+        .chain(copy_by.iter_mut())
+        .for_each(|v| *v /= n);
     RolloutReport {
         clips: clips.len(),
         context: k,
@@ -167,7 +245,11 @@ fn score<'a>(clips: &[&Clip], k: usize, m: usize, c: usize, h: usize, w: usize, 
         model_error_by_frame: model_by,
         copy_last_error_by_frame: copy_by,
         agent_lost: lost,
-        direction_accuracy: if moves > 0 { right_way as f64 / moves as f64 } else { f64::NAN },
+        direction_accuracy: if moves > 0 {
+            right_way as f64 / moves as f64
+        } else {
+            f64::NAN
+        },
         outputs: Vec::new(),
     }
 }
@@ -183,7 +265,13 @@ fn write_pictures<'a>(
     let scale = (128 / h.max(w)).max(1);
     let shown = clips.len().min(4);
     let real = |i: usize, f: usize| Rgb::from_frame(clips[i].frame(f), h, w, scale);
-    let generated = |i: usize, f: usize| if f < k { real(i, f) } else { Rgb::from_frame(gen_frame(i, f - k), h, w, scale) };
+    let generated = |i: usize, f: usize| {
+        if f < k {
+            real(i, f)
+        } else {
+            Rgb::from_frame(gen_frame(i, f - k), h, w, scale)
+        }
+    };
     // Strip: per clip, real frames above generated ones (context frames repeat the real ones).
     let mut rows = Vec::new();
     for i in 0..shown {
@@ -193,14 +281,24 @@ fn write_pictures<'a>(
     let strip = grid(&rows, k + m, 2);
     let png_path = out.with_extension("png");
     if let Some(parent) = png_path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| TrainError::Io(format!("{}: {e}", parent.display())))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| TrainError::Io(format!("{}: {e}", parent.display())))?;
     }
-    std::fs::write(&png_path, strip.to_png()?).map_err(|e| TrainError::Io(format!("{}: {e}", png_path.display())))?;
+    std::fs::write(&png_path, strip.to_png()?)
+        .map_err(|e| TrainError::Io(format!("{}: {e}", png_path.display())))?;
     let mut outputs = vec![png_path];
     if out.extension().is_some_and(|e| e == "gif") {
         // Animation: per clip a pair (real | generated), clips side by side.
         let frames: Vec<Rgb> = (0..k + m)
-            .map(|f| grid(&(0..shown).flat_map(|i| [real(i, f), generated(i, f)]).collect::<Vec<_>>(), 2 * shown, 2))
+            .map(|f| {
+                grid(
+                    &(0..shown)
+                        .flat_map(|i| [real(i, f), generated(i, f)])
+                        .collect::<Vec<_>>(),
+                    2 * shown,
+                    2,
+                )
+            })
             .collect();
         write_gif(out, &frames, 40)?;
         outputs.insert(0, out.to_path_buf());

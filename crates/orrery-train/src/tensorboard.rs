@@ -75,17 +75,34 @@ pub struct EventWriter {
 }
 
 fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 impl EventWriter {
     /// Create a new event file in `dir`.
     pub fn create(dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into());
-        let path = dir.join(format!("events.out.tfevents.{}.{}.{}.orrery", now() as u64, host, std::process::id()));
-        let mut w = EventWriter { out: BufWriter::new(File::create(&path)?), path };
-        w.write(Event { wall_time: now(), step: 0, what: Some(What::FileVersion("brain.Event:2".into())) })?;
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        let path = dir.join(format!(
+            "events.out.tfevents.{}.{}.{}.orrery",
+            now() as u64,
+            host,
+            std::process::id()
+        ));
+        let mut w = EventWriter {
+            out: BufWriter::new(File::create(&path)?),
+            path,
+        };
+        w.write(Event {
+            wall_time: now(),
+            step: 0,
+            what: Some(What::FileVersion("brain.Event:2".into())),
+        })?;
         w.flush()?;
         Ok(w)
     }
@@ -105,18 +122,46 @@ impl EventWriter {
     }
 
     fn summary(&mut self, step: u64, value: SummaryValue) -> std::io::Result<()> {
-        self.write(Event { wall_time: now(), step: step as i64, what: Some(What::Summary(Summary { value: vec![value] })) })
+        self.write(Event {
+            wall_time: now(),
+            step: step as i64,
+            what: Some(What::Summary(Summary { value: vec![value] })),
+        })
     }
 
     /// Log a scalar.
     pub fn scalar(&mut self, tag: &str, step: u64, value: f64) -> std::io::Result<()> {
-        self.summary(step, SummaryValue { tag: tag.into(), kind: Some(ValueKind::SimpleValue(value as f32)) })
+        self.summary(
+            step,
+            SummaryValue {
+                tag: tag.into(),
+                kind: Some(ValueKind::SimpleValue(value as f32)),
+            },
+        )
     }
 
     /// Log an RGB image given as PNG bytes.
-    pub fn image_png(&mut self, tag: &str, step: u64, png: Vec<u8>, height: usize, width: usize) -> std::io::Result<()> {
-        let image = Image { height: height as i32, width: width as i32, colorspace: 3, encoded_image_string: png };
-        self.summary(step, SummaryValue { tag: tag.into(), kind: Some(ValueKind::Image(image)) })
+    pub fn image_png(
+        &mut self,
+        tag: &str,
+        step: u64,
+        png: Vec<u8>,
+        height: usize,
+        width: usize,
+    ) -> std::io::Result<()> {
+        let image = Image {
+            height: height as i32,
+            width: width as i32,
+            colorspace: 3,
+            encoded_image_string: png,
+        };
+        self.summary(
+            step,
+            SummaryValue {
+                tag: tag.into(),
+                kind: Some(ValueKind::Image(image)),
+            },
+        )
     }
 
     /// Push buffered events to disk.
@@ -134,7 +179,10 @@ mod tests {
         // TensorFlow's crc32c::Mask of crc32c("") = 0 is 0xa282ead8; of "a" (0xc1d04330):
         assert_eq!(masked_crc(b""), 0xa282_ead8);
         assert_eq!(crc32c::crc32c(b"a"), 0xc1d0_4330);
-        assert_eq!(masked_crc(b"a"), 0xc1d0_4330u32.rotate_right(15).wrapping_add(0xa282_ead8));
+        assert_eq!(
+            masked_crc(b"a"),
+            0xc1d0_4330u32.rotate_right(15).wrapping_add(0xa282_ead8)
+        );
     }
 
     #[test]
@@ -146,7 +194,8 @@ mod tests {
         let bytes = std::fs::read(w.path()).unwrap();
         let first = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
         let second_at = 8 + 4 + first + 4;
-        let second = u64::from_le_bytes(bytes[second_at..second_at + 8].try_into().unwrap()) as usize;
+        let second =
+            u64::from_le_bytes(bytes[second_at..second_at + 8].try_into().unwrap()) as usize;
         assert_eq!(bytes.len(), second_at + 16 + second);
         let event = Event::decode(&bytes[second_at + 12..second_at + 12 + second]).unwrap();
         assert_eq!(event.step, 3);

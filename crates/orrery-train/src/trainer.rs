@@ -12,7 +12,9 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use orrery_data::{Batch, Cursor, Dataset, Loader};
 use orrery_diffusion::{DiffusionError, TrainBatch};
 use orrery_dist::World;
-use orrery_model::named::{load_host, map_named, named_grads, to_host, visit_named, HostTensor, NamedTensors};
+use orrery_model::named::{
+    load_host, map_named, named_grads, to_host, visit_named, HostTensor, NamedTensors,
+};
 use orrery_model::{Dit, DitInput};
 
 use crate::checkpoint::{self, Checkpoint, TrainerState};
@@ -65,20 +67,35 @@ pub struct TrainSummary {
 
 /// Train on the backend named by `cfg.run.device`.
 pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
-    with_backend!(cfg.run.device, |AB, device| train_on::<AB>(cfg, opts, device))
+    with_backend!(cfg.run.device, |AB, device| train_on::<AB>(
+        cfg, opts, device
+    ))
 }
 
 pub(crate) fn denoiser<B: Backend>(model: &Dit<B>) -> impl orrery_diffusion::Denoiser<B> + '_ {
     move |x_t: Tensor<B, 5>, t: Tensor<B, 2>, actions: Option<Tensor<B, 2, Int>>| {
-        model.forward(DitInput { latents: x_t, t, actions }).map_err(|e| DiffusionError::Denoiser(e.to_string()))
+        model
+            .forward(DitInput {
+                latents: x_t,
+                t,
+                actions,
+            })
+            .map_err(|e| DiffusionError::Denoiser(e.to_string()))
     }
 }
 
-fn to_device<B: Backend>(batch: &Batch, null_action: i64, device: &B::Device) -> TrainBatch<B> {
+pub(crate) fn to_device<B: Backend>(
+    batch: &Batch,
+    null_action: i64,
+    device: &B::Device,
+) -> TrainBatch<B> {
     let [b, t, ..] = batch.dims;
     TrainBatch {
         latents: Tensor::from_data(TensorData::new(batch.latents.clone(), batch.dims), device),
-        actions: batch.actions.as_ref().map(|a| Tensor::from_data(TensorData::new(a.clone(), [b, t]), device)),
+        actions: batch
+            .actions
+            .as_ref()
+            .map(|a| Tensor::from_data(TensorData::new(a.clone(), [b, t]), device)),
         null_action,
         sample_ids: batch.sample_ids.clone(),
     }
@@ -86,14 +103,30 @@ fn to_device<B: Backend>(batch: &Batch, null_action: i64, device: &B::Device) ->
 
 /// The first `frames` frames of up to `n` held-out clips, as one batch.
 fn heldout_batch(data: &Dataset, frames: usize, n: usize) -> Batch {
-    let clips: Vec<_> = data.holdout.iter().filter(|c| c.shape[0] >= frames).take(n).collect();
+    let clips: Vec<_> = data
+        .holdout
+        .iter()
+        .filter(|c| c.shape[0] >= frames)
+        .take(n)
+        .collect();
     let [_, c, h, w] = clips.first().map(|c| c.shape).unwrap_or([0; 4]);
     let frame_len = c * h * w;
     Batch {
         dims: [clips.len(), frames, c, h, w],
-        latents: clips.iter().flat_map(|c| c.latents[..frames * frame_len].iter().copied()).collect(),
+        latents: clips
+            .iter()
+            .flat_map(|c| c.latents[..frames * frame_len].iter().copied())
+            .collect(),
         actions: clips.first().and_then(|c| c.actions.as_ref()).map(|_| {
-            clips.iter().flat_map(|c| c.actions.as_ref().map(|a| a[..frames].to_vec()).unwrap_or_default()).collect()
+            clips
+                .iter()
+                .flat_map(|c| {
+                    c.actions
+                        .as_ref()
+                        .map(|a| a[..frames].to_vec())
+                        .unwrap_or_default()
+                })
+                .collect()
         }),
         sample_ids: (0..clips.len() as u64).collect(),
         clip_ids: clips.iter().map(|c| c.id.clone()).collect(),
@@ -102,8 +135,14 @@ fn heldout_batch(data: &Dataset, frames: usize, n: usize) -> Batch {
 
 /// The held-out loss with fixed noise (key step = u64::MAX), so values from
 /// different steps compare.
-fn heldout_loss<B: Backend>(cfg: &TrainConfig, model: &Dit<B>, batch: &TrainBatch<B>) -> Result<f64> {
-    let loss = cfg.objective.loss(&denoiser(model), batch, cfg.run.seed, u64::MAX)?;
+fn heldout_loss<B: Backend>(
+    cfg: &TrainConfig,
+    model: &Dit<B>,
+    batch: &TrainBatch<B>,
+) -> Result<f64> {
+    let loss = cfg
+        .objective
+        .loss(&denoiser(model), batch, cfg.run.seed, u64::MAX)?;
     Ok(loss.into_scalar().elem::<f64>())
 }
 
@@ -139,7 +178,11 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
 }
 
 /// Train on backend `B` (autodiff) and device.
-pub fn train_on<B: AutodiffBackend>(cfg: TrainConfig, opts: RunOptions, device: B::Device) -> Result<TrainSummary> {
+pub fn train_on<B: AutodiffBackend>(
+    cfg: TrainConfig,
+    opts: RunOptions,
+    device: B::Device,
+) -> Result<TrainSummary> {
     let world = World::from_env()?;
     if world.size > 1 {
         return Err(TrainError::Config(format!(
@@ -163,10 +206,19 @@ pub fn train_on<B: AutodiffBackend>(cfg: TrainConfig, opts: RunOptions, device: 
     });
     let from = match &opts.resume {
         Resume::Never => None,
-        Resume::Auto => ckpt_dir.join("latest").is_file().then(|| checkpoint::resolve(&ckpt_dir)).transpose()?,
+        Resume::Auto => ckpt_dir
+            .join("latest")
+            .is_file()
+            .then(|| checkpoint::resolve(&ckpt_dir))
+            .transpose()?,
         Resume::From(p) => Some(checkpoint::resolve(p)?),
     };
-    let (mut step, mut cursor, mut optim, mut ema) = (0u64, Cursor::default(), AdamW::<B::InnerBackend>::default(), None);
+    let (mut step, mut cursor, mut optim, mut ema) = (
+        0u64,
+        Cursor::default(),
+        AdamW::<B::InnerBackend>::default(),
+        None,
+    );
     if let Some(dir) = &from {
         let ck = checkpoint::load(dir)?;
         if ck.state.config.model != cfg.model {
@@ -178,7 +230,12 @@ pub fn train_on<B: AutodiffBackend>(cfg: TrainConfig, opts: RunOptions, device: 
         model = load_host(model, &ck.model, &device)?;
         let inner = device.clone();
         optim = AdamW::from_host(&ck.optimizer, ck.state.step, &inner);
-        let mut e = Ema::new(ck.ema.iter().map(|(n, t)| (n.clone(), t.to_flat(&inner))).collect());
+        let mut e = Ema::new(
+            ck.ema
+                .iter()
+                .map(|(n, t)| (n.clone(), t.to_flat(&inner)))
+                .collect(),
+        );
         e.updates = ck.state.ema_updates;
         ema = Some(e);
         (step, cursor) = (ck.state.step, ck.state.cursor);
@@ -192,17 +249,33 @@ pub fn train_on<B: AutodiffBackend>(cfg: TrainConfig, opts: RunOptions, device: 
         Ema::new(w)
     });
 
-    let mut loader = Loader::new(&data.train, cfg.run.seed, cfg.data.global_batch, cfg.model.frames, (world.rank, world.size), cursor)?;
+    let mut loader = Loader::new(
+        &data.train,
+        cfg.run.seed,
+        cfg.data.global_batch,
+        cfg.model.frames,
+        (world.rank, world.size),
+        cursor,
+    )?;
     let null_action = cfg.model.num_actions as i64;
     let inner_device = device.clone();
-    let heldout = to_device::<B::InnerBackend>(&heldout_batch(&data, cfg.model.frames, cfg.data.global_batch), null_action, &inner_device);
+    let heldout = to_device::<B::InnerBackend>(
+        &heldout_batch(&data, cfg.model.frames, cfg.data.global_batch),
+        null_action,
+        &inner_device,
+    );
     let mut tb = EventWriter::create(&run_dir.join("tensorboard")).map_err(io(run_dir))?;
     let metrics_path = run_dir.join("metrics.jsonl");
-    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(io(&metrics_path))?;
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(io(&metrics_path))?;
 
     let start_step = step;
     let heldout_start = heldout_loss(&cfg, &model.valid(), &heldout)?;
-    tb.scalar("eval/heldout_loss", step, heldout_start).map_err(io(run_dir))?;
+    tb.scalar("eval/heldout_loss", step, heldout_start)
+        .map_err(io(run_dir))?;
     eprintln!(
         "training {} params on {} clips ({} held out, {} skipped as too short), {} steps from step {step}; held-out loss {heldout_start:.4}",
         model.param_count(),
@@ -212,11 +285,14 @@ pub fn train_on<B: AutodiffBackend>(cfg: TrainConfig, opts: RunOptions, device: 
         cfg.run.steps
     );
     let bar = crate::sample::progress_bar(cfg.run.steps, step);
-    let (mut window_loss, mut window_n, mut data_wait, mut window_start) = (0.0f64, 0u64, Duration::ZERO, Instant::now());
+    let (mut window_loss, mut window_n, mut data_wait, mut window_start) =
+        (0.0f64, 0u64, Duration::ZERO, Instant::now());
     let run_start = Instant::now();
     let mut last_ckpt = from.clone().unwrap_or_default();
     let mut last_heldout = heldout_start;
-    let stop_at = opts.stop_after.map_or(cfg.run.steps, |n| (step + n).min(cfg.run.steps));
+    let stop_at = opts
+        .stop_after
+        .map_or(cfg.run.steps, |n| (step + n).min(cfg.run.steps));
     while step < stop_at {
         let t0 = Instant::now();
         let batch = to_device::<B>(&loader.next_batch(), null_action, &device);
@@ -233,7 +309,8 @@ pub fn train_on<B: AutodiffBackend>(cfg: TrainConfig, opts: RunOptions, device: 
         let eval_now = step % cfg.logging.eval_every == 0 || step == stop_at;
         if eval_now {
             last_heldout = heldout_loss(&cfg, &model.valid(), &heldout)?;
-            tb.scalar("eval/heldout_loss", step, last_heldout).map_err(io(run_dir))?;
+            tb.scalar("eval/heldout_loss", step, last_heldout)
+                .map_err(io(run_dir))?;
         }
         if step % cfg.logging.every == 0 || step == stop_at {
             let secs = window_start.elapsed().as_secs_f64();
@@ -247,8 +324,16 @@ pub fn train_on<B: AutodiffBackend>(cfg: TrainConfig, opts: RunOptions, device: 
                 "data_wait_frac": data_wait.as_secs_f64() / secs,
                 "heldout_loss": if eval_now { Some(last_heldout) } else { None },
             });
-            for (tag, key) in [("train/loss", "loss"), ("train/lr", "lr"), ("train/grad_norm", "grad_norm"), ("perf/samples_per_s", "samples_per_s"), ("perf/step_time_s", "step_time_s"), ("perf/data_wait_frac", "data_wait_frac")] {
-                tb.scalar(tag, step, line[key].as_f64().unwrap_or(f64::NAN)).map_err(io(run_dir))?;
+            for (tag, key) in [
+                ("train/loss", "loss"),
+                ("train/lr", "lr"),
+                ("train/grad_norm", "grad_norm"),
+                ("perf/samples_per_s", "samples_per_s"),
+                ("perf/step_time_s", "step_time_s"),
+                ("perf/data_wait_frac", "data_wait_frac"),
+            ] {
+                tb.scalar(tag, step, line[key].as_f64().unwrap_or(f64::NAN))
+                    .map_err(io(run_dir))?;
             }
             tb.flush().map_err(io(run_dir))?;
             writeln!(metrics, "{line}").map_err(io(&metrics_path))?;
@@ -260,7 +345,8 @@ pub fn train_on<B: AutodiffBackend>(cfg: TrainConfig, opts: RunOptions, device: 
                     if eval_now { format!("  held-out {last_heldout:.4}") } else { String::new() }
                 )
             });
-            (window_loss, window_n, data_wait, window_start) = (0.0, 0, Duration::ZERO, Instant::now());
+            (window_loss, window_n, data_wait, window_start) =
+                (0.0, 0, Duration::ZERO, Instant::now());
         }
         if step % cfg.checkpoint.every == 0 || step == stop_at {
             let ck = Checkpoint {
@@ -273,7 +359,16 @@ pub fn train_on<B: AutodiffBackend>(cfg: TrainConfig, opts: RunOptions, device: 
                     version: env!("CARGO_PKG_VERSION").into(),
                 },
                 model: to_host(&model),
-                ema: ema.weights.iter().map(|(n, t)| (n.clone(), HostTensor::from_flat(t.clone(), shapes[n].clone()))).collect::<NamedTensors>(),
+                ema: ema
+                    .weights
+                    .iter()
+                    .map(|(n, t)| {
+                        (
+                            n.clone(),
+                            HostTensor::from_flat(t.clone(), shapes[n].clone()),
+                        )
+                    })
+                    .collect::<NamedTensors>(),
                 optimizer: optim.to_host(&shapes),
             };
             last_ckpt = checkpoint::save(&ckpt_dir, &ck, cfg.checkpoint.keep)?;
@@ -284,7 +379,8 @@ pub fn train_on<B: AutodiffBackend>(cfg: TrainConfig, opts: RunOptions, device: 
     let heldout_end = heldout_loss(&cfg, &inner, &heldout)?;
     let ema_model = map_named(inner, |name, _, _| ema.weights[name].clone());
     let heldout_ema = heldout_loss(&cfg, &ema_model, &heldout)?;
-    tb.scalar("eval/heldout_loss_ema", step, heldout_ema).map_err(io(run_dir))?;
+    tb.scalar("eval/heldout_loss_ema", step, heldout_ema)
+        .map_err(io(run_dir))?;
     tb.flush().map_err(io(run_dir))?;
     let steps_run = (step - start_step).max(1);
     Ok(TrainSummary {
@@ -320,24 +416,130 @@ pub(crate) fn train_step<B: AutodiffBackend>(
     ema: &mut Ema<B::InnerBackend>,
     shapes: &BTreeMap<String, Vec<usize>>,
 ) -> Result<(Dit<B>, StepOut)> {
-    let loss = cfg.objective.loss(&denoiser(&model), batch, cfg.run.seed, step)?;
+    let loss = cfg
+        .objective
+        .loss(&denoiser(&model), batch, cfg.run.seed, step)?;
     let loss_value: f64 = loss.clone().into_scalar().elem();
     let mut grads = GradientsParams::from_grads(loss.backward(), &model);
     let grads = named_grads(&model, &mut grads);
     let norm = global_norm(&grads);
     if !loss_value.is_finite() || !norm.is_finite() {
-        return Err(TrainError::NonFinite { step, what: format!("loss ({loss_value}) or gradient norm ({norm})") });
+        return Err(TrainError::NonFinite {
+            step,
+            what: format!("loss ({loss_value}) or gradient norm ({norm})"),
+        });
     }
-    let clip = if cfg.optim.grad_clip > 0.0 && norm > cfg.optim.grad_clip { cfg.optim.grad_clip / norm } else { 1.0 };
+    let clip = if cfg.optim.grad_clip > 0.0 && norm > cfg.optim.grad_clip {
+        cfg.optim.grad_clip / norm
+    } else {
+        1.0
+    };
     let lr = learning_rate(&cfg.optim, step, cfg.run.steps);
     optim.begin_step();
     let model = map_named(model, |name, _, p| {
         // Decay matrices only: not biases, positions or embedding tables.
-        let decay = shapes[name].len() >= 2 && !name.starts_with("pos_") && !name.contains("embed.weight");
-        Tensor::from_inner(optim.update(&cfg.optim, lr, name, p.inner(), grads[name].clone() * clip, decay))
+        let decay =
+            shapes[name].len() >= 2 && !name.starts_with("pos_") && !name.contains("embed.weight");
+        Tensor::from_inner(optim.update(
+            &cfg.optim,
+            lr,
+            name,
+            p.inner(),
+            grads[name].clone() * clip,
+            decay,
+        ))
     });
     let d = ema.decay(cfg.ema.decay);
     visit_named(&model, |name, _, _, flat| ema.update(d, name, flat.inner()));
     ema.updates += 1;
-    Ok((model, StepOut { loss: loss_value, grad_norm: norm, lr }))
+    Ok((
+        model,
+        StepOut {
+            loss: loss_value,
+            grad_norm: norm,
+            lr,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Schedule;
+    use burn::backend::{Autodiff, Flex};
+    use orrery_data::synth::{render_clips, SynthConfig};
+    use orrery_model::DitConfig;
+
+    type AB = Autodiff<Flex>;
+
+    fn setup() -> (TrainConfig, Dit<AB>, BTreeMap<String, Vec<usize>>, Batch) {
+        let mut cfg = TrainConfig::default();
+        cfg.model = DitConfig {
+            frames: 4,
+            height: 16,
+            width: 16,
+            hidden: 64,
+            depth: 2,
+            heads: 2,
+            ..Default::default()
+        };
+        cfg.optim.warmup_steps = 0;
+        cfg.optim.schedule = Schedule::Constant;
+        cfg.optim.lr = 3e-3;
+        let clips = render_clips(&SynthConfig {
+            clips: 8,
+            frames: 4,
+            height: 16,
+            width: 16,
+            seed: 1,
+        });
+        let batch = Loader::new(&clips, 0, 8, 4, (0, 1), Cursor::default())
+            .unwrap()
+            .next_batch();
+        let device = Default::default();
+        AB::seed(&device, 0);
+        let model: Dit<AB> = cfg.model.init(&device).unwrap();
+        let mut shapes = BTreeMap::new();
+        visit_named(&model, |n, _, s, _| {
+            shapes.insert(n.to_string(), s);
+        });
+        (cfg, model, shapes, batch)
+    }
+
+    #[test]
+    fn loss_decreases_on_a_fixed_batch() {
+        let (cfg, mut model, shapes, batch) = setup();
+        let device = Default::default();
+        let batch = to_device::<AB>(&batch, 5, &device);
+        let (mut optim, mut ema) = (AdamW::default(), Ema::new(BTreeMap::new()));
+        let mut losses = Vec::new();
+        for _ in 0..40 {
+            // The same step key every time: the same noise, so the model can fit it.
+            let (next, out) =
+                train_step(&cfg, model, &batch, 0, &mut optim, &mut ema, &shapes).unwrap();
+            model = next;
+            losses.push(out.loss);
+        }
+        let (first, last) = (losses[0], losses[losses.len() - 1]);
+        assert!(
+            last < 0.5 * first,
+            "loss went {first} -> {last}: {losses:?}"
+        );
+        assert_eq!(optim.steps, 40);
+        assert_eq!(ema.updates, 40);
+    }
+
+    #[test]
+    fn a_non_finite_batch_stops_the_step() {
+        let (cfg, model, shapes, mut batch) = setup();
+        batch.latents[3] = f32::NAN;
+        let batch = to_device::<AB>(&batch, 5, &Default::default());
+        let (mut optim, mut ema) = (AdamW::default(), Ema::new(BTreeMap::new()));
+        let err = train_step(&cfg, model, &batch, 7, &mut optim, &mut ema, &shapes)
+            .err()
+            .expect("must fail");
+        assert!(err.to_string().starts_with("non-finite loss"), "{err}");
+        assert!(err.to_string().contains("step 7"));
+        assert_eq!((optim.steps, ema.updates), (0, 0), "nothing was updated");
+    }
 }

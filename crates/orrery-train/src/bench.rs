@@ -1,0 +1,117 @@
+//! `orrery bench step`: time the training step of a config on its device.
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use burn::tensor::backend::AutodiffBackend;
+use orrery_data::{Cursor, Dataset, Loader};
+use orrery_model::named::visit_named;
+use orrery_model::Dit;
+
+use crate::config::TrainConfig;
+use crate::optim::{AdamW, Ema};
+use crate::trainer::{to_device, train_step};
+use crate::Result;
+
+/// Timings of a step benchmark.
+#[derive(Debug, Clone)]
+pub struct StepBench {
+    /// Parameters of the model.
+    pub params: usize,
+    /// Tokens per sample (frames x tokens per frame).
+    pub tokens_per_sample: usize,
+    /// Clips per step.
+    pub batch: usize,
+    /// Threads available to the CPU backend.
+    pub threads: usize,
+    /// Seconds of each timed step (data excluded).
+    pub step_s: Vec<f64>,
+    /// Seconds of loading each batch to the device.
+    pub data_s: Vec<f64>,
+    /// Approximate training FLOPs per step (6 N T for matmuls plus attention).
+    pub flops_per_step: f64,
+}
+
+impl StepBench {
+    /// Median of the step times.
+    pub fn median_step(&self) -> f64 {
+        let mut v = self.step_s.clone();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+}
+
+/// Run `warmup + steps` training steps of `cfg` and time the last `steps`.
+pub fn bench_step(cfg: &TrainConfig, steps: usize, warmup: usize) -> Result<StepBench> {
+    with_backend!(cfg.run.device, |AB, device| bench_on::<AB>(
+        cfg, steps, warmup, device
+    ))
+}
+
+fn bench_on<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    steps: usize,
+    warmup: usize,
+    device: B::Device,
+) -> Result<StepBench> {
+    let data = Dataset::open(&cfg.data.url, cfg.data.holdout_clips)?;
+    B::seed(&device, cfg.run.seed);
+    let mut model: Dit<B> = cfg.model.init(&device)?;
+    let mut shapes = BTreeMap::new();
+    visit_named(&model, |n, _, s, _| {
+        shapes.insert(n.to_string(), s);
+    });
+    let mut loader = Loader::new(
+        &data.train,
+        cfg.run.seed,
+        cfg.data.global_batch,
+        cfg.model.frames,
+        (0, 1),
+        Cursor::default(),
+    )?;
+    let (mut optim, mut ema) = (AdamW::default(), Ema::new(BTreeMap::new()));
+    let m = &cfg.model;
+    let tokens = m.frames * m.tokens_per_frame();
+    let params = model.param_count();
+    // Forward matmul FLOPs 2 N per token, backward twice that; attention
+    // scores and values 4 n^2 d per layer forward.
+    let per_sample = 6.0 * params as f64 * tokens as f64
+        + 3.0 * 4.0 * (tokens * tokens * m.hidden * m.depth) as f64;
+    let mut bench = StepBench {
+        params,
+        tokens_per_sample: tokens,
+        batch: cfg.data.global_batch,
+        threads: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        step_s: Vec::new(),
+        data_s: Vec::new(),
+        flops_per_step: per_sample * cfg.data.global_batch as f64,
+    };
+    if let Some(n) = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        bench.threads = n;
+    }
+    for step in 0..warmup + steps {
+        let t0 = Instant::now();
+        let batch = to_device::<B>(&loader.next_batch(), m.num_actions as i64, &device);
+        let t1 = Instant::now();
+        let (next, _) = train_step(
+            cfg,
+            model,
+            &batch,
+            step as u64,
+            &mut optim,
+            &mut ema,
+            &shapes,
+        )?;
+        model = next;
+        let t2 = Instant::now();
+        if step >= warmup {
+            bench.data_s.push((t1 - t0).as_secs_f64());
+            bench.step_s.push((t2 - t1).as_secs_f64());
+        }
+    }
+    Ok(bench)
+}
