@@ -140,6 +140,37 @@ impl ObjectiveConfig {
         plan
     }
 
+    /// The rollout regime: every frame but the last is context (at
+    /// `context_noise`, out of the loss), the last frame gets a drawn noise
+    /// level, actions are kept. Each row depends only on (seed, step, id).
+    pub fn next_frame_plan(
+        &self,
+        seed: u64,
+        step: u64,
+        sample_ids: &[u64],
+        dims: [usize; 5],
+    ) -> NoisePlan {
+        let [b, t, ..] = dims;
+        let mut plan = self.plan(seed, step, sample_ids, dims);
+        for row in 0..b {
+            for f in 0..t {
+                let i = row * t + f;
+                if f + 1 < t {
+                    plan.t[i] = self.context_noise as f32;
+                    plan.loss_mask[i] = 0.0;
+                } else {
+                    plan.t[i] =
+                        self.timesteps
+                            .draw(&mut sample_rng(seed, step ^ 0x5EED, sample_ids[row]))
+                            as f32;
+                    plan.loss_mask[i] = 1.0;
+                }
+            }
+            plan.drop_actions[row] = false;
+        }
+        plan
+    }
+
     /// The masked flow-matching loss of one batch: the mean over generated
     /// frames of ||v_pred - (ε - x_0)||^2 / (c h w).
     ///
@@ -152,11 +183,24 @@ impl ObjectiveConfig {
         seed: u64,
         step: u64,
     ) -> Result<Tensor<B, 1>> {
+        let plan = self.plan(seed, step, &batch.sample_ids, batch.latents.dims());
+        self.loss_with_plan(model, batch, plan)
+    }
+
+    /// The loss of one batch under a given plan (see [`ObjectiveConfig::plan`]).
+    ///
+    /// # Shapes
+    /// returns [1]
+    pub fn loss_with_plan<B: Backend>(
+        &self,
+        model: &impl Denoiser<B>,
+        batch: &TrainBatch<B>,
+        plan: NoisePlan,
+    ) -> Result<Tensor<B, 1>> {
         let x_0 = batch.latents.clone();
         let dims = x_0.dims();
         let [b, t, c, h, w] = dims;
         let device = x_0.device();
-        let plan = self.plan(seed, step, &batch.sample_ids, dims);
         let t_levels = Tensor::<B, 2>::from_data(TensorData::new(plan.t.clone(), [b, t]), &device);
         let eps = Tensor::<B, 5>::from_data(TensorData::new(plan.eps, dims), &device);
         let t5 = t_levels.clone().reshape([b, t, 1, 1, 1]);

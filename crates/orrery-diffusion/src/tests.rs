@@ -3,9 +3,7 @@ use burn::backend::Flex;
 use burn::tensor::{backend::Backend, Distribution, Int, Tensor};
 
 use crate::sample::{euler, rollout, RolloutConfig};
-use crate::{
-    sample_rng, Denoiser, FrameNoise, ObjectiveConfig, Result, TimestepSampler, TrainBatch,
-};
+use crate::{sample_rng, FrameNoise, ObjectiveConfig, Result, TimestepSampler, TrainBatch};
 
 type B = Flex;
 
@@ -162,4 +160,20 @@ fn the_loss_of_the_exact_model_is_below_a_wrong_model() {
         (zero_loss - (1.0 + s * s + mu * mu)).abs() < 0.1,
         "{zero_loss}"
     );
+}
+
+#[test]
+fn the_next_frame_plan_generates_only_the_last_frame() {
+    let cfg = ObjectiveConfig {
+        context_noise: 0.05,
+        action_dropout: 1.0,
+        ..Default::default()
+    };
+    let plan = cfg.next_frame_plan(1, 2, &[7, 8], [2, 3, 1, 2, 2]);
+    assert_eq!(plan.loss_mask, vec![0.0, 0.0, 1.0, 0.0, 0.0, 1.0]);
+    assert_eq!(&plan.t[..2], &[0.05, 0.05]);
+    assert!(plan.t[2] > 0.0 && plan.t[2] < 1.0 && plan.t[2] != 0.05);
+    assert_eq!(plan.drop_actions, vec![false, false]);
+    // The noise is the same as the training plan's for the same key.
+    assert_eq!(plan.eps, cfg.plan(1, 2, &[7, 8], [2, 3, 1, 2, 2]).eps);
 }

@@ -59,6 +59,9 @@ pub struct TrainSummary {
     pub heldout_loss_end: f64,
     /// Held-out loss at the end (EMA weights).
     pub heldout_loss_ema: f64,
+    /// Next-frame loss with another clip's context minus with the true one,
+    /// at the last evaluation (about 0: the model ignores its context).
+    pub context_gain: f64,
     /// Mean seconds per step of this run.
     pub seconds_per_step: f64,
     /// The last checkpoint written.
@@ -144,6 +147,44 @@ fn heldout_loss<B: Backend>(
         .objective
         .loss(&denoiser(model), batch, cfg.run.seed, u64::MAX)?;
     Ok(loss.into_scalar().elem::<f64>())
+}
+
+/// The same batch with every frame but the last taken from the next clip.
+fn with_foreign_context(batch: &Batch) -> Batch {
+    let [b, t, c, h, w] = batch.dims;
+    let clip = t * c * h * w;
+    let own_last = (t - 1) * c * h * w;
+    let mut out = batch.clone();
+    for i in 0..b {
+        let j = (i + 1) % b;
+        out.latents[i * clip..i * clip + own_last]
+            .copy_from_slice(&batch.latents[j * clip..j * clip + own_last]);
+    }
+    out
+}
+
+/// Next-frame loss with the true context, and how much worse it gets with
+/// another clip's context (the context gain: about 0 means the model ignores
+/// its context). Fixed noise, so values from different steps compare.
+fn context_eval<B: Backend>(
+    cfg: &TrainConfig,
+    model: &Dit<B>,
+    own: &TrainBatch<B>,
+    foreign: &TrainBatch<B>,
+) -> Result<(f64, f64)> {
+    let plan =
+        cfg.objective
+            .next_frame_plan(cfg.run.seed, u64::MAX, &own.sample_ids, own.latents.dims());
+    let obj = &cfg.objective;
+    let l_own: f64 = obj
+        .loss_with_plan(&denoiser(model), own, plan.clone())?
+        .into_scalar()
+        .elem();
+    let l_foreign: f64 = obj
+        .loss_with_plan(&denoiser(model), foreign, plan)?
+        .into_scalar()
+        .elem();
+    Ok((l_own, l_foreign - l_own))
 }
 
 /// Check the data against the model config; say which key to set.
@@ -259,8 +300,10 @@ pub fn train_on<B: AutodiffBackend>(
     )?;
     let null_action = cfg.model.num_actions as i64;
     let inner_device = device.clone();
-    let heldout = to_device::<B::InnerBackend>(
-        &heldout_batch(&data, cfg.model.frames, cfg.data.global_batch),
+    let heldout_host = heldout_batch(&data, cfg.model.frames, cfg.data.global_batch);
+    let heldout = to_device::<B::InnerBackend>(&heldout_host, null_action, &inner_device);
+    let foreign = to_device::<B::InnerBackend>(
+        &with_foreign_context(&heldout_host),
         null_action,
         &inner_device,
     );
@@ -276,6 +319,7 @@ pub fn train_on<B: AutodiffBackend>(
     let heldout_start = heldout_loss(&cfg, &model.valid(), &heldout)?;
     tb.scalar("eval/heldout_loss", step, heldout_start)
         .map_err(io(run_dir))?;
+    let mut context_gain = 0.0;
     eprintln!(
         "training {} params on {} clips ({} held out, {} skipped as too short), {} steps from step {step}; held-out loss {heldout_start:.4}",
         model.param_count(),
@@ -308,8 +352,15 @@ pub fn train_on<B: AutodiffBackend>(
 
         let eval_now = step % cfg.logging.eval_every == 0 || step == stop_at;
         if eval_now {
-            last_heldout = heldout_loss(&cfg, &model.valid(), &heldout)?;
+            let inner = model.valid();
+            last_heldout = heldout_loss(&cfg, &inner, &heldout)?;
+            let next_frame;
+            (next_frame, context_gain) = context_eval(&cfg, &inner, &heldout, &foreign)?;
             tb.scalar("eval/heldout_loss", step, last_heldout)
+                .map_err(io(run_dir))?;
+            tb.scalar("eval/next_frame_loss", step, next_frame)
+                .map_err(io(run_dir))?;
+            tb.scalar("eval/context_gain", step, context_gain)
                 .map_err(io(run_dir))?;
         }
         if step % cfg.logging.every == 0 || step == stop_at {
@@ -323,6 +374,7 @@ pub fn train_on<B: AutodiffBackend>(
                 "step_time_s": secs / window_n as f64,
                 "data_wait_frac": data_wait.as_secs_f64() / secs,
                 "heldout_loss": if eval_now { Some(last_heldout) } else { None },
+                "context_gain": if eval_now { Some(context_gain) } else { None },
             });
             for (tag, key) in [
                 ("train/loss", "loss"),
@@ -342,7 +394,7 @@ pub fn train_on<B: AutodiffBackend>(
                     "step {step:>6}  loss {:.4}  lr {lr:.2e}  grad_norm {norm:.3}  {:.1} samples/s{}",
                     line["loss"].as_f64().unwrap_or(f64::NAN),
                     line["samples_per_s"].as_f64().unwrap_or(0.0),
-                    if eval_now { format!("  held-out {last_heldout:.4}") } else { String::new() }
+                    if eval_now { format!("  held-out {last_heldout:.4}  context gain {context_gain:+.4}") } else { String::new() }
                 )
             });
             (window_loss, window_n, data_wait, window_start) =
@@ -389,6 +441,7 @@ pub fn train_on<B: AutodiffBackend>(
         heldout_loss_start: heldout_start,
         heldout_loss_end: heldout_end,
         heldout_loss_ema: heldout_ema,
+        context_gain,
         seconds_per_step: run_start.elapsed().as_secs_f64() / steps_run as f64,
         checkpoint: last_ckpt,
     })
