@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{self, read_safetensors, to_safetensors, EMA_FILE, MODEL_FILE};
-use crate::{Result, TrainError};
+use crate::Result;
 
 /// Write the (EMA or online) weights of the checkpoint at `from` to `out`, with
 /// the model config as JSON in the file's metadata (`orrery.model_config`).
@@ -25,7 +25,7 @@ pub fn export(from: &Path, ema: bool, out: &Path) -> Result<(PathBuf, usize)> {
     ]);
     let bytes = to_safetensors(&tensors, meta)?;
     let tmp = out.with_extension("safetensors.tmp");
-    std::fs::write(&tmp, &bytes).map_err(|e| TrainError::Io(format!("{}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, out).map_err(|e| TrainError::Io(format!("{}: {e}", out.display())))?;
+    std::fs::write(&tmp, &bytes).map_err(crate::trainer::io(&tmp))?;
+    std::fs::rename(&tmp, out).map_err(crate::trainer::io(out))?;
     Ok((dir, tensors.len()))
 }

@@ -81,17 +81,17 @@ pub fn sample(opts: &SampleOptions) -> Result<RolloutReport> {
     with_backend!(state.config.run.device, |AB, device| sample_on::<
         <AB as burn::tensor::backend::AutodiffBackend>::InnerBackend,
     >(
-        opts, &dir, device
+        opts, &dir, &state, device
     ))
 }
 
 fn sample_on<B: Backend>(
     opts: &SampleOptions,
     dir: &Path,
+    state: &checkpoint::TrainerState,
     device: B::Device,
 ) -> Result<RolloutReport> {
-    let state = checkpoint::load_state(dir)?;
-    let cfg = state.config.clone();
+    let cfg = &state.config;
     let weights = read_safetensors(&dir.join(if opts.no_ema { MODEL_FILE } else { EMA_FILE }))?;
     let model = load_host(cfg.model.init::<B>(&device)?, &weights, &device)?;
     let data = Dataset::open(&cfg.data.url, cfg.data.holdout_clips)?;
@@ -159,7 +159,7 @@ fn sample_on<B: Backend>(
         .map(|run| run.join("tensorboard"))
         .filter(|d| d.is_dir());
     if let Some(tb_dir) = tb_dir {
-        let io = |e: std::io::Error| TrainError::Io(format!("{}: {e}", tb_dir.display()));
+        let io = |e| crate::trainer::io(&tb_dir)(e);
         let mut tb = EventWriter::create(&tb_dir).map_err(io)?;
         tb.image_png(
             "rollout/real_above_generated",
@@ -281,11 +281,9 @@ fn write_pictures<'a>(
     let strip = grid(&rows, k + m, 2);
     let png_path = out.with_extension("png");
     if let Some(parent) = png_path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| TrainError::Io(format!("{}: {e}", parent.display())))?;
+        std::fs::create_dir_all(parent).map_err(crate::trainer::io(parent))?;
     }
-    std::fs::write(&png_path, strip.to_png()?)
-        .map_err(|e| TrainError::Io(format!("{}: {e}", png_path.display())))?;
+    std::fs::write(&png_path, strip.to_png()?).map_err(crate::trainer::io(&png_path))?;
     let mut outputs = vec![png_path];
     if out.extension().is_some_and(|e| e == "gif") {
         // Animation: per clip a pair (real | generated), clips side by side.

@@ -19,6 +19,7 @@ use orrery_model::{Dit, DitInput};
 
 use crate::checkpoint::{self, Checkpoint, TrainerState};
 use crate::config::TrainConfig;
+use crate::eval::{context_eval, heldout_batch, heldout_loss, with_foreign_context};
 use crate::optim::{global_norm, learning_rate, AdamW, Ema};
 use crate::tensorboard::EventWriter;
 use crate::{Result, TrainError};
@@ -104,89 +105,6 @@ pub(crate) fn to_device<B: Backend>(
     }
 }
 
-/// The first `frames` frames of up to `n` held-out clips, as one batch.
-fn heldout_batch(data: &Dataset, frames: usize, n: usize) -> Batch {
-    let clips: Vec<_> = data
-        .holdout
-        .iter()
-        .filter(|c| c.shape[0] >= frames)
-        .take(n)
-        .collect();
-    let [_, c, h, w] = clips.first().map(|c| c.shape).unwrap_or([0; 4]);
-    let frame_len = c * h * w;
-    Batch {
-        dims: [clips.len(), frames, c, h, w],
-        latents: clips
-            .iter()
-            .flat_map(|c| c.latents[..frames * frame_len].iter().copied())
-            .collect(),
-        actions: clips.first().and_then(|c| c.actions.as_ref()).map(|_| {
-            clips
-                .iter()
-                .flat_map(|c| {
-                    c.actions
-                        .as_ref()
-                        .map(|a| a[..frames].to_vec())
-                        .unwrap_or_default()
-                })
-                .collect()
-        }),
-        sample_ids: (0..clips.len() as u64).collect(),
-        clip_ids: clips.iter().map(|c| c.id.clone()).collect(),
-    }
-}
-
-/// The held-out loss with fixed noise (key step = u64::MAX), so values from
-/// different steps compare.
-fn heldout_loss<B: Backend>(
-    cfg: &TrainConfig,
-    model: &Dit<B>,
-    batch: &TrainBatch<B>,
-) -> Result<f64> {
-    let loss = cfg
-        .objective
-        .loss(&denoiser(model), batch, cfg.run.seed, u64::MAX)?;
-    Ok(loss.into_scalar().elem::<f64>())
-}
-
-/// The same batch with every frame but the last taken from the next clip.
-fn with_foreign_context(batch: &Batch) -> Batch {
-    let [b, t, c, h, w] = batch.dims;
-    let clip = t * c * h * w;
-    let own_last = (t - 1) * c * h * w;
-    let mut out = batch.clone();
-    for i in 0..b {
-        let j = (i + 1) % b;
-        out.latents[i * clip..i * clip + own_last]
-            .copy_from_slice(&batch.latents[j * clip..j * clip + own_last]);
-    }
-    out
-}
-
-/// Next-frame loss with the true context, and how much worse it gets with
-/// another clip's context (the context gain: about 0 means the model ignores
-/// its context). Fixed noise, so values from different steps compare.
-fn context_eval<B: Backend>(
-    cfg: &TrainConfig,
-    model: &Dit<B>,
-    own: &TrainBatch<B>,
-    foreign: &TrainBatch<B>,
-) -> Result<(f64, f64)> {
-    let plan =
-        cfg.objective
-            .next_frame_plan(cfg.run.seed, u64::MAX, &own.sample_ids, own.latents.dims());
-    let obj = &cfg.objective;
-    let l_own: f64 = obj
-        .loss_with_plan(&denoiser(model), own, plan.clone())?
-        .into_scalar()
-        .elem();
-    let l_foreign: f64 = obj
-        .loss_with_plan(&denoiser(model), foreign, plan)?
-        .into_scalar()
-        .elem();
-    Ok((l_own, l_foreign - l_own))
-}
-
 /// Check the data against the model config; say which key to set.
 fn check_geometry(cfg: &TrainConfig, data: &Dataset) -> Result<()> {
     let [c, h, w] = data.frame_shape();
@@ -214,7 +132,8 @@ fn check_geometry(cfg: &TrainConfig, data: &Dataset) -> Result<()> {
     Ok(())
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
+/// Map an I/O error to one that names the path.
+pub(crate) fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
     move |e| TrainError::Io(format!("{}: {e}", path.display()))
 }
 

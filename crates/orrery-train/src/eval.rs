@@ -1,0 +1,95 @@
+//! Held-out evaluation during training: the loss with fixed noise, and how
+//! much the next-frame prediction depends on the context frames.
+//! Letters: b batch, t frames.
+use burn::tensor::backend::Backend;
+use burn::tensor::ElementConversion;
+use orrery_data::{Batch, Dataset};
+use orrery_diffusion::TrainBatch;
+use orrery_model::Dit;
+
+use crate::config::TrainConfig;
+use crate::trainer::denoiser;
+use crate::Result;
+
+/// The first `frames` frames of up to `n` held-out clips, as one batch.
+pub(crate) fn heldout_batch(data: &Dataset, frames: usize, n: usize) -> Batch {
+    let clips: Vec<_> = data
+        .holdout
+        .iter()
+        .filter(|c| c.shape[0] >= frames)
+        .take(n)
+        .collect();
+    let [_, c, h, w] = clips.first().map(|c| c.shape).unwrap_or([0; 4]);
+    let frame_len = c * h * w;
+    Batch {
+        dims: [clips.len(), frames, c, h, w],
+        latents: clips
+            .iter()
+            .flat_map(|c| c.latents[..frames * frame_len].iter().copied())
+            .collect(),
+        actions: clips.first().and_then(|c| c.actions.as_ref()).map(|_| {
+            clips
+                .iter()
+                .flat_map(|c| {
+                    c.actions
+                        .as_ref()
+                        .map(|a| a[..frames].to_vec())
+                        .unwrap_or_default()
+                })
+                .collect()
+        }),
+        sample_ids: (0..clips.len() as u64).collect(),
+        clip_ids: clips.iter().map(|c| c.id.clone()).collect(),
+    }
+}
+
+/// The held-out loss with fixed noise (key step = u64::MAX), so values from
+/// different steps compare.
+pub(crate) fn heldout_loss<B: Backend>(
+    cfg: &TrainConfig,
+    model: &Dit<B>,
+    batch: &TrainBatch<B>,
+) -> Result<f64> {
+    let loss = cfg
+        .objective
+        .loss(&denoiser(model), batch, cfg.run.seed, u64::MAX)?;
+    Ok(loss.into_scalar().elem::<f64>())
+}
+
+/// The same batch with every frame but the last taken from the next clip.
+pub(crate) fn with_foreign_context(batch: &Batch) -> Batch {
+    let [b, t, c, h, w] = batch.dims;
+    let clip = t * c * h * w;
+    let own_last = (t - 1) * c * h * w;
+    let mut out = batch.clone();
+    for i in 0..b {
+        let j = (i + 1) % b;
+        out.latents[i * clip..i * clip + own_last]
+            .copy_from_slice(&batch.latents[j * clip..j * clip + own_last]);
+    }
+    out
+}
+
+/// Next-frame loss with the true context, and how much worse it gets with
+/// another clip's context (the context gain: about 0 means the model ignores
+/// its context). Fixed noise, so values from different steps compare.
+pub(crate) fn context_eval<B: Backend>(
+    cfg: &TrainConfig,
+    model: &Dit<B>,
+    own: &TrainBatch<B>,
+    foreign: &TrainBatch<B>,
+) -> Result<(f64, f64)> {
+    let plan =
+        cfg.objective
+            .next_frame_plan(cfg.run.seed, u64::MAX, &own.sample_ids, own.latents.dims());
+    let obj = &cfg.objective;
+    let l_own: f64 = obj
+        .loss_with_plan(&denoiser(model), own, plan.clone())?
+        .into_scalar()
+        .elem();
+    let l_foreign: f64 = obj
+        .loss_with_plan(&denoiser(model), foreign, plan)?
+        .into_scalar()
+        .elem();
+    Ok((l_own, l_foreign - l_own))
+}
