@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use orrery_data::synth::{render_clips, SynthConfig};
+use orrery_diffusion::Sampler;
 use orrery_train::sample::{sample, SampleOptions};
 use orrery_train::{train, Resume, RunOptions, TrainConfig};
 
@@ -31,6 +32,17 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Print the loss weight per noise level of a config's objective.
+    Weights {
+        /// The experiment config (TOML).
+        config: PathBuf,
+        /// Override a config key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Rows (equal bins of t in (0, 1)).
+        #[arg(long, default_value_t = 20)]
+        bins: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -110,9 +122,18 @@ struct SampleArgs {
     /// Frames to generate after the context.
     #[arg(long)]
     frames: Option<usize>,
-    /// Euler steps per generated frame.
+    /// Sampler steps per generated frame.
     #[arg(long)]
     steps: Option<usize>,
+    /// Sampler: euler, heun, ddim, ddpm or euler_maruyama (default: the run's sample.sampler).
+    #[arg(long)]
+    sampler: Option<String>,
+    /// DDIM's eta (with --sampler ddim).
+    #[arg(long, default_value_t = 0.0)]
+    eta: f64,
+    /// Classifier-free guidance scale on the actions (default: the run's sample.guidance).
+    #[arg(long)]
+    guidance: Option<f64>,
     /// Seed of the sampling noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -161,6 +182,10 @@ fn run_train(args: TrainArgs) -> Result<()> {
     println!(
         "held-out loss: {:.4} at step {} -> {:.4} at step {} (EMA weights: {:.4})",
         s.heldout_loss_start, s.start_step, s.heldout_loss_end, s.end_step, s.heldout_loss_ema
+    );
+    println!(
+        "next-frame loss rises by {:+.4} with another clip's context and by {:+.4} with another action (about 0 = ignored)",
+        s.context_gain, s.action_gain
     );
     println!(
         "run directory: {}  (tensorboard --logdir {})",
@@ -225,6 +250,12 @@ fn run_sample(args: SampleArgs) -> Result<()> {
         out: args.out,
         frames: args.frames,
         steps: args.steps,
+        sampler: args
+            .sampler
+            .as_deref()
+            .map(|name| parse_sampler(name, args.eta))
+            .transpose()?,
+        guidance: args.guidance,
         seed: args.seed,
         no_ema: args.no_ema,
     };
@@ -253,6 +284,54 @@ fn run_sample(args: SampleArgs) -> Result<()> {
         .with_context(|| format!("writing {}", json.display()))?;
     for o in r.outputs.iter().chain([&json]) {
         println!("wrote {}", o.display());
+    }
+    Ok(())
+}
+
+fn parse_sampler(name: &str, eta: f64) -> Result<Sampler> {
+    Ok(match name {
+        "euler" => Sampler::Euler,
+        "heun" => Sampler::Heun,
+        "ddim" => Sampler::Ddim { eta },
+        "ddpm" => Sampler::Ddpm,
+        "euler_maruyama" => Sampler::EulerMaruyama,
+        other => bail!(
+            "--sampler {other}: unknown sampler; use euler, heun, ddim, ddpm or euler_maruyama"
+        ),
+    })
+}
+
+fn run_weights(config: PathBuf, set: Vec<String>, bins: usize) -> Result<()> {
+    if bins == 0 {
+        bail!("--bins must be at least 1");
+    }
+    let cfg = TrainConfig::load(&config, &set)?;
+    let o = &cfg.objective;
+    let m = &cfg.model;
+    let dims = [1, m.frames, m.channels, m.height, m.width];
+    println!(
+        "{:?}, predicting {:?}, weighting {:?}, timesteps {:?}, shift factor {:.3}",
+        o.interpolant,
+        o.prediction,
+        o.weighting,
+        o.timesteps,
+        o.shift_alpha(dims)
+    );
+    println!("effective = weight on x_0 errors; factor = multiplier of the target's MSE; density = of the drawn t");
+    println!("| t | alpha | sigma | SNR | density | factor | effective | density x effective |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in o.weight_table(dims, bins) {
+        println!(
+            "| {:.3} | {:.4} | {:.4} | {:.4e} | {:.3} | {:.4e} | {:.4e} | {:.4e} |",
+            r.t,
+            r.alpha,
+            r.sigma,
+            r.snr,
+            r.density,
+            r.factor,
+            r.effective,
+            r.density * r.effective
+        );
     }
     Ok(())
 }
@@ -310,6 +389,7 @@ fn main() -> ExitCode {
         Command::Data(cmd) => run_data(cmd),
         Command::Sample(args) => run_sample(args),
         Command::Bench(cmd) => run_bench(cmd),
+        Command::Weights { config, set, bins } => run_weights(config, set, bins),
         Command::Ckpt(CkptCommand::Export { from, ema, out }) => {
             orrery_train::export::export(&from, ema, &out)
                 .map(|(dir, n)| {

@@ -1,11 +1,13 @@
 //! orrery-diffusion: the math of training and sampling.
 //!
 //! The principal types are [`ObjectiveConfig`], which turns a clean batch into
-//! a rectified-flow regression problem (x_t = (1 - t) x_0 + t ε, target
-//! v = ε - x_0) with one noise level per frame, and the samplers in [`sample`]
-//! (an Euler ODE sampler and an autoregressive world-model rollout). Both talk
-//! to the network only through the [`Denoiser`] trait, which any closure
-//! `(x_t, t, actions) -> v` implements.
+//! a regression problem on an [`Interpolant`] x_t = alpha_t x_0 + sigma_t ε
+//! (rectified flow by default: x_t = (1 - t) x_0 + t ε, target v = ε - x_0)
+//! with one noise level per frame, a [`Prediction`] target, [`LossWeighting`]
+//! and a [`TimestepSampler`]; and the samplers in [`sample`] (Euler, Heun,
+//! DDIM, DDPM, Euler-Maruyama, guidance, the autoregressive world-model
+//! rollout). Both talk to the network only through the [`Denoiser`] trait,
+//! which any closure `(x_t, t, actions) -> output` implements.
 //!
 //! All randomness is drawn on the host from a stream keyed by
 //! (seed, step, global sample index) ([`sample_rng`]), so a sample's noise does
@@ -19,12 +21,19 @@
 //! ```
 #![deny(missing_docs)]
 
+mod interpolant;
 mod objective;
+mod prediction;
 pub mod sample;
 mod timesteps;
+mod weighting;
 
+pub use interpolant::{Coeffs, Interpolant};
 pub use objective::{FrameNoise, NoisePlan, ObjectiveConfig, TrainBatch};
-pub use timesteps::TimestepSampler;
+pub use prediction::{per_frame, Parameterization, Prediction};
+pub use sample::{Sampler, SamplerConfig};
+pub use timesteps::{shift, Shift, TimestepSampler};
+pub use weighting::{LossWeighting, WeightRow};
 
 use burn::tensor::{backend::Backend, Int, Tensor};
 use rand::SeedableRng;
@@ -47,11 +56,12 @@ pub enum DiffusionError {
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, DiffusionError>;
 
-/// A network that predicts the velocity v = ε - x_0 from noisy latents.
+/// A network that predicts its target (velocity, ε, v or x_0; see
+/// [`Prediction`]) from noisy latents. `actions = None` is the null condition.
 pub trait Denoiser<B: Backend> {
     /// # Shapes
     /// x_t: [b, t, c, h, w], t: [b, t], actions: [b, t] -> [b, t, c, h, w]
-    fn velocity(
+    fn predict(
         &self,
         x_t: Tensor<B, 5>,
         t: Tensor<B, 2>,
@@ -64,7 +74,7 @@ where
     B: Backend,
     F: Fn(Tensor<B, 5>, Tensor<B, 2>, Option<Tensor<B, 2, Int>>) -> Result<Tensor<B, 5>>,
 {
-    fn velocity(
+    fn predict(
         &self,
         x_t: Tensor<B, 5>,
         t: Tensor<B, 2>,

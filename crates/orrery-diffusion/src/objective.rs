@@ -5,7 +5,11 @@ use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
-use crate::{sample_rng, Denoiser, DiffusionError, Result, TimestepSampler};
+use crate::prediction::{per_frame, Parameterization, Prediction};
+use crate::timesteps::{shift, Shift};
+use crate::{
+    sample_rng, Denoiser, DiffusionError, Interpolant, LossWeighting, Result, TimestepSampler,
+};
 
 /// How noise levels relate across the frames of one clip.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,13 +21,23 @@ pub enum FrameNoise {
     Independent,
 }
 
-/// The training objective: rectified flow with per-frame noise, optional clean
-/// context frames, and action dropout for classifier-free guidance.
+/// The training objective: a Gaussian interpolant (rectified flow by
+/// default) with per-frame noise, a prediction target, loss weighting,
+/// optional clean context frames, and action dropout for classifier-free
+/// guidance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObjectiveConfig {
+    /// The path x_t = alpha_t x_0 + sigma_t ε.
+    pub interpolant: Interpolant,
+    /// What the network predicts.
+    pub prediction: Prediction,
+    /// Loss weight across noise levels.
+    pub weighting: LossWeighting,
     /// How noise levels are drawn.
     pub timesteps: TimestepSampler,
+    /// Resolution/duration shift of the drawn levels (and the sampler's grid).
+    pub shift: Shift,
     /// Shared or per-frame noise levels.
     pub frame_noise: FrameNoise,
     /// Probability that a clip gets 1..t-1 leading context frames, kept at
@@ -38,7 +52,11 @@ pub struct ObjectiveConfig {
 impl Default for ObjectiveConfig {
     fn default() -> Self {
         Self {
+            interpolant: Interpolant::default(),
+            prediction: Prediction::default(),
+            weighting: LossWeighting::default(),
             timesteps: TimestepSampler::default(),
+            shift: Shift::default(),
             frame_noise: FrameNoise::Independent,
             context_prob: 0.5,
             context_noise: 0.0,
@@ -76,7 +94,16 @@ pub struct NoisePlan {
 impl ObjectiveConfig {
     /// Check the values; the message names the key.
     pub fn validate(&self) -> Result<()> {
+        self.interpolant.validate()?;
+        self.weighting.validate()?;
         self.timesteps.validate()?;
+        self.shift.validate()?;
+        if self.prediction == Prediction::Epsilon && self.interpolant.coeffs(1.0).alpha < 1e-4 {
+            return Err(DiffusionError::Config(format!(
+                "objective.prediction = \"epsilon\" cannot be turned into x_0 at t = 1, where {:?} has alpha = 0, so sampling from pure noise is undefined: use \"velocity\", \"v\" or \"x0\", or interpolant vp_linear",
+                self.interpolant
+            )));
+        }
         for (key, p) in [
             ("context_prob", self.context_prob),
             ("action_dropout", self.action_dropout),
@@ -96,10 +123,29 @@ impl ObjectiveConfig {
         Ok(())
     }
 
+    /// The interpolant and prediction target.
+    pub fn parameterization(&self) -> Parameterization {
+        Parameterization {
+            interpolant: self.interpolant,
+            prediction: self.prediction,
+        }
+    }
+
+    /// The shift factor for clips of `dims` ([b, t, c, h, w]).
+    pub fn shift_alpha(&self, dims: [usize; 5]) -> f64 {
+        self.shift.alpha(dims[1] * dims[3] * dims[4])
+    }
+
+    /// One drawn noise level, shifted.
+    fn draw(&self, rng: &mut impl Rng, alpha: f64) -> f64 {
+        shift(self.timesteps.draw(rng), alpha)
+    }
+
     /// Draw the noise levels, noise, loss mask and action dropout for a batch.
     /// Each row depends only on (seed, step, its sample id).
     pub fn plan(&self, seed: u64, step: u64, sample_ids: &[u64], dims: [usize; 5]) -> NoisePlan {
         let [b, t, c, h, w] = dims;
+        let alpha = self.shift_alpha(dims);
         let frame_len = c * h * w;
         let mut plan = NoisePlan {
             t: Vec::with_capacity(b * t),
@@ -110,11 +156,11 @@ impl ObjectiveConfig {
         assert_eq!(sample_ids.len(), b, "one sample id per batch row");
         for &id in sample_ids {
             let mut rng = sample_rng(seed, step, id);
-            let shared = self.timesteps.draw(&mut rng);
+            let shared = self.draw(&mut rng, alpha);
             let mut levels: Vec<f64> = (0..t)
                 .map(|_| match self.frame_noise {
                     FrameNoise::Shared => shared,
-                    FrameNoise::Independent => self.timesteps.draw(&mut rng),
+                    FrameNoise::Independent => self.draw(&mut rng, alpha),
                 })
                 .collect();
             let context = if t > 1 && rng.random::<f64>() < self.context_prob {
@@ -151,6 +197,7 @@ impl ObjectiveConfig {
         dims: [usize; 5],
     ) -> NoisePlan {
         let [b, t, ..] = dims;
+        let alpha = self.shift_alpha(dims);
         let mut plan = self.plan(seed, step, sample_ids, dims);
         for row in 0..b {
             for f in 0..t {
@@ -159,10 +206,9 @@ impl ObjectiveConfig {
                     plan.t[i] = self.context_noise as f32;
                     plan.loss_mask[i] = 0.0;
                 } else {
-                    plan.t[i] =
-                        self.timesteps
-                            .draw(&mut sample_rng(seed, step ^ 0x5EED, sample_ids[row]))
-                            as f32;
+                    plan.t[i] = self
+                        .draw(&mut sample_rng(seed, step ^ 0x5EED, sample_ids[row]), alpha)
+                        as f32;
                     plan.loss_mask[i] = 1.0;
                 }
             }
@@ -171,8 +217,8 @@ impl ObjectiveConfig {
         plan
     }
 
-    /// The masked flow-matching loss of one batch: the mean over generated
-    /// frames of ||v_pred - (ε - x_0)||^2 / (c h w).
+    /// The masked loss of one batch: the mean over generated frames of
+    /// weight(t) ||out - target||^2 / (c h w).
     ///
     /// # Shapes
     /// returns [1]
@@ -201,12 +247,13 @@ impl ObjectiveConfig {
         let dims = x_0.dims();
         let [b, t, c, h, w] = dims;
         let device = x_0.device();
+        let param = self.parameterization();
         let t_levels = Tensor::<B, 2>::from_data(TensorData::new(plan.t.clone(), [b, t]), &device);
         let eps = Tensor::<B, 5>::from_data(TensorData::new(plan.eps, dims), &device);
-        let t5 = t_levels.clone().reshape([b, t, 1, 1, 1]);
-        // Rectified flow (Liu et al. 2022; SD3 eq. 1 with a_t = 1 - t, b_t = t)
-        let x_t = x_0.clone() * (t5.clone().neg() + 1.0) + eps.clone() * t5;
-        let v_target = eps - x_0;
+        // x_t = alpha_t x_0 + sigma_t ε (rectified flow: (1 - t) x_0 + t ε,
+        // SD3 eq. 1) and the target e x_0 + f ε (rectified flow: ε - x_0).
+        let x_t = param.noised(x_0.clone(), eps.clone(), &plan.t);
+        let target = param.target(x_0, eps, &plan.t);
         let actions = batch.actions.clone().map(|a| {
             let drop: Vec<bool> = plan
                 .drop_actions
@@ -216,14 +263,26 @@ impl ObjectiveConfig {
             let drop = Tensor::<B, 2, Bool>::from_data(TensorData::new(drop, [b, t]), &device);
             a.mask_fill(drop, batch.null_action)
         });
-        let v_pred = model.velocity(x_t, t_levels, actions)?;
-        let err = v_pred - v_target;
-        let per_frame = (err.clone() * err)
+        let out = model.predict(x_t, t_levels, actions)?;
+        let err = out - target;
+        let frame_mse = (err.clone() * err)
             .reshape([b, t, c * h * w])
             .mean_dim(2)
             .reshape([b, t]);
         let mask_sum: f32 = plan.loss_mask.iter().sum();
-        let mask = Tensor::<B, 2>::from_data(TensorData::new(plan.loss_mask, [b, t]), &device);
-        Ok((per_frame * mask).sum() / mask_sum.max(1.0))
+        // Frames out of the loss get weight 0; the mean is over frames in it.
+        let weights: Vec<f32> = plan
+            .loss_mask
+            .iter()
+            .zip(&plan.t)
+            .map(|(&m, &l)| {
+                m * self
+                    .weighting
+                    .factor(&self.interpolant.coeffs(l as f64), self.prediction)
+                    as f32
+            })
+            .collect();
+        let weights = per_frame::<B>(weights, b, t, &device).reshape([b, t]);
+        Ok((frame_mse * weights).sum() / mask_sum.max(1.0))
     }
 }

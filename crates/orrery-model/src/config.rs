@@ -40,6 +40,12 @@ pub struct DitConfig {
     pub num_actions: usize,
     /// Attention mask over frames.
     pub attention: AttentionMask,
+    /// Preceding frames stacked onto each frame's patches before the patch
+    /// embedding (frame-stacking as in DIAMOND and GameNGen; zeros before
+    /// the first frame). Gives every token the same spot of the recent past
+    /// without attention having to learn to find it; stays frame-causal.
+    /// 0 = attention only.
+    pub history_frames: usize,
 }
 
 impl Default for DitConfig {
@@ -56,6 +62,7 @@ impl Default for DitConfig {
             mlp_ratio: 4.0,
             num_actions: 5,
             attention: AttentionMask::FrameCausal,
+            history_frames: 0,
         }
     }
 }
@@ -108,6 +115,19 @@ impl DitConfig {
                 self.patch_dim()
             ));
         }
+        if self.history_frames >= self.frames {
+            return bad(format!(
+                "model.history_frames = {} must be below model.frames = {}",
+                self.history_frames, self.frames
+            ));
+        }
+        if self.input_patch_dim() > 2 * self.hidden {
+            return bad(format!(
+                "a token's input (patch values times 1 + model.history_frames) holds {} values, more than twice model.hidden = {}: lower model.history_frames or model.patch_size, or raise model.hidden",
+                self.input_patch_dim(),
+                self.hidden
+            ));
+        }
         if self.mlp_ratio <= 0.0 || !self.mlp_ratio.is_finite() {
             return bad(format!(
                 "model.mlp_ratio = {} must be positive",
@@ -125,6 +145,12 @@ impl DitConfig {
     /// Values in one patch, c * p * p.
     pub fn patch_dim(&self) -> usize {
         self.channels * self.patch_size * self.patch_size
+    }
+
+    /// Values a token reads: its patch and the same patch of each of the
+    /// `history_frames` preceding frames, c * p * p * (1 + history_frames).
+    pub fn input_patch_dim(&self) -> usize {
+        self.patch_dim() * (1 + self.history_frames)
     }
 
     /// The MLP's inner width.

@@ -56,16 +56,19 @@ impl DitConfig {
                 device,
             ))
         };
+        // Unit-variance action rows, on the scale of the timestep embedding
+        // they are added to: with DiT's 0.02 (fine for class labels over
+        // hundreds of thousands of steps) a short run never learns to use them.
         let action_embed = (self.num_actions > 0).then(|| {
             EmbeddingConfig::new(self.num_actions + 1, d)
                 .with_initializer(Initializer::Normal {
                     mean: 0.0,
-                    std: 0.02,
+                    std: 1.0,
                 })
                 .init(device)
         });
         Ok(Dit {
-            patch_embed: burn::nn::LinearConfig::new(self.patch_dim(), d)
+            patch_embed: burn::nn::LinearConfig::new(self.input_patch_dim(), d)
                 .with_initializer(Initializer::XavierUniform { gain: 1.0 })
                 .init(device),
             pos_spatial: pos(spatial, self.tokens_per_frame()),
@@ -115,7 +118,8 @@ impl<B: Backend> Dit<B> {
         }
         let device = input.latents.device();
         let s = cfg.tokens_per_frame();
-        let x = crate::layers::apply(&self.patch_embed, patchify(input.latents, cfg.patch_size)); // [b, t, s, d]
+        let stacked = stack_history(input.latents, cfg.history_frames); // [b, t, c(1+k), h, w]
+        let x = crate::layers::apply(&self.patch_embed, patchify(stacked, cfg.patch_size)); // [b, t, s, d]
         let pos = self
             .pos_temporal
             .val()
@@ -176,6 +180,29 @@ pub fn sincos(positions: &[f32], dim: usize) -> Vec<f32> {
                 .chain((0..half).map(move |i| (p * omega(i)).cos()))
         })
         .collect()
+}
+
+/// Stack the `k` preceding frames onto each frame's channels, newest first,
+/// with zeros before the first frame. Frame f reads only frames <= f.
+///
+/// # Shapes
+/// x: [b, t, c, h, w] -> [b, t, c * (1 + k), h, w]
+pub fn stack_history<B: Backend>(x: Tensor<B, 5>, k: usize) -> Tensor<B, 5> {
+    if k == 0 {
+        return x;
+    }
+    let [b, t, c, h, w] = x.dims();
+    let mut parts = vec![x.clone()];
+    for lag in 1..=k {
+        let pad = Tensor::<B, 5>::zeros([b, lag.min(t), c, h, w], &x.device());
+        let shifted = if lag >= t {
+            pad
+        } else {
+            Tensor::cat(vec![pad, x.clone().narrow(1, 0, t - lag)], 1)
+        }; // [b, t, c, h, w]: frame f holds frame f - lag
+        parts.push(shifted);
+    }
+    Tensor::cat(parts, 2)
 }
 
 /// Split frames into non-overlapping p x p patches.

@@ -100,28 +100,53 @@ fn shorter_clips_run_and_wrong_shapes_are_errors() {
 
 #[test]
 fn frame_causal_mask_hides_later_frames() {
-    let cfg = small(AttentionMask::FrameCausal);
-    let model = perturbed(&cfg);
-    let a = input(&cfg, 1, 3);
-    let mut b = a.clone();
-    // Change the last frame's latents and its action.
-    let last = Tensor::random(
-        [1, 1, 3, 8, 8],
-        Distribution::Normal(0.0, 1.0),
-        &Default::default(),
-    );
-    b.latents = b.latents.slice_assign([0..1, 2..3, 0..3, 0..8, 0..8], last);
-    let (ya, yb) = (model.forward(a).unwrap(), model.forward(b).unwrap());
-    for f in 0..2 {
-        assert!(
-            max_abs_diff(&frame(&ya, f), &frame(&yb, f)) < 1e-6,
-            "frame {f} saw a later frame"
-        );
+    // Also with frame stacking: history only ever looks back.
+    for history_frames in [0, 1, 2] {
+        let cfg = DitConfig {
+            history_frames,
+            ..small(AttentionMask::FrameCausal)
+        };
+        let model = perturbed(&cfg);
+        let a = input(&cfg, 1, 3);
+        for changed in [1, 2] {
+            let mut b = a.clone();
+            let new = Tensor::random(
+                [1, 1, 3, 8, 8],
+                Distribution::Normal(0.0, 1.0),
+                &Default::default(),
+            );
+            b.latents = b
+                .latents
+                .slice_assign([0..1, changed..changed + 1, 0..3, 0..8, 0..8], new);
+            let (ya, yb) = (model.forward(a.clone()).unwrap(), model.forward(b).unwrap());
+            for f in 0..3 {
+                let diff = max_abs_diff(&frame(&ya, f), &frame(&yb, f));
+                if f < changed {
+                    assert!(diff < 1e-6, "history {history_frames}: frame {f} saw frame {changed}");
+                } else {
+                    assert!(
+                        diff > 1e-3,
+                        "history {history_frames}: frame {f} did not see frame {changed}"
+                    );
+                }
+            }
+        }
     }
-    assert!(
-        max_abs_diff(&frame(&ya, 2), &frame(&yb, 2)) > 1e-3,
-        "the changed frame's output did not change"
+}
+
+#[test]
+fn stack_history_shifts_frames_back_with_zero_padding() {
+    let device = Default::default();
+    // Frame f, channel 0 holds the value f + 1.
+    let x = Tensor::<B, 5>::from_data(
+        TensorData::new((0..4).map(|f| (f + 1) as f32).collect::<Vec<_>>(), [1, 4, 1, 1, 1]),
+        &device,
     );
+    let y = crate::dit::stack_history(x, 2); // [1, 4, 3, 1, 1]
+    assert_eq!(y.dims(), [1, 4, 3, 1, 1]);
+    let v = y.into_data().into_vec::<f32>().unwrap();
+    // Per frame: (itself, previous, the one before).
+    assert_eq!(v, vec![1., 0., 0., 2., 1., 0., 3., 2., 1., 4., 3., 2.]);
 }
 
 #[test]

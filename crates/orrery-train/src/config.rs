@@ -1,7 +1,7 @@
 //! The one config tree of a run: TOML file, `--set` overrides, validation.
 use std::path::Path;
 
-use orrery_diffusion::ObjectiveConfig;
+use orrery_diffusion::{ObjectiveConfig, Sampler};
 use orrery_model::DitConfig;
 use serde::{Deserialize, Serialize};
 
@@ -226,10 +226,15 @@ pub struct SampleConfig {
     pub context: usize,
     /// Frames to generate after the context.
     pub frames: usize,
-    /// Euler steps per generated frame.
+    /// Sampler steps per generated frame.
     pub steps: usize,
     /// Held-out clips to roll out and score.
     pub clips: usize,
+    /// The sampler: euler, heun, ddim (eta), ddpm or euler_maruyama.
+    pub sampler: Sampler,
+    /// Classifier-free guidance scale on the actions (1 = none; needs
+    /// objective.action_dropout > 0 so the null action was trained).
+    pub guidance: f64,
 }
 
 impl Default for SampleConfig {
@@ -239,6 +244,8 @@ impl Default for SampleConfig {
             frames: 12,
             steps: 10,
             clips: 16,
+            sampler: Sampler::default(),
+            guidance: 1.0,
         }
     }
 }
@@ -308,6 +315,18 @@ impl TrainConfig {
         let s = &self.sample;
         if s.context == 0 || s.frames == 0 || s.steps == 0 {
             return bad("sample.context, sample.frames and sample.steps must be at least 1".into());
+        }
+        s.sampler
+            .validate()
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        if !(s.guidance.is_finite() && s.guidance >= 0.0) {
+            return bad(format!("sample.guidance = {} must be >= 0 (1 = no guidance)", s.guidance));
+        }
+        if s.guidance != 1.0 && self.objective.action_dropout == 0.0 {
+            return bad(format!(
+                "sample.guidance = {} needs the null action trained: set objective.action_dropout > 0 (0.1 is usual) or sample.guidance = 1",
+                s.guidance
+            ));
         }
         if self.model.frames < 2 && s.frames > 0 {
             return bad("rollouts need model.frames >= 2 (a context frame and a new one)".into());

@@ -70,15 +70,42 @@ pub(crate) fn with_foreign_context(batch: &Batch) -> Batch {
     out
 }
 
-/// Next-frame loss with the true context, and how much worse it gets with
-/// another clip's context (the context gain: about 0 means the model ignores
-/// its context). Fixed noise, so values from different steps compare.
-pub(crate) fn context_eval<B: Backend>(
+/// The same batch with the last frame's action replaced by a different one
+/// (noop -> up, up -> down -> left -> right -> up).
+pub(crate) fn with_other_last_action(batch: &Batch) -> Batch {
+    let [b, t, ..] = batch.dims;
+    let mut out = batch.clone();
+    if let Some(actions) = &mut out.actions {
+        for i in 0..b {
+            let a = &mut actions[i * t + t - 1];
+            *a = if *a == 0 { 1 } else { *a % 4 + 1 };
+        }
+    }
+    out
+}
+
+/// What the next-frame evaluation measures (fixed noise, so values from
+/// different steps compare).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct NextFrameEval {
+    /// Loss of the last frame given the clip's own context and action.
+    pub loss: f64,
+    /// How much worse it gets with another clip's context (about 0: the
+    /// model ignores its context).
+    pub context_gain: f64,
+    /// How much worse it gets with another action for the last frame (about
+    /// 0: the model ignores its actions).
+    pub action_gain: f64,
+}
+
+/// Next-frame loss with the true context and action, and with each replaced.
+pub(crate) fn next_frame_eval<B: Backend>(
     cfg: &TrainConfig,
     model: &Dit<B>,
     own: &TrainBatch<B>,
     foreign: &TrainBatch<B>,
-) -> Result<(f64, f64)> {
+    other_action: &TrainBatch<B>,
+) -> Result<NextFrameEval> {
     let plan =
         cfg.objective
             .next_frame_plan(cfg.run.seed, u64::MAX, &own.sample_ids, own.latents.dims());
@@ -88,8 +115,16 @@ pub(crate) fn context_eval<B: Backend>(
         .into_scalar()
         .elem();
     let l_foreign: f64 = obj
-        .loss_with_plan(&denoiser(model), foreign, plan)?
+        .loss_with_plan(&denoiser(model), foreign, plan.clone())?
         .into_scalar()
         .elem();
-    Ok((l_own, l_foreign - l_own))
+    let l_action: f64 = obj
+        .loss_with_plan(&denoiser(model), other_action, plan)?
+        .into_scalar()
+        .elem();
+    Ok(NextFrameEval {
+        loss: l_own,
+        context_gain: l_foreign - l_own,
+        action_gain: l_action - l_own,
+    })
 }

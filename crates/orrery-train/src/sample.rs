@@ -9,7 +9,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use orrery_data::synth::locate_agent;
 use orrery_data::{Clip, Dataset};
-use orrery_diffusion::sample::{rollout, RolloutConfig};
+use orrery_diffusion::sample::{rollout, RolloutConfig, Sampler, SamplerConfig};
 use orrery_model::named::load_host;
 use serde::Serialize;
 
@@ -40,12 +40,45 @@ pub struct SampleOptions {
     pub out: PathBuf,
     /// Frames to generate (default: the run's sample.frames).
     pub frames: Option<usize>,
-    /// Euler steps per frame (default: the run's sample.steps).
+    /// Sampler steps per frame (default: the run's sample.steps).
     pub steps: Option<usize>,
+    /// Sampler (default: the run's sample.sampler).
+    pub sampler: Option<Sampler>,
+    /// Guidance scale (default: the run's sample.guidance).
+    pub guidance: Option<f64>,
     /// Seed of the sampling noise.
     pub seed: u64,
     /// Use the online weights instead of the EMA.
     pub no_ema: bool,
+}
+
+/// The run's rollout settings with the command line's overrides.
+fn rollout_config(
+    cfg: &crate::config::TrainConfig,
+    opts: &SampleOptions,
+    window_dims: [usize; 5],
+) -> Result<RolloutConfig> {
+    let sampler = opts.sampler.unwrap_or(cfg.sample.sampler);
+    sampler
+        .validate()
+        .map_err(|e| TrainError::Config(e.to_string()))?;
+    let guidance = opts.guidance.unwrap_or(cfg.sample.guidance);
+    if !(guidance.is_finite() && guidance >= 0.0) {
+        return Err(TrainError::Config(format!(
+            "--guidance {guidance} must be >= 0 (1 = no guidance)"
+        )));
+    }
+    Ok(RolloutConfig {
+        window: cfg.model.frames,
+        context_noise: cfg.objective.context_noise,
+        sampler: SamplerConfig {
+            sampler,
+            steps: opts.steps.unwrap_or(cfg.sample.steps),
+            guidance,
+            shift: cfg.objective.shift_alpha(window_dims),
+            param: cfg.objective.parameterization(),
+        },
+    })
 }
 
 /// Scores of a rollout.
@@ -126,21 +159,17 @@ fn sample_on<B: Backend>(
         .iter()
         .flat_map(|cl| cl.actions.as_ref().unwrap()[..k + m].iter().copied())
         .collect();
-    B::seed(&device, opts.seed);
-    let rcfg = RolloutConfig {
-        window: cfg.model.frames,
-        steps: opts.steps.unwrap_or(cfg.sample.steps),
-        context_noise: cfg.objective.context_noise,
-    };
+    let rcfg = rollout_config(cfg, opts, [b, cfg.model.frames, c, h, w])?;
     eprintln!(
-        "rolling out {b} held-out clips: {k} context frames, {m} generated, {} Euler steps each",
-        rcfg.steps
+        "rolling out {b} held-out clips: {k} context frames, {m} generated, {} {:?} steps each, guidance {}",
+        rcfg.sampler.steps, rcfg.sampler.sampler, rcfg.sampler.guidance
     );
     let generated = rollout(
         &denoiser(&model),
         Tensor::<B, 5>::from_data(TensorData::new(context, [b, k, c, h, w]), &device),
         Tensor::<B, 2, Int>::from_data(TensorData::new(actions, [b, k + m]), &device),
-        rcfg,
+        &rcfg,
+        &mut orrery_diffusion::sample_rng(opts.seed, u64::MAX, 0),
     )?;
     let generated: Vec<f32> = generated
         .into_data()

@@ -19,7 +19,10 @@ use orrery_model::{Dit, DitInput};
 
 use crate::checkpoint::{self, Checkpoint, TrainerState};
 use crate::config::TrainConfig;
-use crate::eval::{context_eval, heldout_batch, heldout_loss, with_foreign_context};
+use crate::eval::{
+    heldout_batch, heldout_loss, next_frame_eval, with_foreign_context, with_other_last_action,
+    NextFrameEval,
+};
 use crate::optim::{global_norm, learning_rate, AdamW, Ema};
 use crate::tensorboard::EventWriter;
 use crate::{Result, TrainError};
@@ -63,6 +66,9 @@ pub struct TrainSummary {
     /// Next-frame loss with another clip's context minus with the true one,
     /// at the last evaluation (about 0: the model ignores its context).
     pub context_gain: f64,
+    /// Next-frame loss with another action minus with the true one (about
+    /// 0: the model ignores its actions).
+    pub action_gain: f64,
     /// Mean seconds per step of this run.
     pub seconds_per_step: f64,
     /// The last checkpoint written.
@@ -226,6 +232,11 @@ pub fn train_on<B: AutodiffBackend>(
         null_action,
         &inner_device,
     );
+    let other_action = to_device::<B::InnerBackend>(
+        &with_other_last_action(&heldout_host),
+        null_action,
+        &inner_device,
+    );
     let mut tb = EventWriter::create(&run_dir.join("tensorboard")).map_err(io(run_dir))?;
     let metrics_path = run_dir.join("metrics.jsonl");
     let mut metrics = std::fs::OpenOptions::new()
@@ -238,7 +249,7 @@ pub fn train_on<B: AutodiffBackend>(
     let heldout_start = heldout_loss(&cfg, &model.valid(), &heldout)?;
     tb.scalar("eval/heldout_loss", step, heldout_start)
         .map_err(io(run_dir))?;
-    let mut context_gain = 0.0;
+    let mut gains = NextFrameEval::default();
     eprintln!(
         "training {} params on {} clips ({} held out, {} skipped as too short), {} steps from step {step}; held-out loss {heldout_start:.4}",
         model.param_count(),
@@ -273,14 +284,15 @@ pub fn train_on<B: AutodiffBackend>(
         if eval_now {
             let inner = model.valid();
             last_heldout = heldout_loss(&cfg, &inner, &heldout)?;
-            let next_frame;
-            (next_frame, context_gain) = context_eval(&cfg, &inner, &heldout, &foreign)?;
-            tb.scalar("eval/heldout_loss", step, last_heldout)
-                .map_err(io(run_dir))?;
-            tb.scalar("eval/next_frame_loss", step, next_frame)
-                .map_err(io(run_dir))?;
-            tb.scalar("eval/context_gain", step, context_gain)
-                .map_err(io(run_dir))?;
+            gains = next_frame_eval(&cfg, &inner, &heldout, &foreign, &other_action)?;
+            for (tag, value) in [
+                ("eval/heldout_loss", last_heldout),
+                ("eval/next_frame_loss", gains.loss),
+                ("eval/context_gain", gains.context_gain),
+                ("eval/action_gain", gains.action_gain),
+            ] {
+                tb.scalar(tag, step, value).map_err(io(run_dir))?;
+            }
         }
         if step % cfg.logging.every == 0 || step == stop_at {
             let secs = window_start.elapsed().as_secs_f64();
@@ -293,7 +305,8 @@ pub fn train_on<B: AutodiffBackend>(
                 "step_time_s": secs / window_n as f64,
                 "data_wait_frac": data_wait.as_secs_f64() / secs,
                 "heldout_loss": if eval_now { Some(last_heldout) } else { None },
-                "context_gain": if eval_now { Some(context_gain) } else { None },
+                "context_gain": if eval_now { Some(gains.context_gain) } else { None },
+                "action_gain": if eval_now { Some(gains.action_gain) } else { None },
             });
             for (tag, key) in [
                 ("train/loss", "loss"),
@@ -313,7 +326,14 @@ pub fn train_on<B: AutodiffBackend>(
                     "step {step:>6}  loss {:.4}  lr {lr:.2e}  grad_norm {norm:.3}  {:.1} samples/s{}",
                     line["loss"].as_f64().unwrap_or(f64::NAN),
                     line["samples_per_s"].as_f64().unwrap_or(0.0),
-                    if eval_now { format!("  held-out {last_heldout:.4}  context gain {context_gain:+.4}") } else { String::new() }
+                    if eval_now {
+                        format!(
+                            "  held-out {last_heldout:.4}  gain: context {:+.4} action {:+.4}",
+                            gains.context_gain, gains.action_gain
+                        )
+                    } else {
+                        String::new()
+                    }
                 )
             });
             (window_loss, window_n, data_wait, window_start) =
@@ -360,7 +380,8 @@ pub fn train_on<B: AutodiffBackend>(
         heldout_loss_start: heldout_start,
         heldout_loss_end: heldout_end,
         heldout_loss_ema: heldout_ema,
-        context_gain,
+        context_gain: gains.context_gain,
+        action_gain: gains.action_gain,
         seconds_per_step: run_start.elapsed().as_secs_f64() / steps_run as f64,
         checkpoint: last_ckpt,
     })
