@@ -165,6 +165,43 @@ fn train_sample_export_and_python_reads_everything() {
     }
     let gif = std::fs::read(dir.join("out/rollout.gif")).unwrap();
     assert_eq!(&gif[..6], b"GIF89a");
+    // Another sampler with guidance on the actions.
+    let heun = ok(orrery(
+        &[
+            "sample",
+            "--checkpoint",
+            "run",
+            "--out",
+            "out/heun.png",
+            "--sampler",
+            "heun",
+            "--guidance",
+            "2",
+        ],
+        &dir,
+    ));
+    assert!(heun.contains("copy last context"), "{heun}");
+    // The weight table of a VP / epsilon / min-SNR objective.
+    let table = ok(orrery(
+        &[
+            "weights",
+            "tiny.toml",
+            "--bins",
+            "4",
+            "--set",
+            r#"objective.interpolant={ kind = "vp_linear" }"#,
+            "--set",
+            "objective.prediction=epsilon",
+            "--set",
+            "objective.weighting={ kind = \"min_snr\", gamma = 5.0 }",
+        ],
+        &dir,
+    ));
+    assert_eq!(
+        table.lines().filter(|l| l.starts_with("| 0.")).count(),
+        4,
+        "{table}"
+    );
 
     ok(orrery(
         &["ckpt", "export", "run", "--ema", "--out", "ema.safetensors"],
@@ -314,6 +351,34 @@ fn bad_input_gets_a_clear_error() {
             &dir,
         ),
         "is not a checkpoint",
+    );
+    user_error(
+        orrery(
+            &[
+                "train",
+                "tiny.toml",
+                "--set",
+                "objective.prediction=epsilon",
+                "--set",
+                r#"objective.interpolant={ kind = "vp_cosine" }"#,
+            ],
+            &dir,
+        ),
+        "alpha = 0",
+    );
+    user_error(
+        orrery(
+            &[
+                "train",
+                "tiny.toml",
+                "--set",
+                "sample.guidance=3",
+                "--set",
+                "objective.action_dropout=0",
+            ],
+            &dir,
+        ),
+        "objective.action_dropout",
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -79,7 +79,12 @@ impl Default for Prediction {
 ///
 /// # Shapes
 /// values: [b * t] -> [b, t, 1, 1, 1]
-pub fn per_frame<B: Backend>(values: Vec<f32>, b: usize, t: usize, device: &B::Device) -> Tensor<B, 5> {
+pub fn per_frame<B: Backend>(
+    values: Vec<f32>,
+    b: usize,
+    t: usize,
+    device: &B::Device,
+) -> Tensor<B, 5> {
     Tensor::from_data(TensorData::new(values, [b, t, 1, 1, 1]), device)
 }
 
@@ -99,49 +104,61 @@ impl Parameterization {
         let mut m = [const { Vec::new() }; 4];
         for &l in levels {
             let inv = self.prediction.inverse(&self.interpolant.coeffs(l as f64));
-            for (k, v) in [inv[0][0], inv[0][1], inv[1][0], inv[1][1]].into_iter().enumerate() {
+            for (k, v) in [inv[0][0], inv[0][1], inv[1][0], inv[1][1]]
+                .into_iter()
+                .enumerate()
+            {
                 m[k].push(v as f32);
             }
         }
         let [a, bb, p, q] = m.map(|v| per_frame::<B>(v, b, t, &device));
-        (
-            x_t.clone() * a + out.clone() * bb,
-            x_t * p + out * q,
-        )
+        (x_t.clone() * a + out.clone() * bb, x_t * p + out * q)
     }
 
     /// The target for clean data and noise at per-frame noise levels.
     ///
     /// # Shapes
     /// x_0, eps: [b, t, c, h, w]; levels: [b * t] -> [b, t, c, h, w]
-    pub fn target<B: Backend>(&self, x_0: Tensor<B, 5>, eps: Tensor<B, 5>, levels: &[f32]) -> Tensor<B, 5> {
-        let [b, t, ..] = x_0.dims();
-        let device = x_0.device();
-        let (e, f): (Vec<f32>, Vec<f32>) = levels
-            .iter()
-            .map(|&l| {
-                let (e, f) = self.prediction.target_coeffs(&self.interpolant.coeffs(l as f64));
-                (e as f32, f as f32)
-            })
-            .unzip();
-        x_0 * per_frame::<B>(e, b, t, &device) + eps * per_frame::<B>(f, b, t, &device)
+    pub fn target<B: Backend>(
+        &self,
+        x_0: Tensor<B, 5>,
+        eps: Tensor<B, 5>,
+        levels: &[f32],
+    ) -> Tensor<B, 5> {
+        self.mix(x_0, eps, levels, |c| self.prediction.target_coeffs(c))
     }
 
     /// x_t = alpha x_0 + sigma ε at per-frame noise levels.
     ///
     /// # Shapes
     /// x_0, eps: [b, t, c, h, w]; levels: [b * t] -> [b, t, c, h, w]
-    pub fn noised<B: Backend>(&self, x_0: Tensor<B, 5>, eps: Tensor<B, 5>, levels: &[f32]) -> Tensor<B, 5> {
+    pub fn noised<B: Backend>(
+        &self,
+        x_0: Tensor<B, 5>,
+        eps: Tensor<B, 5>,
+        levels: &[f32],
+    ) -> Tensor<B, 5> {
+        self.mix(x_0, eps, levels, |c| (c.alpha, c.sigma))
+    }
+
+    /// e x_0 + f ε with (e, f) = `coef` of each frame's coefficients.
+    fn mix<B: Backend>(
+        &self,
+        x_0: Tensor<B, 5>,
+        eps: Tensor<B, 5>,
+        levels: &[f32],
+        coef: impl Fn(&Coeffs) -> (f64, f64),
+    ) -> Tensor<B, 5> {
         let [b, t, ..] = x_0.dims();
         let device = x_0.device();
-        let (a, s): (Vec<f32>, Vec<f32>) = levels
+        let (e, f): (Vec<f32>, Vec<f32>) = levels
             .iter()
             .map(|&l| {
-                let c = self.interpolant.coeffs(l as f64);
-                (c.alpha as f32, c.sigma as f32)
+                let (e, f) = coef(&self.interpolant.coeffs(l as f64));
+                (e as f32, f as f32)
             })
             .unzip();
-        x_0 * per_frame::<B>(a, b, t, &device) + eps * per_frame::<B>(s, b, t, &device)
+        x_0 * per_frame::<B>(e, b, t, &device) + eps * per_frame::<B>(f, b, t, &device)
     }
 
     /// The score grad log p_t(x_t) = -E[ε | x_t] / sigma_t (Song et al. 2021).

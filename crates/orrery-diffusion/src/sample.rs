@@ -105,7 +105,11 @@ impl SamplerConfig {
 ///
 /// # Shapes
 /// -> dims
-pub fn host_normal<B: Backend>(rng: &mut impl Rng, dims: [usize; 5], device: &B::Device) -> Tensor<B, 5> {
+pub fn host_normal<B: Backend>(
+    rng: &mut impl Rng,
+    dims: [usize; 5],
+    device: &B::Device,
+) -> Tensor<B, 5> {
     let n: usize = dims.iter().product();
     let v: Vec<f32> = (0..n).map(|_| StandardNormal.sample(rng)).collect();
     Tensor::from_data(TensorData::new(v, dims), device)
@@ -149,9 +153,8 @@ fn step<B: Backend>(
     let interp = cfg.param.interpolant;
     let (ct, cs) = (interp.coeffs(t), interp.coeffs(s));
     let (x0, eps) = eval(x.clone(), t)?;
-    let ode_velocity = |x0: Tensor<B, 5>, eps: Tensor<B, 5>, c: &crate::Coeffs| {
-        x0 * c.d_alpha + eps * c.d_sigma
-    };
+    let ode_velocity =
+        |x0: Tensor<B, 5>, eps: Tensor<B, 5>, c: &crate::Coeffs| x0 * c.d_alpha + eps * c.d_sigma;
     let euler = |x: Tensor<B, 5>, x0, eps| x + ode_velocity(x0, eps, &ct) * (s - t);
     Ok(match cfg.sampler {
         Sampler::Euler => euler(x, x0, eps),
@@ -243,7 +246,9 @@ fn solve<B: Backend>(
     rng: &mut impl Rng,
 ) -> Result<Tensor<B, 5>> {
     if cfg.steps == 0 {
-        return Err(DiffusionError::Config("sampling needs at least one step".into()));
+        return Err(DiffusionError::Config(
+            "sampling needs at least one step".into(),
+        ));
     }
     let grid = cfg.grid();
     for w in grid.windows(2) {
@@ -305,8 +310,14 @@ pub fn rollout<B: Backend>(
                 .flat_map(|_| std::iter::repeat_n(tc, ctx_len).chain([t as f32]))
                 .collect(); // [b * (ctx_len + 1)]
             let window = Tensor::cat(vec![ctx.clone(), x.clone()], 1);
-            let out = guided(model, window, &levels, Some(acts.clone()), cfg.sampler.guidance)?
-                .narrow(1, ctx_len, 1); // [b, 1, c, h, w]
+            let out = guided(
+                model,
+                window,
+                &levels,
+                Some(acts.clone()),
+                cfg.sampler.guidance,
+            )?
+            .narrow(1, ctx_len, 1); // [b, 1, c, h, w]
             Ok(param.split(x, out, &vec![t as f32; b]))
         };
         let x = host_normal::<B>(rng, [b, 1, c, h, w], &device);

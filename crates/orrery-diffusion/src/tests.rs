@@ -106,8 +106,15 @@ fn every_sampler_with_the_exact_model_lands_on_the_data_distribution() {
         for (sampler, steps) in samplers {
             let cfg = sampler_cfg(sampler, steps, param);
             let mut rng = sample_rng(1, 2, 3);
-            let x = generate(&gaussian_model(mu, s, param), dims, None, &cfg, &mut rng, &device)
-                .unwrap();
+            let x = generate(
+                &gaussian_model(mu, s, param),
+                dims,
+                None,
+                &cfg,
+                &mut rng,
+                &device,
+            )
+            .unwrap();
             let (mean, var) = moments(x);
             assert!(
                 (mean - mu).abs() < 0.03 && (var - s * s).abs() < 0.03,
@@ -182,8 +189,8 @@ fn predictions_convert_to_x0_noise_and_score_and_back() {
                 .collect();
             let want = (x_t - x0.clone() * crate::per_frame::<B>(alphas, 2, 3, &device))
                 * crate::per_frame::<B>(direct, 2, 3, &device);
-            let rel = (score - want.clone()).abs().max().into_scalar()
-                / want.abs().max().into_scalar();
+            let rel =
+                (score - want.clone()).abs().max().into_scalar() / want.abs().max().into_scalar();
             assert!(rel < 1e-4, "{p:?}: score off by {rel}");
         }
     }
@@ -201,8 +208,14 @@ fn interpolant_derivatives_match_finite_differences() {
             );
             let fd_a = (up.alpha - down.alpha) / (2.0 * h);
             let fd_s = (up.sigma - down.sigma) / (2.0 * h);
-            assert!((fd_a - c.d_alpha).abs() < 1e-5, "{interpolant:?} alpha' at {t}");
-            assert!((fd_s - c.d_sigma).abs() < 1e-5, "{interpolant:?} sigma' at {t}");
+            assert!(
+                (fd_a - c.d_alpha).abs() < 1e-5,
+                "{interpolant:?} alpha' at {t}"
+            );
+            assert!(
+                (fd_s - c.d_sigma).abs() < 1e-5,
+                "{interpolant:?} sigma' at {t}"
+            );
             if interpolant != Interpolant::RectifiedFlow {
                 assert!((c.alpha.powi(2) + c.sigma.powi(2) - 1.0).abs() < 1e-12);
             }
@@ -210,7 +223,10 @@ fn interpolant_derivatives_match_finite_differences() {
         // The ends: data at t = 0; (almost) pure noise at t = 1.
         let (c0, c1) = (interpolant.coeffs(0.0), interpolant.coeffs(1.0));
         assert!((c0.alpha - 1.0).abs() < 1e-12 && c0.sigma.abs() < 1e-6);
-        assert!(c1.alpha < 0.01 && (c1.sigma - 1.0).abs() < 1e-4, "{interpolant:?} at 1");
+        assert!(
+            c1.alpha < 0.01 && (c1.sigma - 1.0).abs() < 1e-4,
+            "{interpolant:?} at 1"
+        );
     }
     // DDPM's discrete linear betas (1e-4..0.02 over 1000 steps) give
     // alpha_bar_T = prod(1 - beta_i); the continuous form matches it.
@@ -218,16 +234,24 @@ fn interpolant_derivatives_match_finite_differences() {
         .map(|i| 1.0 - (1e-4 + (0.02 - 1e-4) * i as f64 / 999.0))
         .product();
     let cont = INTERPOLANTS[1].coeffs(1.0).alpha.powi(2);
-    assert!((prod.ln() / cont.ln() - 1.0).abs() < 0.01, "{prod} vs {cont}");
+    assert!(
+        (prod.ln() / cont.ln() - 1.0).abs() < 0.01,
+        "{prod} vs {cont}"
+    );
 }
 
 #[test]
 fn guidance_extrapolates_from_the_null_condition() {
     let device = Default::default();
     // out = 1 with actions, 0 without: guided output is w.
-    let model = |x: Tensor<B, 5>, _t: Tensor<B, 2>, a: Option<Tensor<B, 2, Int>>| -> Result<Tensor<B, 5>> {
-        Ok(if a.is_some() { x.ones_like() } else { x.zeros_like() })
-    };
+    let model =
+        |x: Tensor<B, 5>, _t: Tensor<B, 2>, a: Option<Tensor<B, 2, Int>>| -> Result<Tensor<B, 5>> {
+            Ok(if a.is_some() {
+                x.ones_like()
+            } else {
+                x.zeros_like()
+            })
+        };
     // With the x_0 target, a one-step DDIM sample is the guided x_0 itself.
     let param = Parameterization {
         interpolant: Interpolant::RectifiedFlow,
@@ -239,8 +263,15 @@ fn guidance_extrapolates_from_the_null_condition() {
             ..sampler_cfg(Sampler::Ddim { eta: 0.0 }, 1, param)
         };
         let actions = Tensor::<B, 2, Int>::zeros([1, 2], &device);
-        let x = generate(&model, [1, 2, 1, 2, 2], Some(actions), &cfg, &mut sample_rng(0, 0, 0), &device)
-            .unwrap();
+        let x = generate(
+            &model,
+            [1, 2, 1, 2, 2],
+            Some(actions),
+            &cfg,
+            &mut sample_rng(0, 0, 0),
+            &device,
+        )
+        .unwrap();
         let (mean, var) = moments(x);
         assert!((mean - w).abs() < 1e-5 && var < 1e-9, "w {w}: {mean}");
     }
@@ -257,7 +288,14 @@ fn rollout_generates_the_requested_frames_from_the_model() {
         context_noise: 0.1,
         sampler: sampler_cfg(Sampler::Euler, 50, Parameterization::default()),
     };
-    let out = rollout(&rf_velocity(mu, s), context, actions, &cfg, &mut sample_rng(2, 0, 0)).unwrap();
+    let out = rollout(
+        &rf_velocity(mu, s),
+        context,
+        actions,
+        &cfg,
+        &mut sample_rng(2, 0, 0),
+    )
+    .unwrap();
     assert_eq!(out.dims(), [8, 3, 1, 8, 8]);
     let (mean, var) = moments(out);
     assert!(
@@ -430,10 +468,17 @@ fn timestep_samplers_match_their_densities() {
     for s in [-0.5, 0.0, 0.81, 1.29] {
         let f = |u: f64| 1.0 - u - s * ((PI / 2.0 * u).cos().powi(2) - 1.0 + u);
         let k = 200_000;
-        let m2: f64 = (0..k).map(|i| f((i as f64 + 0.5) / k as f64).powi(2)).sum::<f64>() / k as f64;
+        let m2: f64 = (0..k)
+            .map(|i| f((i as f64 + 0.5) / k as f64).powi(2))
+            .sum::<f64>()
+            / k as f64;
         let (mean, var, _) = draw_moments(TimestepSampler::Mode { s }, n);
         assert!((mean - 0.5).abs() < 0.003, "mode s={s}: mean {mean}");
-        assert!((var - (m2 - 0.25)).abs() < 0.003, "mode s={s}: var {var} want {}", m2 - 0.25);
+        assert!(
+            (var - (m2 - 0.25)).abs() < 0.003,
+            "mode s={s}: var {var} want {}",
+            m2 - 0.25
+        );
     }
     // Larger s concentrates the mode sampler in the middle.
     let spread = |s| draw_moments(TimestepSampler::Mode { s }, 20_000).1;

@@ -59,9 +59,11 @@ impl Shift {
     /// Check the parameters.
     pub fn validate(&self) -> Result<()> {
         match *self {
-            Shift::Fixed { alpha } if !(alpha > 0.0 && alpha.is_finite()) => Err(
-                DiffusionError::Config(format!("objective.shift: fixed needs alpha > 0 (got {alpha})")),
-            ),
+            Shift::Fixed { alpha } if !(alpha > 0.0 && alpha.is_finite()) => {
+                Err(DiffusionError::Config(format!(
+                    "objective.shift: fixed needs alpha > 0 (got {alpha})"
+                )))
+            }
             Shift::Latents { base: 0 } => Err(DiffusionError::Config(
                 "objective.shift: latents needs base > 0".into(),
             )),

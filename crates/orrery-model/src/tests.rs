@@ -122,7 +122,10 @@ fn frame_causal_mask_hides_later_frames() {
             for f in 0..3 {
                 let diff = max_abs_diff(&frame(&ya, f), &frame(&yb, f));
                 if f < changed {
-                    assert!(diff < 1e-6, "history {history_frames}: frame {f} saw frame {changed}");
+                    assert!(
+                        diff < 1e-6,
+                        "history {history_frames}: frame {f} saw frame {changed}"
+                    );
                 } else {
                     assert!(
                         diff > 1e-3,
@@ -139,7 +142,10 @@ fn stack_history_shifts_frames_back_with_zero_padding() {
     let device = Default::default();
     // Frame f, channel 0 holds the value f + 1.
     let x = Tensor::<B, 5>::from_data(
-        TensorData::new((0..4).map(|f| (f + 1) as f32).collect::<Vec<_>>(), [1, 4, 1, 1, 1]),
+        TensorData::new(
+            (0..4).map(|f| (f + 1) as f32).collect::<Vec<_>>(),
+            [1, 4, 1, 1, 1],
+        ),
         &device,
     );
     let y = crate::dit::stack_history(x, 2); // [1, 4, 3, 1, 1]

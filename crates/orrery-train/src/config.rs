@@ -320,7 +320,10 @@ impl TrainConfig {
             .validate()
             .map_err(|e| TrainError::Config(e.to_string()))?;
         if !(s.guidance.is_finite() && s.guidance >= 0.0) {
-            return bad(format!("sample.guidance = {} must be >= 0 (1 = no guidance)", s.guidance));
+            return bad(format!(
+                "sample.guidance = {} must be >= 0 (1 = no guidance)",
+                s.guidance
+            ));
         }
         if s.guidance != 1.0 && self.objective.action_dropout == 0.0 {
             return bad(format!(
