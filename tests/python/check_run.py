@@ -57,7 +57,7 @@ def main():
     acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
     acc.Reload()
     tags = acc.Tags()
-    for tag in ("train/loss", "train/lr", "train/grad_norm", "perf/samples_per_s", "eval/heldout_loss", "eval/context_gain"):
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "perf/samples_per_s", "eval/heldout_loss", "eval/context_gain", "eval/action_gain"):
         if tag not in tags["scalars"]:
             fail(f"TensorBoard has no scalar {tag}; has {tags['scalars']}")
     losses = {e.step: e.value for e in acc.Scalars("train/loss")}

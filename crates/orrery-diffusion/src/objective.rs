@@ -253,7 +253,7 @@ impl ObjectiveConfig {
         // x_t = alpha_t x_0 + sigma_t ε (rectified flow: (1 - t) x_0 + t ε,
         // SD3 eq. 1) and the target e x_0 + f ε (rectified flow: ε - x_0).
         let x_t = param.noised(x_0.clone(), eps.clone(), &plan.t);
-        let target = param.target(x_0, eps, &plan.t);
+        let target = param.target_masked(x_0, eps, &plan.t, &plan.loss_mask);
         let actions = batch.actions.clone().map(|a| {
             let drop: Vec<bool> = plan
                 .drop_actions
@@ -276,6 +276,11 @@ impl ObjectiveConfig {
             .iter()
             .zip(&plan.t)
             .map(|(&m, &l)| {
+                // Context frames (often at t = 0, where SNR is infinite) are
+                // out of the loss: weight exactly 0, never 0 * inf.
+                if m == 0.0 {
+                    return 0.0;
+                }
                 m * self
                     .weighting
                     .factor(&self.interpolant.coeffs(l as f64), self.prediction)

@@ -54,7 +54,12 @@ impl Prediction {
     /// velocity: 1 / t^2).
     pub fn x0_weight(self, c: &Coeffs) -> f64 {
         let (e, f) = self.target_coeffs(c);
-        let k = e - f * c.alpha / c.sigma;
+        // The x_0 target has f = 0: weight 1 even at sigma = 0.
+        let k = if f == 0.0 {
+            e
+        } else {
+            e - f * c.alpha / c.sigma
+        };
         k * k
     }
 }
@@ -125,7 +130,35 @@ impl Parameterization {
         eps: Tensor<B, 5>,
         levels: &[f32],
     ) -> Tensor<B, 5> {
-        self.mix(x_0, eps, levels, |c| self.prediction.target_coeffs(c))
+        let coefs = levels.iter().map(|&l| {
+            self.prediction
+                .target_coeffs(&self.interpolant.coeffs(l as f64))
+        });
+        mix(x_0, eps, coefs)
+    }
+
+    /// [`Parameterization::target`] with 0 for frames whose `mask` is 0 (out
+    /// of the loss): context frames sit at t = 0, where some targets are
+    /// infinite (VP velocity: sigma' = inf), and 0 * inf would poison the loss.
+    ///
+    /// # Shapes
+    /// x_0, eps: [b, t, c, h, w]; levels, mask: [b * t] -> [b, t, c, h, w]
+    pub fn target_masked<B: Backend>(
+        &self,
+        x_0: Tensor<B, 5>,
+        eps: Tensor<B, 5>,
+        levels: &[f32],
+        mask: &[f32],
+    ) -> Tensor<B, 5> {
+        let coefs = levels.iter().zip(mask).map(|(&l, &m)| {
+            if m == 0.0 {
+                (0.0, 0.0)
+            } else {
+                self.prediction
+                    .target_coeffs(&self.interpolant.coeffs(l as f64))
+            }
+        });
+        mix(x_0, eps, coefs)
     }
 
     /// x_t = alpha x_0 + sigma ε at per-frame noise levels.
@@ -138,27 +171,11 @@ impl Parameterization {
         eps: Tensor<B, 5>,
         levels: &[f32],
     ) -> Tensor<B, 5> {
-        self.mix(x_0, eps, levels, |c| (c.alpha, c.sigma))
-    }
-
-    /// e x_0 + f ε with (e, f) = `coef` of each frame's coefficients.
-    fn mix<B: Backend>(
-        &self,
-        x_0: Tensor<B, 5>,
-        eps: Tensor<B, 5>,
-        levels: &[f32],
-        coef: impl Fn(&Coeffs) -> (f64, f64),
-    ) -> Tensor<B, 5> {
-        let [b, t, ..] = x_0.dims();
-        let device = x_0.device();
-        let (e, f): (Vec<f32>, Vec<f32>) = levels
-            .iter()
-            .map(|&l| {
-                let (e, f) = coef(&self.interpolant.coeffs(l as f64));
-                (e as f32, f as f32)
-            })
-            .unzip();
-        x_0 * per_frame::<B>(e, b, t, &device) + eps * per_frame::<B>(f, b, t, &device)
+        let coefs = levels.iter().map(|&l| {
+            let c = self.interpolant.coeffs(l as f64);
+            (c.alpha, c.sigma)
+        });
+        mix(x_0, eps, coefs)
     }
 
     /// The score grad log p_t(x_t) = -E[ε | x_t] / sigma_t (Song et al. 2021).
@@ -174,4 +191,19 @@ impl Parameterization {
             .collect();
         eps * per_frame::<B>(inv, b, t, &device)
     }
+}
+
+/// e x_0 + f ε with one (e, f) per frame.
+///
+/// # Shapes
+/// x_0, eps: [b, t, c, h, w]; coefs: b * t pairs -> [b, t, c, h, w]
+fn mix<B: Backend>(
+    x_0: Tensor<B, 5>,
+    eps: Tensor<B, 5>,
+    coefs: impl Iterator<Item = (f64, f64)>,
+) -> Tensor<B, 5> {
+    let [b, t, ..] = x_0.dims();
+    let device = x_0.device();
+    let (e, f): (Vec<f32>, Vec<f32>) = coefs.map(|(e, f)| (e as f32, f as f32)).unzip();
+    x_0 * per_frame::<B>(e, b, t, &device) + eps * per_frame::<B>(f, b, t, &device)
 }

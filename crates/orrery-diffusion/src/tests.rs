@@ -545,3 +545,42 @@ fn loss_weights_give_the_documented_effective_weight() {
     let f = LossWeighting::MinSnr { gamma: 5.0 }.factor(&c, Prediction::Epsilon);
     assert!((f - 5.0 / c.snr()).abs() < 1e-9);
 }
+
+#[test]
+fn weighted_losses_stay_finite_with_clean_context_frames() {
+    use crate::LossWeighting;
+    let device = Default::default();
+    let x0 = crate::sample::host_normal::<B>(&mut sample_rng(1, 0, 0), [8, 3, 1, 4, 4], &device);
+    let batch = TrainBatch {
+        latents: x0,
+        actions: None,
+        null_action: 0,
+        sample_ids: (0..8).collect(),
+    };
+    let zero = |x: Tensor<B, 5>,
+                _t: Tensor<B, 2>,
+                _a: Option<Tensor<B, 2, Int>>|
+     -> Result<Tensor<B, 5>> { Ok(x.zeros_like()) };
+    for prediction in PREDICTIONS {
+        for weighting in [
+            LossWeighting::None,
+            LossWeighting::MinSnr { gamma: 5.0 },
+            LossWeighting::Snr,
+            LossWeighting::TruncatedSnr,
+        ] {
+            let cfg = ObjectiveConfig {
+                prediction,
+                weighting,
+                interpolant: INTERPOLANTS[1],
+                context_prob: 1.0,
+                context_noise: 0.0,
+                ..Default::default()
+            };
+            let loss = cfg.loss(&zero, &batch, 0, 0).unwrap().into_scalar();
+            assert!(
+                loss.is_finite() && loss > 0.0,
+                "{prediction:?} {weighting:?}: {loss}"
+            );
+        }
+    }
+}
