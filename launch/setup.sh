@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what orrery's build and tests need, if missing. Safe to run again.
-#   launch/setup.sh          build tools (Rust must already be installed)
+#   launch/setup.sh          build tools and OpenMPI (Rust must already be installed)
 #   launch/setup.sh --test   also the Python readers the tests use
 set -euo pipefail
 want_test=0
@@ -13,6 +13,13 @@ fi
 missing=()
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+# OpenMPI (mpirun and the headers/libraries the mpi crate builds against) and
+# libclang (its bindgen step), for multi-rank training.
+command -v mpirun >/dev/null 2>&1 || missing+=(openmpi-bin)
+command -v mpicc >/dev/null 2>&1 || missing+=(libopenmpi-dev)
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1; then
+  missing+=(libclang-dev)
+fi
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"

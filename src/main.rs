@@ -32,6 +32,12 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Start N ranks of an orrery command on this machine with mpirun:
+    /// `orrery launch -n 2 -- train configs/quickstart.toml`.
+    Launch(LaunchArgs),
+    /// Distributed helpers.
+    #[command(subcommand)]
+    Dist(DistCommand),
     /// Print the loss weight per noise level of a config's objective.
     Weights {
         /// The experiment config (TOML).
@@ -61,6 +67,29 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         warmup: usize,
     },
+}
+
+#[derive(Args)]
+struct LaunchArgs {
+    /// Number of ranks.
+    #[arg(short = 'n', long = "ranks")]
+    ranks: usize,
+    /// An OpenMPI hostfile for several machines (default: this machine only).
+    #[arg(long)]
+    hostfile: Option<PathBuf>,
+    /// Print the mpirun command instead of running it.
+    #[arg(long)]
+    dry_run: bool,
+    /// The orrery command each rank runs, after `--`.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum DistCommand {
+    /// Check every collective across the ranks of a launch
+    /// (`orrery launch -n 4 -- dist selftest`).
+    Selftest,
 }
 
 #[derive(Args)]
@@ -175,6 +204,9 @@ fn run_train(args: TrainArgs) -> Result<()> {
             stop_after: args.stop_after,
         },
     )?;
+    if s.rank != 0 {
+        return Ok(());
+    }
     println!(
         "trained steps {}..{} in {:.3} s/step",
         s.start_step, s.end_step, s.seconds_per_step
@@ -301,6 +333,73 @@ fn parse_sampler(name: &str, eta: f64) -> Result<Sampler> {
     })
 }
 
+fn run_launch(args: LaunchArgs) -> Result<()> {
+    if args.ranks == 0 {
+        bail!("-n must be at least 1");
+    }
+    let exe = std::env::current_exe().context("finding the orrery binary")?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut cmd = std::process::Command::new("mpirun");
+    cmd.arg("-n").arg(args.ranks.to_string());
+    if let Some(h) = &args.hostfile {
+        cmd.arg("--hostfile").arg(h);
+    } else if args.ranks > cores {
+        // One machine with fewer cores than ranks: allow it (tests, CPU runs).
+        cmd.arg("--oversubscribe");
+    }
+    if is_root() {
+        cmd.arg("--allow-run-as-root");
+    }
+    // Each rank's thread pool gets its share of the cores (unless set).
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .unwrap_or_else(|_| (cores / args.ranks).max(1).to_string());
+    cmd.args([
+        "--bind-to",
+        "none",
+        "-x",
+        &format!("RAYON_NUM_THREADS={threads}"),
+    ]);
+    cmd.arg(&exe).args(&args.command);
+    let shown = format!("{cmd:?}").replace('"', "");
+    if args.dry_run {
+        println!("{shown}");
+        return Ok(());
+    }
+    eprintln!("launching: {shown}");
+    let status = cmd.status().map_err(|e| {
+        anyhow::anyhow!(
+            "cannot run mpirun ({e}): install OpenMPI (launch/setup.sh does) or put mpirun on PATH"
+        )
+    })?;
+    if !status.success() {
+        bail!(
+            "the job failed: mpirun exited with {} (the failing rank's message is above)",
+            status
+        );
+    }
+    Ok(())
+}
+
+/// Whether this process runs as root (OpenMPI refuses that unless told).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn run_dist(cmd: DistCommand) -> Result<()> {
+    let DistCommand::Selftest = cmd;
+    let world = orrery_dist::World::from_env()?;
+    let comm = orrery_dist::connect(&world)?;
+    println!("{}", orrery_dist::self_test(comm.as_ref())?);
+    Ok(())
+}
+
 fn run_weights(config: PathBuf, set: Vec<String>, bins: usize) -> Result<()> {
     if bins == 0 {
         bail!("--bins must be at least 1");
@@ -390,6 +489,8 @@ fn main() -> ExitCode {
         Command::Sample(args) => run_sample(args),
         Command::Bench(cmd) => run_bench(cmd),
         Command::Weights { config, set, bins } => run_weights(config, set, bins),
+        Command::Launch(args) => run_launch(args),
+        Command::Dist(cmd) => run_dist(cmd),
         Command::Ckpt(CkptCommand::Export { from, ema, out }) => {
             orrery_train::export::export(&from, ema, &out)
                 .map(|(dir, n)| {
@@ -405,7 +506,12 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // Under a launcher every rank may fail the same way: name the rank.
+            let who = match orrery_dist::World::from_env() {
+                Ok(w) if w.size > 1 => format!("[rank {} of {}] ", w.rank, w.size),
+                _ => String::new(),
+            };
+            eprintln!("{who}error: {e}");
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }

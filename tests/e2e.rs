@@ -382,3 +382,138 @@ fn bad_input_gets_a_clear_error() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The launched ranks' processes of a run, by rank (read from their environment).
+fn rank_pids(rank: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let is_train = String::from_utf8_lossy(&cmdline).contains("killme");
+        let is_rank = env
+            .split(|&b| b == 0)
+            .any(|kv| kv == format!("OMPI_COMM_WORLD_RANK={rank}").as_bytes());
+        if is_train && is_rank {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn ddp_over_mpi_matches_one_process_and_a_lost_rank_ends_the_job() {
+    let dir = tiny_dir("ddp");
+    let selftest = ok(orrery(
+        &["launch", "-n", "4", "--", "dist", "selftest"],
+        &dir,
+    ));
+    assert_eq!(selftest.matches("barrier ok").count(), 4, "{selftest}");
+
+    ok(orrery(&["train", "tiny.toml", "--run-dir", "one"], &dir));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/compare_ckpt.py");
+    let single = dir.join("one/checkpoints/step_00000006");
+    for n in ["2", "4"] {
+        let run = format!("ranks{n}");
+        let out = ok(orrery(
+            &[
+                "launch",
+                "-n",
+                n,
+                "--",
+                "train",
+                "tiny.toml",
+                "--run-dir",
+                &run,
+            ],
+            &dir,
+        ));
+        // Only rank 0 prints the summary and writes the run directory.
+        assert_eq!(out.matches("trained steps").count(), 1, "{out}");
+        let diff = python(&[
+            script.to_str().unwrap(),
+            single.to_str().unwrap(),
+            dir.join(&run)
+                .join("checkpoints/step_00000006")
+                .to_str()
+                .unwrap(),
+        ]);
+        let d: serde_json::Value = serde_json::from_str(diff.trim()).unwrap();
+        // Same global batches and noise; only the order of float sums differs
+        // (measured: 1.2e-7 for weights of magnitude ~3).
+        for part in ["model", "ema", "optimizer"] {
+            let v = d[part].as_f64().unwrap();
+            assert!(
+                v < 1e-5,
+                "{n} ranks: {part} differs by {v} from one process: {diff}"
+            );
+        }
+        let losses = |r: &str| -> Vec<f64> {
+            std::fs::read_to_string(dir.join(r).join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                        .as_f64()
+                        .unwrap()
+                })
+                .collect()
+        };
+        for (a, b) in losses("one").iter().zip(losses(&run)) {
+            assert!((a - b).abs() < 1e-5, "{n} ranks: loss {b} vs {a}");
+        }
+    }
+
+    // A batch that does not split over the ranks is refused by every rank.
+    let err = user_error(
+        orrery(&["launch", "-n", "3", "--", "train", "tiny.toml"], &dir),
+        "does not split evenly over 3 ranks",
+    );
+    assert!(err.contains("[rank 2 of 3]"), "{err}");
+
+    // Kill rank 1 of a long run: the job must end, non-zero, naming rank 1.
+    let child = Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .args([
+            "launch",
+            "-n",
+            "2",
+            "--",
+            "train",
+            "tiny.toml",
+            "--run-dir",
+            "killme",
+            "--set",
+            "run.steps=100000",
+        ])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !dir.join("killme/metrics.jsonl").is_file() {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "the 2-rank run never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let victims = rank_pids("1");
+    assert_eq!(victims.len(), 1, "rank 1's process: {victims:?}");
+    Command::new("kill")
+        .args(["-9", &victims[0].to_string()])
+        .status()
+        .unwrap();
+    let killed_at = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let waited = killed_at.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the job survived a lost rank");
+    assert!(waited < 60.0, "the job took {waited} s to end");
+    assert!(stderr.contains("rank 1"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -243,6 +243,24 @@ impl ObjectiveConfig {
         batch: &TrainBatch<B>,
         plan: NoisePlan,
     ) -> Result<Tensor<B, 1>> {
+        let frames: f32 = plan.loss_mask.iter().sum();
+        self.loss_part(model, batch, plan, frames)
+    }
+
+    /// This batch's part of a loss whose mean runs over `frames_in_loss`
+    /// frames in all: with data parallelism each rank passes the global count,
+    /// so the ranks' parts (and their gradients) sum to the loss of the whole
+    /// global batch, whatever the split.
+    ///
+    /// # Shapes
+    /// returns [1]
+    pub fn loss_part<B: Backend>(
+        &self,
+        model: &impl Denoiser<B>,
+        batch: &TrainBatch<B>,
+        plan: NoisePlan,
+        frames_in_loss: f32,
+    ) -> Result<Tensor<B, 1>> {
         let x_0 = batch.latents.clone();
         let dims = x_0.dims();
         let [b, t, c, h, w] = dims;
@@ -269,7 +287,6 @@ impl ObjectiveConfig {
             .reshape([b, t, c * h * w])
             .mean_dim(2)
             .reshape([b, t]);
-        let mask_sum: f32 = plan.loss_mask.iter().sum();
         // Frames out of the loss get weight 0; the mean is over frames in it.
         let weights: Vec<f32> = plan
             .loss_mask
@@ -288,6 +305,6 @@ impl ObjectiveConfig {
             })
             .collect();
         let weights = per_frame::<B>(weights, b, t, &device).reshape([b, t]);
-        Ok((frame_mse * weights).sum() / mask_sum.max(1.0))
+        Ok((frame_mse * weights).sum() / frames_in_loss.max(1.0))
     }
 }

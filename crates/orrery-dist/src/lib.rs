@@ -3,8 +3,9 @@
 //! The principal type is [`World`]: this process's rank, the world size and
 //! its local rank on the node, discovered from the launcher's environment in
 //! the order DESIGN.md gives (OpenMPI, then PMIx/PMI, then Slurm, then a single
-//! process). Collectives (MPI, NCCL) come with the distributed-training work;
-//! until then a world larger than one is refused by the trainer.
+//! process); and [`Collective`], the operations the parallel strategies use,
+//! with an identity backend for one process and MPI for several
+//! ([`connect`] picks). NCCL for GPU tensors comes next.
 //!
 //! ```
 //! use orrery_dist::World;
@@ -14,6 +15,12 @@
 //! assert_eq!((w.rank, w.size), (1, 4));
 //! ```
 #![deny(missing_docs)]
+
+mod collective;
+
+#[cfg(feature = "mpi")]
+pub use collective::Mpi;
+pub use collective::{all_reduce_sum_bucketed, connect, self_test, Collective, SingleProcess};
 
 /// Errors from discovering the world.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +43,12 @@ pub enum DistError {
         /// Which launcher's variables.
         source_name: &'static str,
     },
+    /// Buffers of a collective do not fit together.
+    #[error("{0}")]
+    Shape(String),
+    /// The communication backend failed or is missing.
+    #[error("{0}")]
+    Backend(String),
 }
 
 /// Where this process sits among its peers.
@@ -163,6 +176,15 @@ mod tests {
             (2, 8, 2, "slurm")
         );
         assert_eq!(World::from_env_fn(env(&[])).unwrap(), World::single());
+    }
+
+    #[test]
+    fn the_single_process_backend_passes_the_self_test() {
+        let report = self_test(&SingleProcess).unwrap();
+        assert!(report.contains("rank 0 of 1"), "{report}");
+        let mut out = vec![0.0; 3];
+        let err = SingleProcess.all_gather(&[1.0, 2.0], &mut out).unwrap_err();
+        assert!(err.to_string().contains("1 ranks x 2"), "{err}");
     }
 
     #[test]

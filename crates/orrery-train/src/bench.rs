@@ -102,9 +102,9 @@ fn bench_on<B: AutodiffBackend>(
             model,
             &batch,
             step as u64,
-            &mut optim,
-            &mut ema,
+            (&mut optim, &mut ema),
             &shapes,
+            &orrery_dist::SingleProcess,
         )?;
         model = next;
         let t2 = Instant::now();

@@ -106,13 +106,23 @@ pub enum Strategy {
 pub struct ParallelConfig {
     /// ddp or fsdp.
     pub strategy: Strategy,
+    /// DDP gradient bucket size in MiB (one all_reduce per bucket).
+    pub bucket_mb: f64,
 }
 
 impl Default for ParallelConfig {
     fn default() -> Self {
         Self {
             strategy: Strategy::Ddp,
+            bucket_mb: 25.0,
         }
+    }
+}
+
+impl ParallelConfig {
+    /// The bucket size in f32 elements.
+    pub fn bucket_elems(&self) -> usize {
+        ((self.bucket_mb * 1024.0 * 1024.0 / 4.0) as usize).max(1)
     }
 }
 
@@ -272,6 +282,21 @@ impl TrainConfig {
         Ok(cfg)
     }
 
+    /// Check the batch against the number of ranks; the message says what to change.
+    pub fn validate_world(&self, ranks: usize) -> Result<()> {
+        let b = self.data.global_batch;
+        if b % ranks != 0 {
+            let lower = b / ranks * ranks;
+            let higher = lower + ranks;
+            return Err(TrainError::Config(format!(
+                "data.global_batch = {b} does not split evenly over {ranks} ranks: set it to a multiple of {ranks} (e.g. {}{higher}) or run {} ranks",
+                if lower > 0 { format!("{lower} or ") } else { String::new() },
+                divisors_hint(b, ranks)
+            )));
+        }
+        Ok(())
+    }
+
     /// Check every section; messages name the key to change.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(TrainError::Config(m));
@@ -334,9 +359,23 @@ impl TrainConfig {
         if self.model.frames < 2 && s.frames > 0 {
             return bad("rollouts need model.frames >= 2 (a context frame and a new one)".into());
         }
+        if !(self.parallel.bucket_mb > 0.0 && self.parallel.bucket_mb.is_finite()) {
+            return bad(format!(
+                "parallel.bucket_mb = {} must be positive",
+                self.parallel.bucket_mb
+            ));
+        }
         if self.parallel.strategy == Strategy::Fsdp {
             return bad("parallel.strategy = \"fsdp\" is not available yet: use \"ddp\"".into());
         }
         Ok(())
     }
+}
+
+/// The largest rank count below `ranks` that divides `batch`, as text.
+fn divisors_hint(batch: usize, ranks: usize) -> String {
+    (1..ranks)
+        .rev()
+        .find(|r| batch % r == 0)
+        .map_or("fewer".into(), |r| r.to_string())
 }

@@ -42,6 +42,7 @@ macro_rules! with_backend {
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+mod ddp;
 mod eval;
 pub mod export;
 pub mod media;

@@ -11,7 +11,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use orrery_data::{Batch, Cursor, Dataset, Loader};
 use orrery_diffusion::{DiffusionError, TrainBatch};
-use orrery_dist::World;
+use orrery_dist::{connect, Collective, World};
 use orrery_model::named::{
     load_host, map_named, named_grads, to_host, visit_named, HostTensor, NamedTensors,
 };
@@ -69,6 +69,8 @@ pub struct TrainSummary {
     /// Next-frame loss with another action minus with the true one (about
     /// 0: the model ignores its actions).
     pub action_gain: f64,
+    /// This process's rank (0 prints the summary).
+    pub rank: usize,
     /// Mean seconds per step of this run.
     pub seconds_per_step: f64,
     /// The last checkpoint written.
@@ -150,18 +152,23 @@ pub fn train_on<B: AutodiffBackend>(
     device: B::Device,
 ) -> Result<TrainSummary> {
     let world = World::from_env()?;
-    if world.size > 1 {
-        return Err(TrainError::Config(format!(
-            "started as rank {} of {} by {}, but multi-rank training is not in this build yet: run one process",
-            world.rank, world.size, world.launcher
-        )));
-    }
+    cfg.validate_world(world.size)?;
+    let comm = connect(&world)?;
+    // Rank 0 logs and writes the run directory; the others compute.
+    let main = world.is_main();
+    let say = |msg: String| {
+        if main {
+            eprintln!("{msg}");
+        }
+    };
     let data = Dataset::open(&cfg.data.url, cfg.data.holdout_clips)?;
     check_geometry(&cfg, &data)?;
     let run_dir = &opts.run_dir;
-    std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
-    let resolved = toml::to_string(&cfg).expect("config serializes");
-    std::fs::write(run_dir.join("config.toml"), resolved).map_err(io(run_dir))?;
+    if main {
+        std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
+        let resolved = toml::to_string(&cfg).expect("config serializes");
+        std::fs::write(run_dir.join("config.toml"), resolved).map_err(io(run_dir))?;
+    }
     let ckpt_dir = run_dir.join("checkpoints");
 
     B::seed(&device, cfg.run.seed);
@@ -205,7 +212,22 @@ pub fn train_on<B: AutodiffBackend>(
         e.updates = ck.state.ema_updates;
         ema = Some(e);
         (step, cursor) = (ck.state.step, ck.state.cursor);
-        eprintln!("resuming from {} at step {step}", dir.display());
+        say(format!("resuming from {} at step {step}", dir.display()));
+    }
+    if comm.size() > 1 {
+        let mut w = BTreeMap::new();
+        visit_named(&model, |name, _, _, flat| {
+            w.insert(name.to_string(), flat.inner());
+        });
+        crate::ddp::broadcast_from_rank0(comm.as_ref(), &mut w)?;
+        model = map_named(model, |name, _, _| Tensor::from_inner(w[name].clone()));
+        say(format!(
+            "data parallel over {} ranks ({}, started by {}): {} clips per rank per step",
+            comm.size(),
+            comm.name(),
+            world.launcher,
+            cfg.data.global_batch / comm.size()
+        ));
     }
     let mut ema = ema.unwrap_or_else(|| {
         let mut w = BTreeMap::new();
@@ -237,28 +259,40 @@ pub fn train_on<B: AutodiffBackend>(
         null_action,
         &inner_device,
     );
-    let mut tb = EventWriter::create(&run_dir.join("tensorboard")).map_err(io(run_dir))?;
+    let mut tb = main
+        .then(|| EventWriter::create(&run_dir.join("tensorboard")).map_err(io(run_dir)))
+        .transpose()?;
     let metrics_path = run_dir.join("metrics.jsonl");
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(io(&metrics_path))?;
+    let mut metrics = main
+        .then(|| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics_path)
+                .map_err(io(&metrics_path))
+        })
+        .transpose()?;
 
     let start_step = step;
     let heldout_start = heldout_loss(&cfg, &model.valid(), &heldout)?;
-    tb.scalar("eval/heldout_loss", step, heldout_start)
-        .map_err(io(run_dir))?;
+    if let Some(tb) = tb.as_mut() {
+        tb.scalar("eval/heldout_loss", step, heldout_start)
+            .map_err(io(run_dir))?;
+    }
     let mut gains = NextFrameEval::default();
-    eprintln!(
+    say(format!(
         "training {} params on {} clips ({} held out, {} skipped as too short), {} steps from step {step}; held-out loss {heldout_start:.4}",
         model.param_count(),
         data.train.len(),
         data.holdout.len(),
         loader.skipped_short,
         cfg.run.steps
-    );
-    let bar = crate::sample::progress_bar(cfg.run.steps, step);
+    ));
+    let bar = if main {
+        crate::sample::progress_bar(cfg.run.steps, step)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     let (mut window_loss, mut window_n, mut data_wait, mut window_start) =
         (0.0f64, 0u64, Duration::ZERO, Instant::now());
     let run_start = Instant::now();
@@ -271,7 +305,15 @@ pub fn train_on<B: AutodiffBackend>(
         let t0 = Instant::now();
         let batch = to_device::<B>(&loader.next_batch(), null_action, &device);
         data_wait += t0.elapsed();
-        let (next, out) = train_step(&cfg, model, &batch, step, &mut optim, &mut ema, &shapes)?;
+        let (next, out) = train_step(
+            &cfg,
+            model,
+            &batch,
+            step,
+            (&mut optim, &mut ema),
+            &shapes,
+            comm.as_ref(),
+        )?;
         model = next;
         let (loss_value, norm, lr) = (out.loss, out.grad_norm, out.lr);
         step += 1;
@@ -291,7 +333,9 @@ pub fn train_on<B: AutodiffBackend>(
                 ("eval/context_gain", gains.context_gain),
                 ("eval/action_gain", gains.action_gain),
             ] {
-                tb.scalar(tag, step, value).map_err(io(run_dir))?;
+                if let Some(tb) = tb.as_mut() {
+                    tb.scalar(tag, step, value).map_err(io(run_dir))?;
+                }
             }
         }
         if step % cfg.logging.every == 0 || step == stop_at {
@@ -316,13 +360,19 @@ pub fn train_on<B: AutodiffBackend>(
                 ("perf/step_time_s", "step_time_s"),
                 ("perf/data_wait_frac", "data_wait_frac"),
             ] {
-                tb.scalar(tag, step, line[key].as_f64().unwrap_or(f64::NAN))
-                    .map_err(io(run_dir))?;
+                if let Some(tb) = tb.as_mut() {
+                    tb.scalar(tag, step, line[key].as_f64().unwrap_or(f64::NAN))
+                        .map_err(io(run_dir))?;
+                }
             }
-            tb.flush().map_err(io(run_dir))?;
-            writeln!(metrics, "{line}").map_err(io(&metrics_path))?;
+            if let Some(tb) = tb.as_mut() {
+                tb.flush().map_err(io(run_dir))?;
+            }
+            if let Some(m) = metrics.as_mut() {
+                writeln!(m, "{line}").map_err(io(&metrics_path))?;
+            }
             bar.suspend(|| {
-                eprintln!(
+                say(format!(
                     "step {step:>6}  loss {:.4}  lr {lr:.2e}  grad_norm {norm:.3}  {:.1} samples/s{}",
                     line["loss"].as_f64().unwrap_or(f64::NAN),
                     line["samples_per_s"].as_f64().unwrap_or(0.0),
@@ -334,12 +384,15 @@ pub fn train_on<B: AutodiffBackend>(
                     } else {
                         String::new()
                     }
-                )
+                ))
             });
             (window_loss, window_n, data_wait, window_start) =
                 (0.0, 0, Duration::ZERO, Instant::now());
         }
-        if step % cfg.checkpoint.every == 0 || step == stop_at {
+        if (step % cfg.checkpoint.every == 0 || step == stop_at) && !main {
+            // Every rank holds the same state; rank 0 writes it.
+            last_ckpt = ckpt_dir.join(format!("step_{step:08}"));
+        } else if step % cfg.checkpoint.every == 0 || step == stop_at {
             let ck = Checkpoint {
                 state: TrainerState {
                     step,
@@ -370,9 +423,13 @@ pub fn train_on<B: AutodiffBackend>(
     let heldout_end = heldout_loss(&cfg, &inner, &heldout)?;
     let ema_model = map_named(inner, |name, _, _| ema.weights[name].clone());
     let heldout_ema = heldout_loss(&cfg, &ema_model, &heldout)?;
-    tb.scalar("eval/heldout_loss_ema", step, heldout_ema)
-        .map_err(io(run_dir))?;
-    tb.flush().map_err(io(run_dir))?;
+    if let Some(tb) = tb.as_mut() {
+        tb.scalar("eval/heldout_loss_ema", step, heldout_ema)
+            .map_err(io(run_dir))?;
+        tb.flush().map_err(io(run_dir))?;
+    }
+    // Nobody leaves before rank 0 has written the last checkpoint.
+    comm.barrier()?;
     let steps_run = (step - start_step).max(1);
     Ok(TrainSummary {
         start_step,
@@ -382,6 +439,7 @@ pub fn train_on<B: AutodiffBackend>(
         heldout_loss_ema: heldout_ema,
         context_gain: gains.context_gain,
         action_gain: gains.action_gain,
+        rank: world.rank,
         seconds_per_step: run_start.elapsed().as_secs_f64() / steps_run as f64,
         checkpoint: last_ckpt,
     })
@@ -405,16 +463,28 @@ pub(crate) fn train_step<B: AutodiffBackend>(
     model: Dit<B>,
     batch: &TrainBatch<B>,
     step: u64,
-    optim: &mut AdamW<B::InnerBackend>,
-    ema: &mut Ema<B::InnerBackend>,
+    (optim, ema): (&mut AdamW<B::InnerBackend>, &mut Ema<B::InnerBackend>),
     shapes: &BTreeMap<String, Vec<usize>>,
+    comm: &dyn Collective,
 ) -> Result<(Dit<B>, StepOut)> {
-    let loss = cfg
-        .objective
-        .loss(&denoiser(&model), batch, cfg.run.seed, step)?;
-    let loss_value: f64 = loss.clone().into_scalar().elem();
+    let obj = &cfg.objective;
+    let plan = obj.plan(cfg.run.seed, step, &batch.sample_ids, batch.latents.dims());
+    // The loss is a mean over the global batch's frames in the loss: each
+    // rank's part is normalised by the global count, so the parts' gradients
+    // sum to the single-process gradient.
+    let mut frames = [plan.loss_mask.iter().sum::<f32>()];
+    comm.all_reduce_sum(&mut frames)?;
+    let loss = obj.loss_part(&denoiser(&model), batch, plan, frames[0])?;
+    let mut loss_value = [loss.clone().into_scalar().elem::<f32>()];
     let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-    let grads = named_grads(&model, &mut grads);
+    let mut grads = named_grads(&model, &mut grads);
+    crate::ddp::sum_over_ranks(
+        comm,
+        &mut grads,
+        &mut loss_value,
+        cfg.parallel.bucket_elems(),
+    )?;
+    let loss_value = loss_value[0] as f64;
     let norm = global_norm(&grads);
     if !loss_value.is_finite() || !norm.is_finite() {
         return Err(TrainError::NonFinite {
@@ -508,8 +578,16 @@ mod tests {
         let mut losses = Vec::new();
         for _ in 0..40 {
             // The same step key every time: the same noise, so the model can fit it.
-            let (next, out) =
-                train_step(&cfg, model, &batch, 0, &mut optim, &mut ema, &shapes).unwrap();
+            let (next, out) = train_step(
+                &cfg,
+                model,
+                &batch,
+                0,
+                (&mut optim, &mut ema),
+                &shapes,
+                &orrery_dist::SingleProcess,
+            )
+            .unwrap();
             model = next;
             losses.push(out.loss);
         }
@@ -528,9 +606,17 @@ mod tests {
         batch.latents[3] = f32::NAN;
         let batch = to_device::<AB>(&batch, 5, &Default::default());
         let (mut optim, mut ema) = (AdamW::default(), Ema::new(BTreeMap::new()));
-        let err = train_step(&cfg, model, &batch, 7, &mut optim, &mut ema, &shapes)
-            .err()
-            .expect("must fail");
+        let err = train_step(
+            &cfg,
+            model,
+            &batch,
+            7,
+            (&mut optim, &mut ema),
+            &shapes,
+            &orrery_dist::SingleProcess,
+        )
+        .err()
+        .expect("must fail");
         assert!(err.to_string().starts_with("non-finite loss"), "{err}");
         assert!(err.to_string().contains("step 7"));
         assert_eq!((optim.steps, ema.updates), (0, 0), "nothing was updated");

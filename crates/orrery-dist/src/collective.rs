@@ -1,0 +1,252 @@
+//! Collectives over flat f32 buffers in host memory: the single-process
+//! identity backend and MPI (the `mpi` feature, on by default).
+//! Letters: n = world size, k = elements per rank.
+use crate::{DistError, World};
+
+/// The collective operations orrery's parallel strategies use. Every rank
+/// calls the same operations in the same order with the same lengths.
+pub trait Collective {
+    /// This process's rank.
+    fn rank(&self) -> usize;
+    /// Number of ranks.
+    fn size(&self) -> usize;
+    /// The backend's name, for logs.
+    fn name(&self) -> &'static str;
+    /// Element-wise sum over ranks, in place: [m] -> [m].
+    fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<(), DistError>;
+    /// Every rank's `local` [k], concatenated in rank order into `out` [n k].
+    fn all_gather(&self, local: &[f32], out: &mut [f32]) -> Result<(), DistError>;
+    /// Sum `full` [n k] over ranks and keep this rank's block [k] in `out`.
+    fn reduce_scatter_sum(&self, full: &[f32], out: &mut [f32]) -> Result<(), DistError>;
+    /// Copy `root`'s buffer to every rank, in place.
+    fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<(), DistError>;
+    /// Wait until every rank gets here.
+    fn barrier(&self) -> Result<(), DistError>;
+}
+
+/// Check the lengths of a gather / scatter pair: `big` must be n times `small`.
+fn check_blocks(op: &'static str, small: usize, big: usize, n: usize) -> Result<(), DistError> {
+    if big != small * n {
+        return Err(DistError::Shape(format!(
+            "{op}: the full buffer has {big} elements, but {n} ranks x {small} per rank = {}",
+            small * n
+        )));
+    }
+    Ok(())
+}
+
+/// Sum over ranks in chunks of at most `bucket` elements (DDP's gradient
+/// buckets: bounded staging memory per call, and one call per bucket).
+pub fn all_reduce_sum_bucketed(
+    comm: &dyn Collective,
+    buf: &mut [f32],
+    bucket: usize,
+) -> Result<(), DistError> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    for chunk in buf.chunks_mut(bucket.max(1)) {
+        comm.all_reduce_sum(chunk)?;
+    }
+    Ok(())
+}
+
+/// One process: every collective is the identity.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SingleProcess;
+
+impl Collective for SingleProcess {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        1
+    }
+    fn name(&self) -> &'static str {
+        "single"
+    }
+    fn all_reduce_sum(&self, _buf: &mut [f32]) -> Result<(), DistError> {
+        Ok(())
+    }
+    fn all_gather(&self, local: &[f32], out: &mut [f32]) -> Result<(), DistError> {
+        check_blocks("all_gather", local.len(), out.len(), 1)?;
+        out.copy_from_slice(local);
+        Ok(())
+    }
+    fn reduce_scatter_sum(&self, full: &[f32], out: &mut [f32]) -> Result<(), DistError> {
+        check_blocks("reduce_scatter", out.len(), full.len(), 1)?;
+        out.copy_from_slice(full);
+        Ok(())
+    }
+    fn broadcast(&self, _buf: &mut [f32], root: usize) -> Result<(), DistError> {
+        if root != 0 {
+            return Err(DistError::Shape(format!(
+                "broadcast from rank {root} in a world of 1"
+            )));
+        }
+        Ok(())
+    }
+    fn barrier(&self) -> Result<(), DistError> {
+        Ok(())
+    }
+}
+
+/// MPI over `MPI_COMM_WORLD` (host memory; CPU training and bootstrap).
+#[cfg(feature = "mpi")]
+pub struct Mpi {
+    // Keeps MPI initialised; MPI_Finalize runs when it drops.
+    _universe: mpi::environment::Universe,
+    world: mpi::topology::SimpleCommunicator,
+}
+
+#[cfg(feature = "mpi")]
+impl Mpi {
+    /// Initialise MPI (once per process) and take the world communicator.
+    pub fn init() -> Result<Self, DistError> {
+        let universe = mpi::initialize().ok_or_else(|| {
+            DistError::Backend("MPI was already initialised in this process".into())
+        })?;
+        let world = universe.world();
+        Ok(Mpi {
+            _universe: universe,
+            world,
+        })
+    }
+}
+
+#[cfg(feature = "mpi")]
+impl Collective for Mpi {
+    fn rank(&self) -> usize {
+        use mpi::topology::Communicator;
+        self.world.rank() as usize
+    }
+    fn size(&self) -> usize {
+        use mpi::topology::Communicator;
+        self.world.size() as usize
+    }
+    fn name(&self) -> &'static str {
+        "mpi"
+    }
+    fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<(), DistError> {
+        use mpi::collective::{CommunicatorCollectives, SystemOperation};
+        let send = buf.to_vec();
+        self.world
+            .all_reduce_into(&send[..], buf, SystemOperation::sum());
+        Ok(())
+    }
+    fn all_gather(&self, local: &[f32], out: &mut [f32]) -> Result<(), DistError> {
+        use mpi::collective::CommunicatorCollectives;
+        check_blocks("all_gather", local.len(), out.len(), self.size())?;
+        self.world.all_gather_into(local, out);
+        Ok(())
+    }
+    fn reduce_scatter_sum(&self, full: &[f32], out: &mut [f32]) -> Result<(), DistError> {
+        use mpi::collective::{CommunicatorCollectives, SystemOperation};
+        check_blocks("reduce_scatter", out.len(), full.len(), self.size())?;
+        self.world
+            .reduce_scatter_block_into(full, out, SystemOperation::sum());
+        Ok(())
+    }
+    fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<(), DistError> {
+        use mpi::collective::Root;
+        use mpi::topology::Communicator;
+        if root >= self.size() {
+            return Err(DistError::Shape(format!(
+                "broadcast from rank {root} in a world of {}",
+                self.size()
+            )));
+        }
+        self.world.process_at_rank(root as i32).broadcast_into(buf);
+        Ok(())
+    }
+    fn barrier(&self) -> Result<(), DistError> {
+        use mpi::collective::CommunicatorCollectives;
+        self.world.barrier();
+        Ok(())
+    }
+}
+
+/// The collective backend for `world`: the identity for one process, MPI
+/// when a launcher started several. MPI's own view of the world must agree
+/// with the launcher's environment.
+pub fn connect(world: &World) -> Result<Box<dyn Collective>, DistError> {
+    if world.size == 1 {
+        return Ok(Box::new(SingleProcess));
+    }
+    #[cfg(feature = "mpi")]
+    {
+        let mpi = Mpi::init()?;
+        if (mpi.rank(), mpi.size()) != (world.rank, world.size) {
+            return Err(DistError::Backend(format!(
+                "MPI says rank {} of {}, but the {} environment says rank {} of {}: start every rank with the same launcher (mpirun, or srun --mpi=pmix)",
+                mpi.rank(),
+                mpi.size(),
+                world.launcher,
+                world.rank,
+                world.size
+            )));
+        }
+        Ok(Box::new(mpi))
+    }
+    #[cfg(not(feature = "mpi"))]
+    Err(DistError::Backend(format!(
+        "started as rank {} of {} by {}, but this binary was built without MPI: rebuild with the default features (needs OpenMPI: launch/setup.sh installs it)",
+        world.rank, world.size, world.launcher
+    )))
+}
+
+/// Check every collective against values each rank can predict; returns a
+/// one-line report. Run under a launcher: `orrery dist selftest`.
+pub fn self_test(comm: &dyn Collective) -> Result<String, DistError> {
+    let (r, n) = (comm.rank(), comm.size());
+    let fail = |what: &str, got: &[f32], want: &[f32]| {
+        Err(DistError::Backend(format!(
+            "rank {r}: {what} gave {got:?}, expected {want:?}"
+        )))
+    };
+    let k = 3;
+    // Rank r holds r * 10 + i.
+    let local: Vec<f32> = (0..k).map(|i| (r * 10 + i) as f32).collect();
+    let mut sum = local.clone();
+    comm.all_reduce_sum(&mut sum)?;
+    let want: Vec<f32> = (0..k)
+        .map(|i| (0..n).map(|q| (q * 10 + i) as f32).sum())
+        .collect();
+    if sum != want {
+        return fail("all_reduce_sum", &sum, &want);
+    }
+    let mut gathered = vec![0.0; k * n];
+    comm.all_gather(&local, &mut gathered)?;
+    let want: Vec<f32> = (0..n)
+        .flat_map(|q| (0..k).map(move |i| (q * 10 + i) as f32))
+        .collect();
+    if gathered != want {
+        return fail("all_gather", &gathered, &want);
+    }
+    // Rank r contributes (r + 1) at every position; block b sums to n(n+1)/2 + b.
+    let full: Vec<f32> = (0..k * n).map(|j| (r + 1 + j / k) as f32).collect();
+    let mut block = vec![0.0; k];
+    comm.reduce_scatter_sum(&full, &mut block)?;
+    let want = vec![(n * (n + 1) / 2 + n * r) as f32; k];
+    if block != want {
+        return fail("reduce_scatter_sum", &block, &want);
+    }
+    let root = n - 1;
+    let mut b: Vec<f32> = vec![r as f32; k];
+    comm.broadcast(&mut b, root)?;
+    if b != vec![root as f32; k] {
+        return fail("broadcast", &b, &vec![root as f32; k]);
+    }
+    let mut big: Vec<f32> = (0..1000).map(|i| (i * (r + 1)) as f32).collect();
+    all_reduce_sum_bucketed(comm, &mut big, 64)?;
+    let tri = (n * (n + 1) / 2) as f32;
+    let want: Vec<f32> = (0..1000).map(|i| i as f32 * tri).collect();
+    if big != want {
+        return fail("bucketed all_reduce (first values)", &big[..4], &want[..4]);
+    }
+    comm.barrier()?;
+    Ok(format!(
+        "rank {r} of {n} ({}): all_reduce, all_gather, reduce_scatter, broadcast, bucketed all_reduce and barrier ok",
+        comm.name()
+    ))
+}

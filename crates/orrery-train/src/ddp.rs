@@ -1,0 +1,79 @@
+//! Data parallelism: every rank holds the whole model, computes the gradient
+//! of its share of the global batch, and the shares are summed over ranks in
+//! buckets, so every rank takes the same optimizer step.
+use std::collections::BTreeMap;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use orrery_dist::{all_reduce_sum_bucketed, Collective};
+
+use crate::Result;
+
+/// Sum named flat gradients over ranks, together with a few scalars (the
+/// loss part, ...) that ride in the last bucket. Names are visited in sorted
+/// order, the same on every rank.
+///
+/// # Shapes
+/// grads: name -> [numel]; scalars: [k]
+pub(crate) fn sum_over_ranks<B: Backend>(
+    comm: &dyn Collective,
+    grads: &mut BTreeMap<String, Tensor<B, 1>>,
+    scalars: &mut [f32],
+    bucket_elems: usize,
+) -> Result<()> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    let device = match grads.values().next() {
+        Some(g) => g.device(),
+        None => return Ok(all_reduce_sum_bucketed(comm, scalars, bucket_elems)?),
+    };
+    // Flatten: [sum of numel + k]
+    let mut flat: Vec<f32> = Vec::new();
+    let mut sizes = Vec::with_capacity(grads.len());
+    for g in grads.values() {
+        let v: Vec<f32> = g
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .expect("f32");
+        sizes.push(v.len());
+        flat.extend(v);
+    }
+    flat.extend_from_slice(scalars);
+    all_reduce_sum_bucketed(comm, &mut flat, bucket_elems)?;
+    let mut at = 0;
+    for (g, n) in grads.values_mut().zip(sizes) {
+        *g = Tensor::from_data(TensorData::new(flat[at..at + n].to_vec(), [n]), &device);
+        at += n;
+    }
+    scalars.copy_from_slice(&flat[at..]);
+    Ok(())
+}
+
+/// Copy rank 0's named flat tensors to every rank (identical start even if
+/// a backend's RNG differed between processes).
+///
+/// # Shapes
+/// weights: name -> [numel]
+pub(crate) fn broadcast_from_rank0<B: Backend>(
+    comm: &dyn Collective,
+    weights: &mut BTreeMap<String, Tensor<B, 1>>,
+) -> Result<()> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    for w in weights.values_mut() {
+        let mut v: Vec<f32> = w
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .expect("f32");
+        comm.broadcast(&mut v, 0)?;
+        let n = v.len();
+        *w = Tensor::from_data(TensorData::new(v, [n]), &w.device());
+    }
+    Ok(())
+}
