@@ -67,6 +67,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         warmup: usize,
     },
+    /// Bandwidth of all_reduce, all_gather and reduce_scatter next to raw MPI
+    /// (run under `orrery launch -n N`, N >= 2).
+    Comm {
+        /// Buffer sizes per rank in MiB.
+        #[arg(long, value_delimiter = ',', default_values_t = [1.0, 16.0, 64.0])]
+        sizes_mb: Vec<f64>,
+        /// Timed calls per size and operation (the median is reported).
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+    },
 }
 
 #[derive(Args)]
@@ -395,7 +405,7 @@ fn is_root() -> bool {
 fn run_dist(cmd: DistCommand) -> Result<()> {
     let DistCommand::Selftest = cmd;
     let world = orrery_dist::World::from_env()?;
-    let comm = orrery_dist::connect(&world)?;
+    let comm = orrery_dist::connect(&world, std::time::Duration::from_secs(60))?;
     println!("{}", orrery_dist::self_test(comm.as_ref())?);
     Ok(())
 }
@@ -435,13 +445,63 @@ fn run_weights(config: PathBuf, set: Vec<String>, bins: usize) -> Result<()> {
     Ok(())
 }
 
+fn run_bench_comm(sizes_mb: Vec<f64>, iters: usize) -> Result<()> {
+    if iters == 0 || sizes_mb.iter().any(|&s| !(s > 0.0)) {
+        bail!("--iters and every --sizes-mb value must be positive");
+    }
+    let world = orrery_dist::World::from_env()?;
+    if world.size < 2 {
+        bail!("bench comm measures communication between ranks: run it as `orrery launch -n 2 -- bench comm` (or more ranks)");
+    }
+    let comm = orrery_dist::connect(&world, std::time::Duration::from_secs(600))?;
+    #[cfg(feature = "mpi")]
+    {
+        let elems: Vec<usize> = sizes_mb
+            .iter()
+            .map(|mb| (mb * 1024.0 * 1024.0 / 4.0) as usize)
+            .collect();
+        let rows = orrery_dist::bench_collectives(comm.as_ref(), &elems, iters)?;
+        if world.rank == 0 {
+            println!(
+                "{} ranks over {} ({}), f32 buffers, median of {iters} calls; busbw in the nccl-tests convention",
+                world.size,
+                comm.name(),
+                world.launcher
+            );
+            println!("| op | MiB per rank | orrery (ms) | raw MPI (ms) | orrery busbw (GB/s) | raw busbw (GB/s) | raw time / orrery time |");
+            println!("|---|---|---|---|---|---|---|");
+            for r in rows {
+                println!(
+                    "| {} | {:.1} | {:.3} | {:.3} | {:.2} | {:.2} | {:.2} |",
+                    r.op,
+                    r.bytes as f64 / 1048576.0,
+                    r.orrery_s * 1e3,
+                    r.raw_s * 1e3,
+                    r.orrery_busbw,
+                    r.raw_busbw,
+                    r.raw_s / r.orrery_s
+                );
+            }
+        }
+        Ok(())
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        let _ = comm;
+        bail!("this binary was built without MPI")
+    }
+}
+
 fn run_bench(cmd: BenchCommand) -> Result<()> {
-    let BenchCommand::Step {
-        config,
-        set,
-        steps,
-        warmup,
-    } = cmd;
+    let (config, set, steps, warmup) = match cmd {
+        BenchCommand::Comm { sizes_mb, iters } => return run_bench_comm(sizes_mb, iters),
+        BenchCommand::Step {
+            config,
+            set,
+            steps,
+            warmup,
+        } => (config, set, steps, warmup),
+    };
     if steps == 0 {
         bail!("--steps must be at least 1");
     }
@@ -451,6 +511,12 @@ fn run_bench(cmd: BenchCommand) -> Result<()> {
     let min = b.step_s.iter().copied().fold(f64::INFINITY, f64::min);
     let median = b.median_step();
     let data = b.data_s.iter().sum::<f64>() / b.data_s.len() as f64;
+    if b.rank != 0 {
+        return Ok(());
+    }
+    let mut comm = b.comm_s.clone();
+    comm.sort_by(f64::total_cmp);
+    let comm = comm[comm.len() / 2];
     println!(
         "config {}: {} params, batch {}, {} tokens/sample, {:?} on {} thread(s)",
         config.display(),
@@ -466,6 +532,13 @@ fn run_bench(cmd: BenchCommand) -> Result<()> {
     println!("| step time, mean (s) | {mean:.4} |");
     println!("| step time, min (s) | {min:.4} |");
     println!("| data to device, mean (s) | {data:.5} |");
+    println!("| ranks | {} |", b.ranks);
+    println!("| communication per step, median (s) | {comm:.4} |");
+    println!(
+        "| bytes into all_reduce per rank per step | {} ({:.2} MiB) |",
+        b.comm_bytes,
+        b.comm_bytes as f64 / 1048576.0
+    );
     println!(
         "| samples/s (median step) | {:.1} |",
         b.batch as f64 / median

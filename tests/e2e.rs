@@ -384,7 +384,7 @@ fn bad_input_gets_a_clear_error() {
 }
 
 /// The launched ranks' processes of a run, by rank (read from their environment).
-fn rank_pids(rank: &str) -> Vec<u32> {
+fn rank_pids(rank: &str, run: &str) -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -394,7 +394,7 @@ fn rank_pids(rank: &str) -> Vec<u32> {
             continue;
         };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let is_train = String::from_utf8_lossy(&cmdline).contains("killme");
+        let is_train = String::from_utf8_lossy(&cmdline).contains(run);
         let is_rank = env
             .split(|&b| b == 0)
             .any(|kv| kv == format!("OMPI_COMM_WORLD_RANK={rank}").as_bytes());
@@ -413,6 +413,23 @@ fn ddp_over_mpi_matches_one_process_and_a_lost_rank_ends_the_job() {
         &dir,
     ));
     assert_eq!(selftest.matches("barrier ok").count(), 4, "{selftest}");
+    let bench = ok(orrery(
+        &[
+            "launch",
+            "-n",
+            "2",
+            "--",
+            "bench",
+            "comm",
+            "--sizes-mb",
+            "0.01",
+            "--iters",
+            "2",
+        ],
+        &dir,
+    ));
+    assert_eq!(bench.matches("| all_reduce |").count(), 1, "{bench}");
+    user_error(orrery(&["bench", "comm"], &dir), "orrery launch -n 2");
 
     ok(orrery(&["train", "tiny.toml", "--run-dir", "one"], &dir));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/compare_ckpt.py");
@@ -476,6 +493,35 @@ fn ddp_over_mpi_matches_one_process_and_a_lost_rank_ends_the_job() {
     assert!(err.contains("[rank 2 of 3]"), "{err}");
 
     // Kill rank 1 of a long run: the job must end, non-zero, naming rank 1.
+    let (out, waited) = stop_rank_one(&dir, "killme", "KILL", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the job survived a lost rank");
+    assert!(waited < 60.0, "the job took {waited} s to end");
+    assert!(stderr.contains("rank 1"), "{stderr}");
+
+    // Stop (hang) rank 1: rank 0's collective deadline ends the job.
+    let (out, waited) = stop_rank_one(
+        &dir,
+        "hangme",
+        "SIGSTOP",
+        &["--set", "parallel.timeout_s=3"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the job survived a hung rank");
+    assert!(
+        waited < 60.0,
+        "the job took {waited} s to end after the hang"
+    );
+    assert!(
+        stderr.contains("[rank 0 of 2]") && stderr.contains("hung or lost"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Start a 2-rank run in `run`, send `signal` to rank 1 once it trains, and
+/// return the job's output and the seconds it took to end after the signal.
+fn stop_rank_one(dir: &Path, run: &str, signal: &str, extra: &[&str]) -> (Output, f64) {
     let child = Command::new(env!("CARGO_BIN_EXE_orrery"))
         .args([
             "launch",
@@ -485,35 +531,30 @@ fn ddp_over_mpi_matches_one_process_and_a_lost_rank_ends_the_job() {
             "train",
             "tiny.toml",
             "--run-dir",
-            "killme",
-            "--set",
-            "run.steps=100000",
+            run,
         ])
-        .current_dir(&dir)
+        .args(["--set", "run.steps=100000"])
+        .args(extra)
+        .current_dir(dir)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let started = std::time::Instant::now();
-    while !dir.join("killme/metrics.jsonl").is_file() {
+    while !dir.join(run).join("metrics.jsonl").is_file() {
         assert!(
             started.elapsed().as_secs() < 120,
             "the 2-rank run never started"
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let victims = rank_pids("1");
+    let victims = rank_pids("1", run);
     assert_eq!(victims.len(), 1, "rank 1's process: {victims:?}");
     Command::new("kill")
-        .args(["-9", &victims[0].to_string()])
+        .args([&format!("-{signal}"), &victims[0].to_string()])
         .status()
         .unwrap();
-    let killed_at = std::time::Instant::now();
+    let at = std::time::Instant::now();
     let out = child.wait_with_output().unwrap();
-    let waited = killed_at.elapsed().as_secs_f64();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the job survived a lost rank");
-    assert!(waited < 60.0, "the job took {waited} s to end");
-    assert!(stderr.contains("rank 1"), "{stderr}");
-    std::fs::remove_dir_all(&dir).unwrap();
+    (out, at.elapsed().as_secs_f64())
 }

@@ -16,11 +16,18 @@
 //! ```
 #![deny(missing_docs)]
 
+mod bench;
 mod collective;
 
 #[cfg(feature = "mpi")]
+pub use bench::bench_collectives;
+pub use bench::CommRow;
+
+#[cfg(feature = "mpi")]
 pub use collective::Mpi;
-pub use collective::{all_reduce_sum_bucketed, connect, self_test, Collective, SingleProcess};
+pub use collective::{
+    all_reduce_sum_bucketed, connect, self_test, Collective, Deadline, SingleProcess,
+};
 
 /// Errors from discovering the world.
 #[derive(Debug, thiserror::Error)]

@@ -29,6 +29,14 @@ pub struct StepBench {
     pub data_s: Vec<f64>,
     /// Approximate training FLOPs per step (6 N T for matmuls plus attention).
     pub flops_per_step: f64,
+    /// Ranks (the global batch is split over them).
+    pub ranks: usize,
+    /// This process's rank.
+    pub rank: usize,
+    /// Seconds of each timed step spent in collectives.
+    pub comm_s: Vec<f64>,
+    /// Bytes each rank sends into all_reduce per step.
+    pub comm_bytes: usize,
 }
 
 impl StepBench {
@@ -53,6 +61,12 @@ fn bench_on<B: AutodiffBackend>(
     warmup: usize,
     device: B::Device,
 ) -> Result<StepBench> {
+    let world = orrery_dist::World::from_env()?;
+    cfg.validate_world(world.size)?;
+    let comm = orrery_dist::connect(
+        &world,
+        std::time::Duration::from_secs_f64(cfg.parallel.timeout_s),
+    )?;
     let data = Dataset::open(&cfg.data.url, cfg.data.holdout_clips)?;
     B::seed(&device, cfg.run.seed);
     let mut model: Dit<B> = cfg.model.init(&device)?;
@@ -65,7 +79,7 @@ fn bench_on<B: AutodiffBackend>(
         cfg.run.seed,
         cfg.data.global_batch,
         cfg.model.frames,
-        (0, 1),
+        (world.rank, world.size),
         Cursor::default(),
     )?;
     let (mut optim, mut ema) = (AdamW::default(), Ema::new(BTreeMap::new()));
@@ -86,6 +100,10 @@ fn bench_on<B: AutodiffBackend>(
         step_s: Vec::new(),
         data_s: Vec::new(),
         flops_per_step: per_sample * cfg.data.global_batch as f64,
+        ranks: world.size,
+        rank: world.rank,
+        comm_s: Vec::new(),
+        comm_bytes: 0,
     };
     if let Some(n) = std::env::var("RAYON_NUM_THREADS")
         .ok()
@@ -97,20 +115,22 @@ fn bench_on<B: AutodiffBackend>(
         let t0 = Instant::now();
         let batch = to_device::<B>(&loader.next_batch(), m.num_actions as i64, &device);
         let t1 = Instant::now();
-        let (next, _) = train_step(
+        let (next, out) = train_step(
             cfg,
             model,
             &batch,
             step as u64,
             (&mut optim, &mut ema),
             &shapes,
-            &orrery_dist::SingleProcess,
+            comm.as_ref(),
         )?;
         model = next;
         let t2 = Instant::now();
         if step >= warmup {
             bench.data_s.push((t1 - t0).as_secs_f64());
             bench.step_s.push((t2 - t1).as_secs_f64());
+            bench.comm_s.push(out.comm_s);
+            bench.comm_bytes = out.comm_bytes;
         }
     }
     Ok(bench)

@@ -108,6 +108,9 @@ pub struct ParallelConfig {
     pub strategy: Strategy,
     /// DDP gradient bucket size in MiB (one all_reduce per bucket).
     pub bucket_mb: f64,
+    /// Seconds a collective may wait for the other ranks before this rank
+    /// ends the job (a hung or lost peer).
+    pub timeout_s: f64,
 }
 
 impl Default for ParallelConfig {
@@ -115,6 +118,7 @@ impl Default for ParallelConfig {
         Self {
             strategy: Strategy::Ddp,
             bucket_mb: 25.0,
+            timeout_s: 600.0,
         }
     }
 }
@@ -363,6 +367,12 @@ impl TrainConfig {
             return bad(format!(
                 "parallel.bucket_mb = {} must be positive",
                 self.parallel.bucket_mb
+            ));
+        }
+        if !(self.parallel.timeout_s > 0.0 && self.parallel.timeout_s.is_finite()) {
+            return bad(format!(
+                "parallel.timeout_s = {} must be positive",
+                self.parallel.timeout_s
             ));
         }
         if self.parallel.strategy == Strategy::Fsdp {

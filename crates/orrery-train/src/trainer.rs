@@ -153,7 +153,7 @@ pub fn train_on<B: AutodiffBackend>(
 ) -> Result<TrainSummary> {
     let world = World::from_env()?;
     cfg.validate_world(world.size)?;
-    let comm = connect(&world)?;
+    let comm = connect(&world, Duration::from_secs_f64(cfg.parallel.timeout_s))?;
     // Rank 0 logs and writes the run directory; the others compute.
     let main = world.is_main();
     let say = |msg: String| {
@@ -454,6 +454,10 @@ pub(crate) struct StepOut {
     pub grad_norm: f64,
     /// Learning rate used.
     pub lr: f64,
+    /// Seconds spent in collectives.
+    pub comm_s: f64,
+    /// Bytes each rank sent into all_reduce (0 for one process).
+    pub comm_bytes: usize,
 }
 
 /// One optimizer step: loss, backward, clip, AdamW, EMA. Nothing is changed
@@ -473,17 +477,26 @@ pub(crate) fn train_step<B: AutodiffBackend>(
     // rank's part is normalised by the global count, so the parts' gradients
     // sum to the single-process gradient.
     let mut frames = [plan.loss_mask.iter().sum::<f32>()];
+    let t_comm = Instant::now();
     comm.all_reduce_sum(&mut frames)?;
+    let mut comm_s = t_comm.elapsed().as_secs_f64();
     let loss = obj.loss_part(&denoiser(&model), batch, plan, frames[0])?;
     let mut loss_value = [loss.clone().into_scalar().elem::<f32>()];
     let mut grads = GradientsParams::from_grads(loss.backward(), &model);
     let mut grads = named_grads(&model, &mut grads);
+    let t_comm = Instant::now();
     crate::ddp::sum_over_ranks(
         comm,
         &mut grads,
         &mut loss_value,
         cfg.parallel.bucket_elems(),
     )?;
+    comm_s += t_comm.elapsed().as_secs_f64();
+    let comm_bytes = if comm.size() > 1 {
+        4 * (1 + loss_value.len() + grads.values().map(|g| g.dims()[0]).sum::<usize>())
+    } else {
+        0
+    };
     let loss_value = loss_value[0] as f64;
     let norm = global_norm(&grads);
     if !loss_value.is_finite() || !norm.is_finite() {
@@ -521,6 +534,8 @@ pub(crate) fn train_step<B: AutodiffBackend>(
             loss: loss_value,
             grad_norm: norm,
             lr,
+            comm_s,
+            comm_bytes,
         },
     ))
 }
