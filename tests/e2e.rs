@@ -490,7 +490,8 @@ fn ddp_over_mpi_matches_one_process_and_a_lost_rank_ends_the_job() {
         orrery(&["launch", "-n", "3", "--", "train", "tiny.toml"], &dir),
         "does not split evenly over 3 ranks",
     );
-    assert!(err.contains("[rank 2 of 3]"), "{err}");
+    // mpirun ends the job at the first failing rank: at least one rank says it.
+    assert!(err.contains(" of 3] error:"), "{err}");
 
     // Kill rank 1 of a long run: the job must end, non-zero, naming rank 1.
     let (out, waited) = stop_rank_one(&dir, "killme", "KILL", &[]);
@@ -504,7 +505,7 @@ fn ddp_over_mpi_matches_one_process_and_a_lost_rank_ends_the_job() {
         &dir,
         "hangme",
         "SIGSTOP",
-        &["--set", "parallel.timeout_s=3"],
+        &["--set", "parallel.timeout_s=5"],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the job survived a hung rank");
