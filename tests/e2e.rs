@@ -559,3 +559,96 @@ fn stop_rank_one(dir: &Path, run: &str, signal: &str, extra: &[&str]) -> (Output
     let out = child.wait_with_output().unwrap();
     (out, at.elapsed().as_secs_f64())
 }
+
+/// A real one-host Slurm cluster with two node names (tests/slurm/cluster.sh):
+/// launch/slurm/train.sbatch runs 2 tasks on each node and must end with the
+/// same weights as a 4-rank mpirun of the same config.
+#[test]
+fn slurm_sbatch_across_two_nodes_matches_mpirun() {
+    let dir = tiny_dir("slurm");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let state = dir.join("cluster");
+    let cluster = root.join("tests/slurm/cluster.sh");
+    let start = Command::new("bash")
+        .arg(&cluster)
+        .arg("start")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(
+        start.status.success(),
+        "cluster did not start:\n{}{}",
+        String::from_utf8_lossy(&start.stdout),
+        String::from_utf8_lossy(&start.stderr)
+    );
+    let conf = state.join("slurm.conf");
+    let job = Command::new("timeout")
+        .args([
+            "300",
+            "sbatch",
+            "--wait",
+            "--nodes",
+            "2",
+            "--ntasks-per-node",
+            "2",
+        ])
+        .arg(root.join("launch/slurm/train.sbatch"))
+        .args(["tiny.toml", "--run-dir", "slurm"])
+        .current_dir(&dir)
+        .env("SLURM_CONF", &conf)
+        .env("ORRERY", env!("CARGO_BIN_EXE_orrery"))
+        // One host: OpenMPI's shared-memory transport fails across the fake nodes.
+        .env("OMPI_MCA_btl", "self,tcp")
+        .output()
+        .unwrap();
+    let log: String = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("orrery-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    let stop = Command::new("bash")
+        .arg(&cluster)
+        .arg("stop")
+        .arg(&state)
+        .status();
+    assert!(
+        job.status.success(),
+        "sbatch failed ({}): {}{}\njob log:\n{log}",
+        job.status,
+        String::from_utf8_lossy(&job.stdout),
+        String::from_utf8_lossy(&job.stderr)
+    );
+    assert!(stop.unwrap().success());
+    assert!(log.contains("2 nodes") && log.contains("4 tasks"), "{log}");
+    assert_eq!(log.matches("trained steps 0..6").count(), 1, "{log}");
+
+    ok(orrery(
+        &[
+            "launch",
+            "-n",
+            "4",
+            "--",
+            "train",
+            "tiny.toml",
+            "--run-dir",
+            "mpirun",
+        ],
+        &dir,
+    ));
+    let diff = python(&[
+        root.join("tests/python/compare_ckpt.py").to_str().unwrap(),
+        dir.join("mpirun/checkpoints/step_00000006")
+            .to_str()
+            .unwrap(),
+        dir.join("slurm/checkpoints/step_00000006")
+            .to_str()
+            .unwrap(),
+    ]);
+    let d: serde_json::Value = serde_json::from_str(diff.trim()).unwrap();
+    for part in ["model", "ema", "optimizer"] {
+        let v = d[part].as_f64().unwrap();
+        assert!(v < 1e-5, "slurm vs mpirun: {part} differs by {v}: {diff}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
