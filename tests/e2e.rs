@@ -485,6 +485,41 @@ fn ddp_over_mpi_matches_one_process_and_a_lost_rank_ends_the_job() {
         }
     }
 
+    // Elastic resume: stop after 3 steps on 2 ranks and finish on 1, and
+    // from 1 rank to 4; both end where the uninterrupted single run ends.
+    for (first, second, run) in [("2", "1", "elastic21"), ("1", "4", "elastic14")] {
+        for (n, extra) in [(first, &["--stop-after", "3"][..]), (second, &[][..])] {
+            let mut args = vec![
+                "launch",
+                "-n",
+                n,
+                "--",
+                "train",
+                "tiny.toml",
+                "--run-dir",
+                run,
+            ];
+            args.extend(extra);
+            ok(orrery(&args, &dir));
+        }
+        let diff = python(&[
+            script.to_str().unwrap(),
+            single.to_str().unwrap(),
+            dir.join(run)
+                .join("checkpoints/step_00000006")
+                .to_str()
+                .unwrap(),
+        ]);
+        let d: serde_json::Value = serde_json::from_str(diff.trim()).unwrap();
+        for part in ["model", "ema", "optimizer"] {
+            let v = d[part].as_f64().unwrap();
+            assert!(
+                v < 1e-5,
+                "{run}: {part} differs by {v} from one process: {diff}"
+            );
+        }
+    }
+
     // A batch that does not split over the ranks is refused by every rank.
     let err = user_error(
         orrery(&["launch", "-n", "3", "--", "train", "tiny.toml"], &dir),
