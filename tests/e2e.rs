@@ -434,8 +434,10 @@ fn ddp_over_mpi_matches_one_process_and_a_lost_rank_ends_the_job() {
     ok(orrery(&["train", "tiny.toml", "--run-dir", "one"], &dir));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/compare_ckpt.py");
     let single = dir.join("one/checkpoints/step_00000006");
-    for n in ["2", "4"] {
-        let run = format!("ranks{n}");
+    // 2 and 4 ranks, and 2 with gradient accumulation over 1-clip micro-batches.
+    for (n, micro) in [("2", "0"), ("4", "0"), ("2", "1")] {
+        let run = format!("ranks{n}micro{micro}");
+        let set = format!("data.micro_batch={micro}");
         let out = ok(orrery(
             &[
                 "launch",
@@ -446,6 +448,8 @@ fn ddp_over_mpi_matches_one_process_and_a_lost_rank_ends_the_job() {
                 "tiny.toml",
                 "--run-dir",
                 &run,
+                "--set",
+                &set,
             ],
             &dir,
         ));
@@ -520,6 +524,10 @@ fn ddp_over_mpi_matches_one_process_and_a_lost_rank_ends_the_job() {
         }
     }
 
+    user_error(
+        orrery(&["train", "tiny.toml", "--set", "data.micro_batch=3"], &dir),
+        "data.micro_batch = 3 does not divide",
+    );
     // A batch that does not split over the ranks is refused by every rank.
     let err = user_error(
         orrery(&["launch", "-n", "3", "--", "train", "tiny.toml"], &dir),

@@ -78,6 +78,10 @@ pub struct DataConfig {
     pub global_batch: usize,
     /// Clips held out for evaluation and rollouts (the last by clip id).
     pub holdout_clips: usize,
+    /// Clips per forward/backward pass on a rank; the rank's share of the
+    /// global batch is split into micro-batches of this size and their
+    /// gradients accumulated (0 = the whole share at once).
+    pub micro_batch: usize,
 }
 
 impl Default for DataConfig {
@@ -86,6 +90,7 @@ impl Default for DataConfig {
             url: "data/quickstart".into(),
             global_batch: 16,
             holdout_clips: 16,
+            micro_batch: 0,
         }
     }
 }
@@ -296,6 +301,13 @@ impl TrainConfig {
                 "data.global_batch = {b} does not split evenly over {ranks} ranks: set it to a multiple of {ranks} (e.g. {}{higher}) or run {} ranks",
                 if lower > 0 { format!("{lower} or ") } else { String::new() },
                 divisors_hint(b, ranks)
+            )));
+        }
+        let share = b / ranks;
+        let m = self.data.micro_batch;
+        if m > 0 && share % m != 0 {
+            return Err(TrainError::Config(format!(
+                "data.micro_batch = {m} does not divide the {share} clips each of the {ranks} ranks gets (data.global_batch = {b}): pick a divisor of {share}, or 0 for the whole share"
             )));
         }
         Ok(())

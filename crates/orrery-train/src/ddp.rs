@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use orrery_diffusion::TrainBatch;
 use orrery_dist::{all_reduce_sum_bucketed, Collective};
 
 use crate::Result;
@@ -50,6 +51,29 @@ pub(crate) fn sum_over_ranks<B: Backend>(
     }
     scalars.copy_from_slice(&flat[at..]);
     Ok(())
+}
+
+/// Split a rank's batch into micro-batches of `size` rows (0 = one piece).
+///
+/// # Shapes
+/// latents [b, t, c, h, w] -> b / size x [size, t, c, h, w]
+pub(crate) fn micro_batches<B: Backend>(batch: &TrainBatch<B>, size: usize) -> Vec<TrainBatch<B>> {
+    let b = batch.sample_ids.len();
+    if size == 0 || size >= b {
+        return vec![batch.clone()];
+    }
+    (0..b)
+        .step_by(size)
+        .map(|start| {
+            let len = size.min(b - start);
+            TrainBatch {
+                latents: batch.latents.clone().narrow(0, start, len),
+                actions: batch.actions.clone().map(|a| a.narrow(0, start, len)),
+                null_action: batch.null_action,
+                sample_ids: batch.sample_ids[start..start + len].to_vec(),
+            }
+        })
+        .collect()
 }
 
 /// Copy rank 0's named flat tensors to every rank (identical start even if

@@ -472,18 +472,35 @@ pub(crate) fn train_step<B: AutodiffBackend>(
     comm: &dyn Collective,
 ) -> Result<(Dit<B>, StepOut)> {
     let obj = &cfg.objective;
-    let plan = obj.plan(cfg.run.seed, step, &batch.sample_ids, batch.latents.dims());
+    let micro = crate::ddp::micro_batches(batch, cfg.data.micro_batch);
+    let plans: Vec<_> = micro
+        .iter()
+        .map(|m| obj.plan(cfg.run.seed, step, &m.sample_ids, m.latents.dims()))
+        .collect();
     // The loss is a mean over the global batch's frames in the loss: each
-    // rank's part is normalised by the global count, so the parts' gradients
-    // sum to the single-process gradient.
-    let mut frames = [plan.loss_mask.iter().sum::<f32>()];
+    // rank's (and micro-batch's) part is normalised by the global count, so
+    // the parts' gradients sum to the single-process gradient.
+    let mut frames = [plans
+        .iter()
+        .map(|p| p.loss_mask.iter().sum::<f32>())
+        .sum::<f32>()];
     let t_comm = Instant::now();
     comm.all_reduce_sum(&mut frames)?;
     let mut comm_s = t_comm.elapsed().as_secs_f64();
-    let loss = obj.loss_part(&denoiser(&model), batch, plan, frames[0])?;
-    let mut loss_value = [loss.clone().into_scalar().elem::<f32>()];
-    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-    let mut grads = named_grads(&model, &mut grads);
+    let mut loss_value = [0f32];
+    let mut grads: BTreeMap<String, Tensor<B::InnerBackend, 1>> = BTreeMap::new();
+    for (m, plan) in micro.iter().zip(plans) {
+        let loss = obj.loss_part(&denoiser(&model), m, plan, frames[0])?;
+        loss_value[0] += loss.clone().into_scalar().elem::<f32>();
+        let mut g = GradientsParams::from_grads(loss.backward(), &model);
+        for (name, g) in named_grads(&model, &mut g) {
+            let sum = match grads.remove(&name) {
+                Some(acc) => acc + g,
+                None => g,
+            };
+            grads.insert(name, sum);
+        }
+    }
     let t_comm = Instant::now();
     crate::ddp::sum_over_ranks(
         comm,
