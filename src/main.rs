@@ -353,8 +353,9 @@ fn run_launch(args: LaunchArgs) -> Result<()> {
     cmd.arg("-n").arg(args.ranks.to_string());
     if let Some(h) = &args.hostfile {
         cmd.arg("--hostfile").arg(h);
-    } else if args.ranks > cores {
-        // One machine with fewer cores than ranks: allow it (tests, CPU runs).
+    } else {
+        // One machine: OpenMPI counts physical cores as slots, so more ranks
+        // than that (hyper-threads, tests) needs --oversubscribe.
         cmd.arg("--oversubscribe");
     }
     if is_root() {

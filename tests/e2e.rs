@@ -484,6 +484,7 @@ fn ddp_over_mpi_matches_one_process_and_a_lost_rank_ends_the_job() {
                 })
                 .collect()
         };
+        assert_eq!(losses("one").len(), losses(&run).len());
         for (a, b) in losses("one").iter().zip(losses(&run)) {
             assert!((a - b).abs() < 1e-5, "{n} ranks: loss {b} vs {a}");
         }
@@ -528,6 +529,34 @@ fn ddp_over_mpi_matches_one_process_and_a_lost_rank_ends_the_job() {
         orrery(&["train", "tiny.toml", "--set", "data.micro_batch=3"], &dir),
         "data.micro_batch = 3 does not divide",
     );
+    // A rank that fails alone (rank 0 cannot create the run directory: a
+    // file is in the way) ends the job at once instead of leaving rank 1
+    // waiting in a collective until the 600 s deadline.
+    std::fs::write(dir.join("in_the_way"), "x").unwrap();
+    let t0 = std::time::Instant::now();
+    let err = user_error(
+        orrery(
+            &[
+                "launch",
+                "-n",
+                "2",
+                "--",
+                "train",
+                "tiny.toml",
+                "--run-dir",
+                "in_the_way",
+            ],
+            &dir,
+        ),
+        "[rank 0 of 2] error:",
+    );
+    assert!(
+        t0.elapsed().as_secs() < 60,
+        "took {:?}: {err}",
+        t0.elapsed()
+    );
+    assert!(err.contains("in_the_way"), "{err}");
+
     // A batch that does not split over the ranks is refused by every rank.
     let err = user_error(
         orrery(&["launch", "-n", "3", "--", "train", "tiny.toml"], &dir),

@@ -13,10 +13,19 @@ dir=$(mkdir -p "${2:?a state directory}" && cd "$2" && pwd)
 host=$(hostname)
 
 stop() {
-  for pid in "$dir"/*.pid; do
-    [[ -f $pid ]] && kill "$(cat "$pid")" 2>/dev/null || true
+  local pids=()
+  for f in "$dir"/*.pid; do
+    [[ -f $f ]] && pids+=("$(cat "$f")") && rm -f "$f"
   done
-  sleep 1
+  ((${#pids[@]})) || return 0
+  kill "${pids[@]}" 2>/dev/null || true
+  for _ in $(seq 50); do
+    local alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    ((alive)) || return 0
+    sleep 0.2
+  done
+  kill -9 "${pids[@]}" 2>/dev/null || true
 }
 
 if [[ $cmd == stop ]]; then

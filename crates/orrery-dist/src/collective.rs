@@ -22,6 +22,25 @@ pub trait Collective {
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<(), DistError>;
     /// Wait until every rank gets here.
     fn barrier(&self) -> Result<(), DistError>;
+    /// End the whole job now with `code` (MPI_Abort): for a rank that fails
+    /// alone, which must not wait in MPI_Finalize for peers that wait for it.
+    fn abort(&self, code: i32) -> !;
+}
+
+/// Pass `result` through; on an error in a multi-rank job, print it with the
+/// rank and end the whole job (a rank that returned alone would hang the
+/// others, and itself in MPI_Finalize).
+pub fn abort_on_error<T, E: std::fmt::Display>(
+    comm: &dyn Collective,
+    result: Result<T, E>,
+) -> Result<T, E> {
+    match result {
+        Err(e) if comm.size() > 1 => {
+            eprintln!("[rank {} of {}] error: {e}", comm.rank(), comm.size());
+            comm.abort(2)
+        }
+        other => other,
+    }
 }
 
 /// Check the lengths of a gather / scatter pair: `big` must be n times `small`.
@@ -88,6 +107,9 @@ impl Collective for SingleProcess {
     }
     fn barrier(&self) -> Result<(), DistError> {
         Ok(())
+    }
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
     }
 }
 
@@ -169,6 +191,10 @@ impl Collective for Mpi {
         use mpi::collective::CommunicatorCollectives;
         self.world.barrier();
         Ok(())
+    }
+    fn abort(&self, code: i32) -> ! {
+        use mpi::topology::Communicator;
+        self.world.abort(code)
     }
 }
 
@@ -307,7 +333,10 @@ impl Deadline {
                         waited as f64 / 1000.0,
                         timeout.as_secs_f64()
                     );
-                    std::process::exit(3);
+                    // _exit: no atexit handlers or stdio locks while the
+                    // main thread sits inside MPI.
+                    // SAFETY: _exit only ends the process.
+                    unsafe { libc::_exit(3) }
                 }
             })
             .expect("spawn the deadline thread");
@@ -354,5 +383,8 @@ impl Collective for Deadline {
     }
     fn barrier(&self) -> Result<(), DistError> {
         self.watch("barrier", |c| c.barrier())
+    }
+    fn abort(&self, code: i32) -> ! {
+        self.inner.abort(code)
     }
 }

@@ -26,7 +26,8 @@ pub use bench::CommRow;
 #[cfg(feature = "mpi")]
 pub use collective::Mpi;
 pub use collective::{
-    all_reduce_sum_bucketed, connect, self_test, Collective, Deadline, SingleProcess,
+    abort_on_error, all_reduce_sum_bucketed, connect, self_test, Collective, Deadline,
+    SingleProcess,
 };
 
 /// Errors from discovering the world.

@@ -381,9 +381,9 @@ impl TrainConfig {
                 self.parallel.bucket_mb
             ));
         }
-        if !(self.parallel.timeout_s > 0.0 && self.parallel.timeout_s.is_finite()) {
+        if !(self.parallel.timeout_s > 0.0 && self.parallel.timeout_s <= 1e7) {
             return bad(format!(
-                "parallel.timeout_s = {} must be positive",
+                "parallel.timeout_s = {} must be positive and at most 1e7 (about 4 months)",
                 self.parallel.timeout_s
             ));
         }

@@ -70,15 +70,15 @@ pub(crate) fn with_foreign_context(batch: &Batch) -> Batch {
     out
 }
 
-/// The same batch with the last frame's action replaced by a different one
-/// (noop -> up, up -> down -> left -> right -> up).
-pub(crate) fn with_other_last_action(batch: &Batch) -> Batch {
+/// The same batch with the last frame's action replaced by the next one of
+/// the `num_actions` (a different real action, never the null one).
+pub(crate) fn with_other_last_action(batch: &Batch, num_actions: usize) -> Batch {
     let [b, t, ..] = batch.dims;
     let mut out = batch.clone();
     if let Some(actions) = &mut out.actions {
         for i in 0..b {
             let a = &mut actions[i * t + t - 1];
-            *a = if *a == 0 { 1 } else { *a % 4 + 1 };
+            *a = (*a + 1) % num_actions.max(1) as i64;
         }
     }
     out

@@ -154,6 +154,18 @@ pub fn train_on<B: AutodiffBackend>(
     let world = World::from_env()?;
     cfg.validate_world(world.size)?;
     let comm = connect(&world, Duration::from_secs_f64(cfg.parallel.timeout_s))?;
+    let result = train_ranks::<B>(cfg, opts, device, world, comm.as_ref());
+    orrery_dist::abort_on_error(comm.as_ref(), result)
+}
+
+/// The training loop of one rank among `comm`'s.
+fn train_ranks<B: AutodiffBackend>(
+    cfg: TrainConfig,
+    opts: RunOptions,
+    device: B::Device,
+    world: World,
+    comm: &dyn Collective,
+) -> Result<TrainSummary> {
     // Rank 0 logs and writes the run directory; the others compute.
     let main = world.is_main();
     let say = |msg: String| {
@@ -215,11 +227,24 @@ pub fn train_on<B: AutodiffBackend>(
         say(format!("resuming from {} at step {step}", dir.display()));
     }
     if comm.size() > 1 {
+        // Every rank must have resumed from the same checkpoint (a shared
+        // run directory): compare the step with rank 0's, sent exactly as
+        // two 24-bit halves.
+        let mut s0 = [(step >> 24) as f32, (step & 0xFF_FFFF) as f32];
+        comm.broadcast(&mut s0, 0)?;
+        let step0 = ((s0[0] as u64) << 24) | s0[1] as u64;
+        if step0 != step {
+            return Err(TrainError::Config(format!(
+                "rank {} resumed at step {step} but rank 0 at step {step0}: every rank must see the same run directory {} (a shared filesystem)",
+                world.rank,
+                run_dir.display()
+            )));
+        }
         let mut w = BTreeMap::new();
         visit_named(&model, |name, _, _, flat| {
             w.insert(name.to_string(), flat.inner());
         });
-        crate::ddp::broadcast_from_rank0(comm.as_ref(), &mut w)?;
+        crate::ddp::broadcast_from_rank0(comm, &mut w)?;
         model = map_named(model, |name, _, _| Tensor::from_inner(w[name].clone()));
         say(format!(
             "data parallel over {} ranks ({}, started by {}): {} clips per rank per step",
@@ -255,7 +280,7 @@ pub fn train_on<B: AutodiffBackend>(
         &inner_device,
     );
     let other_action = to_device::<B::InnerBackend>(
-        &with_other_last_action(&heldout_host),
+        &with_other_last_action(&heldout_host, cfg.model.num_actions),
         null_action,
         &inner_device,
     );
@@ -312,7 +337,7 @@ pub fn train_on<B: AutodiffBackend>(
             step,
             (&mut optim, &mut ema),
             &shapes,
-            comm.as_ref(),
+            comm,
         )?;
         model = next;
         let (loss_value, norm, lr) = (out.loss, out.grad_norm, out.lr);
