@@ -130,11 +130,7 @@ impl Parameterization {
         eps: Tensor<B, 5>,
         levels: &[f32],
     ) -> Tensor<B, 5> {
-        let coefs = levels.iter().map(|&l| {
-            self.prediction
-                .target_coeffs(&self.interpolant.coeffs(l as f64))
-        });
-        mix(x_0, eps, coefs)
+        self.target_masked(x_0, eps, levels, &vec![1.0; levels.len()])
     }
 
     /// [`Parameterization::target`] with 0 for frames whose `mask` is 0 (out
