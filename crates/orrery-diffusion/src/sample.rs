@@ -53,14 +53,6 @@ impl Sampler {
             _ => Ok(()),
         }
     }
-
-    /// Network evaluations per step (for cost estimates).
-    pub fn evals_per_step(&self) -> usize {
-        match self {
-            Sampler::Heun => 2,
-            _ => 1,
-        }
-    }
 }
 
 /// Everything a sampler needs besides the model.

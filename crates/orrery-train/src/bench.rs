@@ -4,12 +4,12 @@ use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
 use orrery_data::{Cursor, Dataset, Loader};
-use orrery_model::named::visit_named;
 use orrery_model::Dit;
 
 use crate::config::TrainConfig;
 use crate::optim::{AdamW, Ema};
-use crate::trainer::{to_device, train_step};
+use crate::step::train_step;
+use crate::trainer::{join_world, param_shapes, to_device};
 use crate::Result;
 
 /// Timings of a step benchmark.
@@ -61,19 +61,11 @@ fn bench_on<B: AutodiffBackend>(
     warmup: usize,
     device: B::Device,
 ) -> Result<StepBench> {
-    let world = orrery_dist::World::from_env()?;
-    cfg.validate_world(world.size)?;
-    let comm = orrery_dist::connect(
-        &world,
-        std::time::Duration::from_secs_f64(cfg.parallel.timeout_s),
-    )?;
+    let (world, comm) = join_world(cfg)?;
     let data = Dataset::open(&cfg.data.url, cfg.data.holdout_clips)?;
     B::seed(&device, cfg.run.seed);
     let mut model: Dit<B> = cfg.model.init(&device)?;
-    let mut shapes = BTreeMap::new();
-    visit_named(&model, |n, _, s, _| {
-        shapes.insert(n.to_string(), s);
-    });
+    let shapes = param_shapes(&model);
     let mut loader = Loader::new(
         &data.train,
         cfg.run.seed,

@@ -49,6 +49,7 @@ pub mod media;
 pub mod optim;
 mod overrides;
 pub mod sample;
+mod step;
 pub mod tensorboard;
 mod trainer;
 

@@ -6,15 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
-use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use orrery_data::{Batch, Cursor, Dataset, Loader};
 use orrery_diffusion::{DiffusionError, TrainBatch};
 use orrery_dist::{connect, Collective, World};
-use orrery_model::named::{
-    load_host, map_named, named_grads, to_host, visit_named, HostTensor, NamedTensors,
-};
+use orrery_model::named::{load_host, map_named, to_host, visit_named, HostTensor, NamedTensors};
 use orrery_model::{Dit, DitInput};
 
 use crate::checkpoint::{self, Checkpoint, TrainerState};
@@ -23,7 +20,8 @@ use crate::eval::{
     heldout_batch, heldout_loss, next_frame_eval, with_foreign_context, with_other_last_action,
     NextFrameEval,
 };
-use crate::optim::{global_norm, learning_rate, AdamW, Ema};
+use crate::optim::{AdamW, Ema};
+use crate::step::train_step;
 use crate::tensorboard::EventWriter;
 use crate::{Result, TrainError};
 
@@ -145,15 +143,31 @@ pub(crate) fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
     move |e| TrainError::Io(format!("{}: {e}", path.display()))
 }
 
+/// The shape of every named parameter.
+pub(crate) fn param_shapes<B: Backend>(model: &Dit<B>) -> BTreeMap<String, Vec<usize>> {
+    let mut shapes = BTreeMap::new();
+    visit_named(model, |name, _, shape, _| {
+        shapes.insert(name.to_string(), shape);
+    });
+    shapes
+}
+
+/// This process's place among the ranks and its collective backend, after
+/// checking the config against the number of ranks.
+pub(crate) fn join_world(cfg: &TrainConfig) -> Result<(World, Box<dyn Collective>)> {
+    let world = World::from_env()?;
+    cfg.validate_world(world.size)?;
+    let comm = connect(&world, Duration::from_secs_f64(cfg.parallel.timeout_s))?;
+    Ok((world, comm))
+}
+
 /// Train on backend `B` (autodiff) and device.
 pub fn train_on<B: AutodiffBackend>(
     cfg: TrainConfig,
     opts: RunOptions,
     device: B::Device,
 ) -> Result<TrainSummary> {
-    let world = World::from_env()?;
-    cfg.validate_world(world.size)?;
-    let comm = connect(&world, Duration::from_secs_f64(cfg.parallel.timeout_s))?;
+    let (world, comm) = join_world(&cfg)?;
     let result = train_ranks::<B>(cfg, opts, device, world, comm.as_ref());
     orrery_dist::abort_on_error(comm.as_ref(), result)
 }
@@ -185,10 +199,7 @@ fn train_ranks<B: AutodiffBackend>(
 
     B::seed(&device, cfg.run.seed);
     let mut model: Dit<B> = cfg.model.init(&device)?;
-    let mut shapes = BTreeMap::new();
-    visit_named(&model, |name, _, shape, _| {
-        shapes.insert(name.to_string(), shape);
-    });
+    let shapes = param_shapes(&model);
     let from = match &opts.resume {
         Resume::Never => None,
         Resume::Auto => ckpt_dir
@@ -468,214 +479,4 @@ fn train_ranks<B: AutodiffBackend>(
         seconds_per_step: run_start.elapsed().as_secs_f64() / steps_run as f64,
         checkpoint: last_ckpt,
     })
-}
-
-/// What one step reports.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct StepOut {
-    /// Loss of the batch.
-    pub loss: f64,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
-    /// Learning rate used.
-    pub lr: f64,
-    /// Seconds spent in collectives.
-    pub comm_s: f64,
-    /// Bytes each rank sent into all_reduce (0 for one process).
-    pub comm_bytes: usize,
-}
-
-/// One optimizer step: loss, backward, clip, AdamW, EMA. Nothing is changed
-/// when the loss or gradient is not finite.
-pub(crate) fn train_step<B: AutodiffBackend>(
-    cfg: &TrainConfig,
-    model: Dit<B>,
-    batch: &TrainBatch<B>,
-    step: u64,
-    (optim, ema): (&mut AdamW<B::InnerBackend>, &mut Ema<B::InnerBackend>),
-    shapes: &BTreeMap<String, Vec<usize>>,
-    comm: &dyn Collective,
-) -> Result<(Dit<B>, StepOut)> {
-    let obj = &cfg.objective;
-    let micro = crate::ddp::micro_batches(batch, cfg.data.micro_batch);
-    let plans: Vec<_> = micro
-        .iter()
-        .map(|m| obj.plan(cfg.run.seed, step, &m.sample_ids, m.latents.dims()))
-        .collect();
-    // The loss is a mean over the global batch's frames in the loss: each
-    // rank's (and micro-batch's) part is normalised by the global count, so
-    // the parts' gradients sum to the single-process gradient.
-    let mut frames = [plans
-        .iter()
-        .map(|p| p.loss_mask.iter().sum::<f32>())
-        .sum::<f32>()];
-    let t_comm = Instant::now();
-    comm.all_reduce_sum(&mut frames)?;
-    let mut comm_s = t_comm.elapsed().as_secs_f64();
-    let mut loss_value = [0f32];
-    let mut grads: BTreeMap<String, Tensor<B::InnerBackend, 1>> = BTreeMap::new();
-    for (m, plan) in micro.iter().zip(plans) {
-        let loss = obj.loss_part(&denoiser(&model), m, plan, frames[0])?;
-        loss_value[0] += loss.clone().into_scalar().elem::<f32>();
-        let mut g = GradientsParams::from_grads(loss.backward(), &model);
-        for (name, g) in named_grads(&model, &mut g) {
-            let sum = match grads.remove(&name) {
-                Some(acc) => acc + g,
-                None => g,
-            };
-            grads.insert(name, sum);
-        }
-    }
-    let t_comm = Instant::now();
-    crate::ddp::sum_over_ranks(
-        comm,
-        &mut grads,
-        &mut loss_value,
-        cfg.parallel.bucket_elems(),
-    )?;
-    comm_s += t_comm.elapsed().as_secs_f64();
-    let comm_bytes = if comm.size() > 1 {
-        4 * (1 + loss_value.len() + grads.values().map(|g| g.dims()[0]).sum::<usize>())
-    } else {
-        0
-    };
-    let loss_value = loss_value[0] as f64;
-    let norm = global_norm(&grads);
-    if !loss_value.is_finite() || !norm.is_finite() {
-        return Err(TrainError::NonFinite {
-            step,
-            what: format!("loss ({loss_value}) or gradient norm ({norm})"),
-        });
-    }
-    let clip = if cfg.optim.grad_clip > 0.0 && norm > cfg.optim.grad_clip {
-        cfg.optim.grad_clip / norm
-    } else {
-        1.0
-    };
-    let lr = learning_rate(&cfg.optim, step, cfg.run.steps);
-    optim.begin_step();
-    let model = map_named(model, |name, _, p| {
-        // Decay matrices only: not biases, positions or embedding tables.
-        let decay =
-            shapes[name].len() >= 2 && !name.starts_with("pos_") && !name.contains("embed.weight");
-        Tensor::from_inner(optim.update(
-            &cfg.optim,
-            lr,
-            name,
-            p.inner(),
-            grads[name].clone() * clip,
-            decay,
-        ))
-    });
-    let d = ema.decay(cfg.ema.decay);
-    visit_named(&model, |name, _, _, flat| ema.update(d, name, flat.inner()));
-    ema.updates += 1;
-    Ok((
-        model,
-        StepOut {
-            loss: loss_value,
-            grad_norm: norm,
-            lr,
-            comm_s,
-            comm_bytes,
-        },
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Schedule;
-    use burn::backend::{Autodiff, Flex};
-    use orrery_data::synth::{render_clips, SynthConfig};
-    use orrery_model::DitConfig;
-
-    type AB = Autodiff<Flex>;
-
-    fn setup() -> (TrainConfig, Dit<AB>, BTreeMap<String, Vec<usize>>, Batch) {
-        let mut cfg = TrainConfig::default();
-        cfg.model = DitConfig {
-            frames: 4,
-            height: 16,
-            width: 16,
-            hidden: 64,
-            depth: 2,
-            heads: 2,
-            ..Default::default()
-        };
-        cfg.optim.warmup_steps = 0;
-        cfg.optim.schedule = Schedule::Constant;
-        cfg.optim.lr = 3e-3;
-        let clips = render_clips(&SynthConfig {
-            clips: 8,
-            frames: 4,
-            height: 16,
-            width: 16,
-            seed: 1,
-        });
-        let batch = Loader::new(&clips, 0, 8, 4, (0, 1), Cursor::default())
-            .unwrap()
-            .next_batch();
-        let device = Default::default();
-        AB::seed(&device, 0);
-        let model: Dit<AB> = cfg.model.init(&device).unwrap();
-        let mut shapes = BTreeMap::new();
-        visit_named(&model, |n, _, s, _| {
-            shapes.insert(n.to_string(), s);
-        });
-        (cfg, model, shapes, batch)
-    }
-
-    #[test]
-    fn loss_decreases_on_a_fixed_batch() {
-        let (cfg, mut model, shapes, batch) = setup();
-        let device = Default::default();
-        let batch = to_device::<AB>(&batch, 5, &device);
-        let (mut optim, mut ema) = (AdamW::default(), Ema::new(BTreeMap::new()));
-        let mut losses = Vec::new();
-        for _ in 0..40 {
-            // The same step key every time: the same noise, so the model can fit it.
-            let (next, out) = train_step(
-                &cfg,
-                model,
-                &batch,
-                0,
-                (&mut optim, &mut ema),
-                &shapes,
-                &orrery_dist::SingleProcess,
-            )
-            .unwrap();
-            model = next;
-            losses.push(out.loss);
-        }
-        let (first, last) = (losses[0], losses[losses.len() - 1]);
-        assert!(
-            last < 0.5 * first,
-            "loss went {first} -> {last}: {losses:?}"
-        );
-        assert_eq!(optim.steps, 40);
-        assert_eq!(ema.updates, 40);
-    }
-
-    #[test]
-    fn a_non_finite_batch_stops_the_step() {
-        let (cfg, model, shapes, mut batch) = setup();
-        batch.latents[3] = f32::NAN;
-        let batch = to_device::<AB>(&batch, 5, &Default::default());
-        let (mut optim, mut ema) = (AdamW::default(), Ema::new(BTreeMap::new()));
-        let err = train_step(
-            &cfg,
-            model,
-            &batch,
-            7,
-            (&mut optim, &mut ema),
-            &shapes,
-            &orrery_dist::SingleProcess,
-        )
-        .err()
-        .expect("must fail");
-        assert!(err.to_string().starts_with("non-finite loss"), "{err}");
-        assert!(err.to_string().contains("step 7"));
-        assert_eq!((optim.steps, ema.updates), (0, 0), "nothing was updated");
-    }
 }

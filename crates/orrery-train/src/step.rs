@@ -1,0 +1,227 @@
+//! One optimizer step on one rank: the loss of its share of the global batch
+//! (in micro-batches), gradients summed over ranks, clipping, AdamW and EMA.
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor};
+use orrery_diffusion::TrainBatch;
+use orrery_dist::Collective;
+use orrery_model::named::{map_named, named_grads, visit_named};
+use orrery_model::Dit;
+
+use crate::config::TrainConfig;
+use crate::optim::{global_norm, learning_rate, AdamW, Ema};
+use crate::trainer::denoiser;
+use crate::{Result, TrainError};
+
+/// What one step reports.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepOut {
+    /// Loss of the batch.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Seconds spent in collectives.
+    pub comm_s: f64,
+    /// Bytes each rank sent into all_reduce (0 for one process).
+    pub comm_bytes: usize,
+}
+
+/// One optimizer step: loss, backward, clip, AdamW, EMA. Nothing is changed
+/// when the loss or gradient is not finite.
+pub(crate) fn train_step<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    model: Dit<B>,
+    batch: &TrainBatch<B>,
+    step: u64,
+    (optim, ema): (&mut AdamW<B::InnerBackend>, &mut Ema<B::InnerBackend>),
+    shapes: &BTreeMap<String, Vec<usize>>,
+    comm: &dyn Collective,
+) -> Result<(Dit<B>, StepOut)> {
+    let obj = &cfg.objective;
+    let micro = crate::ddp::micro_batches(batch, cfg.data.micro_batch);
+    let plans: Vec<_> = micro
+        .iter()
+        .map(|m| obj.plan(cfg.run.seed, step, &m.sample_ids, m.latents.dims()))
+        .collect();
+    // The loss is a mean over the global batch's frames in the loss: each
+    // rank's (and micro-batch's) part is normalised by the global count, so
+    // the parts' gradients sum to the single-process gradient.
+    let mut frames = [plans
+        .iter()
+        .map(|p| p.loss_mask.iter().sum::<f32>())
+        .sum::<f32>()];
+    let t_comm = Instant::now();
+    comm.all_reduce_sum(&mut frames)?;
+    let mut comm_s = t_comm.elapsed().as_secs_f64();
+    let mut loss_value = [0f32];
+    let mut grads: BTreeMap<String, Tensor<B::InnerBackend, 1>> = BTreeMap::new();
+    for (m, plan) in micro.iter().zip(plans) {
+        let loss = obj.loss_part(&denoiser(&model), m, plan, frames[0])?;
+        loss_value[0] += loss.clone().into_scalar().elem::<f32>();
+        let mut g = GradientsParams::from_grads(loss.backward(), &model);
+        for (name, g) in named_grads(&model, &mut g) {
+            let sum = match grads.remove(&name) {
+                Some(acc) => acc + g,
+                None => g,
+            };
+            grads.insert(name, sum);
+        }
+    }
+    let t_comm = Instant::now();
+    crate::ddp::sum_over_ranks(
+        comm,
+        &mut grads,
+        &mut loss_value,
+        cfg.parallel.bucket_elems(),
+    )?;
+    comm_s += t_comm.elapsed().as_secs_f64();
+    let comm_bytes = if comm.size() > 1 {
+        4 * (1 + loss_value.len() + grads.values().map(|g| g.dims()[0]).sum::<usize>())
+    } else {
+        0
+    };
+    let loss_value = loss_value[0] as f64;
+    let norm = global_norm(&grads);
+    if !loss_value.is_finite() || !norm.is_finite() {
+        return Err(TrainError::NonFinite {
+            step,
+            what: format!("loss ({loss_value}) or gradient norm ({norm})"),
+        });
+    }
+    let clip = if cfg.optim.grad_clip > 0.0 && norm > cfg.optim.grad_clip {
+        cfg.optim.grad_clip / norm
+    } else {
+        1.0
+    };
+    let lr = learning_rate(&cfg.optim, step, cfg.run.steps);
+    optim.begin_step();
+    let model = map_named(model, |name, _, p| {
+        // Decay matrices only: not biases, positions or embedding tables.
+        let decay =
+            shapes[name].len() >= 2 && !name.starts_with("pos_") && !name.contains("embed.weight");
+        Tensor::from_inner(optim.update(
+            &cfg.optim,
+            lr,
+            name,
+            p.inner(),
+            grads[name].clone() * clip,
+            decay,
+        ))
+    });
+    let d = ema.decay(cfg.ema.decay);
+    visit_named(&model, |name, _, _, flat| ema.update(d, name, flat.inner()));
+    ema.updates += 1;
+    Ok((
+        model,
+        StepOut {
+            loss: loss_value,
+            grad_norm: norm,
+            lr,
+            comm_s,
+            comm_bytes,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Schedule;
+    use crate::trainer::{param_shapes, to_device};
+    use burn::backend::{Autodiff, Flex};
+    use burn::tensor::backend::Backend;
+    use orrery_data::synth::{render_clips, SynthConfig};
+    use orrery_data::{Batch, Cursor, Loader};
+    use orrery_model::DitConfig;
+
+    type AB = Autodiff<Flex>;
+
+    fn setup() -> (TrainConfig, Dit<AB>, BTreeMap<String, Vec<usize>>, Batch) {
+        let mut cfg = TrainConfig::default();
+        cfg.model = DitConfig {
+            frames: 4,
+            height: 16,
+            width: 16,
+            hidden: 64,
+            depth: 2,
+            heads: 2,
+            ..Default::default()
+        };
+        cfg.optim.warmup_steps = 0;
+        cfg.optim.schedule = Schedule::Constant;
+        cfg.optim.lr = 3e-3;
+        let clips = render_clips(&SynthConfig {
+            clips: 8,
+            frames: 4,
+            height: 16,
+            width: 16,
+            seed: 1,
+        });
+        let batch = Loader::new(&clips, 0, 8, 4, (0, 1), Cursor::default())
+            .unwrap()
+            .next_batch();
+        let device = Default::default();
+        AB::seed(&device, 0);
+        let model: Dit<AB> = cfg.model.init(&device).unwrap();
+        let shapes = param_shapes(&model);
+        (cfg, model, shapes, batch)
+    }
+
+    #[test]
+    fn loss_decreases_on_a_fixed_batch() {
+        let (cfg, mut model, shapes, batch) = setup();
+        let device = Default::default();
+        let batch = to_device::<AB>(&batch, 5, &device);
+        let (mut optim, mut ema) = (AdamW::default(), Ema::new(BTreeMap::new()));
+        let mut losses = Vec::new();
+        for _ in 0..40 {
+            // The same step key every time: the same noise, so the model can fit it.
+            let (next, out) = train_step(
+                &cfg,
+                model,
+                &batch,
+                0,
+                (&mut optim, &mut ema),
+                &shapes,
+                &orrery_dist::SingleProcess,
+            )
+            .unwrap();
+            model = next;
+            losses.push(out.loss);
+        }
+        let (first, last) = (losses[0], losses[losses.len() - 1]);
+        assert!(
+            last < 0.5 * first,
+            "loss went {first} -> {last}: {losses:?}"
+        );
+        assert_eq!(optim.steps, 40);
+        assert_eq!(ema.updates, 40);
+    }
+
+    #[test]
+    fn a_non_finite_batch_stops_the_step() {
+        let (cfg, model, shapes, mut batch) = setup();
+        batch.latents[3] = f32::NAN;
+        let batch = to_device::<AB>(&batch, 5, &Default::default());
+        let (mut optim, mut ema) = (AdamW::default(), Ema::new(BTreeMap::new()));
+        let err = train_step(
+            &cfg,
+            model,
+            &batch,
+            7,
+            (&mut optim, &mut ema),
+            &shapes,
+            &orrery_dist::SingleProcess,
+        )
+        .err()
+        .expect("must fail");
+        assert!(err.to_string().starts_with("non-finite loss"), "{err}");
+        assert!(err.to_string().contains("step 7"));
+        assert_eq!((optim.steps, ema.updates), (0, 0), "nothing was updated");
+    }
+}

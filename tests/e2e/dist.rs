@@ -1,0 +1,331 @@
+//! Multi-rank runs: DDP over mpirun equals one process (also with
+//! micro-batches and elastic resume), Slurm across two node names, a killed
+//! or hung rank ends the job, a lone failing rank aborts it.
+use std::path::Path;
+use std::process::{Command, Output};
+
+use super::{ok, orrery, python, tiny_dir, user_error};
+
+/// Assert two checkpoint directories hold the same model, EMA and AdamW
+/// state up to float reduction order (measured: 1.2e-7 for weights of ~3).
+fn assert_same_checkpoint(a: &Path, b: &Path, what: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/compare_ckpt.py");
+    let diff = python(&[
+        script.to_str().unwrap(),
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+    ]);
+    let d: serde_json::Value = serde_json::from_str(diff.trim()).unwrap();
+    for part in ["model", "ema", "optimizer"] {
+        let v = d[part].as_f64().unwrap();
+        assert!(v < 1e-5, "{what}: {part} differs by {v}: {diff}");
+    }
+}
+
+/// The launched ranks' processes of a run, by rank (read from their environment).
+fn rank_pids(rank: &str, run: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let is_train = String::from_utf8_lossy(&cmdline).contains(run);
+        let is_rank = env
+            .split(|&b| b == 0)
+            .any(|kv| kv == format!("OMPI_COMM_WORLD_RANK={rank}").as_bytes());
+        if is_train && is_rank {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn ddp_over_mpi_matches_one_process_and_a_lost_rank_ends_the_job() {
+    let dir = tiny_dir("ddp");
+    let selftest = ok(orrery(
+        &["launch", "-n", "4", "--", "dist", "selftest"],
+        &dir,
+    ));
+    assert_eq!(selftest.matches("barrier ok").count(), 4, "{selftest}");
+    let bench = ok(orrery(
+        &[
+            "launch",
+            "-n",
+            "2",
+            "--",
+            "bench",
+            "comm",
+            "--sizes-mb",
+            "0.01",
+            "--iters",
+            "2",
+        ],
+        &dir,
+    ));
+    assert_eq!(bench.matches("| all_reduce |").count(), 1, "{bench}");
+    user_error(orrery(&["bench", "comm"], &dir), "orrery launch -n 2");
+
+    ok(orrery(&["train", "tiny.toml", "--run-dir", "one"], &dir));
+    let single = dir.join("one/checkpoints/step_00000006");
+    // 2 and 4 ranks, and 2 with gradient accumulation over 1-clip micro-batches.
+    for (n, micro) in [("2", "0"), ("4", "0"), ("2", "1")] {
+        let run = format!("ranks{n}micro{micro}");
+        let set = format!("data.micro_batch={micro}");
+        let out = ok(orrery(
+            &[
+                "launch",
+                "-n",
+                n,
+                "--",
+                "train",
+                "tiny.toml",
+                "--run-dir",
+                &run,
+                "--set",
+                &set,
+            ],
+            &dir,
+        ));
+        // Only rank 0 prints the summary and writes the run directory.
+        assert_eq!(out.matches("trained steps").count(), 1, "{out}");
+        assert_same_checkpoint(
+            &single,
+            &dir.join(&run).join("checkpoints/step_00000006"),
+            &format!("{n} ranks vs one process"),
+        );
+        let losses = |r: &str| -> Vec<f64> {
+            std::fs::read_to_string(dir.join(r).join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                        .as_f64()
+                        .unwrap()
+                })
+                .collect()
+        };
+        assert_eq!(losses("one").len(), losses(&run).len());
+        for (a, b) in losses("one").iter().zip(losses(&run)) {
+            assert!((a - b).abs() < 1e-5, "{n} ranks: loss {b} vs {a}");
+        }
+    }
+
+    // Elastic resume: stop after 3 steps on 2 ranks and finish on 1, and
+    // from 1 rank to 4; both end where the uninterrupted single run ends.
+    for (first, second, run) in [("2", "1", "elastic21"), ("1", "4", "elastic14")] {
+        for (n, extra) in [(first, &["--stop-after", "3"][..]), (second, &[][..])] {
+            let mut args = vec![
+                "launch",
+                "-n",
+                n,
+                "--",
+                "train",
+                "tiny.toml",
+                "--run-dir",
+                run,
+            ];
+            args.extend(extra);
+            ok(orrery(&args, &dir));
+        }
+        assert_same_checkpoint(
+            &single,
+            &dir.join(run).join("checkpoints/step_00000006"),
+            &format!("{run} vs one process"),
+        );
+    }
+
+    user_error(
+        orrery(&["train", "tiny.toml", "--set", "data.micro_batch=3"], &dir),
+        "data.micro_batch = 3 does not divide",
+    );
+    // A rank that fails alone (rank 0 cannot create the run directory: a
+    // file is in the way) ends the job at once instead of leaving rank 1
+    // waiting in a collective until the 600 s deadline.
+    std::fs::write(dir.join("in_the_way"), "x").unwrap();
+    let t0 = std::time::Instant::now();
+    let err = user_error(
+        orrery(
+            &[
+                "launch",
+                "-n",
+                "2",
+                "--",
+                "train",
+                "tiny.toml",
+                "--run-dir",
+                "in_the_way",
+            ],
+            &dir,
+        ),
+        "[rank 0 of 2] error:",
+    );
+    assert!(
+        t0.elapsed().as_secs() < 60,
+        "took {:?}: {err}",
+        t0.elapsed()
+    );
+    assert!(err.contains("in_the_way"), "{err}");
+
+    // A batch that does not split over the ranks is refused by every rank.
+    let err = user_error(
+        orrery(&["launch", "-n", "3", "--", "train", "tiny.toml"], &dir),
+        "does not split evenly over 3 ranks",
+    );
+    // mpirun ends the job at the first failing rank: at least one rank says it.
+    assert!(err.contains(" of 3] error:"), "{err}");
+
+    // Kill rank 1 of a long run: the job must end, non-zero, naming rank 1.
+    let (out, waited) = stop_rank_one(&dir, "killme", "KILL", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the job survived a lost rank");
+    assert!(waited < 60.0, "the job took {waited} s to end");
+    assert!(stderr.contains("rank 1"), "{stderr}");
+
+    // Stop (hang) rank 1: rank 0's collective deadline ends the job.
+    let (out, waited) = stop_rank_one(
+        &dir,
+        "hangme",
+        "SIGSTOP",
+        &["--set", "parallel.timeout_s=5"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the job survived a hung rank");
+    assert!(
+        waited < 60.0,
+        "the job took {waited} s to end after the hang"
+    );
+    assert!(
+        stderr.contains("[rank 0 of 2]") && stderr.contains("hung or lost"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Start a 2-rank run in `run`, send `signal` to rank 1 once it trains, and
+/// return the job's output and the seconds it took to end after the signal.
+fn stop_rank_one(dir: &Path, run: &str, signal: &str, extra: &[&str]) -> (Output, f64) {
+    let child = Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .args([
+            "launch",
+            "-n",
+            "2",
+            "--",
+            "train",
+            "tiny.toml",
+            "--run-dir",
+            run,
+        ])
+        .args(["--set", "run.steps=100000"])
+        .args(extra)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !dir.join(run).join("metrics.jsonl").is_file() {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "the 2-rank run never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let victims = rank_pids("1", run);
+    assert_eq!(victims.len(), 1, "rank 1's process: {victims:?}");
+    Command::new("kill")
+        .args([&format!("-{signal}"), &victims[0].to_string()])
+        .status()
+        .unwrap();
+    let at = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    (out, at.elapsed().as_secs_f64())
+}
+
+/// A real one-host Slurm cluster with two node names (tests/slurm/cluster.sh):
+/// launch/slurm/train.sbatch runs 2 tasks on each node and must end with the
+/// same weights as a 4-rank mpirun of the same config.
+#[test]
+fn slurm_sbatch_across_two_nodes_matches_mpirun() {
+    let dir = tiny_dir("slurm");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let state = dir.join("cluster");
+    let cluster = root.join("tests/slurm/cluster.sh");
+    let start = Command::new("bash")
+        .arg(&cluster)
+        .arg("start")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(
+        start.status.success(),
+        "cluster did not start:\n{}{}",
+        String::from_utf8_lossy(&start.stdout),
+        String::from_utf8_lossy(&start.stderr)
+    );
+    let conf = state.join("slurm.conf");
+    let job = Command::new("timeout")
+        .args([
+            "300",
+            "sbatch",
+            "--wait",
+            "--nodes",
+            "2",
+            "--ntasks-per-node",
+            "2",
+        ])
+        .arg(root.join("launch/slurm/train.sbatch"))
+        .args(["tiny.toml", "--run-dir", "slurm"])
+        .current_dir(&dir)
+        .env("SLURM_CONF", &conf)
+        .env("ORRERY", env!("CARGO_BIN_EXE_orrery"))
+        // One host: OpenMPI's shared-memory transport fails across the fake nodes.
+        .env("OMPI_MCA_btl", "self,tcp")
+        .output()
+        .unwrap();
+    let log: String = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("orrery-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    let stop = Command::new("bash")
+        .arg(&cluster)
+        .arg("stop")
+        .arg(&state)
+        .status();
+    assert!(
+        job.status.success(),
+        "sbatch failed ({}): {}{}\njob log:\n{log}",
+        job.status,
+        String::from_utf8_lossy(&job.stdout),
+        String::from_utf8_lossy(&job.stderr)
+    );
+    assert!(stop.unwrap().success());
+    assert!(log.contains("2 nodes") && log.contains("4 tasks"), "{log}");
+    assert_eq!(log.matches("trained steps 0..6").count(), 1, "{log}");
+
+    ok(orrery(
+        &[
+            "launch",
+            "-n",
+            "4",
+            "--",
+            "train",
+            "tiny.toml",
+            "--run-dir",
+            "mpirun",
+        ],
+        &dir,
+    ));
+    assert_same_checkpoint(
+        &dir.join("mpirun/checkpoints/step_00000006"),
+        &dir.join("slurm/checkpoints/step_00000006"),
+        "slurm vs mpirun",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
