@@ -9,7 +9,7 @@ use orrery_diffusion::Sampler;
 
 mod launch;
 use launch::{run_dist, run_launch, DistCommand, LaunchArgs};
-use orrery_train::sample::{sample, SampleOptions};
+use orrery_train::sample::{sample, SampleOptions, SampleReport};
 use orrery_train::{train, Resume, RunOptions, TrainConfig};
 
 /// Train video diffusion transformers and action-conditioned world models.
@@ -150,9 +150,12 @@ struct SampleArgs {
     /// DDIM's eta (with --sampler ddim).
     #[arg(long, default_value_t = 0.0)]
     eta: f64,
-    /// Classifier-free guidance scale on the actions (default: the run's sample.guidance).
+    /// Classifier-free guidance scale on the actions or labels (default: the run's sample.guidance).
     #[arg(long)]
     guidance: Option<f64>,
+    /// Models without actions: samples per class (or in all, unconditional); default sample.clips.
+    #[arg(long)]
+    per_class: Option<usize>,
     /// Seed of the sampling noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -186,6 +189,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
         "never" => Resume::Never,
         path => Resume::From(PathBuf::from(path)),
     };
+    let cfg_frames = cfg.model.frames;
     let s = train(
         cfg,
         RunOptions {
@@ -205,10 +209,12 @@ fn run_train(args: TrainArgs) -> Result<()> {
         "held-out loss: {:.4} at step {} -> {:.4} at step {} (EMA weights: {:.4})",
         s.heldout_loss_start, s.start_step, s.heldout_loss_end, s.end_step, s.heldout_loss_ema
     );
-    println!(
-        "next-frame loss rises by {:+.4} with another clip's context and by {:+.4} with another action (about 0 = ignored)",
-        s.context_gain, s.action_gain
-    );
+    if cfg_frames > 1 {
+        println!(
+            "next-frame loss rises by {:+.4} with another clip's context and by {:+.4} with another action (about 0 = ignored)",
+            s.context_gain, s.action_gain
+        );
+    }
     println!(
         "run directory: {}  (tensorboard --logdir {})",
         run_dir.display(),
@@ -278,10 +284,30 @@ fn run_sample(args: SampleArgs) -> Result<()> {
             .map(|name| parse_sampler(name, args.eta))
             .transpose()?,
         guidance: args.guidance,
+        per_class: args.per_class,
         seed: args.seed,
         no_ema: args.no_ema,
     };
-    let r = sample(&opts)?;
+    let r = match sample(&opts)? {
+        SampleReport::Rollout(r) => r,
+        SampleReport::Generate(g) => {
+            println!(
+                "generated {} samples ({}), {} steps, guidance {}",
+                g.samples,
+                if g.classes > 0 {
+                    format!("{} per class, {} classes", g.per_class, g.classes)
+                } else {
+                    "unconditional".into()
+                },
+                g.steps,
+                g.guidance
+            );
+            for o in &g.outputs {
+                println!("wrote {}", o.display());
+            }
+            return Ok(());
+        }
+    };
     println!(
         "rollout of {} held-out clips: {} context frames, {} generated",
         r.clips, r.context, r.frames
@@ -461,7 +487,7 @@ fn run_bench(cmd: BenchCommand) -> Result<()> {
         (b.batch * b.tokens_per_sample) as f64 / median
     );
     println!(
-        "| approx. GFLOP/s (median step) | {:.1} |",
+        "| model GFLOP/s (median step; FLOPs count of the config) | {:.1} |",
         b.flops_per_step / median / 1e9
     );
     Ok(())

@@ -387,3 +387,135 @@ fn bad_input_gets_a_clear_error() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn class_conditional_images_train_and_sample_per_class() {
+    use orrery_data::schema::{write_parquet, Clip, DatasetMeta};
+    let dir = scratch("classes");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    // 1-frame 8x8 images: class k is a bright column pair at x = 2k.
+    let clips: Vec<Clip> = (0..40)
+        .map(|i| {
+            let k = i % 4;
+            let latents = (0..64)
+                .map(|p| if (p % 8) / 2 == k { 1.0 } else { -1.0 })
+                .collect();
+            Clip {
+                id: format!("img-{i:03}"),
+                shape: [1, 1, 8, 8],
+                latents,
+                actions: None,
+                label: Some(k as i64),
+                agent_xy: None,
+            }
+        })
+        .collect();
+    let meta = DatasetMeta {
+        scale: 1.0,
+        num_classes: 4,
+        ..Default::default()
+    };
+    std::fs::write(
+        dir.join("data/images.parquet"),
+        write_parquet(&clips, &meta).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("img.toml"),
+        r#"
+[run]
+name = "img"
+steps = 8
+[model]
+channels = 1
+frames = 1
+height = 8
+width = 8
+patch_size = 2
+hidden = 32
+depth = 1
+heads = 2
+num_actions = 0
+num_classes = 4
+attention = "full"
+pos_embed = "rope"
+qk_norm = "rms"
+mlp = "swiglu"
+[data]
+url = "data"
+global_batch = 8
+holdout_clips = 4
+[logging]
+every = 4
+eval_every = 4
+[sample]
+steps = 4
+guidance = 2.0
+"#,
+    )
+    .unwrap();
+    let out = ok(orrery(&["train", "img.toml"], &dir));
+    assert!(
+        !out.contains("next-frame"),
+        "image models have no next frame:\n{out}"
+    );
+    let out = ok(orrery(
+        &[
+            "sample",
+            "--checkpoint",
+            "runs/img",
+            "--out",
+            "s/g.png",
+            "--per-class",
+            "3",
+        ],
+        &dir,
+    ));
+    assert!(
+        out.contains("generated 12 samples (3 per class, 4 classes)"),
+        "{out}"
+    );
+    let labels = python(&[
+        "-c",
+        &format!(
+            "from safetensors.numpy import load_file; d = load_file('{}'); print(d['samples'].shape, d['labels'].astype(int).tolist())",
+            dir.join("s/g.safetensors").display()
+        ),
+    ]);
+    assert!(
+        labels.contains("(12, 1, 1, 8, 8) [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]"),
+        "{labels}"
+    );
+    assert!(dir.join("s/g.png").is_file());
+    // The data has 4 classes; a model with 2 cannot hold them.
+    user_error(
+        orrery(
+            &[
+                "train",
+                "img.toml",
+                "--set",
+                "model.num_classes=2",
+                "--run-dir",
+                "r2",
+            ],
+            &dir,
+        ),
+        "has 4 classes but model.num_classes = 2",
+    );
+    // A world model's flag on an image model, and the reverse.
+    user_error(
+        orrery(
+            &[
+                "train",
+                "img.toml",
+                "--set",
+                "model.num_actions=5",
+                "--run-dir",
+                "r3",
+            ],
+            &dir,
+        ),
+        "world model needs model.frames >= 2",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

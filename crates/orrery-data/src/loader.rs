@@ -55,6 +55,22 @@ impl Dataset {
                 )));
             }
         }
+        if let Some(first) = clips.first() {
+            if let Some(c) = clips
+                .iter()
+                .find(|c| c.label.is_some() != first.label.is_some())
+            {
+                let (with, without) = if c.label.is_some() {
+                    (c, first)
+                } else {
+                    (first, c)
+                };
+                return Err(DataError::Geometry(format!(
+                    "clip {} has a label but clip {} has none: label every clip of {url} or none",
+                    with.id, without.id
+                )));
+            }
+        }
         if holdout >= clips.len() {
             return Err(DataError::Geometry(format!(
                 "{url} has {} clips, not enough to hold out {holdout}: lower data.holdout_clips or add clips",
@@ -96,6 +112,8 @@ pub struct Batch {
     pub latents: Vec<f32>,
     /// Actions [b, t], if the clips have them.
     pub actions: Option<Vec<i64>>,
+    /// Class labels [b], if the clips have them.
+    pub labels: Option<Vec<i64>>,
     /// Global sample index of each row (keys per-sample randomness): [b].
     pub sample_ids: Vec<u64>,
     /// Clip id of each row: [b].
@@ -198,6 +216,7 @@ impl<'a> Loader<'a> {
                 .actions
                 .as_ref()
                 .map(|_| Vec::with_capacity(local * t)),
+            labels: self.clips[0].label.map(|_| Vec::with_capacity(local)),
             sample_ids: Vec::with_capacity(local),
             clip_ids: Vec::with_capacity(local),
         };
@@ -215,6 +234,9 @@ impl<'a> Loader<'a> {
                 .extend_from_slice(&clip.latents[offset * frame_len..(offset + t) * frame_len]);
             if let (Some(out), Some(a)) = (batch.actions.as_mut(), clip.actions.as_ref()) {
                 out.extend_from_slice(&a[offset..offset + t]);
+            }
+            if let Some(out) = batch.labels.as_mut() {
+                out.push(clip.label.unwrap_or(0));
             }
             batch.sample_ids.push(epoch_base + pos as u64);
             batch.clip_ids.push(clip.id.clone());

@@ -7,6 +7,7 @@
 //! | latent_shape  | list<int32>   | [T, C, H, W]                                |
 //! | latent_dtype  | utf8          | f32, f16 or bf16                            |
 //! | action_ids    | list<int32>?  | [T] discrete action per frame (optional)    |
+//! | label         | int32?        | class label of the clip (optional)          |
 //! | agent_xy      | list<float32>?| [T, 2] ground-truth agent centre (synth)    |
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub const KEY_SCALE: &str = "orrery.latent_scale";
 pub const KEY_SHIFT: &str = "orrery.latent_shift";
 /// Metadata key of the number of discrete actions.
 pub const KEY_NUM_ACTIONS: &str = "orrery.num_actions";
+/// Metadata key of the number of class labels.
+pub const KEY_NUM_CLASSES: &str = "orrery.num_classes";
 /// Metadata key of the generator's settings (JSON), for synthetic data.
 pub const KEY_GENERATOR: &str = "orrery.generator";
 
@@ -49,6 +52,8 @@ pub struct Clip {
     pub latents: Vec<f32>,
     /// Discrete action per frame: [T].
     pub actions: Option<Vec<i64>>,
+    /// Class label.
+    pub label: Option<i64>,
     /// Ground-truth agent centre (x, y) per frame: [T, 2] (synthetic data).
     pub agent_xy: Option<Vec<f32>>,
 }
@@ -70,6 +75,8 @@ pub struct DatasetMeta {
     pub shift: f64,
     /// Number of discrete actions (0 if none).
     pub num_actions: usize,
+    /// Number of class labels (0 if none or not stated).
+    pub num_classes: usize,
     /// Generator settings, if synthetic.
     pub generator: Option<String>,
 }
@@ -83,7 +90,7 @@ pub struct ParquetClips {
     pub meta: DatasetMeta,
 }
 
-fn schema(with_actions: bool, with_xy: bool) -> Schema {
+fn schema(with_actions: bool, with_labels: bool, with_xy: bool) -> Schema {
     let list = |t: DataType| DataType::List(Arc::new(Field::new("item", t, true)));
     let mut fields = vec![
         Field::new("clip_id", DataType::Utf8, false),
@@ -93,6 +100,9 @@ fn schema(with_actions: bool, with_xy: bool) -> Schema {
     ];
     if with_actions {
         fields.push(Field::new("action_ids", list(DataType::Int32), true));
+    }
+    if with_labels {
+        fields.push(Field::new("label", DataType::Int32, true));
     }
     if with_xy {
         fields.push(Field::new("agent_xy", list(DataType::Float32), true));
@@ -107,6 +117,7 @@ pub fn write_parquet(clips: &[Clip], meta: &DatasetMeta) -> Result<Bytes> {
         reason,
     };
     let with_actions = clips.iter().any(|c| c.actions.is_some());
+    let with_labels = clips.iter().any(|c| c.label.is_some());
     let with_xy = clips.iter().any(|c| c.agent_xy.is_some());
     let (mut ids, mut lat, mut dtype) = (
         StringBuilder::new(),
@@ -116,7 +127,9 @@ pub fn write_parquet(clips: &[Clip], meta: &DatasetMeta) -> Result<Bytes> {
     let mut shapes = ListBuilder::new(Int32Builder::new());
     let mut actions = ListBuilder::new(Int32Builder::new());
     let mut xy = ListBuilder::new(Float32Builder::new());
+    let mut labels = Int32Builder::new();
     for c in clips {
+        labels.append_option(c.label.map(|l| l as i32));
         ids.append_value(&c.id);
         let bytes: Vec<u8> = c.latents.iter().flat_map(|v| v.to_le_bytes()).collect();
         lat.append_value(&bytes);
@@ -140,16 +153,20 @@ pub fn write_parquet(clips: &[Clip], meta: &DatasetMeta) -> Result<Bytes> {
     if with_actions {
         columns.push(Arc::new(actions.finish()));
     }
+    if with_labels {
+        columns.push(Arc::new(labels.finish()));
+    }
     if with_xy {
         columns.push(Arc::new(xy.finish()));
     }
-    let schema = Arc::new(schema(with_actions, with_xy));
+    let schema = Arc::new(schema(with_actions, with_labels, with_xy));
     let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| err(e.to_string()))?;
     let mut kv = vec![
         KeyValue::new(KEY_VERSION.into(), SCHEMA_VERSION.to_string()),
         KeyValue::new(KEY_SCALE.into(), meta.scale.to_string()),
         KeyValue::new(KEY_SHIFT.into(), meta.shift.to_string()),
         KeyValue::new(KEY_NUM_ACTIONS.into(), meta.num_actions.to_string()),
+        KeyValue::new(KEY_NUM_CLASSES.into(), meta.num_classes.to_string()),
     ];
     if let Some(g) = &meta.generator {
         kv.push(KeyValue::new(KEY_GENERATOR.into(), g.clone()));
@@ -277,6 +294,7 @@ pub fn read_parquet(bytes: &Bytes, file: &str) -> Result<ParquetClips> {
         scale: num(KEY_SCALE, 1.0)?,
         shift: num(KEY_SHIFT, 0.0)?,
         num_actions: num(KEY_NUM_ACTIONS, 0.0)? as usize,
+        num_classes: num(KEY_NUM_CLASSES, 0.0)? as usize,
         generator: kv.get(KEY_GENERATOR).cloned(),
     };
     let reader = builder.build().map_err(|e| schema_err(e.to_string()))?;
@@ -289,6 +307,7 @@ pub fn read_parquet(bytes: &Bytes, file: &str) -> Result<ParquetClips> {
         let dtypes = column::<StringArray>(&batch, "latent_dtype", file, true)?.unwrap();
         let actions = column::<ListArray>(&batch, "action_ids", file, false)?;
         let xy = column::<ListArray>(&batch, "agent_xy", file, false)?;
+        let labels = column::<Int32Array>(&batch, "label", file, false)?;
         for r in 0..batch.num_rows() {
             let row = clips.len();
             let row_err = |reason: String| DataError::Row {
@@ -334,6 +353,15 @@ pub fn read_parquet(bytes: &Bytes, file: &str) -> Result<ParquetClips> {
                     Some(a.values().iter().map(|&x| x as i64).collect())
                 }
             };
+            let label = match labels.filter(|l| !l.is_null(r)).map(|l| l.value(r)) {
+                Some(l) if l < 0 || (meta.num_classes > 0 && l as usize >= meta.num_classes) => {
+                    return Err(row_err(format!(
+                        "label {l} is outside 0..{} (metadata {KEY_NUM_CLASSES})",
+                        meta.num_classes
+                    )))
+                }
+                l => l.map(i64::from),
+            };
             let agent_xy = xy
                 .and_then(|a| list_values::<Float32Array>(a, r))
                 .map(|a| a.values().to_vec());
@@ -342,6 +370,7 @@ pub fn read_parquet(bytes: &Bytes, file: &str) -> Result<ParquetClips> {
                 shape,
                 latents,
                 actions,
+                label,
                 agent_xy,
             });
         }

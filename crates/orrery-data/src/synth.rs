@@ -73,6 +73,7 @@ impl SynthConfig {
             scale: 1.0,
             shift: 0.0,
             num_actions: NUM_ACTIONS,
+            num_classes: 0,
             generator: Some(serde_json::to_string(self).expect("json")),
         }
     }
@@ -196,6 +197,7 @@ pub fn render_clip(cfg: &SynthConfig, index: usize) -> Clip {
         shape: [cfg.frames, 3, h, w],
         latents,
         actions: Some(actions),
+        label: None,
         agent_xy: Some(xy),
     }
 }

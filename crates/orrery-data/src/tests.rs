@@ -196,3 +196,61 @@ fn the_order_is_deterministic_resumable_and_split_across_ranks() {
         .to_string();
     assert!(err.contains("20 are shorter"), "{err}");
 }
+
+#[test]
+fn labels_round_trip_reach_the_batch_and_are_checked() {
+    let cfg = small();
+    let mut clips = render_clips(&cfg);
+    for (i, c) in clips.iter_mut().enumerate() {
+        c.label = Some((i % 3) as i64);
+    }
+    let meta = crate::DatasetMeta {
+        num_classes: 3,
+        ..cfg.metadata()
+    };
+    let bytes = write_parquet(&clips, &meta).unwrap();
+    let back = read_parquet(&bytes, "l.parquet").unwrap();
+    assert_eq!(back.clips, clips);
+    assert_eq!(back.meta.num_classes, 3);
+
+    let mut loader = Loader::new(&clips, 1, 4, 2, (0, 1), Cursor::default()).unwrap();
+    let batch = loader.next_batch();
+    let want: Vec<i64> = batch
+        .clip_ids
+        .iter()
+        .map(|id| clips.iter().find(|c| &c.id == id).unwrap().label.unwrap())
+        .collect();
+    assert_eq!(batch.labels, Some(want));
+
+    // A label outside the stated classes names the row.
+    clips[4].label = Some(7);
+    let bytes = write_parquet(&clips, &meta).unwrap();
+    match read_parquet(&bytes, "l.parquet").unwrap_err() {
+        DataError::Row { row, reason, .. } => {
+            assert!(
+                row == 4 && reason.contains("label 7 is outside 0..3"),
+                "{reason}"
+            )
+        }
+        other => panic!("unexpected {other}"),
+    }
+
+    // Some clips labelled, some not: refused when the dataset opens.
+    let dir = std::env::temp_dir().join(format!("orrery-label-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let url = dir.to_str().unwrap().to_string();
+    clips[4].label = None;
+    store::runtime().block_on(async {
+        store::parse(&url)
+            .unwrap()
+            .put("a.parquet", write_parquet(&clips, &meta).unwrap())
+            .await
+            .unwrap();
+    });
+    let err = Dataset::open(&url, 1).unwrap_err().to_string();
+    assert!(
+        err.contains("has a label but clip synth-000004 has none"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -7,7 +7,7 @@
 //! and a [`TimestepSampler`]; and the samplers in [`sample`] (Euler, Heun,
 //! DDIM, DDPM, Euler-Maruyama, guidance, the autoregressive world-model
 //! rollout). Both talk to the network only through the [`Denoiser`] trait,
-//! which any closure `(x_t, t, actions) -> output` implements.
+//! which any closure `(x_t, t, cond) -> output` implements.
 //!
 //! All randomness is drawn on the host from a stream keyed by
 //! (seed, step, global sample index) ([`sample_rng`]), so a sample's noise does
@@ -56,31 +56,55 @@ pub enum DiffusionError {
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, DiffusionError>;
 
+/// The conditions of a batch. `None` is the null condition for every row;
+/// a row is dropped (classifier-free guidance) by giving it the null id.
+#[derive(Debug, Clone, Default)]
+pub struct Cond<B: Backend> {
+    /// Discrete action per frame: [b, t].
+    pub actions: Option<Tensor<B, 2, Int>>,
+    /// Class label per clip: [b].
+    pub labels: Option<Tensor<B, 1, Int>>,
+}
+
+impl<B: Backend> Cond<B> {
+    /// No condition at all: what guidance contrasts against.
+    pub fn null() -> Self {
+        Self {
+            actions: None,
+            labels: None,
+        }
+    }
+
+    /// Only actions.
+    pub fn actions(actions: Tensor<B, 2, Int>) -> Self {
+        Self {
+            actions: Some(actions),
+            labels: None,
+        }
+    }
+
+    /// Whether any condition is set.
+    pub fn is_null(&self) -> bool {
+        self.actions.is_none() && self.labels.is_none()
+    }
+}
+
 /// A network that predicts its target (velocity, ε, v or x_0; see
-/// [`Prediction`]) from noisy latents. `actions = None` is the null condition.
+/// [`Prediction`]) from noisy latents under conditions [`Cond`].
 pub trait Denoiser<B: Backend> {
     /// # Shapes
-    /// x_t: [b, t, c, h, w], t: [b, t], actions: [b, t] -> [b, t, c, h, w]
-    fn predict(
-        &self,
-        x_t: Tensor<B, 5>,
-        t: Tensor<B, 2>,
-        actions: Option<Tensor<B, 2, Int>>,
-    ) -> Result<Tensor<B, 5>>;
+    /// x_t: [b, t, c, h, w], t: [b, t], cond: actions [b, t], labels [b]
+    /// -> [b, t, c, h, w]
+    fn predict(&self, x_t: Tensor<B, 5>, t: Tensor<B, 2>, cond: Cond<B>) -> Result<Tensor<B, 5>>;
 }
 
 impl<B, F> Denoiser<B> for F
 where
     B: Backend,
-    F: Fn(Tensor<B, 5>, Tensor<B, 2>, Option<Tensor<B, 2, Int>>) -> Result<Tensor<B, 5>>,
+    F: Fn(Tensor<B, 5>, Tensor<B, 2>, Cond<B>) -> Result<Tensor<B, 5>>,
 {
-    fn predict(
-        &self,
-        x_t: Tensor<B, 5>,
-        t: Tensor<B, 2>,
-        actions: Option<Tensor<B, 2, Int>>,
-    ) -> Result<Tensor<B, 5>> {
-        self(x_t, t, actions)
+    fn predict(&self, x_t: Tensor<B, 5>, t: Tensor<B, 2>, cond: Cond<B>) -> Result<Tensor<B, 5>> {
+        self(x_t, t, cond)
     }
 }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::prediction::{per_frame, Parameterization, Prediction};
 use crate::timesteps::{shift, Shift};
 use crate::{
-    sample_rng, Denoiser, DiffusionError, Interpolant, LossWeighting, Result, TimestepSampler,
+    sample_rng, Cond, Denoiser, DiffusionError, Interpolant, LossWeighting, Result, TimestepSampler,
 };
 
 /// How noise levels relate across the frames of one clip.
@@ -47,6 +47,9 @@ pub struct ObjectiveConfig {
     pub context_noise: f64,
     /// Probability of replacing a clip's actions by the null action (CFG dropout).
     pub action_dropout: f64,
+    /// Probability of replacing a clip's class label by the null label,
+    /// drawn independently of the action dropout.
+    pub label_dropout: f64,
 }
 
 impl Default for ObjectiveConfig {
@@ -61,6 +64,7 @@ impl Default for ObjectiveConfig {
             context_prob: 0.5,
             context_noise: 0.0,
             action_dropout: 0.1,
+            label_dropout: 0.1,
         }
     }
 }
@@ -74,6 +78,10 @@ pub struct TrainBatch<B: Backend> {
     pub actions: Option<Tensor<B, 2, Int>>,
     /// The id that means "no action" (CFG's null condition).
     pub null_action: i64,
+    /// Class labels: [b].
+    pub labels: Option<Tensor<B, 1, Int>>,
+    /// The id that means "no label".
+    pub null_label: i64,
     /// Global sample index of each row (keys the per-sample RNG): [b].
     pub sample_ids: Vec<u64>,
 }
@@ -89,6 +97,8 @@ pub struct NoisePlan {
     pub loss_mask: Vec<f32>,
     /// Whether each clip's actions are dropped: [b].
     pub drop_actions: Vec<bool>,
+    /// Whether each clip's label is dropped: [b].
+    pub drop_labels: Vec<bool>,
 }
 
 impl ObjectiveConfig {
@@ -107,6 +117,7 @@ impl ObjectiveConfig {
         for (key, p) in [
             ("context_prob", self.context_prob),
             ("action_dropout", self.action_dropout),
+            ("label_dropout", self.label_dropout),
         ] {
             if !(0.0..=1.0).contains(&p) {
                 return Err(DiffusionError::Config(format!(
@@ -152,6 +163,7 @@ impl ObjectiveConfig {
             eps: Vec::with_capacity(b * t * frame_len),
             loss_mask: Vec::with_capacity(b * t),
             drop_actions: Vec::with_capacity(b),
+            drop_labels: Vec::with_capacity(b),
         };
         assert_eq!(sample_ids.len(), b, "one sample id per batch row");
         for &id in sample_ids {
@@ -178,6 +190,10 @@ impl ObjectiveConfig {
             }
             plan.drop_actions
                 .push(rng.random::<f64>() < self.action_dropout);
+            // Its own stream, so adding labels leaves the other draws alone.
+            plan.drop_labels.push(
+                sample_rng(seed, step ^ 0x1ABE_1ABE, id).random::<f64>() < self.label_dropout,
+            );
             plan.eps.extend((0..t * frame_len).map(|_| {
                 let n: f32 = StandardNormal.sample(&mut rng);
                 n
@@ -213,6 +229,7 @@ impl ObjectiveConfig {
                 }
             }
             plan.drop_actions[row] = false;
+            plan.drop_labels[row] = false;
         }
         plan
     }
@@ -281,7 +298,14 @@ impl ObjectiveConfig {
             let drop = Tensor::<B, 2, Bool>::from_data(TensorData::new(drop, [b, t]), &device);
             a.mask_fill(drop, batch.null_action)
         });
-        let out = model.predict(x_t, t_levels, actions)?;
+        let labels = batch.labels.clone().map(|l| {
+            let drop = Tensor::<B, 1, Bool>::from_data(
+                TensorData::new(plan.drop_labels.clone(), [b]),
+                &device,
+            );
+            l.mask_fill(drop, batch.null_label)
+        });
+        let out = model.predict(x_t, t_levels, Cond { actions, labels })?;
         let err = out - target;
         let frame_mse = (err.clone() * err)
             .reshape([b, t, c * h * w])

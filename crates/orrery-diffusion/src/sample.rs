@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::prediction::Parameterization;
 use crate::timesteps::shift;
-use crate::{Denoiser, DiffusionError, Result};
+use crate::{Cond, Denoiser, DiffusionError, Result};
 
 /// Which integrator turns noise into data.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, Default)]
@@ -108,25 +108,27 @@ pub fn host_normal<B: Backend>(
 }
 
 /// The model's output at per-frame levels, with classifier-free guidance
-/// when actions are given and the scale is not 1.
+/// (Ho & Salimans 2021: null + w (cond - null), all conditions dropped
+/// together for the null pass) when a condition is given and w is not 1.
 ///
 /// # Shapes
-/// x: [b, t, c, h, w], levels: [b * t], actions: [b, t] -> [b, t, c, h, w]
+/// x: [b, t, c, h, w], levels: [b * t], cond: actions [b, t], labels [b]
+/// -> [b, t, c, h, w]
 fn guided<B: Backend>(
     model: &impl Denoiser<B>,
     x: Tensor<B, 5>,
     levels: &[f32],
-    actions: Option<Tensor<B, 2, Int>>,
+    cond: &Cond<B>,
     guidance: f64,
 ) -> Result<Tensor<B, 5>> {
     let [b, t, ..] = x.dims();
     let level_t = Tensor::<B, 2>::from_data(TensorData::new(levels.to_vec(), [b, t]), &x.device());
-    let cond = model.predict(x.clone(), level_t.clone(), actions.clone())?;
-    if actions.is_none() || guidance == 1.0 {
-        return Ok(cond);
+    let with = model.predict(x.clone(), level_t.clone(), cond.clone())?;
+    if cond.is_null() || guidance == 1.0 {
+        return Ok(with);
     }
-    let null = model.predict(x, level_t, None)?;
-    Ok(null.clone() + (cond - null) * guidance)
+    let null = model.predict(x, level_t, Cond::null())?;
+    Ok(null.clone() + (with - null) * guidance)
 }
 
 /// One step of `cfg.sampler` from level `t` to `s < t` for the frames being
@@ -208,14 +210,15 @@ fn ancestral<B: Backend>(
     }
 }
 
-/// Generate whole clips from noise, all frames at the same level.
+/// Generate whole clips (or images, t = 1) from noise, all frames at the
+/// same level.
 ///
 /// # Shapes
-/// dims = [b, t, c, h, w]; actions: [b, t] -> [b, t, c, h, w]
+/// dims = [b, t, c, h, w]; cond: actions [b, t], labels [b] -> [b, t, c, h, w]
 pub fn generate<B: Backend>(
     model: &impl Denoiser<B>,
     dims: [usize; 5],
-    actions: Option<Tensor<B, 2, Int>>,
+    cond: Cond<B>,
     cfg: &SamplerConfig,
     rng: &mut impl Rng,
     device: &B::Device,
@@ -224,7 +227,7 @@ pub fn generate<B: Backend>(
     let frames = dims[0] * dims[1];
     let mut eval = |x: Tensor<B, 5>, t: f64| {
         let levels = vec![t as f32; frames];
-        let out = guided(model, x.clone(), &levels, actions.clone(), cfg.guidance)?;
+        let out = guided(model, x.clone(), &levels, &cond, cfg.guidance)?;
         Ok(cfg.param.split(x, out, &levels))
     };
     solve(cfg, &mut eval, x, rng)
@@ -296,20 +299,14 @@ pub fn rollout<B: Backend>(
         } else {
             ctx
         };
-        let acts = actions.clone().narrow(1, start, ctx_len + 1); // [b, ctx_len + 1]
+        let cond = Cond::actions(actions.clone().narrow(1, start, ctx_len + 1)); // [b, ctx_len + 1]
         let mut eval = |x: Tensor<B, 5>, t: f64| {
             let levels: Vec<f32> = (0..b)
                 .flat_map(|_| std::iter::repeat_n(tc, ctx_len).chain([t as f32]))
                 .collect(); // [b * (ctx_len + 1)]
             let window = Tensor::cat(vec![ctx.clone(), x.clone()], 1);
-            let out = guided(
-                model,
-                window,
-                &levels,
-                Some(acts.clone()),
-                cfg.sampler.guidance,
-            )?
-            .narrow(1, ctx_len, 1); // [b, 1, c, h, w]
+            let out =
+                guided(model, window, &levels, &cond, cfg.sampler.guidance)?.narrow(1, ctx_len, 1); // [b, 1, c, h, w]
             Ok(param.split(x, out, &vec![t as f32; b]))
         };
         let x = host_normal::<B>(rng, [b, 1, c, h, w], &device);

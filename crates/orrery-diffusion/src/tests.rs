@@ -4,8 +4,8 @@ use burn::tensor::{backend::Backend, Distribution, Int, Tensor};
 
 use crate::sample::{generate, rollout, RolloutConfig, Sampler, SamplerConfig};
 use crate::{
-    sample_rng, FrameNoise, Interpolant, ObjectiveConfig, Parameterization, Prediction, Result,
-    TimestepSampler, TrainBatch,
+    sample_rng, Cond, FrameNoise, Interpolant, ObjectiveConfig, Parameterization, Prediction,
+    Result, TimestepSampler, TrainBatch,
 };
 
 type B = Flex;
@@ -32,7 +32,7 @@ fn gaussian_model(
     mu: f64,
     s: f64,
     param: Parameterization,
-) -> impl Fn(Tensor<B, 5>, Tensor<B, 2>, Option<Tensor<B, 2, Int>>) -> Result<Tensor<B, 5>> {
+) -> impl Fn(Tensor<B, 5>, Tensor<B, 2>, Cond<B>) -> Result<Tensor<B, 5>> {
     move |x_t, t, _| {
         let [b, f, ..] = x_t.dims();
         let levels: Vec<f32> = t.into_data().into_vec().unwrap();
@@ -56,7 +56,7 @@ fn gaussian_model(
 fn rf_velocity(
     mu: f64,
     s: f64,
-) -> impl Fn(Tensor<B, 5>, Tensor<B, 2>, Option<Tensor<B, 2, Int>>) -> Result<Tensor<B, 5>> {
+) -> impl Fn(Tensor<B, 5>, Tensor<B, 2>, Cond<B>) -> Result<Tensor<B, 5>> {
     gaussian_model(mu, s, Parameterization::default())
 }
 
@@ -109,7 +109,7 @@ fn every_sampler_with_the_exact_model_lands_on_the_data_distribution() {
             let x = generate(
                 &gaussian_model(mu, s, param),
                 dims,
-                None,
+                Cond::null(),
                 &cfg,
                 &mut rng,
                 &device,
@@ -137,7 +137,7 @@ fn heun_converges_at_second_order_and_euler_at_first() {
         let dims = [4, 1, 1, 4, 4];
         let mut noise_rng = sample_rng(5, 0, 0);
         let z = crate::sample::host_normal::<B>(&mut noise_rng, dims, &device);
-        let x = generate(&model, dims, None, &cfg, &mut rng, &device).unwrap();
+        let x = generate(&model, dims, Cond::null(), &cfg, &mut rng, &device).unwrap();
         let exact = z * s + mu;
         (x - exact).abs().max().into_scalar() as f64
     };
@@ -244,14 +244,13 @@ fn interpolant_derivatives_match_finite_differences() {
 fn guidance_extrapolates_from_the_null_condition() {
     let device = Default::default();
     // out = 1 with actions, 0 without: guided output is w.
-    let model =
-        |x: Tensor<B, 5>, _t: Tensor<B, 2>, a: Option<Tensor<B, 2, Int>>| -> Result<Tensor<B, 5>> {
-            Ok(if a.is_some() {
-                x.ones_like()
-            } else {
-                x.zeros_like()
-            })
-        };
+    let model = |x: Tensor<B, 5>, _t: Tensor<B, 2>, c: Cond<B>| -> Result<Tensor<B, 5>> {
+        Ok(if !c.is_null() {
+            x.ones_like()
+        } else {
+            x.zeros_like()
+        })
+    };
     // With the x_0 target, a one-step DDIM sample is the guided x_0 itself.
     let param = Parameterization {
         interpolant: Interpolant::RectifiedFlow,
@@ -262,18 +261,24 @@ fn guidance_extrapolates_from_the_null_condition() {
             guidance: w,
             ..sampler_cfg(Sampler::Ddim { eta: 0.0 }, 1, param)
         };
-        let actions = Tensor::<B, 2, Int>::zeros([1, 2], &device);
-        let x = generate(
-            &model,
-            [1, 2, 1, 2, 2],
-            Some(actions),
-            &cfg,
-            &mut sample_rng(0, 0, 0),
-            &device,
-        )
-        .unwrap();
-        let (mean, var) = moments(x);
-        assert!((mean - w).abs() < 1e-5 && var < 1e-9, "w {w}: {mean}");
+        let actions = Cond::actions(Tensor::<B, 2, Int>::zeros([1, 2], &device));
+        let labels = Cond {
+            actions: None,
+            labels: Some(Tensor::<B, 1, Int>::zeros([1], &device)),
+        };
+        for cond in [actions, labels] {
+            let x = generate(
+                &model,
+                [1, 2, 1, 2, 2],
+                cond,
+                &cfg,
+                &mut sample_rng(0, 0, 0),
+                &device,
+            )
+            .unwrap();
+            let (mean, var) = moments(x);
+            assert!((mean - w).abs() < 1e-5 && var < 1e-9, "w {w}: {mean}");
+        }
     }
 }
 
@@ -372,6 +377,8 @@ fn the_loss_of_the_exact_model_is_below_a_wrong_model() {
         latents: x0,
         actions: None,
         null_action: 0,
+        labels: None,
+        null_label: 0,
         sample_ids: (0..32).collect(),
     };
     let cfg = ObjectiveConfig {
@@ -387,10 +394,9 @@ fn the_loss_of_the_exact_model_is_below_a_wrong_model() {
         .unwrap()
         .into_scalar();
     assert!(exact < wrong, "exact {exact} wrong {wrong}");
-    let zero = |x: Tensor<B, 5>,
-                _t: Tensor<B, 2>,
-                _a: Option<Tensor<B, 2, Int>>|
-     -> Result<Tensor<B, 5>> { Ok(x.zeros_like()) };
+    let zero = |x: Tensor<B, 5>, _t: Tensor<B, 2>, _a: Cond<B>| -> Result<Tensor<B, 5>> {
+        Ok(x.zeros_like())
+    };
     // With v_pred = 0 the loss is E||ε - x_0||^2 / d = 1 + s^2 + mu^2.
     let zero_loss = cfg.loss(&zero, &batch, 0, 0).unwrap().into_scalar() as f64;
     assert!(
@@ -555,12 +561,13 @@ fn weighted_losses_stay_finite_with_clean_context_frames() {
         latents: x0,
         actions: None,
         null_action: 0,
+        labels: None,
+        null_label: 0,
         sample_ids: (0..8).collect(),
     };
-    let zero = |x: Tensor<B, 5>,
-                _t: Tensor<B, 2>,
-                _a: Option<Tensor<B, 2, Int>>|
-     -> Result<Tensor<B, 5>> { Ok(x.zeros_like()) };
+    let zero = |x: Tensor<B, 5>, _t: Tensor<B, 2>, _a: Cond<B>| -> Result<Tensor<B, 5>> {
+        Ok(x.zeros_like())
+    };
     for prediction in PREDICTIONS {
         for weighting in [
             LossWeighting::None,

@@ -5,7 +5,7 @@ use burn::nn::{Embedding, EmbeddingConfig, Initializer};
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 
 use crate::layers::{DitBlock, FinalLayer, TimestepEmbedder};
-use crate::{AttentionMask, DitConfig, ModelError, Result};
+use crate::{AttentionMask, DitConfig, ModelError, PosEmbed, Result};
 
 /// What the DiT reads.
 #[derive(Debug, Clone)]
@@ -16,16 +16,19 @@ pub struct DitInput<B: Backend> {
     pub t: Tensor<B, 2>,
     /// Discrete action per frame, or `None` for the null action: [b, t].
     pub actions: Option<Tensor<B, 2, Int>>,
+    /// Class label per clip, or `None` for the null label: [b].
+    pub labels: Option<Tensor<B, 1, Int>>,
 }
 
 /// A video diffusion transformer with per-frame adaLN-Zero conditioning.
 #[derive(Module, Debug)]
 pub struct Dit<B: Backend> {
     patch_embed: burn::nn::Linear<B>,
-    pos_spatial: Param<Tensor<B, 2>>,
-    pos_temporal: Param<Tensor<B, 2>>,
+    pos_spatial: Option<Param<Tensor<B, 2>>>,
+    pos_temporal: Option<Param<Tensor<B, 2>>>,
     t_embed: TimestepEmbedder<B>,
     action_embed: Option<Embedding<B>>,
+    label_embed: Option<Embedding<B>>,
     blocks: Vec<DitBlock<B>>,
     final_layer: FinalLayer<B>,
     #[module(skip)]
@@ -38,24 +41,19 @@ impl DitConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Dit<B>> {
         self.validate()?;
         let d = self.hidden;
-        // Learned positions initialised to fixed sin-cos tables (DiT uses the
+        // Learned positions start at the fixed sin-cos tables (DiT uses the
         // fixed 2-D table; a near-zero random start leaves tokens unable to
         // tell where they are for many steps).
-        let (hp, wp) = (self.height / self.patch_size, self.width / self.patch_size);
-        let spatial: Vec<f32> = (0..hp * wp)
-            .flat_map(|i| {
-                let mut row = sincos(&[(i / wp) as f32], d / 2);
-                row.extend(sincos(&[(i % wp) as f32], d / 2));
-                row
-            })
-            .collect();
-        let temporal = sincos(&(0..self.frames).map(|f| f as f32).collect::<Vec<_>>(), d);
+        let learned = self.pos_embed == PosEmbed::Learned;
         let pos = |values: Vec<f32>, rows: usize| {
-            Param::from_tensor(Tensor::from_data(
-                TensorData::new(values, [rows, d]),
-                device,
-            ))
+            learned.then(|| {
+                Param::from_tensor(Tensor::from_data(
+                    TensorData::new(values, [rows, d]),
+                    device,
+                ))
+            })
         };
+        let (spatial, temporal) = self.sincos_tables(self.frame_groups(self.frames));
         // Unit-variance action rows, on the scale of the timestep embedding
         // they are added to: with DiT's 0.02 (fine for class labels over
         // hundreds of thousands of steps) a short run never learns to use them.
@@ -67,20 +65,51 @@ impl DitConfig {
                 })
                 .init(device)
         });
+        // Class rows as in DiT: N(0, 0.02).
+        let label_embed = (self.num_classes > 0).then(|| {
+            EmbeddingConfig::new(self.num_classes + 1, d)
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.02,
+                })
+                .init(device)
+        });
         Ok(Dit {
             patch_embed: burn::nn::LinearConfig::new(self.input_patch_dim(), d)
                 .with_initializer(Initializer::XavierUniform { gain: 1.0 })
                 .init(device),
             pos_spatial: pos(spatial, self.tokens_per_frame()),
-            pos_temporal: pos(temporal, self.frames),
+            pos_temporal: pos(temporal, self.frame_groups(self.frames)),
             t_embed: TimestepEmbedder::new(d, device),
             action_embed,
+            label_embed,
             blocks: (0..self.depth)
-                .map(|_| DitBlock::new(d, self.heads, self.mlp_hidden(), device))
+                .map(|_| DitBlock::new(self, device))
                 .collect(),
             final_layer: FinalLayer::new(d, self.patch_dim(), device),
             cfg: self.clone(),
         })
+    }
+}
+
+impl DitConfig {
+    /// The 2-D spatial sin-cos table (half the width for rows, half for
+    /// columns) and the temporal one for `frames` frames.
+    ///
+    /// # Shapes
+    /// -> ([s * d], [frames * d])
+    fn sincos_tables(&self, frames: usize) -> (Vec<f32>, Vec<f32>) {
+        let d = self.hidden;
+        let wp = self.width / self.patch_size;
+        let spatial = (0..self.tokens_per_frame())
+            .flat_map(|i| {
+                let mut row = sincos(&[(i / wp) as f32], d / 2);
+                row.extend(sincos(&[(i % wp) as f32], d / 2));
+                row
+            })
+            .collect();
+        let temporal = sincos(&(0..frames).map(|f| f as f32).collect::<Vec<_>>(), d);
+        (spatial, temporal)
     }
 }
 
@@ -99,16 +128,24 @@ impl<B: Backend> Dit<B> {
     pub fn forward(&self, input: DitInput<B>) -> Result<Tensor<B, 5>> {
         let cfg = &self.cfg;
         let [b, t, c, h, w] = input.latents.dims();
-        if c != cfg.channels || h != cfg.height || w != cfg.width || t == 0 || t > cfg.frames {
+        let pt = cfg.patch_t;
+        if c != cfg.channels
+            || h != cfg.height
+            || w != cfg.width
+            || t == 0
+            || t > cfg.frames
+            || t % pt != 0
+        {
             return Err(ModelError::Shape {
                 name: "latents",
                 got: vec![b, t, c, h, w],
                 expected: format!(
-                    "[b, 1..={}, {}, {}, {}]",
+                    "[b, 1..={} (a multiple of model.patch_t = {pt}), {}, {}, {}]",
                     cfg.frames, cfg.channels, cfg.height, cfg.width
                 ),
             });
         }
+        let g = t / pt; // frame groups: tokens along time
         if input.t.dims() != [b, t] {
             return Err(ModelError::Shape {
                 name: "t",
@@ -119,14 +156,33 @@ impl<B: Backend> Dit<B> {
         let device = input.latents.device();
         let s = cfg.tokens_per_frame();
         let stacked = stack_history(input.latents, cfg.history_frames); // [b, t, c(1+k), h, w]
-        let x = crate::layers::apply(&self.patch_embed, patchify(stacked, cfg.patch_size)); // [b, t, s, d]
-        let pos = self
-            .pos_temporal
-            .val()
-            .narrow(0, 0, t)
-            .unsqueeze_dim::<3>(1)
-            + self.pos_spatial.val().unsqueeze_dim::<3>(0); // [t, s, d]
-        let mut x = x + pos.unsqueeze_dim::<4>(0);
+        let x = crate::layers::apply(&self.patch_embed, patchify(stacked, pt, cfg.patch_size)); // [b, g, s, d]
+        let d = cfg.hidden;
+        let pos = match (&self.pos_temporal, &self.pos_spatial) {
+            (Some(temporal), Some(spatial)) => Some(
+                temporal.val().narrow(0, 0, g).unsqueeze_dim::<3>(1)
+                    + spatial.val().unsqueeze_dim::<3>(0),
+            ),
+            _ if cfg.pos_embed == PosEmbed::Sincos => {
+                let (spatial, temporal) = cfg.sincos_tables(g);
+                let table = |v: Vec<f32>, rows: usize| {
+                    Tensor::<B, 2>::from_data(TensorData::new(v, [rows, d]), &device)
+                };
+                Some(
+                    table(temporal, g).unsqueeze_dim::<3>(1)
+                        + table(spatial, s).unsqueeze_dim::<3>(0),
+                )
+            }
+            _ => None,
+        }; // [g, s, d]
+        let mut x = match pos {
+            Some(pos) => x + pos.unsqueeze_dim::<4>(0),
+            None => x,
+        };
+        let rope = (cfg.pos_embed == PosEmbed::Rope).then(|| {
+            let (hp, wp) = (cfg.height / cfg.patch_size, cfg.width / cfg.patch_size);
+            crate::rope::tables::<B>(g, hp, wp, cfg.head_dim(), &device)
+        }); // 2 x [n, e/2], n = g * s
 
         let mut cond = self.t_embed.forward(input.t); // [b, t, d]
         if let Some(embed) = &self.action_embed {
@@ -143,18 +199,33 @@ impl<B: Backend> Dit<B> {
             };
             cond = cond + embed.forward(ids); // [b, t, d]
         }
-
-        let bias = match cfg.attention {
-            AttentionMask::Full => None,
-            AttentionMask::FrameCausal => {
-                Some(attention_bias(frame_causal_mask::<B>(t, s, &device)))
-            } // [n, n]
-        };
-        for block in &self.blocks {
-            x = block.forward(x, cond.clone(), bias.clone());
+        if let Some(embed) = &self.label_embed {
+            let ids = match input.labels {
+                Some(l) if l.dims() == [b] => l,
+                Some(l) => {
+                    return Err(ModelError::Shape {
+                        name: "labels",
+                        got: l.dims().to_vec(),
+                        expected: format!("[{b}]"),
+                    })
+                }
+                None => Tensor::<B, 1, Int>::full([b], cfg.num_classes as i64, &device),
+            };
+            let label = embed.forward(ids.reshape([b, 1])); // [b, 1, d]
+            cond = cond + label; // [b, t, d]
         }
-        let out = self.final_layer.forward(x, cond); // [b, t, s, c*p*p]
-        Ok(unpatchify(out, c, h, w, cfg.patch_size))
+
+        if pt > 1 {
+            // One condition per frame group: the mean of its frames'.
+            cond = cond.reshape([b, g, pt, d]).mean_dim(2).reshape([b, g, d]);
+        }
+        let bias = frame_mask::<B>(cfg.attention, cfg.window_frames / pt, g, s, &device)
+            .map(attention_bias); // [n, n]
+        for block in &self.blocks {
+            x = block.forward(x, cond.clone(), bias.clone(), rope.as_ref());
+        }
+        let out = self.final_layer.forward(x, cond); // [b, g, s, pt*c*p*p]
+        Ok(unpatchify(out, pt, c, h, w, cfg.patch_size))
     }
 
     /// Number of scalar parameters.
@@ -205,34 +276,36 @@ pub fn stack_history<B: Backend>(x: Tensor<B, 5>, k: usize) -> Tensor<B, 5> {
     Tensor::cat(parts, 2)
 }
 
-/// Split frames into non-overlapping p x p patches.
+/// Split clips into non-overlapping pt x p x p patches (pt frames, p x p
+/// pixels); within a patch values run frame, channel, row, column.
 ///
 /// # Shapes
-/// x: [b, t, c, h, w] -> [b, t, s, c*p*p]
-pub fn patchify<B: Backend>(x: Tensor<B, 5>, p: usize) -> Tensor<B, 4> {
+/// x: [b, t, c, h, w] -> [b, g, s, pt*c*p*p] with g = t / pt
+pub fn patchify<B: Backend>(x: Tensor<B, 5>, pt: usize, p: usize) -> Tensor<B, 4> {
     let [b, t, c, h, w] = x.dims();
-    let (hp, wp) = (h / p, w / p);
-    x.reshape([b * t, c, hp, p, wp, p]) // [bt, c, hp, p, wp, p]
-        .permute([0, 2, 4, 1, 3, 5]) // [bt, hp, wp, c, p, p]
-        .reshape([b, t, hp * wp, c * p * p])
+    let (g, hp, wp) = (t / pt, h / p, w / p);
+    x.reshape([b * g, pt, c, hp, p, wp, p]) // [bg, pt, c, hp, p, wp, p]
+        .permute([0, 3, 5, 1, 2, 4, 6]) // [bg, hp, wp, pt, c, p, p]
+        .reshape([b, g, hp * wp, pt * c * p * p])
 }
 
 /// Inverse of [`patchify`].
 ///
 /// # Shapes
-/// x: [b, t, s, c*p*p] -> [b, t, c, h, w]
+/// x: [b, g, s, pt*c*p*p] -> [b, g*pt, c, h, w]
 pub fn unpatchify<B: Backend>(
     x: Tensor<B, 4>,
+    pt: usize,
     c: usize,
     h: usize,
     w: usize,
     p: usize,
 ) -> Tensor<B, 5> {
-    let [b, t, _, _] = x.dims();
+    let [b, g, _, _] = x.dims();
     let (hp, wp) = (h / p, w / p);
-    x.reshape([b * t, hp, wp, c, p, p]) // [bt, hp, wp, c, p, p]
-        .permute([0, 3, 1, 4, 2, 5]) // [bt, c, hp, p, wp, p]
-        .reshape([b, t, c, h, w])
+    x.reshape([b * g, hp, wp, pt, c, p, p]) // [bg, hp, wp, pt, c, p, p]
+        .permute([0, 3, 4, 1, 5, 2, 6]) // [bg, pt, c, hp, p, wp, p]
+        .reshape([b, g * pt, c, h, w])
 }
 
 /// Additive attention bias from a mask: -inf where masked, 0 elsewhere.
@@ -244,12 +317,30 @@ pub fn attention_bias<B: Backend>(mask: Tensor<B, 2, Bool>) -> Tensor<B, 2> {
     Tensor::<B, 2>::zeros([n, n], &mask.device()).mask_fill(mask, f32::NEG_INFINITY)
 }
 
-/// True where a query token may not see a key token: the key's frame is later.
+/// True where a query token may not see a key token: with `FrameCausal`,
+/// where the key's frame is later; with `SlidingWindow`, also where it is
+/// `window` or more frames earlier. `None` for full attention.
 ///
 /// # Shapes
 /// -> [n, n] with n = t * s
-pub fn frame_causal_mask<B: Backend>(t: usize, s: usize, device: &B::Device) -> Tensor<B, 2, Bool> {
+pub fn frame_mask<B: Backend>(
+    kind: AttentionMask,
+    window: usize,
+    t: usize,
+    s: usize,
+    device: &B::Device,
+) -> Option<Tensor<B, 2, Bool>> {
+    let window = match kind {
+        AttentionMask::Full => return None,
+        AttentionMask::FrameCausal => usize::MAX,
+        AttentionMask::SlidingWindow => window,
+    };
     let n = t * s;
-    let mask: Vec<bool> = (0..n * n).map(|i| (i % n) / s > (i / n) / s).collect();
-    Tensor::from_data(TensorData::new(mask, [n, n]), device)
+    let mask: Vec<bool> = (0..n * n)
+        .map(|i| {
+            let (query, key) = ((i / n) / s, (i % n) / s);
+            key > query || query - key >= window
+        })
+        .collect();
+    Some(Tensor::from_data(TensorData::new(mask, [n, n]), device))
 }

@@ -1,11 +1,13 @@
 //! Building blocks of the DiT: timestep embedding, attention, MLP, adaLN-Zero
 //! block and final layer. Letters: b batch, t frames, s tokens per frame,
 //! n = t*s tokens, d hidden, k heads, e head dim, f timestep frequencies.
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::activation::{gelu_approximate, silu};
 use burn::tensor::{backend::Backend, Tensor, TensorData};
+
+use crate::{MlpKind, QkNorm};
 
 /// Width of the sinusoidal timestep features.
 pub const FREQ_DIM: usize = 128;
@@ -85,39 +87,101 @@ impl<B: Backend> TimestepEmbedder<B> {
     }
 }
 
-/// Multi-head self-attention over all tokens with an optional boolean mask.
+/// Normalisation over the head dim with a learned scale (and, for
+/// LayerNorm, bias): the QK-norm of SD3 / ViT-22B.
+#[derive(Module, Debug)]
+pub struct HeadNorm<B: Backend> {
+    weight: Param<Tensor<B, 1>>,
+    bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> HeadNorm<B> {
+    /// Scale 1 (and bias 0) over a head dim of `e`; `None` for no norm.
+    pub fn new(kind: QkNorm, e: usize, device: &B::Device) -> Option<Self> {
+        let ones = || Param::from_tensor(Tensor::ones([e], device));
+        match kind {
+            QkNorm::None => None,
+            QkNorm::Rms => Some(Self {
+                weight: ones(),
+                bias: None,
+            }),
+            QkNorm::Layer => Some(Self {
+                weight: ones(),
+                bias: Some(Param::from_tensor(Tensor::zeros([e], device))),
+            }),
+        }
+    }
+
+    /// RMSNorm `x / rms(x) * g` without a bias, LayerNorm with one.
+    ///
+    /// # Shapes
+    /// x: [b, k, n, e] -> [b, k, n, e]
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let g = self.weight.val().unsqueeze_dims::<4>(&[0, 1, 2]); // [1, 1, 1, e]
+        match &self.bias {
+            None => {
+                let ms = (x.clone() * x.clone()).mean_dim(3); // [b, k, n, 1]
+                x / (ms + 1e-6).sqrt() * g
+            }
+            Some(bias) => layer_norm(x) * g + bias.val().unsqueeze_dims::<4>(&[0, 1, 2]),
+        }
+    }
+}
+
+/// Multi-head self-attention over all tokens with an optional additive bias,
+/// optional QK-norm and optional rotary positions.
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     qkv: Linear<B>,
     proj: Linear<B>,
+    q_norm: Option<HeadNorm<B>>,
+    k_norm: Option<HeadNorm<B>>,
     heads: usize,
 }
 
 impl<B: Backend> Attention<B> {
     /// A new attention layer.
-    pub fn new(hidden: usize, heads: usize, device: &B::Device) -> Self {
+    pub fn new(hidden: usize, heads: usize, qk_norm: QkNorm, device: &B::Device) -> Self {
+        let e = hidden / heads;
         Self {
             qkv: linear(hidden, 3 * hidden, false, device),
             proj: linear(hidden, hidden, false, device),
+            q_norm: HeadNorm::new(qk_norm, e, device),
+            k_norm: HeadNorm::new(qk_norm, e, device),
             heads,
         }
     }
 
     /// # Shapes
     /// x: [b, n, d], bias: [n, n] added to the attention logits (-inf = may
-    /// not attend) -> [b, n, d]
-    pub fn forward(&self, x: Tensor<B, 3>, bias: Option<Tensor<B, 2>>) -> Tensor<B, 3> {
+    /// not attend), rope: cos and sin tables [n, e/2] -> [b, n, d]
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        bias: Option<Tensor<B, 2>>,
+        rope: Option<&(Tensor<B, 2>, Tensor<B, 2>)>,
+    ) -> Tensor<B, 3> {
         let [b, n, d] = x.dims();
         let (k, e) = (self.heads, d / self.heads);
         let qkv = apply(&self.qkv, x)
             .reshape([b, n, 3, k, e])
             .permute([2, 0, 3, 1, 4]); // [3, b, k, n, e]
         let mut parts = qkv.chunk(3, 0).into_iter().map(|p| p.squeeze_dim::<4>(0)); // 3 x [b, k, n, e]
-        let (q, kk, v) = (
+        let (mut q, mut kk, v) = (
             parts.next().unwrap(),
             parts.next().unwrap(),
             parts.next().unwrap(),
         );
+        if let Some(norm) = &self.q_norm {
+            q = norm.forward(q);
+        }
+        if let Some(norm) = &self.k_norm {
+            kk = norm.forward(kk);
+        }
+        if let Some((cos, sin)) = rope {
+            q = crate::rope::apply(q, cos, sin);
+            kk = crate::rope::apply(kk, cos, sin);
+        }
         // softmax(q k^T / sqrt(e) + bias) v (Vaswani et al. 2017, eq. 1)
         let mut logits = q.matmul(kk.swap_dims(2, 3)) * (1.0 / (e as f64).sqrt()); // [b, k, n, n]
         if let Some(bias) = bias {
@@ -128,26 +192,34 @@ impl<B: Backend> Attention<B> {
     }
 }
 
-/// GELU MLP.
+/// GELU MLP, or SwiGLU when it has a gate.
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
     fc1: Linear<B>,
+    gate: Option<Linear<B>>,
     fc2: Linear<B>,
 }
 
 impl<B: Backend> Mlp<B> {
     /// A new MLP d -> inner -> d.
-    pub fn new(hidden: usize, inner: usize, device: &B::Device) -> Self {
+    pub fn new(kind: MlpKind, hidden: usize, inner: usize, device: &B::Device) -> Self {
         Self {
             fc1: linear(hidden, inner, false, device),
+            gate: (kind == MlpKind::Swiglu).then(|| linear(hidden, inner, false, device)),
             fc2: linear(inner, hidden, false, device),
         }
     }
 
+    /// GELU: fc2(gelu(fc1 x)); SwiGLU: fc2(silu(gate x) * fc1 x).
+    ///
     /// # Shapes
     /// x: [b, t, s, d] -> [b, t, s, d]
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        apply(&self.fc2, gelu_approximate(apply(&self.fc1, x)))
+        let inner = match &self.gate {
+            None => gelu_approximate(apply(&self.fc1, x)),
+            Some(gate) => silu(apply(gate, x.clone())) * apply(&self.fc1, x),
+        };
+        apply(&self.fc2, inner)
     }
 }
 
@@ -162,21 +234,24 @@ pub struct DitBlock<B: Backend> {
 
 impl<B: Backend> DitBlock<B> {
     /// A new block; the modulation starts at zero so the block starts as identity.
-    pub fn new(hidden: usize, heads: usize, mlp_inner: usize, device: &B::Device) -> Self {
+    pub fn new(cfg: &crate::DitConfig, device: &B::Device) -> Self {
+        let hidden = cfg.hidden;
         Self {
-            attn: Attention::new(hidden, heads, device),
-            mlp: Mlp::new(hidden, mlp_inner, device),
+            attn: Attention::new(hidden, cfg.heads, cfg.qk_norm, device),
+            mlp: Mlp::new(cfg.mlp, hidden, cfg.mlp_hidden(), device),
             ada_ln: linear(hidden, 6 * hidden, true, device),
         }
     }
 
     /// # Shapes
-    /// x: [b, t, s, d], c: [b, t, d], bias: [n, n] -> [b, t, s, d]
+    /// x: [b, t, s, d], c: [b, t, d], bias: [n, n], rope: 2 x [n, e/2]
+    /// -> [b, t, s, d]
     pub fn forward(
         &self,
         x: Tensor<B, 4>,
         c: Tensor<B, 3>,
         bias: Option<Tensor<B, 2>>,
+        rope: Option<&(Tensor<B, 2>, Tensor<B, 2>)>,
     ) -> Tensor<B, 4> {
         let [b, t, s, d] = x.dims();
         let m = apply(&self.ada_ln, silu(c))
@@ -185,7 +260,7 @@ impl<B: Backend> DitBlock<B> {
         let h = modulate(layer_norm(x.clone()), m[0].clone(), m[1].clone());
         let h = self
             .attn
-            .forward(h.reshape([b, t * s, d]), bias)
+            .forward(h.reshape([b, t * s, d]), bias, rope)
             .reshape([b, t, s, d]);
         let x = x + m[2].clone() * h;
         let h = modulate(layer_norm(x.clone()), m[3].clone(), m[4].clone());

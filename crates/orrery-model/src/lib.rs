@@ -2,9 +2,13 @@
 //!
 //! The principal type is [`Dit`], a DiT (Peebles & Xie 2023) over video latents
 //! `[b, t, c, h, w]`: spatial patch embedding per frame, adaLN-Zero blocks
-//! conditioned per frame on a timestep embedding plus an action embedding, attention
-//! over all tokens with a frame-causal mask, and a final adaLN layer that
-//! unpatchifies back to `[b, t, c, h, w]`. It is built from a serde [`DitConfig`]
+//! conditioned per frame on a timestep embedding plus an action embedding
+//! (and per clip on a class label), attention over all tokens with a full,
+//! frame-causal or sliding-window mask, learned, sin-cos or 3-D rotary
+//! positions, optional QK-norm and SwiGLU, and a final adaLN layer that
+//! unpatchifies back to `[b, t, c, h, w]`. DiT's S/B/L/XL sizes are
+//! [`Preset`]s; [`DitConfig::num_params`] and
+//! [`DitConfig::train_flops_per_sample`] size a model without building it. It is built from a serde [`DitConfig`]
 //! and is generic over the burn backend. [`named`] turns any burn module into
 //! stable dotted tensor names (`blocks.3.attn.qkv.weight`) and back, which is
 //! what checkpoints are made of.
@@ -20,17 +24,19 @@
 //! let latents = Tensor::<Flex, 5>::zeros([1, 2, cfg.channels, 8, 8], &device);
 //! let t = Tensor::<Flex, 2>::ones([1, 2], &device);
 //! let actions = Tensor::<Flex, 2, Int>::zeros([1, 2], &device);
-//! let v = model.forward(DitInput { latents, t, actions: Some(actions) }).unwrap();
+//! let v = model.forward(DitInput { latents, t, actions: Some(actions), labels: None }).unwrap();
 //! assert_eq!(v.dims(), [1, 2, cfg.channels, 8, 8]);
 //! ```
 #![deny(missing_docs)]
 
 mod config;
+mod count;
 mod dit;
 mod layers;
 pub mod named;
+pub mod rope;
 
-pub use config::{AttentionMask, DitConfig};
+pub use config::{AttentionMask, DitConfig, MlpKind, PosEmbed, Preset, QkNorm};
 pub use dit::{Dit, DitInput};
 
 /// Errors from building or running a model.

@@ -27,7 +27,8 @@ pub struct StepBench {
     pub step_s: Vec<f64>,
     /// Seconds of loading each batch to the device.
     pub data_s: Vec<f64>,
-    /// Approximate training FLOPs per step (6 N T for matmuls plus attention).
+    /// Training FLOPs per step ([`orrery_model::DitConfig::train_flops_per_sample`]:
+    /// matmuls and dense attention, backward counted as twice the forward).
     pub flops_per_step: f64,
     /// Ranks (the global batch is split over them).
     pub ranks: usize,
@@ -76,12 +77,9 @@ fn bench_on<B: AutodiffBackend>(
     )?;
     let (mut optim, mut ema) = (AdamW::default(), Ema::new(BTreeMap::new()));
     let m = &cfg.model;
-    let tokens = m.frames * m.tokens_per_frame();
+    let tokens = m.frame_groups(m.frames) * m.tokens_per_frame();
     let params = model.param_count();
-    // Forward matmul FLOPs 2 N per token, backward twice that; attention
-    // scores and values 4 n^2 d per layer forward.
-    let per_sample = 6.0 * params as f64 * tokens as f64
-        + 3.0 * 4.0 * (tokens * tokens * m.hidden * m.depth) as f64;
+    let per_sample = m.train_flops_per_sample(m.frames);
     let mut bench = StepBench {
         params,
         tokens_per_sample: tokens,
@@ -105,7 +103,7 @@ fn bench_on<B: AutodiffBackend>(
     }
     for step in 0..warmup + steps {
         let t0 = Instant::now();
-        let batch = to_device::<B>(&loader.next_batch(), m.num_actions as i64, &device);
+        let batch = to_device::<B>(&loader.next_batch(), m, &device);
         let t1 = Instant::now();
         let (next, out) = train_step(
             cfg,

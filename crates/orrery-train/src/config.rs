@@ -251,8 +251,9 @@ pub struct SampleConfig {
     pub clips: usize,
     /// The sampler: euler, heun, ddim (eta), ddpm or euler_maruyama.
     pub sampler: Sampler,
-    /// Classifier-free guidance scale on the actions (1 = none; needs
-    /// objective.action_dropout > 0 so the null action was trained).
+    /// Classifier-free guidance scale on the actions and labels (1 = none;
+    /// needs objective.action_dropout / label_dropout > 0 for each condition
+    /// the model has, so the null condition was trained).
     pub guidance: f64,
 }
 
@@ -269,6 +270,30 @@ impl Default for SampleConfig {
     }
 }
 
+/// Fill `model.hidden`, `depth`, `heads` (and `patch_size`) from
+/// `model.preset` where the config does not set them itself.
+fn resolve_preset(value: &mut toml::Table) -> Result<()> {
+    let Some(toml::Value::Table(model)) = value.get_mut("model") else {
+        return Ok(());
+    };
+    let name = match model.get("preset") {
+        None => return Ok(()),
+        Some(toml::Value::String(name)) => name.clone(),
+        Some(other) => {
+            return Err(TrainError::Config(format!(
+                "model.preset = {other} must be a string such as \"XL/2\""
+            )))
+        }
+    };
+    let p = orrery_model::Preset::named(&name).map_err(|e| TrainError::Config(e.to_string()))?;
+    let mut fill = vec![("hidden", p.hidden), ("depth", p.depth), ("heads", p.heads)];
+    fill.extend(p.patch_size.map(|ps| ("patch_size", ps)));
+    for (key, v) in fill {
+        model.entry(key).or_insert(toml::Value::Integer(v as i64));
+    }
+    Ok(())
+}
+
 impl TrainConfig {
     /// Load a TOML file, apply `key=value` overrides, and validate.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
@@ -282,10 +307,16 @@ impl TrainConfig {
     pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self> {
         let mut value: toml::Table = toml::from_str(text)
             .map_err(|e| TrainError::Config(format!("{origin} is not valid TOML: {e}")))?;
-        let defaults = toml::Table::try_from(TrainConfig::default()).expect("defaults serialize");
+        let mut defaults =
+            toml::Table::try_from(TrainConfig::default()).expect("defaults serialize");
+        // Optional keys are absent from the serialized defaults; name them.
+        if let Some(toml::Value::Table(m)) = defaults.get_mut("model") {
+            m.insert("preset".into(), toml::Value::String(String::new()));
+        }
         for o in overrides {
             crate::overrides::apply(&mut value, &defaults, o)?;
         }
+        resolve_preset(&mut value)?;
         let cfg: TrainConfig = crate::overrides::deserialize(value, origin)?;
         cfg.validate()?;
         Ok(cfg)
@@ -366,14 +397,36 @@ impl TrainConfig {
                 s.guidance
             ));
         }
-        if s.guidance != 1.0 && self.objective.action_dropout == 0.0 {
-            return bad(format!(
-                "sample.guidance = {} needs the null action trained: set objective.action_dropout > 0 (0.1 is usual) or sample.guidance = 1",
-                s.guidance
-            ));
+        if s.guidance != 1.0 {
+            let m = &self.model;
+            if m.num_actions == 0 && m.num_classes == 0 {
+                return bad(format!(
+                    "sample.guidance = {} needs a condition to guide on: the model has neither actions (model.num_actions) nor labels (model.num_classes); set sample.guidance = 1",
+                    s.guidance
+                ));
+            }
+            for (has, key, p) in [
+                (
+                    m.num_actions > 0,
+                    "action_dropout",
+                    self.objective.action_dropout,
+                ),
+                (
+                    m.num_classes > 0,
+                    "label_dropout",
+                    self.objective.label_dropout,
+                ),
+            ] {
+                if has && p == 0.0 {
+                    return bad(format!(
+                        "sample.guidance = {} needs the null condition trained: set objective.{key} > 0 (0.1 is usual) or sample.guidance = 1",
+                        s.guidance
+                    ));
+                }
+            }
         }
-        if self.model.frames < 2 && s.frames > 0 {
-            return bad("rollouts need model.frames >= 2 (a context frame and a new one)".into());
+        if self.model.frames < 2 && self.model.num_actions > 0 {
+            return bad("an action-conditioned world model needs model.frames >= 2 (a context frame and a new one); image models set model.num_actions = 0".into());
         }
         if !(self.parallel.bucket_mb > 0.0 && self.parallel.bucket_mb.is_finite()) {
             return bad(format!(
@@ -400,4 +453,56 @@ fn divisors_hint(batch: usize, ranks: usize) -> String {
         .rev()
         .find(|r| batch % r == 0)
         .map_or("fewer".into(), |r| r.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, overrides: &[&str]) -> Result<TrainConfig> {
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        TrainConfig::from_toml(text, "test.toml", &o)
+    }
+
+    #[test]
+    fn presets_fill_only_what_the_file_leaves_out() {
+        let cfg = parse(
+            "[model]\npreset = \"B/4\"\ndepth = 2\nheight = 32\nwidth = 32\nnum_actions = 0\n",
+            &[],
+        )
+        .unwrap();
+        let m = &cfg.model;
+        assert_eq!((m.hidden, m.depth, m.heads, m.patch_size), (768, 2, 12, 4));
+        // The resolved config round-trips: the preset fills nothing twice.
+        let again = parse(&toml::to_string(&cfg).unwrap(), &[]).unwrap();
+        assert_eq!(again, cfg);
+        // A preset from the command line works too.
+        let cfg = parse(
+            "[model]\nheight = 32\nwidth = 32\n",
+            &["model.preset=\"S/2\""],
+        )
+        .unwrap();
+        assert_eq!((cfg.model.hidden, cfg.model.patch_size), (384, 2));
+        let err = parse("[model]\npreset = \"XXL\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a preset"), "{err}");
+    }
+
+    #[test]
+    fn guidance_needs_each_condition_trained_with_dropout() {
+        let image =
+            "[model]\nframes = 1\nnum_actions = 0\nnum_classes = 10\n[sample]\nguidance = 3.0\n";
+        parse(image, &[]).unwrap();
+        let err = parse(image, &["objective.label_dropout=0.0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("objective.label_dropout > 0"), "{err}");
+        let err = parse(image, &["model.num_classes=0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs a condition to guide on"), "{err}");
+        let err = parse("[model]\nframes = 1\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("world model needs model.frames >= 2"), "{err}");
+    }
 }

@@ -70,6 +70,8 @@ pub(crate) fn micro_batches<B: Backend>(batch: &TrainBatch<B>, size: usize) -> V
                 latents: batch.latents.clone().narrow(0, start, len),
                 actions: batch.actions.clone().map(|a| a.narrow(0, start, len)),
                 null_action: batch.null_action,
+                labels: batch.labels.clone().map(|l| l.narrow(0, start, len)),
+                null_label: batch.null_label,
                 sample_ids: batch.sample_ids[start..start + len].to_vec(),
             }
         })

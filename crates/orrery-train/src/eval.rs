@@ -38,6 +38,10 @@ pub(crate) fn heldout_batch(data: &Dataset, frames: usize, n: usize) -> Batch {
                 })
                 .collect()
         }),
+        labels: clips
+            .first()
+            .and_then(|c| c.label)
+            .map(|_| clips.iter().map(|c| c.label.unwrap_or(0)).collect()),
         sample_ids: (0..clips.len() as u64).collect(),
         clip_ids: clips.iter().map(|c| c.id.clone()).collect(),
     }

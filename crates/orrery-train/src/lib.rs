@@ -45,6 +45,7 @@ pub mod config;
 mod ddp;
 mod eval;
 pub mod export;
+pub mod generate;
 pub mod media;
 pub mod optim;
 mod overrides;

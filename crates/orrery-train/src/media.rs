@@ -24,13 +24,16 @@ impl Rgb {
         }
     }
 
-    /// A frame `[3, h, w]` in [-1, 1], scaled up `scale` times (nearest).
+    /// A frame `[c, h, w]` in [-1, 1], scaled up `scale` times (nearest):
+    /// RGB when c = 3, otherwise the first channel in grey.
     pub fn from_frame(frame: &[f32], h: usize, w: usize, scale: usize) -> Self {
         let mut img = Rgb::blank(h * scale, w * scale);
+        let rgb = frame.len() == 3 * h * w;
         for y in 0..h * scale {
             for x in 0..w * scale {
                 for c in 0..3 {
-                    let v = frame[(c * h + y / scale) * w + x / scale];
+                    let src = if rgb { c } else { 0 };
+                    let v = frame[(src * h + y / scale) * w + x / scale];
                     img.data[(y * w * scale + x) * 3 + c] =
                         ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8;
                 }

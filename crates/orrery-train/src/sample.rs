@@ -1,6 +1,7 @@
-//! World-model rollouts from a checkpoint: generate frames autoregressively
-//! from held-out context frames and their actions, write a GIF and a PNG strip,
-//! and score the agent's position against the synthetic world's ground truth.
+//! `orrery sample`. World models (with actions): roll out frames
+//! autoregressively from held-out context frames and their actions, write a
+//! GIF and a PNG strip, and score the agent's position against the synthetic
+//! world's ground truth. Other models: generate from noise (generate.rs).
 //! Letters: b clips, k context frames, m generated frames, c/h/w frame size.
 use std::path::{Path, PathBuf};
 
@@ -46,18 +47,21 @@ pub struct SampleOptions {
     pub sampler: Option<Sampler>,
     /// Guidance scale (default: the run's sample.guidance).
     pub guidance: Option<f64>,
+    /// Samples per class, or in all for unconditional models (default:
+    /// the run's sample.clips). Models without actions only.
+    pub per_class: Option<usize>,
     /// Seed of the sampling noise.
     pub seed: u64,
     /// Use the online weights instead of the EMA.
     pub no_ema: bool,
 }
 
-/// The run's rollout settings with the command line's overrides.
-fn rollout_config(
+/// The run's sampler settings with the command line's overrides.
+fn sampler_config(
     cfg: &crate::config::TrainConfig,
     opts: &SampleOptions,
-    window_dims: [usize; 5],
-) -> Result<RolloutConfig> {
+    dims: [usize; 5],
+) -> Result<SamplerConfig> {
     let sampler = opts.sampler.unwrap_or(cfg.sample.sampler);
     sampler
         .validate()
@@ -68,17 +72,23 @@ fn rollout_config(
             "--guidance {guidance} must be >= 0 (1 = no guidance)"
         )));
     }
-    Ok(RolloutConfig {
-        window: cfg.model.frames,
-        context_noise: cfg.objective.context_noise,
-        sampler: SamplerConfig {
-            sampler,
-            steps: opts.steps.unwrap_or(cfg.sample.steps),
-            guidance,
-            shift: cfg.objective.shift_alpha(window_dims),
-            param: cfg.objective.parameterization(),
-        },
+    Ok(SamplerConfig {
+        sampler,
+        steps: opts.steps.unwrap_or(cfg.sample.steps),
+        guidance,
+        shift: cfg.objective.shift_alpha(dims),
+        param: cfg.objective.parameterization(),
     })
+}
+
+/// What `orrery sample` did.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum SampleReport {
+    /// A world-model rollout.
+    Rollout(RolloutReport),
+    /// Samples from noise.
+    Generate(crate::generate::GenerateReport),
 }
 
 /// Scores of a rollout.
@@ -107,8 +117,9 @@ pub struct RolloutReport {
     pub outputs: Vec<PathBuf>,
 }
 
-/// Roll out a checkpoint on the CPU (or the run's device) and write pictures.
-pub fn sample(opts: &SampleOptions) -> Result<RolloutReport> {
+/// Roll out (world models) or generate from (other models) a checkpoint on
+/// the run's device and write pictures.
+pub fn sample(opts: &SampleOptions) -> Result<SampleReport> {
     let dir = checkpoint::resolve(&opts.checkpoint)?;
     let state = checkpoint::load_state(&dir)?;
     with_backend!(state.config.run.device, |AB, device| sample_on::<
@@ -123,10 +134,22 @@ fn sample_on<B: Backend>(
     dir: &Path,
     state: &checkpoint::TrainerState,
     device: B::Device,
-) -> Result<RolloutReport> {
+) -> Result<SampleReport> {
     let cfg = &state.config;
     let weights = read_safetensors(&dir.join(if opts.no_ema { MODEL_FILE } else { EMA_FILE }))?;
     let model = load_host(cfg.model.init::<B>(&device)?, &weights, &device)?;
+    let m = &cfg.model;
+    if m.num_actions == 0 {
+        let dims = [1, m.frames, m.channels, m.height, m.width];
+        let sampler = sampler_config(cfg, opts, dims)?;
+        let report = crate::generate::generate_samples(opts, state, &model, sampler, &device)?;
+        return Ok(SampleReport::Generate(report));
+    }
+    if opts.per_class.is_some() {
+        return Err(TrainError::Config(
+            "--per-class is for models without actions; a world model rolls out held-out clips (use --frames)".into(),
+        ));
+    }
     let data = Dataset::open(&cfg.data.url, cfg.data.holdout_clips)?;
     let (k, m) = (cfg.sample.context, opts.frames.unwrap_or(cfg.sample.frames));
     let clips: Vec<&Clip> = data
@@ -159,7 +182,11 @@ fn sample_on<B: Backend>(
         .iter()
         .flat_map(|cl| cl.actions.as_ref().unwrap()[..k + m].iter().copied())
         .collect();
-    let rcfg = rollout_config(cfg, opts, [b, cfg.model.frames, c, h, w])?;
+    let rcfg = RolloutConfig {
+        window: cfg.model.frames,
+        context_noise: cfg.objective.context_noise,
+        sampler: sampler_config(cfg, opts, [b, cfg.model.frames, c, h, w])?,
+    };
     eprintln!(
         "rolling out {b} held-out clips: {k} context frames, {m} generated, {} {:?} steps each, guidance {}",
         rcfg.sampler.steps, rcfg.sampler.sampler, rcfg.sampler.guidance
@@ -208,7 +235,7 @@ fn sample_on<B: Backend>(
         .map_err(io)?;
         tb.flush().map_err(io)?;
     }
-    Ok(report)
+    Ok(SampleReport::Rollout(report))
 }
 
 fn score<'a>(

@@ -176,7 +176,7 @@ mod tests {
     fn loss_decreases_on_a_fixed_batch() {
         let (cfg, mut model, shapes, batch) = setup();
         let device = Default::default();
-        let batch = to_device::<AB>(&batch, 5, &device);
+        let batch = to_device::<AB>(&batch, &cfg.model, &device);
         let (mut optim, mut ema) = (AdamW::default(), Ema::new(BTreeMap::new()));
         let mut losses = Vec::new();
         for _ in 0..40 {
@@ -207,7 +207,7 @@ mod tests {
     fn a_non_finite_batch_stops_the_step() {
         let (cfg, model, shapes, mut batch) = setup();
         batch.latents[3] = f32::NAN;
-        let batch = to_device::<AB>(&batch, 5, &Default::default());
+        let batch = to_device::<AB>(&batch, &cfg.model, &Default::default());
         let (mut optim, mut ema) = (AdamW::default(), Ema::new(BTreeMap::new()));
         let err = train_step(
             &cfg,

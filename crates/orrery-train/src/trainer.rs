@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use orrery_data::{Batch, Cursor, Dataset, Loader};
-use orrery_diffusion::{DiffusionError, TrainBatch};
+use orrery_diffusion::{Cond, DiffusionError, TrainBatch};
 use orrery_dist::{connect, Collective, World};
 use orrery_model::named::{load_host, map_named, to_host, visit_named, HostTensor, NamedTensors};
-use orrery_model::{Dit, DitInput};
+use orrery_model::{Dit, DitConfig, DitInput};
 
 use crate::checkpoint::{self, Checkpoint, TrainerState};
 use crate::config::TrainConfig;
@@ -83,20 +83,23 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
 }
 
 pub(crate) fn denoiser<B: Backend>(model: &Dit<B>) -> impl orrery_diffusion::Denoiser<B> + '_ {
-    move |x_t: Tensor<B, 5>, t: Tensor<B, 2>, actions: Option<Tensor<B, 2, Int>>| {
+    move |x_t: Tensor<B, 5>, t: Tensor<B, 2>, cond: Cond<B>| {
         model
             .forward(DitInput {
                 latents: x_t,
                 t,
-                actions,
+                actions: cond.actions,
+                labels: cond.labels,
             })
             .map_err(|e| DiffusionError::Denoiser(e.to_string()))
     }
 }
 
+/// A host batch on the device, with the model's null ids (one past its
+/// actions and its classes).
 pub(crate) fn to_device<B: Backend>(
     batch: &Batch,
-    null_action: i64,
+    model: &DitConfig,
     device: &B::Device,
 ) -> TrainBatch<B> {
     let [b, t, ..] = batch.dims;
@@ -106,7 +109,13 @@ pub(crate) fn to_device<B: Backend>(
             .actions
             .as_ref()
             .map(|a| Tensor::from_data(TensorData::new(a.clone(), [b, t]), device)),
-        null_action,
+        null_action: model.num_actions as i64,
+        labels: batch
+            .labels
+            .as_ref()
+            .filter(|_| model.num_classes > 0)
+            .map(|l| Tensor::from_data(TensorData::new(l.clone(), [b]), device)),
+        null_label: model.num_classes as i64,
         sample_ids: batch.sample_ids.clone(),
     }
 }
@@ -128,7 +137,35 @@ fn check_geometry(cfg: &TrainConfig, data: &Dataset) -> Result<()> {
             cfg.data.url, data.meta.num_actions, m.num_actions, data.meta.num_actions
         )));
     }
-    let need = cfg.sample.context + 1;
+    let labelled = data.train[0].label.is_some();
+    if m.num_classes > 0 && !labelled {
+        return Err(TrainError::Config(format!(
+            "model.num_classes = {} but the clips in {} have no label column: set model.num_classes = 0 or add labels",
+            m.num_classes, cfg.data.url
+        )));
+    }
+    if m.num_classes > 0 {
+        let top = data
+            .train
+            .iter()
+            .chain(&data.holdout)
+            .filter_map(|c| c.label)
+            .max()
+            .unwrap_or(0);
+        let classes = data.meta.num_classes.max(top as usize + 1);
+        if classes > m.num_classes {
+            return Err(TrainError::Config(format!(
+                "{} has {classes} classes but model.num_classes = {}: set model.num_classes={classes}",
+                cfg.data.url, m.num_classes
+            )));
+        }
+    }
+    // World models roll out held-out clips: they need context + 1 frames.
+    let need = if m.num_actions > 0 {
+        cfg.sample.context + 1
+    } else {
+        1
+    };
     if data.holdout.iter().all(|c| c.shape[0] < m.frames.max(need)) {
         return Err(TrainError::Config(format!(
             "no held-out clip has {} frames: raise data.holdout_clips or use longer clips",
@@ -281,18 +318,17 @@ fn train_ranks<B: AutodiffBackend>(
         (world.rank, world.size),
         cursor,
     )?;
-    let null_action = cfg.model.num_actions as i64;
     let inner_device = device.clone();
     let heldout_host = heldout_batch(&data, cfg.model.frames, cfg.data.global_batch);
-    let heldout = to_device::<B::InnerBackend>(&heldout_host, null_action, &inner_device);
+    let heldout = to_device::<B::InnerBackend>(&heldout_host, &cfg.model, &inner_device);
     let foreign = to_device::<B::InnerBackend>(
         &with_foreign_context(&heldout_host),
-        null_action,
+        &cfg.model,
         &inner_device,
     );
     let other_action = to_device::<B::InnerBackend>(
         &with_other_last_action(&heldout_host, cfg.model.num_actions),
-        null_action,
+        &cfg.model,
         &inner_device,
     );
     let mut tb = main
@@ -339,7 +375,7 @@ fn train_ranks<B: AutodiffBackend>(
         .map_or(cfg.run.steps, |n| (step + n).min(cfg.run.steps));
     while step < stop_at {
         let t0 = Instant::now();
-        let batch = to_device::<B>(&loader.next_batch(), null_action, &device);
+        let batch = to_device::<B>(&loader.next_batch(), &cfg.model, &device);
         data_wait += t0.elapsed();
         let (next, out) = train_step(
             &cfg,
@@ -362,7 +398,9 @@ fn train_ranks<B: AutodiffBackend>(
         if eval_now {
             let inner = model.valid();
             last_heldout = heldout_loss(&cfg, &inner, &heldout)?;
-            gains = next_frame_eval(&cfg, &inner, &heldout, &foreign, &other_action)?;
+            if cfg.model.frames > 1 {
+                gains = next_frame_eval(&cfg, &inner, &heldout, &foreign, &other_action)?;
+            }
             for (tag, value) in [
                 ("eval/heldout_loss", last_heldout),
                 ("eval/next_frame_loss", gains.loss),
@@ -382,6 +420,10 @@ fn train_ranks<B: AutodiffBackend>(
                 "lr": lr,
                 "grad_norm": norm,
                 "samples_per_s": (window_n as f64 * cfg.data.global_batch as f64) / secs,
+                // Model FLOP/s from the FLOPs count; divide by the device's
+                // peak for MFU.
+                "tflops_per_s": window_n as f64 * cfg.data.global_batch as f64
+                    * cfg.model.train_flops_per_sample(cfg.model.frames) / secs / 1e12,
                 "step_time_s": secs / window_n as f64,
                 "data_wait_frac": data_wait.as_secs_f64() / secs,
                 "heldout_loss": if eval_now { Some(last_heldout) } else { None },
@@ -393,6 +435,7 @@ fn train_ranks<B: AutodiffBackend>(
                 ("train/lr", "lr"),
                 ("train/grad_norm", "grad_norm"),
                 ("perf/samples_per_s", "samples_per_s"),
+                ("perf/model_tflops_per_s", "tflops_per_s"),
                 ("perf/step_time_s", "step_time_s"),
                 ("perf/data_wait_frac", "data_wait_frac"),
             ] {
