@@ -122,6 +122,9 @@ enum DataCommand {
         /// Clips per Parquet file.
         #[arg(long, default_value_t = 128)]
         clips_per_file: usize,
+        /// Write continuous (dx, dy) actions (`actions`, A = 2) instead of action ids.
+        #[arg(long)]
+        continuous_actions: bool,
     },
     /// Show a dataset's files, schema and shapes, reading and checking every row.
     Inspect {
@@ -233,6 +236,7 @@ fn run_data(cmd: DataCommand) -> Result<()> {
             size,
             seed,
             clips_per_file,
+            continuous_actions,
         } => {
             let cfg = SynthConfig {
                 clips,
@@ -240,6 +244,7 @@ fn run_data(cmd: DataCommand) -> Result<()> {
                 height: size[0],
                 width: size[1],
                 seed,
+                continuous_actions,
             };
             if let Err(e) = cfg.validate() {
                 bail!("orrery data synth: {e}");

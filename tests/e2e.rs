@@ -405,6 +405,7 @@ fn class_conditional_images_train_and_sample_per_class() {
                 shape: [1, 1, 8, 8],
                 latents,
                 actions: None,
+                action_values: None,
                 label: Some(k as i64),
                 agent_xy: None,
             }
@@ -516,6 +517,70 @@ guidance = 2.0
             &dir,
         ),
         "world model needs model.frames >= 2",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn continuous_actions_train_and_roll_out() {
+    let dir = scratch("continuous");
+    std::fs::write(
+        dir.join("tiny.toml"),
+        TINY.replace("depth = 2", "depth = 2\nnum_actions = 0\naction_dim = 2"),
+    )
+    .unwrap();
+    ok(orrery(
+        &[
+            "data",
+            "synth",
+            "--out",
+            "data",
+            "--clips",
+            "16",
+            "--frames",
+            "6",
+            "--size",
+            "16",
+            "16",
+            "--continuous-actions",
+        ],
+        &dir,
+    ));
+    let inspect = ok(orrery(&["data", "inspect", "data"], &dir));
+    assert!(inspect.contains("16 clips"), "{inspect}");
+    let out = ok(orrery(&["train", "tiny.toml"], &dir));
+    assert!(out.contains("another action"), "{out}");
+    let out = ok(orrery(
+        &[
+            "sample",
+            "--checkpoint",
+            "runs/tiny",
+            "--out",
+            "s/r.gif",
+            "--guidance",
+            "2",
+        ],
+        &dir,
+    ));
+    assert!(out.contains("rollout of 2 held-out clips"), "{out}");
+    // Discrete ids asked of continuous data, and the wrong width.
+    user_error(
+        orrery(&["train", "tiny.toml", "--set", "model.action_dim=0", "--set", "model.num_actions=5", "--run-dir", "r2"], &dir),
+        "have no action_ids (they have continuous actions): set model.num_actions = 0 and model.action_dim = 2",
+    );
+    user_error(
+        orrery(
+            &[
+                "train",
+                "tiny.toml",
+                "--set",
+                "model.action_dim=3",
+                "--run-dir",
+                "r3",
+            ],
+            &dir,
+        ),
+        "continuous actions of width 2 but model.action_dim = 3",
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -56,6 +56,15 @@ impl Dataset {
             }
         }
         if let Some(first) = clips.first() {
+            let width = |c: &Clip| c.action_values.as_ref().map(|a| a.len() / c.shape[0]);
+            if let Some(c) = clips.iter().find(|c| {
+                c.actions.is_some() != first.actions.is_some() || width(c) != width(first)
+            }) {
+                return Err(DataError::Geometry(format!(
+                    "clip {} and clip {} disagree on actions (ids: {} vs {}, continuous width: {:?} vs {:?}): all clips of {url} need the same kind",
+                    first.id, c.id, first.actions.is_some(), c.actions.is_some(), width(first), width(c)
+                )));
+            }
             if let Some(c) = clips
                 .iter()
                 .find(|c| c.label.is_some() != first.label.is_some())
@@ -112,6 +121,8 @@ pub struct Batch {
     pub latents: Vec<f32>,
     /// Actions [b, t], if the clips have them.
     pub actions: Option<Vec<i64>>,
+    /// Continuous actions [b, t, A], if the clips have them.
+    pub action_values: Option<Vec<f32>>,
     /// Class labels [b], if the clips have them.
     pub labels: Option<Vec<i64>>,
     /// Global sample index of each row (keys per-sample randomness): [b].
@@ -216,6 +227,7 @@ impl<'a> Loader<'a> {
                 .actions
                 .as_ref()
                 .map(|_| Vec::with_capacity(local * t)),
+            action_values: self.clips[0].action_values.as_ref().map(|_| Vec::new()),
             labels: self.clips[0].label.map(|_| Vec::with_capacity(local)),
             sample_ids: Vec::with_capacity(local),
             clip_ids: Vec::with_capacity(local),
@@ -234,6 +246,12 @@ impl<'a> Loader<'a> {
                 .extend_from_slice(&clip.latents[offset * frame_len..(offset + t) * frame_len]);
             if let (Some(out), Some(a)) = (batch.actions.as_mut(), clip.actions.as_ref()) {
                 out.extend_from_slice(&a[offset..offset + t]);
+            }
+            if let (Some(out), Some(a)) =
+                (batch.action_values.as_mut(), clip.action_values.as_ref())
+            {
+                let width = a.len() / clip.shape[0];
+                out.extend_from_slice(&a[offset * width..(offset + t) * width]);
             }
             if let Some(out) = batch.labels.as_mut() {
                 out.push(clip.label.unwrap_or(0));

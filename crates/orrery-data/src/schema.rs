@@ -7,6 +7,7 @@
 //! | latent_shape  | list<int32>   | [T, C, H, W]                                |
 //! | latent_dtype  | utf8          | f32, f16 or bf16                            |
 //! | action_ids    | list<int32>?  | [T] discrete action per frame (optional)    |
+//! | actions       | list<float32>?| [T, A] continuous action per frame (opt.)   |
 //! | label         | int32?        | class label of the clip (optional)          |
 //! | agent_xy      | list<float32>?| [T, 2] ground-truth agent centre (synth)    |
 use std::collections::HashMap;
@@ -36,6 +37,8 @@ pub const KEY_SCALE: &str = "orrery.latent_scale";
 pub const KEY_SHIFT: &str = "orrery.latent_shift";
 /// Metadata key of the number of discrete actions.
 pub const KEY_NUM_ACTIONS: &str = "orrery.num_actions";
+/// Metadata key of the width A of continuous actions.
+pub const KEY_ACTION_DIM: &str = "orrery.action_dim";
 /// Metadata key of the number of class labels.
 pub const KEY_NUM_CLASSES: &str = "orrery.num_classes";
 /// Metadata key of the generator's settings (JSON), for synthetic data.
@@ -52,6 +55,8 @@ pub struct Clip {
     pub latents: Vec<f32>,
     /// Discrete action per frame: [T].
     pub actions: Option<Vec<i64>>,
+    /// Continuous action per frame: [T, A].
+    pub action_values: Option<Vec<f32>>,
     /// Class label.
     pub label: Option<i64>,
     /// Ground-truth agent centre (x, y) per frame: [T, 2] (synthetic data).
@@ -77,6 +82,8 @@ pub struct DatasetMeta {
     pub num_actions: usize,
     /// Number of class labels (0 if none or not stated).
     pub num_classes: usize,
+    /// Width A of continuous actions (0 if none).
+    pub action_dim: usize,
     /// Generator settings, if synthetic.
     pub generator: Option<String>,
 }
@@ -90,7 +97,7 @@ pub struct ParquetClips {
     pub meta: DatasetMeta,
 }
 
-fn schema(with_actions: bool, with_labels: bool, with_xy: bool) -> Schema {
+fn schema(with_actions: bool, with_values: bool, with_labels: bool, with_xy: bool) -> Schema {
     let list = |t: DataType| DataType::List(Arc::new(Field::new("item", t, true)));
     let mut fields = vec![
         Field::new("clip_id", DataType::Utf8, false),
@@ -100,6 +107,9 @@ fn schema(with_actions: bool, with_labels: bool, with_xy: bool) -> Schema {
     ];
     if with_actions {
         fields.push(Field::new("action_ids", list(DataType::Int32), true));
+    }
+    if with_values {
+        fields.push(Field::new("actions", list(DataType::Float32), true));
     }
     if with_labels {
         fields.push(Field::new("label", DataType::Int32, true));
@@ -117,6 +127,7 @@ pub fn write_parquet(clips: &[Clip], meta: &DatasetMeta) -> Result<Bytes> {
         reason,
     };
     let with_actions = clips.iter().any(|c| c.actions.is_some());
+    let with_values = clips.iter().any(|c| c.action_values.is_some());
     let with_labels = clips.iter().any(|c| c.label.is_some());
     let with_xy = clips.iter().any(|c| c.agent_xy.is_some());
     let (mut ids, mut lat, mut dtype) = (
@@ -128,7 +139,12 @@ pub fn write_parquet(clips: &[Clip], meta: &DatasetMeta) -> Result<Bytes> {
     let mut actions = ListBuilder::new(Int32Builder::new());
     let mut xy = ListBuilder::new(Float32Builder::new());
     let mut labels = Int32Builder::new();
+    let mut values = ListBuilder::new(Float32Builder::new());
     for c in clips {
+        match &c.action_values {
+            Some(a) => values.append_value(a.iter().map(|&x| Some(x))),
+            None => values.append_null(),
+        }
         labels.append_option(c.label.map(|l| l as i32));
         ids.append_value(&c.id);
         let bytes: Vec<u8> = c.latents.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -153,13 +169,16 @@ pub fn write_parquet(clips: &[Clip], meta: &DatasetMeta) -> Result<Bytes> {
     if with_actions {
         columns.push(Arc::new(actions.finish()));
     }
+    if with_values {
+        columns.push(Arc::new(values.finish()));
+    }
     if with_labels {
         columns.push(Arc::new(labels.finish()));
     }
     if with_xy {
         columns.push(Arc::new(xy.finish()));
     }
-    let schema = Arc::new(schema(with_actions, with_labels, with_xy));
+    let schema = Arc::new(schema(with_actions, with_values, with_labels, with_xy));
     let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| err(e.to_string()))?;
     let mut kv = vec![
         KeyValue::new(KEY_VERSION.into(), SCHEMA_VERSION.to_string()),
@@ -167,6 +186,7 @@ pub fn write_parquet(clips: &[Clip], meta: &DatasetMeta) -> Result<Bytes> {
         KeyValue::new(KEY_SHIFT.into(), meta.shift.to_string()),
         KeyValue::new(KEY_NUM_ACTIONS.into(), meta.num_actions.to_string()),
         KeyValue::new(KEY_NUM_CLASSES.into(), meta.num_classes.to_string()),
+        KeyValue::new(KEY_ACTION_DIM.into(), meta.action_dim.to_string()),
     ];
     if let Some(g) = &meta.generator {
         kv.push(KeyValue::new(KEY_GENERATOR.into(), g.clone()));
@@ -295,6 +315,7 @@ pub fn read_parquet(bytes: &Bytes, file: &str) -> Result<ParquetClips> {
         shift: num(KEY_SHIFT, 0.0)?,
         num_actions: num(KEY_NUM_ACTIONS, 0.0)? as usize,
         num_classes: num(KEY_NUM_CLASSES, 0.0)? as usize,
+        action_dim: num(KEY_ACTION_DIM, 0.0)? as usize,
         generator: kv.get(KEY_GENERATOR).cloned(),
     };
     let reader = builder.build().map_err(|e| schema_err(e.to_string()))?;
@@ -308,6 +329,12 @@ pub fn read_parquet(bytes: &Bytes, file: &str) -> Result<ParquetClips> {
         let actions = column::<ListArray>(&batch, "action_ids", file, false)?;
         let xy = column::<ListArray>(&batch, "agent_xy", file, false)?;
         let labels = column::<Int32Array>(&batch, "label", file, false)?;
+        let values = column::<ListArray>(&batch, "actions", file, false)?;
+        if values.is_some() && meta.action_dim == 0 {
+            return Err(schema_err(format!(
+                "has a continuous `actions` column but no metadata {KEY_ACTION_DIM} giving its width A"
+            )));
+        }
         for r in 0..batch.num_rows() {
             let row = clips.len();
             let row_err = |reason: String| DataError::Row {
@@ -353,6 +380,26 @@ pub fn read_parquet(bytes: &Bytes, file: &str) -> Result<ParquetClips> {
                     Some(a.values().iter().map(|&x| x as i64).collect())
                 }
             };
+            let action_values = match values.and_then(|a| list_values::<Float32Array>(a, r)) {
+                None => None,
+                Some(a) if a.len() != shape[0] * meta.action_dim || a.null_count() > 0 => {
+                    return Err(row_err(format!(
+                        "actions has {} values, not frames x {KEY_ACTION_DIM} = {} x {}",
+                        a.len(),
+                        shape[0],
+                        meta.action_dim
+                    )))
+                }
+                Some(a) => {
+                    if let Some(i) = a.values().iter().position(|v| !v.is_finite()) {
+                        return Err(row_err(format!(
+                            "actions hold a non-finite value ({}) at flat index {i}",
+                            a.value(i)
+                        )));
+                    }
+                    Some(a.values().to_vec())
+                }
+            };
             let label = match labels.filter(|l| !l.is_null(r)).map(|l| l.value(r)) {
                 Some(l) if l < 0 || (meta.num_classes > 0 && l as usize >= meta.num_classes) => {
                     return Err(row_err(format!(
@@ -370,6 +417,7 @@ pub fn read_parquet(bytes: &Bytes, file: &str) -> Result<ParquetClips> {
                 shape,
                 latents,
                 actions,
+                action_values,
                 label,
                 agent_xy,
             });

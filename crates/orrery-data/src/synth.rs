@@ -38,6 +38,10 @@ pub struct SynthConfig {
     pub width: usize,
     /// Seed of the whole dataset.
     pub seed: u64,
+    /// Write each action as a continuous (dx, dy) vector (`actions`, A = 2)
+    /// instead of an id (`action_ids`).
+    #[serde(default)]
+    pub continuous_actions: bool,
 }
 
 impl Default for SynthConfig {
@@ -48,7 +52,20 @@ impl Default for SynthConfig {
             height: 32,
             width: 32,
             seed: 0,
+            continuous_actions: false,
         }
+    }
+}
+
+/// The continuous form of a discrete action: the agent's step direction
+/// (dx, dy) in units of `SPEED` pixels (noop: 0, 0).
+pub fn action_vector(action: i64) -> [f32; 2] {
+    match action {
+        1 => [0.0, -1.0],
+        2 => [0.0, 1.0],
+        3 => [-1.0, 0.0],
+        4 => [1.0, 0.0],
+        _ => [0.0, 0.0],
     }
 }
 
@@ -72,8 +89,13 @@ impl SynthConfig {
         DatasetMeta {
             scale: 1.0,
             shift: 0.0,
-            num_actions: NUM_ACTIONS,
+            num_actions: if self.continuous_actions {
+                0
+            } else {
+                NUM_ACTIONS
+            },
             num_classes: 0,
+            action_dim: if self.continuous_actions { 2 } else { 0 },
             generator: Some(serde_json::to_string(self).expect("json")),
         }
     }
@@ -196,7 +218,10 @@ pub fn render_clip(cfg: &SynthConfig, index: usize) -> Clip {
         id: format!("synth-{:06}", index),
         shape: [cfg.frames, 3, h, w],
         latents,
-        actions: Some(actions),
+        action_values: cfg
+            .continuous_actions
+            .then(|| actions.iter().flat_map(|&a| action_vector(a)).collect()),
+        actions: (!cfg.continuous_actions).then_some(actions),
         label: None,
         agent_xy: Some(xy),
     }

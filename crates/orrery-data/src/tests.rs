@@ -18,6 +18,7 @@ fn small() -> SynthConfig {
         height: 16,
         width: 20,
         seed: 3,
+        continuous_actions: false,
     }
 }
 

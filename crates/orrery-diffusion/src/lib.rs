@@ -56,12 +56,60 @@ pub enum DiffusionError {
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, DiffusionError>;
 
+/// Per-frame actions, discrete or continuous.
+#[derive(Debug, Clone)]
+pub enum Actions<B: Backend> {
+    /// An action id per frame: [b, t]; the model's null id means none.
+    Ids(Tensor<B, 2, Int>),
+    /// An action vector per frame, [b, t, A], and 1 where the frame's
+    /// action counts or 0 where it is the null action, [b, t].
+    Values {
+        /// The vectors: [b, t, A].
+        values: Tensor<B, 3>,
+        /// 1 = use the vector, 0 = null action: [b, t].
+        keep: Tensor<B, 2>,
+    },
+}
+
+impl<B: Backend> Actions<B> {
+    /// Frames `start..start + len` of every row.
+    pub fn narrow(&self, start: usize, len: usize) -> Self {
+        match self {
+            Actions::Ids(a) => Actions::Ids(a.clone().narrow(1, start, len)),
+            Actions::Values { values, keep } => Actions::Values {
+                values: values.clone().narrow(1, start, len),
+                keep: keep.clone().narrow(1, start, len),
+            },
+        }
+    }
+
+    /// Rows `start..start + len`.
+    pub fn rows(&self, start: usize, len: usize) -> Self {
+        match self {
+            Actions::Ids(a) => Actions::Ids(a.clone().narrow(0, start, len)),
+            Actions::Values { values, keep } => Actions::Values {
+                values: values.clone().narrow(0, start, len),
+                keep: keep.clone().narrow(0, start, len),
+            },
+        }
+    }
+
+    /// [b, t].
+    pub fn dims(&self) -> [usize; 2] {
+        match self {
+            Actions::Ids(a) => a.dims(),
+            Actions::Values { keep, .. } => keep.dims(),
+        }
+    }
+}
+
 /// The conditions of a batch. `None` is the null condition for every row;
-/// a row is dropped (classifier-free guidance) by giving it the null id.
+/// a row is dropped (classifier-free guidance) by giving it the null id
+/// (or a keep of 0 for continuous actions).
 #[derive(Debug, Clone, Default)]
 pub struct Cond<B: Backend> {
-    /// Discrete action per frame: [b, t].
-    pub actions: Option<Tensor<B, 2, Int>>,
+    /// Actions per frame: [b, t] (ids) or [b, t, A] (vectors).
+    pub actions: Option<Actions<B>>,
     /// Class label per clip: [b].
     pub labels: Option<Tensor<B, 1, Int>>,
 }
@@ -76,7 +124,7 @@ impl<B: Backend> Cond<B> {
     }
 
     /// Only actions.
-    pub fn actions(actions: Tensor<B, 2, Int>) -> Self {
+    pub fn actions(actions: Actions<B>) -> Self {
         Self {
             actions: Some(actions),
             labels: None,

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::prediction::{per_frame, Parameterization, Prediction};
 use crate::timesteps::{shift, Shift};
 use crate::{
-    sample_rng, Cond, Denoiser, DiffusionError, Interpolant, LossWeighting, Result, TimestepSampler,
+    sample_rng, Actions, Cond, Denoiser, DiffusionError, Interpolant, LossWeighting, Result,
+    TimestepSampler,
 };
 
 /// How noise levels relate across the frames of one clip.
@@ -74,9 +75,9 @@ impl Default for ObjectiveConfig {
 pub struct TrainBatch<B: Backend> {
     /// Clean latents x_0: [b, t, c, h, w].
     pub latents: Tensor<B, 5>,
-    /// Discrete actions: [b, t].
-    pub actions: Option<Tensor<B, 2, Int>>,
-    /// The id that means "no action" (CFG's null condition).
+    /// Actions per frame: ids [b, t] or vectors [b, t, A].
+    pub actions: Option<Actions<B>>,
+    /// The id that means "no action" (CFG's null condition) for ids.
     pub null_action: i64,
     /// Class labels: [b].
     pub labels: Option<Tensor<B, 1, Int>>,
@@ -296,7 +297,13 @@ impl ObjectiveConfig {
                 .flat_map(|&d| std::iter::repeat_n(d, t))
                 .collect();
             let drop = Tensor::<B, 2, Bool>::from_data(TensorData::new(drop, [b, t]), &device);
-            a.mask_fill(drop, batch.null_action)
+            match a {
+                Actions::Ids(ids) => Actions::Ids(ids.mask_fill(drop, batch.null_action)),
+                Actions::Values { values, keep } => Actions::Values {
+                    values,
+                    keep: keep.mask_fill(drop, 0.0),
+                },
+            }
         });
         let labels = batch.labels.clone().map(|l| {
             let drop = Tensor::<B, 1, Bool>::from_data(

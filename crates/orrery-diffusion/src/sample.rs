@@ -5,14 +5,14 @@
 //! RNG, so a seed gives the same frames on any backend.
 //! Letters: b batch, t frames, c channels, h/w latent size, k context frames,
 //! g frames being generated.
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use crate::prediction::Parameterization;
 use crate::timesteps::shift;
-use crate::{Cond, Denoiser, DiffusionError, Result};
+use crate::{Actions, Cond, Denoiser, DiffusionError, Result};
 
 /// Which integrator turns noise into data.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, Default)]
@@ -268,12 +268,13 @@ pub struct RolloutConfig {
 /// as context at `context_noise`, conditioned on its action.
 ///
 /// # Shapes
-/// context: [b, k, c, h, w]; actions: [b, k + m] for the context and the m new
-/// frames -> the m generated frames [b, m, c, h, w]
+/// context: [b, k, c, h, w]; actions: [b, k + m] (ids) or [b, k + m, A]
+/// (vectors) for the context and the m new frames -> the m generated frames
+/// [b, m, c, h, w]
 pub fn rollout<B: Backend>(
     model: &impl Denoiser<B>,
     context: Tensor<B, 5>,
-    actions: Tensor<B, 2, Int>,
+    actions: Actions<B>,
     cfg: &RolloutConfig,
     rng: &mut impl Rng,
 ) -> Result<Tensor<B, 5>> {
@@ -299,7 +300,7 @@ pub fn rollout<B: Backend>(
         } else {
             ctx
         };
-        let cond = Cond::actions(actions.clone().narrow(1, start, ctx_len + 1)); // [b, ctx_len + 1]
+        let cond = Cond::actions(actions.narrow(start, ctx_len + 1)); // [b, ctx_len + 1]
         let mut eval = |x: Tensor<B, 5>, t: f64| {
             let levels: Vec<f32> = (0..b)
                 .flat_map(|_| std::iter::repeat_n(tc, ctx_len).chain([t as f32]))

@@ -4,8 +4,8 @@ use burn::tensor::{backend::Backend, Distribution, Int, Tensor};
 
 use crate::sample::{generate, rollout, RolloutConfig, Sampler, SamplerConfig};
 use crate::{
-    sample_rng, Cond, FrameNoise, Interpolant, ObjectiveConfig, Parameterization, Prediction,
-    Result, TimestepSampler, TrainBatch,
+    sample_rng, Actions, Cond, FrameNoise, Interpolant, ObjectiveConfig, Parameterization,
+    Prediction, Result, TimestepSampler, TrainBatch,
 };
 
 type B = Flex;
@@ -261,12 +261,16 @@ fn guidance_extrapolates_from_the_null_condition() {
             guidance: w,
             ..sampler_cfg(Sampler::Ddim { eta: 0.0 }, 1, param)
         };
-        let actions = Cond::actions(Tensor::<B, 2, Int>::zeros([1, 2], &device));
+        let actions = Cond::actions(Actions::Ids(Tensor::<B, 2, Int>::zeros([1, 2], &device)));
+        let vectors = Cond::actions(Actions::Values {
+            values: Tensor::<B, 3>::zeros([1, 2, 3], &device),
+            keep: Tensor::<B, 2>::ones([1, 2], &device),
+        });
         let labels = Cond {
             actions: None,
             labels: Some(Tensor::<B, 1, Int>::zeros([1], &device)),
         };
-        for cond in [actions, labels] {
+        for cond in [actions, vectors, labels] {
             let x = generate(
                 &model,
                 [1, 2, 1, 2, 2],
@@ -296,7 +300,7 @@ fn rollout_generates_the_requested_frames_from_the_model() {
     let out = rollout(
         &rf_velocity(mu, s),
         context,
-        actions,
+        Actions::Ids(actions),
         &cfg,
         &mut sample_rng(2, 0, 0),
     )
@@ -590,4 +594,64 @@ fn weighted_losses_stay_finite_with_clean_context_frames() {
             );
         }
     }
+}
+
+#[test]
+fn dropout_nulls_each_condition_by_its_own_draw() {
+    use std::cell::RefCell;
+    let device = Default::default();
+    let b = 64;
+    let batch = TrainBatch {
+        latents: Tensor::<B, 5>::zeros([b, 2, 1, 2, 2], &device),
+        actions: Some(Actions::Values {
+            values: Tensor::<B, 3>::ones([b, 2, 3], &device),
+            keep: Tensor::<B, 2>::ones([b, 2], &device),
+        }),
+        null_action: 0,
+        labels: Some(Tensor::<B, 1, Int>::zeros([b], &device)),
+        null_label: 10,
+        sample_ids: (0..b as u64).collect(),
+    };
+    let cfg = ObjectiveConfig {
+        action_dropout: 0.3,
+        label_dropout: 0.5,
+        ..Default::default()
+    };
+    let seen = RefCell::new((Vec::new(), Vec::new()));
+    let spy = |x: Tensor<B, 5>, _t: Tensor<B, 2>, c: Cond<B>| -> Result<Tensor<B, 5>> {
+        let keep = match c.actions {
+            Some(Actions::Values { keep, .. }) => keep.into_data().into_vec::<f32>().unwrap(),
+            _ => panic!("continuous actions expected"),
+        };
+        let labels = c
+            .labels
+            .unwrap()
+            .into_data()
+            .convert::<i64>()
+            .into_vec::<i64>()
+            .unwrap();
+        *seen.borrow_mut() = (keep, labels);
+        Ok(x.zeros_like())
+    };
+    cfg.loss(&spy, &batch, 3, 4).unwrap();
+    let plan = cfg.plan(3, 4, &batch.sample_ids, [b, 2, 1, 2, 2]);
+    let (keep, labels) = seen.into_inner();
+    for row in 0..b {
+        let want_keep = if plan.drop_actions[row] { 0.0 } else { 1.0 };
+        assert_eq!(&keep[2 * row..2 * row + 2], &[want_keep, want_keep]);
+        assert_eq!(labels[row], if plan.drop_labels[row] { 10 } else { 0 });
+    }
+    // Two independent draws near their rates, not the same rows.
+    let dropped = |v: &[bool]| v.iter().filter(|&&d| d).count();
+    assert!(
+        (10..=30).contains(&dropped(&plan.drop_actions)),
+        "{:?}",
+        plan.drop_actions
+    );
+    assert!(
+        (20..=44).contains(&dropped(&plan.drop_labels)),
+        "{:?}",
+        plan.drop_labels
+    );
+    assert_ne!(plan.drop_actions, plan.drop_labels);
 }

@@ -150,6 +150,10 @@ pub struct DitConfig {
     /// Frames a token sees with `attention = "sliding_window"`, its own
     /// included (0 otherwise).
     pub window_frames: usize,
+    /// Width A of continuous actions per frame (0: none), embedded by a
+    /// two-layer MLP; a learned vector stands for the null action. Exclusive
+    /// with `num_actions`.
+    pub action_dim: usize,
     /// Class labels (0: no label conditioning). One more embedding row is
     /// kept as the learned null label for classifier-free guidance.
     pub num_classes: usize,
@@ -182,6 +186,7 @@ impl Default for DitConfig {
             attention: AttentionMask::FrameCausal,
             history_frames: 0,
             window_frames: 0,
+            action_dim: 0,
             num_classes: 0,
             pos_embed: PosEmbed::Learned,
             qk_norm: QkNorm::None,
@@ -216,9 +221,15 @@ impl DitConfig {
                 self.patch_t, self.frames
             ));
         }
-        if self.patch_t > 1 && (self.num_actions > 0 || self.history_frames > 0) {
+        if self.num_actions > 0 && self.action_dim > 0 {
             return bad(format!(
-                "model.patch_t = {} groups frames into tokens, but a world model (model.num_actions > 0) generates one frame at a time and frame stacking (model.history_frames) works per frame: use patch_t = 1 with them",
+                "model.num_actions = {} (discrete) and model.action_dim = {} (continuous) are both set: a model takes one kind of action, set the other to 0",
+                self.num_actions, self.action_dim
+            ));
+        }
+        if self.patch_t > 1 && (self.has_actions() || self.history_frames > 0) {
+            return bad(format!(
+                "model.patch_t = {} groups frames into tokens, but a world model (model.num_actions or model.action_dim > 0) generates one frame at a time and frame stacking (model.history_frames) works per frame: use patch_t = 1 with them",
                 self.patch_t
             ));
         }
@@ -330,6 +341,11 @@ impl DitConfig {
             MlpKind::Gelu => gelu,
             MlpKind::Swiglu => (2 * gelu).div_ceil(3).div_ceil(8) * 8,
         }
+    }
+
+    /// Whether the model takes actions (discrete or continuous): a world model.
+    pub fn has_actions(&self) -> bool {
+        self.num_actions > 0 || self.action_dim > 0
     }
 
     /// Per-head width e = hidden / heads.

@@ -25,6 +25,9 @@ impl DitConfig {
         if self.num_classes > 0 {
             n += (self.num_classes + 1) * d;
         }
+        if self.action_dim > 0 {
+            n += linear(self.action_dim, d) + linear(d, d) + d;
+        }
         let qk_norm = match self.qk_norm {
             QkNorm::None => 0,
             QkNorm::Rms => 2 * e,
@@ -56,8 +59,13 @@ impl DitConfig {
             MlpKind::Gelu => 2,
             MlpKind::Swiglu => 3,
         };
-        let embed =
-            n * self.input_patch_dim() as u64 * d + frames as u64 * (FREQ_DIM as u64 * d + d * d);
+        let action_mlp = if self.action_dim > 0 {
+            self.action_dim as u64 * d + d * d
+        } else {
+            0
+        };
+        let embed = n * self.input_patch_dim() as u64 * d
+            + frames as u64 * (FREQ_DIM as u64 * d + d * d + action_mlp);
         let block = n * d * 3 * d // qkv
             + 2 * n * n * d // q k^T and attn v, all heads
             + n * d * d // proj

@@ -4,7 +4,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer};
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 
-use crate::layers::{DitBlock, FinalLayer, TimestepEmbedder};
+use crate::layers::{ActionMlp, DitBlock, FinalLayer, TimestepEmbedder};
 use crate::{AttentionMask, DitConfig, ModelError, PosEmbed, Result};
 
 /// What the DiT reads.
@@ -18,6 +18,25 @@ pub struct DitInput<B: Backend> {
     pub actions: Option<Tensor<B, 2, Int>>,
     /// Class label per clip, or `None` for the null label: [b].
     pub labels: Option<Tensor<B, 1, Int>>,
+    /// Continuous action per frame, or `None` for the null action: [b, t, A].
+    pub action_values: Option<Tensor<B, 3>>,
+    /// 1 where a frame's continuous action counts, 0 for the null action
+    /// (`None`: all count): [b, t].
+    pub action_keep: Option<Tensor<B, 2>>,
+}
+
+impl<B: Backend> DitInput<B> {
+    /// Latents and noise levels with every condition null.
+    pub fn unconditional(latents: Tensor<B, 5>, t: Tensor<B, 2>) -> Self {
+        Self {
+            latents,
+            t,
+            actions: None,
+            labels: None,
+            action_values: None,
+            action_keep: None,
+        }
+    }
 }
 
 /// A video diffusion transformer with per-frame adaLN-Zero conditioning.
@@ -28,6 +47,7 @@ pub struct Dit<B: Backend> {
     pos_temporal: Option<Param<Tensor<B, 2>>>,
     t_embed: TimestepEmbedder<B>,
     action_embed: Option<Embedding<B>>,
+    action_mlp: Option<ActionMlp<B>>,
     label_embed: Option<Embedding<B>>,
     blocks: Vec<DitBlock<B>>,
     final_layer: FinalLayer<B>,
@@ -82,6 +102,7 @@ impl DitConfig {
             pos_temporal: pos(temporal, self.frame_groups(self.frames)),
             t_embed: TimestepEmbedder::new(d, device),
             action_embed,
+            action_mlp: (self.action_dim > 0).then(|| ActionMlp::new(self.action_dim, d, device)),
             label_embed,
             blocks: (0..self.depth)
                 .map(|_| DitBlock::new(self, device))
@@ -198,6 +219,33 @@ impl<B: Backend> Dit<B> {
                 None => Tensor::<B, 2, Int>::full([b, t], cfg.num_actions as i64, &device),
             };
             cond = cond + embed.forward(ids); // [b, t, d]
+        }
+        if let Some(mlp) = &self.action_mlp {
+            cond = cond
+                + match input.action_values {
+                    Some(v) if v.dims() == [b, t, cfg.action_dim] => {
+                        let keep = match input.action_keep {
+                            Some(k) if k.dims() == [b, t] => k,
+                            Some(k) => {
+                                return Err(ModelError::Shape {
+                                    name: "action_keep",
+                                    got: k.dims().to_vec(),
+                                    expected: format!("[{b}, {t}]"),
+                                })
+                            }
+                            None => Tensor::ones([b, t], &device),
+                        };
+                        mlp.forward(v, keep)
+                    }
+                    Some(v) => {
+                        return Err(ModelError::Shape {
+                            name: "action_values",
+                            got: v.dims().to_vec(),
+                            expected: format!("[{b}, {t}, {}]", cfg.action_dim),
+                        })
+                    }
+                    None => mlp.null(b, t),
+                }; // [b, t, d]
         }
         if let Some(embed) = &self.label_embed {
             let ids = match input.labels {

@@ -128,6 +128,51 @@ impl<B: Backend> HeadNorm<B> {
     }
 }
 
+/// Continuous actions to the conditioning width: fc2(silu(fc1 a)), and a
+/// learned vector for the null action (classifier-free guidance).
+#[derive(Module, Debug)]
+pub struct ActionMlp<B: Backend> {
+    fc1: Linear<B>,
+    fc2: Linear<B>,
+    null: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> ActionMlp<B> {
+    /// A new embedder from `action_dim` to `hidden`; the null vector starts
+    /// at unit variance, on the scale of the timestep embedding.
+    pub fn new(action_dim: usize, hidden: usize, device: &B::Device) -> Self {
+        Self {
+            fc1: linear(action_dim, hidden, false, device),
+            fc2: linear(hidden, hidden, false, device),
+            null: Param::from_tensor(Tensor::random(
+                [hidden],
+                burn::tensor::Distribution::Normal(0.0, 1.0),
+                device,
+            )),
+        }
+    }
+
+    /// keep * mlp(values) + (1 - keep) * null, per frame.
+    ///
+    /// # Shapes
+    /// values: [b, t, A], keep: [b, t] -> [b, t, d]
+    pub fn forward(&self, values: Tensor<B, 3>, keep: Tensor<B, 2>) -> Tensor<B, 3> {
+        let emb = apply(&self.fc2, silu(apply(&self.fc1, values))); // [b, t, d]
+        let keep = keep.unsqueeze_dim::<3>(2); // [b, t, 1]
+        let null = self.null.val().unsqueeze_dims::<3>(&[0, 1]); // [1, 1, d]
+        emb * keep.clone() + null * (keep.neg() + 1.0)
+    }
+
+    /// The null action for every frame.
+    ///
+    /// # Shapes
+    /// -> [b, t, d]
+    pub fn null(&self, b: usize, t: usize) -> Tensor<B, 3> {
+        let d = self.null.dims()[0];
+        self.null.val().reshape([1, 1, d]).expand([b, t, d])
+    }
+}
+
 /// Multi-head self-attention over all tokens with an optional additive bias,
 /// optional QK-norm and optional rotary positions.
 #[derive(Module, Debug)]

@@ -24,7 +24,7 @@
 //! let latents = Tensor::<Flex, 5>::zeros([1, 2, cfg.channels, 8, 8], &device);
 //! let t = Tensor::<Flex, 2>::ones([1, 2], &device);
 //! let actions = Tensor::<Flex, 2, Int>::zeros([1, 2], &device);
-//! let v = model.forward(DitInput { latents, t, actions: Some(actions), labels: None }).unwrap();
+//! let v = model.forward(DitInput { latents, t, actions: Some(actions), labels: None, action_values: None, action_keep: None }).unwrap();
 //! assert_eq!(v.dims(), [1, 2, cfg.channels, 8, 8]);
 //! ```
 #![deny(missing_docs)]

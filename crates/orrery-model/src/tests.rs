@@ -53,6 +53,8 @@ fn input(cfg: &DitConfig, b: usize, seed: u64) -> DitInput<B> {
             &device,
         )),
         labels: None,
+        action_values: None,
+        action_keep: None,
     }
 }
 
@@ -633,4 +635,57 @@ fn mask_and_rope_options_are_validated() {
         ..Default::default()
     });
     assert!(e.contains("not a preset"), "{e}");
+}
+
+#[test]
+fn continuous_actions_condition_the_output_and_keep_0_is_the_null_action() {
+    let cfg = DitConfig {
+        num_actions: 0,
+        action_dim: 2,
+        ..small(AttentionMask::FrameCausal)
+    };
+    let model = perturbed(&cfg);
+    let device = Default::default();
+    let mut base = input(&cfg, 2, 8);
+    base.actions = None;
+    let values = |v: f32| Some(Tensor::<B, 3>::full([2, 3, 2], v, &device));
+    let out = |values: Option<Tensor<B, 3>>, keep: Option<Tensor<B, 2>>| {
+        let mut inp = base.clone();
+        inp.action_values = values;
+        inp.action_keep = keep;
+        model
+            .forward(inp)
+            .unwrap()
+            .into_data()
+            .into_vec::<f32>()
+            .unwrap()
+    };
+    assert!(max_abs_diff(&out(values(1.0), None), &out(values(-1.0), None)) > 1e-3);
+    // keep = 0 everywhere is exactly the null action, whatever the values.
+    let zeros = || Some(Tensor::<B, 2>::zeros([2, 3], &device));
+    assert_eq!(
+        max_abs_diff(&out(values(1.0), zeros()), &out(None, None)),
+        0.0
+    );
+    assert_eq!(
+        max_abs_diff(&out(values(5.0), zeros()), &out(values(-1.0), zeros())),
+        0.0
+    );
+    assert_eq!(cfg.num_params(), model.param_count());
+    let mut bad = base.clone();
+    bad.action_values = Some(Tensor::zeros([2, 3, 5], &device));
+    let err = model.forward(bad).unwrap_err().to_string();
+    assert!(
+        err.contains("action_values") && err.contains("[2, 3, 2]"),
+        "{err}"
+    );
+    let both = DitConfig {
+        num_actions: 5,
+        ..cfg.clone()
+    };
+    assert!(both
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("one kind of action"));
 }

@@ -399,15 +399,15 @@ impl TrainConfig {
         }
         if s.guidance != 1.0 {
             let m = &self.model;
-            if m.num_actions == 0 && m.num_classes == 0 {
+            if !m.has_actions() && m.num_classes == 0 {
                 return bad(format!(
-                    "sample.guidance = {} needs a condition to guide on: the model has neither actions (model.num_actions) nor labels (model.num_classes); set sample.guidance = 1",
+                    "sample.guidance = {} needs a condition to guide on: the model has neither actions (model.num_actions, model.action_dim) nor labels (model.num_classes); set sample.guidance = 1",
                     s.guidance
                 ));
             }
             for (has, key, p) in [
                 (
-                    m.num_actions > 0,
+                    m.has_actions(),
                     "action_dropout",
                     self.objective.action_dropout,
                 ),
@@ -425,7 +425,7 @@ impl TrainConfig {
                 }
             }
         }
-        if self.model.frames < 2 && self.model.num_actions > 0 {
+        if self.model.frames < 2 && self.model.has_actions() {
             return bad("an action-conditioned world model needs model.frames >= 2 (a context frame and a new one); image models set model.num_actions = 0".into());
         }
         if !(self.parallel.bucket_mb > 0.0 && self.parallel.bucket_mb.is_finite()) {

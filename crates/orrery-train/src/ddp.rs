@@ -68,7 +68,7 @@ pub(crate) fn micro_batches<B: Backend>(batch: &TrainBatch<B>, size: usize) -> V
             let len = size.min(b - start);
             TrainBatch {
                 latents: batch.latents.clone().narrow(0, start, len),
-                actions: batch.actions.clone().map(|a| a.narrow(0, start, len)),
+                actions: batch.actions.as_ref().map(|a| a.rows(start, len)),
                 null_action: batch.null_action,
                 labels: batch.labels.clone().map(|l| l.narrow(0, start, len)),
                 null_label: batch.null_label,

@@ -27,6 +27,19 @@ pub(crate) fn heldout_batch(data: &Dataset, frames: usize, n: usize) -> Batch {
             .iter()
             .flat_map(|c| c.latents[..frames * frame_len].iter().copied())
             .collect(),
+        action_values: clips
+            .first()
+            .and_then(|c| c.action_values.as_ref())
+            .map(|_| {
+                clips
+                    .iter()
+                    .flat_map(|c| {
+                        let a = c.action_values.as_deref().unwrap_or_default();
+                        let width = a.len() / c.shape[0];
+                        a[..frames * width].to_vec()
+                    })
+                    .collect()
+            }),
         actions: clips.first().and_then(|c| c.actions.as_ref()).map(|_| {
             clips
                 .iter()
@@ -74,8 +87,10 @@ pub(crate) fn with_foreign_context(batch: &Batch) -> Batch {
     out
 }
 
-/// The same batch with the last frame's action replaced by the next one of
-/// the `num_actions` (a different real action, never the null one).
+/// The same batch with the last frame's action replaced by another one:
+/// the next of the `num_actions` ids (never the null one), or for
+/// continuous actions the negated vector (a zero vector becomes the first
+/// unit vector).
 pub(crate) fn with_other_last_action(batch: &Batch, num_actions: usize) -> Batch {
     let [b, t, ..] = batch.dims;
     let mut out = batch.clone();
@@ -83,6 +98,17 @@ pub(crate) fn with_other_last_action(batch: &Batch, num_actions: usize) -> Batch
         for i in 0..b {
             let a = &mut actions[i * t + t - 1];
             *a = (*a + 1) % num_actions.max(1) as i64;
+        }
+    }
+    if let Some(values) = &mut out.action_values {
+        let width = values.len() / (b * t).max(1);
+        for i in 0..b {
+            let v = &mut values[(i * t + t - 1) * width..(i * t + t) * width];
+            if v.iter().all(|&x| x == 0.0) {
+                v[0] = 1.0;
+            } else {
+                v.iter_mut().for_each(|x| *x = -*x);
+            }
         }
     }
     out

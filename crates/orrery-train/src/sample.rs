@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use orrery_data::synth::locate_agent;
 use orrery_data::{Clip, Dataset};
@@ -139,7 +139,7 @@ fn sample_on<B: Backend>(
     let weights = read_safetensors(&dir.join(if opts.no_ema { MODEL_FILE } else { EMA_FILE }))?;
     let model = load_host(cfg.model.init::<B>(&device)?, &weights, &device)?;
     let m = &cfg.model;
-    if m.num_actions == 0 {
+    if !m.has_actions() {
         let dims = [1, m.frames, m.channels, m.height, m.width];
         let sampler = sampler_config(cfg, opts, dims)?;
         let report = crate::generate::generate_samples(opts, state, &model, sampler, &device)?;
@@ -166,22 +166,21 @@ fn sample_on<B: Backend>(
             longest.saturating_sub(k)
         )));
     }
-    let Some(_) = clips[0].actions else {
-        return Err(TrainError::Config(format!(
-            "{} has no action_ids: rollouts need per-frame actions",
-            cfg.data.url
-        )));
-    };
+
     let [_, c, h, w] = clips[0].shape;
     let (b, frame_len) = (clips.len(), c * h * w);
     let context: Vec<f32> = clips
         .iter()
         .flat_map(|cl| cl.latents[..k * frame_len].iter().copied())
         .collect();
-    let actions: Vec<i64> = clips
-        .iter()
-        .flat_map(|cl| cl.actions.as_ref().unwrap()[..k + m].iter().copied())
-        .collect();
+    // The first k + m frames' actions of the same clips, ids or vectors.
+    let host = crate::eval::heldout_batch(&data, k + m, cfg.sample.clips);
+    let Some(actions) = crate::trainer::to_device::<B>(&host, &cfg.model, &device).actions else {
+        return Err(TrainError::Config(format!(
+            "{} has no actions of the kind the model takes (action_ids for model.num_actions, actions for model.action_dim): rollouts need per-frame actions",
+            cfg.data.url
+        )));
+    };
     let rcfg = RolloutConfig {
         window: cfg.model.frames,
         context_noise: cfg.objective.context_noise,
@@ -194,7 +193,7 @@ fn sample_on<B: Backend>(
     let generated = rollout(
         &denoiser(&model),
         Tensor::<B, 5>::from_data(TensorData::new(context, [b, k, c, h, w]), &device),
-        Tensor::<B, 2, Int>::from_data(TensorData::new(actions, [b, k + m]), &device),
+        actions,
         &rcfg,
         &mut orrery_diffusion::sample_rng(opts.seed, u64::MAX, 0),
     )?;

@@ -161,6 +161,7 @@ mod tests {
             height: 16,
             width: 16,
             seed: 1,
+            continuous_actions: false,
         });
         let batch = Loader::new(&clips, 0, 8, 4, (0, 1), Cursor::default())
             .unwrap()

@@ -9,7 +9,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use orrery_data::{Batch, Cursor, Dataset, Loader};
-use orrery_diffusion::{Cond, DiffusionError, TrainBatch};
+use orrery_diffusion::{Actions, Cond, DiffusionError, TrainBatch};
 use orrery_dist::{connect, Collective, World};
 use orrery_model::named::{load_host, map_named, to_host, visit_named, HostTensor, NamedTensors};
 use orrery_model::{Dit, DitConfig, DitInput};
@@ -84,13 +84,18 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
 
 pub(crate) fn denoiser<B: Backend>(model: &Dit<B>) -> impl orrery_diffusion::Denoiser<B> + '_ {
     move |x_t: Tensor<B, 5>, t: Tensor<B, 2>, cond: Cond<B>| {
+        let mut input = DitInput::unconditional(x_t, t);
+        input.labels = cond.labels;
+        match cond.actions {
+            None => {}
+            Some(Actions::Ids(ids)) => input.actions = Some(ids),
+            Some(Actions::Values { values, keep }) => {
+                input.action_values = Some(values);
+                input.action_keep = Some(keep);
+            }
+        }
         model
-            .forward(DitInput {
-                latents: x_t,
-                t,
-                actions: cond.actions,
-                labels: cond.labels,
-            })
+            .forward(input)
             .map_err(|e| DiffusionError::Denoiser(e.to_string()))
     }
 }
@@ -105,10 +110,20 @@ pub(crate) fn to_device<B: Backend>(
     let [b, t, ..] = batch.dims;
     TrainBatch {
         latents: Tensor::from_data(TensorData::new(batch.latents.clone(), batch.dims), device),
-        actions: batch
-            .actions
-            .as_ref()
-            .map(|a| Tensor::from_data(TensorData::new(a.clone(), [b, t]), device)),
+        actions: match (&batch.actions, &batch.action_values) {
+            (Some(ids), _) if model.num_actions > 0 => Some(Actions::Ids(Tensor::from_data(
+                TensorData::new(ids.clone(), [b, t]),
+                device,
+            ))),
+            (_, Some(v)) if model.action_dim > 0 => Some(Actions::Values {
+                values: Tensor::from_data(
+                    TensorData::new(v.clone(), [b, t, model.action_dim]),
+                    device,
+                ),
+                keep: Tensor::ones([b, t], device),
+            }),
+            _ => None,
+        },
         null_action: model.num_actions as i64,
         labels: batch
             .labels
@@ -130,7 +145,35 @@ fn check_geometry(cfg: &TrainConfig, data: &Dataset) -> Result<()> {
             cfg.data.url, m.channels, m.height, m.width
         )));
     }
-    let has_actions = data.train[0].actions.is_some();
+    let first = &data.train[0];
+    let has_actions = first.actions.is_some();
+    let width = first
+        .action_values
+        .as_ref()
+        .map(|a| a.len() / first.shape[0]);
+    if m.num_actions > 0 && !has_actions {
+        return Err(TrainError::Config(format!(
+            "model.num_actions = {} but the clips in {} have no action_ids{}: set model.num_actions = 0{}",
+            m.num_actions,
+            cfg.data.url,
+            if width.is_some() { " (they have continuous actions)" } else { "" },
+            width.map(|a| format!(" and model.action_dim = {a}")).unwrap_or_default()
+        )));
+    }
+    if m.action_dim > 0 && width != Some(m.action_dim) {
+        return Err(TrainError::Config(match width {
+            Some(a) => format!(
+                "the clips in {} have continuous actions of width {a} but model.action_dim = {}: set model.action_dim={a}",
+                cfg.data.url, m.action_dim
+            ),
+            None => format!(
+                "model.action_dim = {} but the clips in {} have no continuous `actions` column: set model.action_dim = 0{}",
+                m.action_dim,
+                cfg.data.url,
+                if has_actions { " and model.num_actions for their action_ids" } else { "" }
+            ),
+        }));
+    }
     if has_actions && data.meta.num_actions > m.num_actions {
         return Err(TrainError::Config(format!(
             "{} has {} discrete actions but model.num_actions = {}: set model.num_actions={}",
@@ -161,7 +204,7 @@ fn check_geometry(cfg: &TrainConfig, data: &Dataset) -> Result<()> {
         }
     }
     // World models roll out held-out clips: they need context + 1 frames.
-    let need = if m.num_actions > 0 {
+    let need = if m.has_actions() {
         cfg.sample.context + 1
     } else {
         1
@@ -455,11 +498,13 @@ fn train_ranks<B: AutodiffBackend>(
                     "step {step:>6}  loss {:.4}  lr {lr:.2e}  grad_norm {norm:.3}  {:.1} samples/s{}",
                     line["loss"].as_f64().unwrap_or(f64::NAN),
                     line["samples_per_s"].as_f64().unwrap_or(0.0),
-                    if eval_now {
+                    if eval_now && cfg.model.frames > 1 {
                         format!(
                             "  held-out {last_heldout:.4}  gain: context {:+.4} action {:+.4}",
                             gains.context_gain, gains.action_gain
                         )
+                    } else if eval_now {
+                        format!("  held-out {last_heldout:.4}")
                     } else {
                         String::new()
                     }
