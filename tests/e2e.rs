@@ -1,12 +1,16 @@
 //! End-to-end tests of the `orrery` binary: data, training, resume, sampling,
 //! export, the Python readers, and clear errors on bad input; multi-rank
-//! runs in [`dist`].
+//! runs in [`dist`], object storage in [`s3`].
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Multi-rank training: mpirun, Slurm, failures.
 #[path = "e2e/dist.rs"]
 mod dist;
+
+/// Object storage against a real S3-compatible server.
+#[path = "e2e/s3.rs"]
+mod s3;
 
 fn orrery(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_orrery"))

@@ -8,7 +8,7 @@ use super::{ok, orrery, python, tiny_dir, user_error};
 
 /// Assert two checkpoint directories hold the same model, EMA and AdamW
 /// state up to float reduction order (measured: 1.2e-7 for weights of ~3).
-fn assert_same_checkpoint(a: &Path, b: &Path, what: &str) {
+pub(super) fn assert_same_checkpoint(a: &Path, b: &Path, what: &str) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/compare_ckpt.py");
     let diff = python(&[
         script.to_str().unwrap(),

@@ -1,9 +1,21 @@
-//! Object storage access: a URL (plain path, file://, memory://) becomes a store
-//! and a prefix; files are listed, read whole and written through it.
+//! Object storage access: a URL (plain path, file://, memory://, s3://,
+//! gs://, az://) becomes a store and a prefix; files are listed, read whole
+//! and written through it.
+//!
+//! Cloud stores take their credentials and settings from the usual
+//! environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//! `AWS_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, `GOOGLE_SERVICE_ACCOUNT`,
+//! `AZURE_STORAGE_ACCOUNT_NAME`, ...) and from the URL's query, whose keys
+//! are object_store's config keys: `s3://bucket/prefix?endpoint=http://127.0.0.1:9000&allow_http=true&region=us-east-1&virtual_hosted_style_request=false`.
+//! Transient errors are retried with exponential backoff (object_store's
+//! retry config: up to 10 tries within 3 minutes).
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::{path::Path, ObjectStore, ObjectStoreExt, PutPayload};
 use url::Url;
 
@@ -20,8 +32,59 @@ pub struct Location {
     pub url: String,
 }
 
-/// Parse a data URL: `s3://`, `gs://` and `az://` come with the data-plane work;
-/// here plain paths, `file://` and `memory://`.
+/// Install rustls's ring crypto provider once (object_store's HTTP client is
+/// built without one, to keep aws-lc and OpenSSL out of the build).
+fn tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err means another provider is already installed: fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// A cloud store from the environment plus the URL's query options.
+fn cloud(parsed: &Url, bad: &dyn Fn(String) -> DataError) -> Result<Arc<dyn ObjectStore>> {
+    tls_provider();
+    let mut base = parsed.clone();
+    base.set_query(None);
+    let options: Vec<(String, String)> = parsed
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let key_err = |k: &str, e: object_store::Error| {
+        bad(format!(
+            "unknown storage option {k:?} in the URL query ({e})"
+        ))
+    };
+    let built: std::result::Result<Arc<dyn ObjectStore>, object_store::Error> =
+        match parsed.scheme() {
+            "s3" | "s3a" => {
+                let mut b = AmazonS3Builder::from_env().with_url(base.as_str());
+                for (k, v) in &options {
+                    b = b.with_config(k.parse().map_err(|e| key_err(k, e))?, v);
+                }
+                b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+            }
+            "gs" => {
+                let mut b = GoogleCloudStorageBuilder::from_env().with_url(base.as_str());
+                for (k, v) in &options {
+                    b = b.with_config(k.parse().map_err(|e| key_err(k, e))?, v);
+                }
+                b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+            }
+            _ => {
+                let mut b = MicrosoftAzureBuilder::from_env().with_url(base.as_str());
+                for (k, v) in &options {
+                    b = b.with_config(k.parse().map_err(|e| key_err(k, e))?, v);
+                }
+                b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+            }
+        };
+    built.map_err(|e| bad(format!("cannot set up the store: {e}")))
+}
+
+/// Parse a data URL: a plain path, `file://`, `memory://`, `s3://bucket/prefix`,
+/// `gs://bucket/prefix` or `az://container/prefix` (options in the query).
 pub fn parse(url: &str) -> Result<Location> {
     let bad = |reason: String| DataError::Url {
         url: url.to_string(),
@@ -33,17 +96,27 @@ pub fn parse(url: &str) -> Result<Location> {
         let abs = std::path::absolute(url).map_err(|e| bad(e.to_string()))?;
         Url::from_file_path(&abs).map_err(|_| bad("not an absolute path".into()))?
     };
-    match parsed.scheme() {
-        "file" | "memory" => {}
+    let (store, prefix) = match parsed.scheme() {
+        "file" | "memory" => {
+            let (store, prefix) =
+                object_store::parse_url(&parsed).map_err(|e| bad(e.to_string()))?;
+            (Arc::from(store), prefix)
+        }
+        "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "azure" => {
+            let store = cloud(&parsed, &bad)?;
+            // s3://bucket/path, gs://bucket/path, az://container/path: the
+            // host is the bucket or container, the path the prefix.
+            let prefix = Path::from_url_path(parsed.path()).map_err(|e| bad(e.to_string()))?;
+            (store, prefix)
+        }
         other => {
             return Err(bad(format!(
-                "scheme {other}:// is not supported yet: use a local path, file:// or memory://"
+                "scheme {other}:// is not supported: use a local path, file://, memory://, s3://, gs:// or az://"
             )))
         }
-    }
-    let (store, prefix) = object_store::parse_url(&parsed).map_err(|e| bad(e.to_string()))?;
+    };
     Ok(Location {
-        store: Arc::from(store),
+        store,
         prefix,
         url: url.to_string(),
     })

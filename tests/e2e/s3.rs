@@ -1,0 +1,171 @@
+//! Object storage: a real S3-compatible server (moto's, started here) holds
+//! the dataset; orrery writes it there, inspects it, and trains from it to
+//! the same weights as from a local copy.
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::dist::assert_same_checkpoint;
+use super::{ok, python, scratch, user_error, TINY};
+
+/// A moto S3 server on a free port, stopped on drop.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server runs (pip install \"moto[server]\", or bash launch/test.sh)");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "moto_server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto { child, port }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// orrery with S3 credentials and the endpoint in the environment.
+fn orrery_s3(moto: &Moto, args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .args(args)
+        .current_dir(cwd)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT", moto.endpoint())
+        .env("AWS_ALLOW_HTTP", "true")
+        .output()
+        .expect("run orrery")
+}
+
+#[test]
+fn train_from_s3_equals_train_from_a_local_copy() {
+    let moto = Moto::start();
+    python(&[
+        "-c",
+        &format!(
+            "import urllib.request; urllib.request.urlopen(urllib.request.Request('{}/orrery-data', method='PUT'))",
+            moto.endpoint()
+        ),
+    ]);
+    let dir = scratch("s3");
+    let synth = |out: &str| {
+        vec![
+            "data",
+            "synth",
+            "--out",
+            out,
+            "--clips",
+            "24",
+            "--frames",
+            "6",
+            "--size",
+            "16",
+            "16",
+            "--clips-per-file",
+            "10",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>()
+    };
+    let args = synth("s3://orrery-data/quick");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ok(orrery_s3(&moto, &args, &dir));
+    assert!(
+        out.contains("3 file(s) under s3://orrery-data/quick"),
+        "{out}"
+    );
+    let args = synth("local");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(orrery_s3(&moto, &args, &dir));
+    let inspect = ok(orrery_s3(
+        &moto,
+        &["data", "inspect", "s3://orrery-data/quick"],
+        &dir,
+    ));
+    assert!(inspect.contains("3 file(s), 24 clips"), "{inspect}");
+
+    std::fs::write(dir.join("tiny.toml"), TINY).unwrap();
+    for (url, run) in [
+        ("s3://orrery-data/quick", "from-s3"),
+        ("local", "from-local"),
+    ] {
+        ok(orrery_s3(
+            &moto,
+            &[
+                "train",
+                "tiny.toml",
+                "--set",
+                &format!("data.url=\"{url}\""),
+                "--run-dir",
+                run,
+            ],
+            &dir,
+        ));
+    }
+    assert_same_checkpoint(
+        &dir.join("from-s3/checkpoints/step_00000006"),
+        &dir.join("from-local/checkpoints/step_00000006"),
+        "s3 vs local",
+    );
+    // Options in the URL query work as well as the environment.
+    let query = format!(
+        "s3://orrery-data/quick?endpoint={}&allow_http=true",
+        moto.endpoint()
+    );
+    let listed = Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .args(["data", "inspect", &query])
+        .current_dir(&dir)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    assert!(ok(listed).contains("24 clips"));
+    // A prefix with no files, and a bad option, say so.
+    user_error(
+        orrery_s3(
+            &moto,
+            &["data", "inspect", "s3://orrery-data/nothing-here"],
+            &dir,
+        ),
+        "no .parquet files found",
+    );
+    user_error(
+        orrery_s3(
+            &moto,
+            &["data", "inspect", "s3://orrery-data/quick?colour=blue"],
+            &dir,
+        ),
+        "unknown storage option \"colour\"",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
