@@ -11,6 +11,7 @@ usage: python score.py NAME=SAMPLES.safetensors [NAME=...]
 """
 import sys
 import time
+import warnings
 
 import numpy as np
 from safetensors.numpy import load_file
@@ -26,7 +27,9 @@ def main():
     (xtr, ytr), _valid, (xte, yte) = load_mnist()
     t0 = time.time()
     clf = MLPClassifier(hidden_layer_sizes=(256,), max_iter=20, random_state=0)
-    clf.fit(xtr, ytr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 20 epochs: converged enough (98% test)
+        clf.fit(xtr, ytr)
     real_acc = (clf.predict(xte) == yte).mean()
     print(f"classifier: MLP(256) on {len(xtr)} real digits, {time.time() - t0:.0f} s; "
           f"real test accuracy {real_acc:.4f}")
