@@ -130,6 +130,10 @@ enum DataCommand {
     Inspect {
         /// Directory, file or URL.
         url: String,
+        /// Go on past problems: list every unreadable file and bad row, by
+        /// file and row, and exit with code 2 if there was any.
+        #[arg(long)]
+        validate: bool,
     },
 }
 
@@ -257,7 +261,30 @@ fn run_data(cmd: DataCommand) -> Result<()> {
             )?;
             println!("wrote {clips} clips of [{frames}, 3, {}, {}] with actions to {} file(s) under {out}", size[0], size[1], files.len());
         }
-        DataCommand::Inspect { url } => {
+        DataCommand::Inspect {
+            url,
+            validate: true,
+        } => {
+            let problems = orrery_data::store::validate(&url)?;
+            if problems.is_empty() {
+                println!("{url}: no problems (every row of every file decoded and checked)");
+                return Ok(());
+            }
+            let files: std::collections::BTreeSet<&str> =
+                problems.iter().map(|(f, _)| f.as_str()).collect();
+            for (_, problem) in &problems {
+                println!("{problem}");
+            }
+            bail!(
+                "{} problem(s) in {} file(s) under {url} (listed above)",
+                problems.len(),
+                files.len()
+            );
+        }
+        DataCommand::Inspect {
+            url,
+            validate: false,
+        } => {
             let files = orrery_data::store::inspect(&url)?;
             let total: usize = files.iter().map(|f| f.clips).sum();
             println!(
@@ -267,8 +294,25 @@ fn run_data(cmd: DataCommand) -> Result<()> {
             );
             for f in &files {
                 println!(
-                    "  {}  {} bytes  {} clips  shapes {:?}  actions: {}  num_actions {}  scale {} shift {}",
-                    f.path, f.bytes, f.clips, f.shapes, f.actions, f.meta.num_actions, f.meta.scale, f.meta.shift
+                    "  {}  {} bytes  {} clips  shapes {:?}  actions: {}  labels: {}  scale {} shift {}",
+                    f.path,
+                    f.bytes,
+                    f.clips,
+                    f.shapes,
+                    if f.actions {
+                        format!("{} ids", f.meta.num_actions)
+                    } else if f.action_values {
+                        format!("vectors of {}", f.meta.action_dim)
+                    } else {
+                        "none".into()
+                    },
+                    if f.labels {
+                        format!("{} classes", f.meta.num_classes)
+                    } else {
+                        "none".into()
+                    },
+                    f.meta.scale,
+                    f.meta.shift
                 );
             }
             println!("validation: every row decoded; latents finite, shapes match byte counts, action ids in range");

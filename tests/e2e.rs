@@ -588,3 +588,96 @@ fn continuous_actions_train_and_roll_out() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn latents_written_by_the_python_example_train() {
+    let dir = scratch("pywriter");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/write_latents.py");
+    let out = python(&[script.to_str().unwrap(), dir.join("data").to_str().unwrap()]);
+    assert!(out.contains("\"clips\": 24"), "{out}");
+    let inspect = ok(orrery(&["data", "inspect", "data"], &dir));
+    assert!(
+        inspect.contains("24 clips") && inspect.contains("scale 0.18215"),
+        "{inspect}"
+    );
+    // f16 latents of [4, 8, 8], 5 actions, 3 classes, scaled by 0.18215.
+    std::fs::write(
+        dir.join("vae.toml"),
+        TINY.replace(
+            "height = 16\nwidth = 16\npatch_size = 4",
+            "channels = 4\nheight = 8\nwidth = 8\npatch_size = 2",
+        )
+        .replace("depth = 2", "depth = 2\nnum_classes = 3"),
+    )
+    .unwrap();
+    let out = ok(orrery(&["train", "vae.toml"], &dir));
+    assert!(out.contains("held-out loss"), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_rows_are_listed_refused_or_skipped_and_counted() {
+    use orrery_data::schema::write_parquet;
+    use orrery_data::synth::{render_clips, SynthConfig};
+    let dir = scratch("badrows");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let cfg = SynthConfig {
+        clips: 24,
+        frames: 6,
+        height: 16,
+        width: 16,
+        seed: 0,
+        continuous_actions: false,
+    };
+    let mut clips = render_clips(&cfg);
+    clips[3].latents[7] = f32::NAN;
+    clips[15].latents[0] = f32::INFINITY;
+    let file = |c: &[orrery_data::Clip]| write_parquet(c, &cfg.metadata()).unwrap();
+    std::fs::write(dir.join("data/a.parquet"), file(&clips[..12])).unwrap();
+    std::fs::write(dir.join("data/b.parquet"), file(&clips[12..])).unwrap();
+    std::fs::write(dir.join("tiny.toml"), TINY).unwrap();
+
+    let out = orrery(&["data", "inspect", "data", "--validate"], &dir);
+    let so = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        so.contains("a.parquet, row 3: latents hold a non-finite value (NaN)"),
+        "{so}"
+    );
+    assert!(
+        so.contains("b.parquet, row 3: latents hold a non-finite value (inf)"),
+        "{so}"
+    );
+    user_error(out, "2 problem(s) in 2 file(s)");
+
+    user_error(
+        orrery(&["train", "tiny.toml"], &dir),
+        "a.parquet, row 3: latents hold a non-finite value",
+    );
+    user_error(
+        orrery(
+            &["train", "tiny.toml", "--set", "data.max_bad_rows=1"],
+            &dir,
+        ),
+        "2 bad rows under data, more than data.max_bad_rows = 1",
+    );
+    let out = ok(orrery(
+        &["train", "tiny.toml", "--set", "data.max_bad_rows=2"],
+        &dir,
+    ));
+    assert!(
+        out.contains("skipped 2 bad rows") && out.contains("training"),
+        "{out}"
+    );
+
+    // A truncated file is listed too, and the others are still checked.
+    let whole = file(&clips[..12]);
+    std::fs::write(dir.join("data/a.parquet"), &whole[..whole.len() / 2]).unwrap();
+    let out = orrery(&["data", "inspect", "data", "--validate"], &dir);
+    let so = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        so.contains("a.parquet: not a readable Parquet file") && so.contains("b.parquet, row 3"),
+        "{so}"
+    );
+    user_error(out, "2 problem(s) in 2 file(s)");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

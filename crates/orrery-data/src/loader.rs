@@ -5,7 +5,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::schema::{read_parquet, Clip, DatasetMeta};
+use crate::schema::{read_parquet_lenient, Clip, DatasetMeta};
 use crate::{store, DataError, Result};
 
 /// Every clip under a URL, split into training and held-out clips.
@@ -19,26 +19,52 @@ pub struct Dataset {
     pub meta: DatasetMeta,
     /// How many files were read.
     pub files: usize,
+    /// Rows skipped as bad (with `max_bad_rows > 0`), each naming its file
+    /// and row.
+    pub bad_rows: Vec<String>,
 }
 
 impl Dataset {
     /// Read every Parquet file under `url`, check that the clips agree on
-    /// [C, H, W], and hold out the last `holdout` clips (by clip id).
+    /// [C, H, W], and hold out the last `holdout` clips (by clip id). A bad
+    /// row is an error naming its file and row.
     pub fn open(url: &str, holdout: usize) -> Result<Self> {
+        Self::open_with(url, holdout, 0)
+    }
+
+    /// As [`Dataset::open`], but skip and count up to `max_bad_rows` bad
+    /// rows (NaN latents, wrong byte counts, out-of-range ids, ...); one
+    /// more is an error listing the first ones.
+    pub fn open_with(url: &str, holdout: usize, max_bad_rows: usize) -> Result<Self> {
         let loc = store::parse(url)?;
         let rt = store::runtime();
-        let (mut clips, meta, files) = rt.block_on(async {
+        let (mut clips, meta, files, bad) = rt.block_on(async {
             let files = loc.list_parquet().await?;
             let mut clips = Vec::new();
             let mut meta = None;
+            let mut bad = Vec::new();
             for path in &files {
                 let bytes = loc.get(path).await?;
                 let file = format!("{}", path);
-                let part = read_parquet(&bytes, &file)?;
+                let (part, errors) = read_parquet_lenient(&bytes, &file)?;
+                if max_bad_rows == 0 {
+                    if let Some(e) = errors.into_iter().next() {
+                        return Err(e);
+                    }
+                } else {
+                    bad.extend(errors.iter().map(|e| e.to_string()));
+                    if bad.len() > max_bad_rows {
+                        return Err(DataError::Geometry(format!(
+                            "{} bad rows under {url}, more than data.max_bad_rows = {max_bad_rows}; the first: {}",
+                            bad.len(),
+                            bad.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+                        )));
+                    }
+                }
                 meta.get_or_insert(part.meta);
                 clips.extend(part.clips);
             }
-            Ok::<_, DataError>((clips, meta.unwrap_or_default(), files.len()))
+            Ok::<_, DataError>((clips, meta.unwrap_or_default(), files.len(), bad))
         })?;
         clips.sort_by(|a, b| a.id.cmp(&b.id));
         if let Some(w) = clips.windows(2).find(|w| w[0].id == w[1].id) {
@@ -92,6 +118,7 @@ impl Dataset {
             holdout,
             meta,
             files,
+            bad_rows: bad,
         })
     }
 

@@ -276,8 +276,20 @@ fn decode_latents(bytes: &[u8], dtype: &str, n: usize) -> std::result::Result<Ve
     Ok(vals)
 }
 
-/// Decode one Parquet file, checking the schema and every row.
+/// Decode one Parquet file, checking the schema and every row; the first
+/// bad row is an error naming the file and row.
 pub fn read_parquet(bytes: &Bytes, file: &str) -> Result<ParquetClips> {
+    let (clips, mut bad) = read_parquet_lenient(bytes, file)?;
+    match bad.is_empty() {
+        true => Ok(clips),
+        false => Err(bad.swap_remove(0)),
+    }
+}
+
+/// Decode one Parquet file, keeping the good rows and returning each bad
+/// row's error (file-level problems, such as an unreadable file or missing
+/// columns, are still an error).
+pub fn read_parquet_lenient(bytes: &Bytes, file: &str) -> Result<(ParquetClips, Vec<DataError>)> {
     let schema_err = |reason: String| DataError::Schema {
         file: file.to_string(),
         reason,
@@ -319,7 +331,7 @@ pub fn read_parquet(bytes: &Bytes, file: &str) -> Result<ParquetClips> {
         generator: kv.get(KEY_GENERATOR).cloned(),
     };
     let reader = builder.build().map_err(|e| schema_err(e.to_string()))?;
-    let mut clips = Vec::new();
+    let (mut clips, mut bad, mut rows_before) = (Vec::new(), Vec::new(), 0);
     for batch in reader {
         let batch = batch.map_err(|e| schema_err(format!("reading row group: {e}")))?;
         let ids = column::<StringArray>(&batch, "clip_id", file, true)?.unwrap();
@@ -335,8 +347,8 @@ pub fn read_parquet(bytes: &Bytes, file: &str) -> Result<ParquetClips> {
                 "has a continuous `actions` column but no metadata {KEY_ACTION_DIM} giving its width A"
             )));
         }
-        for r in 0..batch.num_rows() {
-            let row = clips.len();
+        let decode = |r: usize| -> Result<Clip> {
+            let row = rows_before + r;
             let row_err = |reason: String| DataError::Row {
                 file: file.to_string(),
                 row,
@@ -412,7 +424,7 @@ pub fn read_parquet(bytes: &Bytes, file: &str) -> Result<ParquetClips> {
             let agent_xy = xy
                 .and_then(|a| list_values::<Float32Array>(a, r))
                 .map(|a| a.values().to_vec());
-            clips.push(Clip {
+            Ok(Clip {
                 id: ids.value(r).to_string(),
                 shape,
                 latents,
@@ -420,8 +432,15 @@ pub fn read_parquet(bytes: &Bytes, file: &str) -> Result<ParquetClips> {
                 action_values,
                 label,
                 agent_xy,
-            });
+            })
+        };
+        for r in 0..batch.num_rows() {
+            match decode(r) {
+                Ok(clip) => clips.push(clip),
+                Err(e) => bad.push(e),
+            }
         }
+        rows_before += batch.num_rows();
     }
-    Ok(ParquetClips { clips, meta })
+    Ok((ParquetClips { clips, meta }, bad))
 }

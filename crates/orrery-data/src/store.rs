@@ -219,10 +219,36 @@ pub struct FileReport {
     pub clips: usize,
     /// Distinct [T, C, H, W] shapes seen.
     pub shapes: Vec<[usize; 4]>,
-    /// Whether rows carry actions.
+    /// Whether rows carry discrete actions.
     pub actions: bool,
+    /// Whether rows carry continuous actions.
+    pub action_values: bool,
+    /// Whether rows carry class labels.
+    pub labels: bool,
     /// File metadata.
     pub meta: crate::DatasetMeta,
+}
+
+/// Every problem of every file under `url`: (file, problem) pairs, with a
+/// file that cannot be read at all or lacks columns reported once and the
+/// bad rows of the others reported by row. Empty when the dataset is clean.
+pub fn validate(url: &str) -> Result<Vec<(String, String)>> {
+    let loc = parse(url)?;
+    runtime().block_on(async {
+        let mut problems = Vec::new();
+        for path in loc.list_parquet().await? {
+            let file = path.to_string();
+            let found = match loc.get(&path).await {
+                Err(e) => vec![e.to_string()],
+                Ok(bytes) => match crate::schema::read_parquet_lenient(&bytes, &file) {
+                    Err(e) => vec![e.to_string()],
+                    Ok((_, rows)) => rows.iter().map(|e| e.to_string()).collect(),
+                },
+            };
+            problems.extend(found.into_iter().map(|p| (file.clone(), p)));
+        }
+        Ok(problems)
+    })
 }
 
 /// Read and validate every file under `url` (every row is decoded and checked).
@@ -242,6 +268,8 @@ pub fn inspect(url: &str) -> Result<Vec<FileReport>> {
                 clips: part.clips.len(),
                 shapes,
                 actions: part.clips.iter().any(|c| c.actions.is_some()),
+                action_values: part.clips.iter().any(|c| c.action_values.is_some()),
+                labels: part.clips.iter().any(|c| c.label.is_some()),
                 meta: part.meta,
             });
         }

@@ -63,7 +63,7 @@ fn bench_on<B: AutodiffBackend>(
     device: B::Device,
 ) -> Result<StepBench> {
     let (world, comm) = join_world(cfg)?;
-    let data = Dataset::open(&cfg.data.url, cfg.data.holdout_clips)?;
+    let data = Dataset::open_with(&cfg.data.url, cfg.data.holdout_clips, cfg.data.max_bad_rows)?;
     B::seed(&device, cfg.run.seed);
     let mut model: Dit<B> = cfg.model.init(&device)?;
     let shapes = param_shapes(&model);

@@ -82,6 +82,9 @@ pub struct DataConfig {
     /// global batch is split into micro-batches of this size and their
     /// gradients accumulated (0 = the whole share at once).
     pub micro_batch: usize,
+    /// Bad rows (NaN latents, wrong byte counts, out-of-range ids, ...) to
+    /// skip and count before giving up; 0 = the first bad row is an error.
+    pub max_bad_rows: usize,
 }
 
 impl Default for DataConfig {
@@ -91,6 +94,7 @@ impl Default for DataConfig {
             global_batch: 16,
             holdout_clips: 16,
             micro_batch: 0,
+            max_bad_rows: 0,
         }
     }
 }

@@ -150,7 +150,7 @@ fn sample_on<B: Backend>(
             "--per-class is for models without actions; a world model rolls out held-out clips (use --frames)".into(),
         ));
     }
-    let data = Dataset::open(&cfg.data.url, cfg.data.holdout_clips)?;
+    let data = Dataset::open_with(&cfg.data.url, cfg.data.holdout_clips, cfg.data.max_bad_rows)?;
     let (k, m) = (cfg.sample.context, opts.frames.unwrap_or(cfg.sample.frames));
     let clips: Vec<&Clip> = data
         .holdout

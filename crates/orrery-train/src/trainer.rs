@@ -267,8 +267,16 @@ fn train_ranks<B: AutodiffBackend>(
             eprintln!("{msg}");
         }
     };
-    let data = Dataset::open(&cfg.data.url, cfg.data.holdout_clips)?;
+    let data = Dataset::open_with(&cfg.data.url, cfg.data.holdout_clips, cfg.data.max_bad_rows)?;
     check_geometry(&cfg, &data)?;
+    if !data.bad_rows.is_empty() {
+        say(format!(
+            "skipped {} bad rows (data.max_bad_rows = {}), the first: {}",
+            data.bad_rows.len(),
+            cfg.data.max_bad_rows,
+            data.bad_rows[0]
+        ));
+    }
     let run_dir = &opts.run_dir;
     if main {
         std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
