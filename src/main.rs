@@ -542,7 +542,26 @@ fn run_bench(cmd: BenchCommand) -> Result<()> {
     Ok(())
 }
 
+/// Print object_store's retries of transient errors (its `info` events) on
+/// stderr, so a flaky store is visible in the job log.
+fn log_store_retries() {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(true)
+        .without_time();
+    let only_store = Targets::new().with_target(
+        "object_store",
+        tracing_subscriber::filter::LevelFilter::INFO,
+    );
+    let _ = tracing_subscriber::registry()
+        .with(fmt.with_filter(only_store))
+        .try_init();
+}
+
 fn main() -> ExitCode {
+    log_store_retries();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => run_train(args),

@@ -169,3 +169,115 @@ fn train_from_s3_equals_train_from_a_local_copy() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A TCP proxy to `target` that answers the first `fail` connections with
+/// HTTP 503 (as an overloaded S3 does) and forwards the rest.
+fn flaky_proxy(target: u16, fail: usize) -> u16 {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let left = Arc::new(AtomicUsize::new(fail));
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            if left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                let mut client = client;
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && client.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let _ = client.write_all(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                continue;
+            }
+            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                continue;
+            };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut c1, mut s1) = (client, server);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c1, &mut s1);
+                let _ = s1.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn store_faults_are_retried_or_reported_never_hung() {
+    let moto = Moto::start();
+    python(&[
+        "-c",
+        &format!(
+            "import urllib.request; urllib.request.urlopen(urllib.request.Request('{}/faults', method='PUT'))",
+            moto.endpoint()
+        ),
+    ]);
+    let dir = scratch("s3-faults");
+    ok(orrery_s3(
+        &moto,
+        &[
+            "data",
+            "synth",
+            "--out",
+            "s3://faults/d",
+            "--clips",
+            "8",
+            "--frames",
+            "4",
+            "--size",
+            "16",
+            "16",
+        ],
+        &dir,
+    ));
+    // A missing object.
+    user_error(
+        orrery_s3(
+            &moto,
+            &["data", "inspect", "s3://faults/d/part-09999.parquet"],
+            &dir,
+        ),
+        "not found",
+    );
+    // Three 503s, then the real server: retried (and logged), then read.
+    let proxy = flaky_proxy(moto.port, 3);
+    let url = format!("s3://faults/d?endpoint=http://127.0.0.1:{proxy}");
+    let out = orrery_s3(&moto, &["data", "inspect", &url], &dir);
+    let se = String::from_utf8_lossy(&out.stderr).to_string();
+    let so = ok(out);
+    assert!(so.contains("8 clips"), "{so}");
+    assert!(
+        se.contains("object_store") && se.contains("503") && se.contains("retry 3 of 10"),
+        "retries not logged:\n{se}"
+    );
+    // A server that is gone: an error naming the URL within the retry budget.
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("s3://faults/d?endpoint=http://127.0.0.1:{dead}&retries=2&retry_timeout_s=3");
+    let start = Instant::now();
+    user_error(
+        orrery_s3(&moto, &["data", "inspect", &url], &dir),
+        "object store error at s3://faults/d",
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        start.elapsed()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -8,7 +8,9 @@
 //! `AZURE_STORAGE_ACCOUNT_NAME`, ...) and from the URL's query, whose keys
 //! are object_store's config keys: `s3://bucket/prefix?endpoint=http://127.0.0.1:9000&allow_http=true&region=us-east-1&virtual_hosted_style_request=false`.
 //! Transient errors are retried with exponential backoff (object_store's
-//! retry config: up to 10 tries within 3 minutes).
+//! retry config: by default up to 10 retries within 3 minutes; the query
+//! keys `retries` and `retry_timeout_s` change that), and each retry is
+//! logged by object_store (`orrery` prints those lines on stderr).
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -47,10 +49,23 @@ fn cloud(parsed: &Url, bad: &dyn Fn(String) -> DataError) -> Result<Arc<dyn Obje
     tls_provider();
     let mut base = parsed.clone();
     base.set_query(None);
-    let options: Vec<(String, String)> = parsed
-        .query_pairs()
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
+    let mut retry = object_store::RetryConfig::default();
+    let mut options: Vec<(String, String)> = Vec::new();
+    for (k, v) in parsed.query_pairs() {
+        let number = || {
+            v.parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite() && *x >= 0.0)
+                .ok_or_else(|| bad(format!("{k}={v} must be a non-negative number")))
+        };
+        match k.as_ref() {
+            "retries" => retry.max_retries = number()? as usize,
+            "retry_timeout_s" => {
+                retry.retry_timeout = std::time::Duration::from_secs_f64(number()?)
+            }
+            _ => options.push((k.into_owned(), v.into_owned())),
+        }
+    }
     let key_err = |k: &str, e: object_store::Error| {
         bad(format!(
             "unknown storage option {k:?} in the URL query ({e})"
@@ -59,21 +74,27 @@ fn cloud(parsed: &Url, bad: &dyn Fn(String) -> DataError) -> Result<Arc<dyn Obje
     let built: std::result::Result<Arc<dyn ObjectStore>, object_store::Error> =
         match parsed.scheme() {
             "s3" | "s3a" => {
-                let mut b = AmazonS3Builder::from_env().with_url(base.as_str());
+                let mut b = AmazonS3Builder::from_env()
+                    .with_url(base.as_str())
+                    .with_retry(retry);
                 for (k, v) in &options {
                     b = b.with_config(k.parse().map_err(|e| key_err(k, e))?, v);
                 }
                 b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
             }
             "gs" => {
-                let mut b = GoogleCloudStorageBuilder::from_env().with_url(base.as_str());
+                let mut b = GoogleCloudStorageBuilder::from_env()
+                    .with_url(base.as_str())
+                    .with_retry(retry);
                 for (k, v) in &options {
                     b = b.with_config(k.parse().map_err(|e| key_err(k, e))?, v);
                 }
                 b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
             }
             _ => {
-                let mut b = MicrosoftAzureBuilder::from_env().with_url(base.as_str());
+                let mut b = MicrosoftAzureBuilder::from_env()
+                    .with_url(base.as_str())
+                    .with_retry(retry);
                 for (k, v) in &options {
                     b = b.with_config(k.parse().map_err(|e| key_err(k, e))?, v);
                 }
