@@ -126,6 +126,26 @@ enum DataCommand {
         #[arg(long)]
         continuous_actions: bool,
     },
+    /// Convert a folder of per-clip latent files (NAME.npy with optional
+    /// NAME.actions.npy, or NAME.safetensors with latents / action_ids /
+    /// actions / label tensors) into schema-v1 Parquet shards.
+    Import {
+        /// Folder of clip files.
+        #[arg(long)]
+        from: PathBuf,
+        /// Output directory or URL.
+        #[arg(long)]
+        out: String,
+        /// Target shard size in MiB of (f32) latents.
+        #[arg(long, default_value_t = 256.0)]
+        shard_mb: f64,
+        /// Latent scale for the metadata (orrery trains on (x - shift) * scale).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Latent shift for the metadata.
+        #[arg(long, default_value_t = 0.0)]
+        shift: f64,
+    },
     /// Show a dataset's files, schema and shapes, reading and checking every row.
     Inspect {
         /// Directory, file or URL.
@@ -260,6 +280,34 @@ fn run_data(cmd: DataCommand) -> Result<()> {
                 clips_per_file,
             )?;
             println!("wrote {clips} clips of [{frames}, 3, {}, {}] with actions to {} file(s) under {out}", size[0], size[1], files.len());
+        }
+        DataCommand::Import {
+            from,
+            out,
+            shard_mb,
+            scale,
+            shift,
+        } => {
+            if !(shard_mb > 0.0 && shard_mb.is_finite()) {
+                bail!("--shard-mb {shard_mb} must be positive");
+            }
+            let r = orrery_data::import::import(&orrery_data::import::ImportOptions {
+                from,
+                out: out.clone(),
+                shard_mb,
+                scale,
+                shift,
+            })?;
+            println!(
+                "imported {} clips into {} file(s) under {out}: num_actions {}, action_dim {}, num_classes {}, scale {} shift {}",
+                r.clips,
+                r.files.len(),
+                r.meta.num_actions,
+                r.meta.action_dim,
+                r.meta.num_classes,
+                r.meta.scale,
+                r.meta.shift
+            );
         }
         DataCommand::Inspect {
             url,

@@ -681,3 +681,97 @@ fn bad_rows_are_listed_refused_or_skipped_and_counted() {
     user_error(out, "2 problem(s) in 2 file(s)");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn data_import_converts_npy_and_safetensors_clips() {
+    let dir = scratch("import");
+    std::fs::create_dir_all(dir.join("clips")).unwrap();
+    // numpy and safetensors write the inputs; pyarrow reads the output back.
+    python(&[
+        "-c",
+        &format!(
+            r#"
+import numpy as np
+from safetensors.numpy import save_file
+rng = np.random.default_rng(0)
+d = '{}'
+for i in range(6):
+    np.save(f'{{d}}/npy-{{i}}.npy', rng.standard_normal((5, 2, 4, 4)).astype('<f4'))
+    np.save(f'{{d}}/npy-{{i}}.actions.npy', rng.integers(0, 4, 5).astype('<i8'))
+for i in range(6):
+    save_file({{'latents': rng.standard_normal((5, 2, 4, 4)).astype('<f2'),
+               'action_ids': rng.integers(0, 4, 5).astype('<i8'),
+               'label': np.array([i % 2], dtype='<i8')}}, f'{{d}}/st-{{i}}.safetensors')
+"#,
+            dir.join("clips").display()
+        ),
+    ]);
+    // Mixed: the npy clips have no labels, so labels are refused at open;
+    // import them apart.
+    std::fs::create_dir_all(dir.join("npy")).unwrap();
+    for i in 0..6 {
+        for suffix in ["npy", "actions.npy"] {
+            std::fs::rename(
+                dir.join(format!("clips/npy-{i}.{suffix}")),
+                dir.join(format!("npy/npy-{i}.{suffix}")),
+            )
+            .unwrap();
+        }
+    }
+    let out = ok(orrery(
+        &[
+            "data",
+            "import",
+            "--from",
+            "npy",
+            "--out",
+            "data-npy",
+            "--shard-mb",
+            "0.0013",
+            "--scale",
+            "0.5",
+        ],
+        &dir,
+    ));
+    assert!(
+        out.contains("imported 6 clips into 3 file(s)") && out.contains("num_actions 4"),
+        "{out}"
+    );
+    let out = ok(orrery(
+        &["data", "import", "--from", "clips", "--out", "data-st"],
+        &dir,
+    ));
+    assert!(
+        out.contains("imported 6 clips into 1 file(s)") && out.contains("num_classes 2"),
+        "{out}"
+    );
+    ok(orrery(&["data", "inspect", "data-st", "--validate"], &dir));
+    // The stored latents equal the inputs (f16 widened to f32), read by pyarrow.
+    let check = python(&[
+        "-c",
+        &format!(
+            r#"
+import numpy as np, pyarrow.parquet as pq
+from safetensors.numpy import load_file
+d = '{}'
+t = pq.read_table(f'{{d}}/data-st').to_pylist()
+row = [r for r in t if r['clip_id'] == 'st-3'][0]
+want = load_file(f'{{d}}/clips/st-3.safetensors')
+got = np.frombuffer(row['latents'], '<f4').reshape(row['latent_shape'])
+assert np.array_equal(got, want['latents'].astype('<f4')), 'latents differ'
+assert row['action_ids'] == want['action_ids'].tolist() and row['label'] == 1
+meta = pq.read_metadata(f'{{d}}/data-npy/part-00000.parquet').metadata
+assert meta[b'orrery.latent_scale'] == b'0.5'
+print('same')
+"#,
+            dir.display()
+        ),
+    ]);
+    assert!(check.contains("same"), "{check}");
+    std::fs::write(dir.join("clips/bad.npy"), b"not numpy").unwrap();
+    user_error(
+        orrery(&["data", "import", "--from", "clips", "--out", "x"], &dir),
+        "bad.npy: not a .npy file",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -17,6 +17,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod import;
 mod loader;
 pub mod schema;
 pub mod store;
