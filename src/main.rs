@@ -216,7 +216,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
         "never" => Resume::Never,
         path => Resume::From(PathBuf::from(path)),
     };
-    let cfg_frames = cfg.model.frames;
+    let world_model = cfg.model.has_actions();
     let s = train(
         cfg,
         RunOptions {
@@ -236,7 +236,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
         "held-out loss: {:.4} at step {} -> {:.4} at step {} (EMA weights: {:.4})",
         s.heldout_loss_start, s.start_step, s.heldout_loss_end, s.end_step, s.heldout_loss_ema
     );
-    if cfg_frames > 1 {
+    if world_model {
         println!(
             "next-frame loss rises by {:+.4} with another clip's context and by {:+.4} with another action (about 0 = ignored)",
             s.context_gain, s.action_gain

@@ -768,6 +768,17 @@ print('same')
         ),
     ]);
     assert!(check.contains("same"), "{check}");
+    python(&[
+        "-c",
+        &format!(
+            "import numpy as np; np.save('{}/fortran.npy', np.asfortranarray(np.zeros((2, 2, 4, 4), '<f4')))",
+            dir.join("npy").display()
+        ),
+    ]);
+    user_error(
+        orrery(&["data", "import", "--from", "npy", "--out", "x"], &dir),
+        "fortran.npy: is stored in Fortran order",
+    );
     std::fs::write(dir.join("clips/bad.npy"), b"not numpy").unwrap();
     user_error(
         orrery(&["data", "import", "--from", "clips", "--out", "x"], &dir),

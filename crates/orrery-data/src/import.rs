@@ -60,11 +60,25 @@ fn read_npy(path: &Path) -> Result<Npy> {
     let bytes = std::fs::read(path).map_err(|e| bad(path, e))?;
     let npy =
         npyz::NpyFile::new(&bytes[..]).map_err(|e| bad(path, format!("not a .npy file ({e})")))?;
+    if npy.order() == npyz::Order::Fortran {
+        return Err(bad(
+            path,
+            "is stored in Fortran order: save it C-ordered (np.save(path, np.ascontiguousarray(x)))",
+        ));
+    }
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     let descr = npy.dtype().descr();
     let err = |e: std::io::Error| bad(path, format!("reading {descr} values: {e}"));
     Ok(match descr.trim_matches(['\'', '"']).trim_start_matches(['<', '|', '=']) {
         "f4" => Npy::Float(npy.into_vec::<f32>().map_err(err)?, shape),
+        "f8" => Npy::Float(
+            npy.into_vec::<f64>()
+                .map_err(err)?
+                .into_iter()
+                .map(|x| x as f32)
+                .collect(),
+            shape,
+        ),
         "f2" => Npy::Float(
             npy.into_vec::<half::f16>()
                 .map_err(err)?
@@ -81,7 +95,7 @@ fn read_npy(path: &Path) -> Result<Npy> {
         other => {
             return Err(bad(
                 path,
-                format!("dtype {other} is not supported: use little-endian f4 or f2 latents and i4/i8 or f4 actions"),
+                format!("dtype {other} is not supported: use little-endian f4/f2/f8 floats and i4/i8 action ids"),
             ))
         }
     })
@@ -239,6 +253,20 @@ pub fn import(opts: &ImportOptions) -> Result<ImportReport> {
             }
         };
         let clip = clip?;
+        if let Some(bad_id) = clip.actions.iter().flatten().find(|&&a| a < 0) {
+            return Err(bad(p, format!("action id {bad_id} is negative")));
+        }
+        if let Some(l) = clip.label.filter(|&l| l < 0) {
+            return Err(bad(p, format!("label {l} is negative")));
+        }
+        if clips.iter().any(|c: &Clip| c.id == clip.id) {
+            return Err(bad(
+                p,
+                format!(
+                    "clip id {id} appears twice (a .npy and a .safetensors with the same stem?)"
+                ),
+            ));
+        }
         if let Some(first) = clips.first() {
             let first: &Clip = first;
             if first.shape[1..] != clip.shape[1..] {

@@ -61,7 +61,8 @@ fn cloud(parsed: &Url, bad: &dyn Fn(String) -> DataError) -> Result<Arc<dyn Obje
         match k.as_ref() {
             "retries" => retry.max_retries = number()? as usize,
             "retry_timeout_s" => {
-                retry.retry_timeout = std::time::Duration::from_secs_f64(number()?)
+                retry.retry_timeout = std::time::Duration::try_from_secs_f64(number()?)
+                    .map_err(|e| bad(format!("retry_timeout_s={v}: {e}")))?
             }
             _ => options.push((k.into_owned(), v.into_owned())),
         }

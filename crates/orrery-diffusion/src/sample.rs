@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::prediction::Parameterization;
 use crate::timesteps::shift;
-use crate::{Actions, Cond, Denoiser, DiffusionError, Result};
+use crate::{Cond, Denoiser, DiffusionError, Result};
 
 /// Which integrator turns noise into data.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, Default)]
@@ -268,17 +268,23 @@ pub struct RolloutConfig {
 /// as context at `context_noise`, conditioned on its action.
 ///
 /// # Shapes
-/// context: [b, k, c, h, w]; actions: [b, k + m] (ids) or [b, k + m, A]
-/// (vectors) for the context and the m new frames -> the m generated frames
+/// context: [b, k, c, h, w]; cond: actions [b, k + m] (ids) or
+/// [b, k + m, A] (vectors) for the context and the m new frames (required),
+/// labels [b] (optional, kept for every frame) -> the m generated frames
 /// [b, m, c, h, w]
 pub fn rollout<B: Backend>(
     model: &impl Denoiser<B>,
     context: Tensor<B, 5>,
-    actions: Actions<B>,
+    cond: Cond<B>,
     cfg: &RolloutConfig,
     rng: &mut impl Rng,
 ) -> Result<Tensor<B, 5>> {
     let [b, k, c, h, w] = context.dims();
+    let Some(actions) = cond.actions.clone() else {
+        return Err(DiffusionError::Shape(
+            "a rollout needs an action per frame".into(),
+        ));
+    };
     let total = actions.dims()[1];
     if k == 0 || total <= k || cfg.window < 2 {
         return Err(DiffusionError::Shape(format!(
@@ -300,7 +306,10 @@ pub fn rollout<B: Backend>(
         } else {
             ctx
         };
-        let cond = Cond::actions(actions.narrow(start, ctx_len + 1)); // [b, ctx_len + 1]
+        let cond = Cond {
+            actions: Some(actions.narrow(start, ctx_len + 1)), // [b, ctx_len + 1]
+            labels: cond.labels.clone(),
+        };
         let mut eval = |x: Tensor<B, 5>, t: f64| {
             let levels: Vec<f32> = (0..b)
                 .flat_map(|_| std::iter::repeat_n(tc, ctx_len).chain([t as f32]))

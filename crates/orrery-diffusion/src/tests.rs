@@ -300,7 +300,7 @@ fn rollout_generates_the_requested_frames_from_the_model() {
     let out = rollout(
         &rf_velocity(mu, s),
         context,
-        Actions::Ids(actions),
+        Cond::actions(Actions::Ids(actions)),
         &cfg,
         &mut sample_rng(2, 0, 0),
     )
@@ -654,4 +654,58 @@ fn dropout_nulls_each_condition_by_its_own_draw() {
         plan.drop_labels
     );
     assert_ne!(plan.drop_actions, plan.drop_labels);
+}
+
+#[test]
+fn rollout_keeps_the_labels_on_every_conditional_call() {
+    use std::cell::RefCell;
+    let device = Default::default();
+    let calls = RefCell::new((0usize, 0usize)); // (conditional calls, with labels)
+    let model = |x: Tensor<B, 5>, _t: Tensor<B, 2>, c: Cond<B>| -> Result<Tensor<B, 5>> {
+        if c.actions.is_some() {
+            let mut n = calls.borrow_mut();
+            n.0 += 1;
+            n.1 += c.labels.is_some() as usize;
+        }
+        Ok(x.zeros_like())
+    };
+    let cfg = RolloutConfig {
+        window: 2,
+        context_noise: 0.0,
+        sampler: SamplerConfig {
+            guidance: 2.0,
+            ..sampler_cfg(Sampler::Euler, 3, Parameterization::default())
+        },
+    };
+    let cond = Cond {
+        actions: Some(Actions::Ids(Tensor::<B, 2, Int>::zeros([2, 4], &device))),
+        labels: Some(Tensor::<B, 1, Int>::ones([2], &device)),
+    };
+    let context = Tensor::<B, 5>::zeros([2, 1, 1, 2, 2], &device);
+    rollout(
+        &model,
+        context.clone(),
+        cond,
+        &cfg,
+        &mut sample_rng(0, 0, 0),
+    )
+    .unwrap();
+    let (conditional, labelled) = *calls.borrow();
+    assert_eq!(
+        (conditional, labelled),
+        (9, 9),
+        "3 frames x 3 steps, all with labels"
+    );
+    let err = rollout(
+        &model,
+        context,
+        Cond::null(),
+        &cfg,
+        &mut sample_rng(0, 0, 0),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("needs an action per frame"),
+        "{err}"
+    );
 }

@@ -429,6 +429,15 @@ impl TrainConfig {
                 }
             }
         }
+        if self.model.patch_t > 1
+            && (self.objective.frame_noise != orrery_diffusion::FrameNoise::Shared
+                || self.objective.context_prob > 0.0)
+        {
+            return bad(format!(
+                "model.patch_t = {} puts several frames in one token, which sees one (averaged) noise level: set objective.frame_noise = \"shared\" and objective.context_prob = 0",
+                self.model.patch_t
+            ));
+        }
         if self.model.frames < 2 && self.model.has_actions() {
             return bad("an action-conditioned world model needs model.frames >= 2 (a context frame and a new one); image models set model.num_actions = 0".into());
         }
@@ -508,5 +517,17 @@ mod tests {
         assert!(err.contains("needs a condition to guide on"), "{err}");
         let err = parse("[model]\nframes = 1\n", &[]).unwrap_err().to_string();
         assert!(err.contains("world model needs model.frames >= 2"), "{err}");
+        // Frames sharing a token must share a noise level.
+        let video = "[model]\nframes = 4\npatch_t = 2\nnum_actions = 0\n";
+        let err = parse(video, &[]).unwrap_err().to_string();
+        assert!(err.contains("objective.frame_noise = \"shared\""), "{err}");
+        parse(
+            video,
+            &[
+                "objective.frame_noise=\"shared\"",
+                "objective.context_prob=0.0",
+            ],
+        )
+        .unwrap();
     }
 }

@@ -175,7 +175,8 @@ fn sample_on<B: Backend>(
         .collect();
     // The first k + m frames' actions of the same clips, ids or vectors.
     let host = crate::eval::heldout_batch(&data, k + m, cfg.sample.clips);
-    let Some(actions) = crate::trainer::to_device::<B>(&host, &cfg.model, &device).actions else {
+    let on_device = crate::trainer::to_device::<B>(&host, &cfg.model, &device);
+    let Some(actions) = on_device.actions else {
         return Err(TrainError::Config(format!(
             "{} has no actions of the kind the model takes (action_ids for model.num_actions, actions for model.action_dim): rollouts need per-frame actions",
             cfg.data.url
@@ -193,7 +194,10 @@ fn sample_on<B: Backend>(
     let generated = rollout(
         &denoiser(&model),
         Tensor::<B, 5>::from_data(TensorData::new(context, [b, k, c, h, w]), &device),
-        actions,
+        orrery_diffusion::Cond {
+            actions: Some(actions),
+            labels: on_device.labels,
+        },
         &rcfg,
         &mut orrery_diffusion::sample_rng(opts.seed, u64::MAX, 0),
     )?;

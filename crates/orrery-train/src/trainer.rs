@@ -174,6 +174,21 @@ fn check_geometry(cfg: &TrainConfig, data: &Dataset) -> Result<()> {
             ),
         }));
     }
+    let top_action = data
+        .train
+        .iter()
+        .chain(&data.holdout)
+        .flat_map(|c| c.actions.iter().flatten())
+        .copied()
+        .max();
+    if let Some(top) = top_action.filter(|&a| m.num_actions > 0 && a as usize >= m.num_actions) {
+        return Err(TrainError::Config(format!(
+            "{} holds action id {top} but model.num_actions = {}: set model.num_actions={}",
+            cfg.data.url,
+            m.num_actions,
+            top + 1
+        )));
+    }
     if has_actions && data.meta.num_actions > m.num_actions {
         return Err(TrainError::Config(format!(
             "{} has {} discrete actions but model.num_actions = {}: set model.num_actions={}",
@@ -449,7 +464,8 @@ fn train_ranks<B: AutodiffBackend>(
         if eval_now {
             let inner = model.valid();
             last_heldout = heldout_loss(&cfg, &inner, &heldout)?;
-            if cfg.model.frames > 1 {
+            // Next-frame gains only mean something for world models.
+            if cfg.model.has_actions() {
                 gains = next_frame_eval(&cfg, &inner, &heldout, &foreign, &other_action)?;
             }
             for (tag, value) in [
@@ -506,7 +522,7 @@ fn train_ranks<B: AutodiffBackend>(
                     "step {step:>6}  loss {:.4}  lr {lr:.2e}  grad_norm {norm:.3}  {:.1} samples/s{}",
                     line["loss"].as_f64().unwrap_or(f64::NAN),
                     line["samples_per_s"].as_f64().unwrap_or(0.0),
-                    if eval_now && cfg.model.frames > 1 {
+                    if eval_now && cfg.model.has_actions() {
                         format!(
                             "  held-out {last_heldout:.4}  gain: context {:+.4} action {:+.4}",
                             gains.context_gain, gains.action_gain
