@@ -115,9 +115,9 @@ fn ddp_over_mpi_matches_one_process_and_a_lost_rank_ends_the_job() {
         }
     }
 
-    // Elastic resume: stop after 3 steps on 2 ranks and finish on 1, and
+    // Elastic resume: stop after 3 steps on 4 ranks and finish on 2, and
     // from 1 rank to 4; both end where the uninterrupted single run ends.
-    for (first, second, run) in [("2", "1", "elastic21"), ("1", "4", "elastic14")] {
+    for (first, second, run) in [("4", "2", "elastic42"), ("1", "4", "elastic14")] {
         for (n, extra) in [(first, &["--stop-after", "3"][..]), (second, &[][..])] {
             let mut args = vec![
                 "launch",
@@ -138,6 +138,33 @@ fn ddp_over_mpi_matches_one_process_and_a_lost_rank_ends_the_job() {
             &format!("{run} vs one process"),
         );
     }
+
+    // The data order (clip ids per step) is the same on any number of
+    // ranks and across elastic resumes; an epoch uses every training clip
+    // once.
+    let order = |run: &str| std::fs::read_to_string(dir.join(run).join("samples.jsonl")).unwrap();
+    let one = order("one");
+    assert_eq!(one.lines().count(), 6, "{one}");
+    for run in ["ranks2micro0", "ranks4micro0", "elastic42", "elastic14"] {
+        assert_eq!(order(run), one, "data order of {run}");
+    }
+    let mut epoch0: Vec<String> = one
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["epoch"] == 0)
+        .flat_map(|v| {
+            v["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|id| id.as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(epoch0.len(), 20, "5 batches of 4 from 20 training clips");
+    epoch0.sort();
+    epoch0.dedup();
+    assert_eq!(epoch0.len(), 20, "an id repeats within epoch 0");
 
     user_error(
         orrery(&["train", "tiny.toml", "--set", "data.micro_batch=3"], &dir),

@@ -233,6 +233,16 @@ impl<'a> Loader<'a> {
         self.cursor
     }
 
+    /// The clip ids of the whole global batch (every rank's rows, in rank
+    /// order) that the last [`Loader::next_batch`] call took its share of:
+    /// the same on any number of ranks.
+    pub fn last_global_ids(&self) -> Vec<String> {
+        let b = (self.cursor.batch as usize).saturating_sub(1);
+        (b * self.global_batch..(b + 1) * self.global_batch)
+            .map(|pos| self.clips[self.order[pos]].id.clone())
+            .collect()
+    }
+
     /// This rank's share of the next global batch.
     pub fn next_batch(&mut self) -> Batch {
         if self.cursor.batch >= self.batches_per_epoch() {

@@ -410,6 +410,32 @@ fn train_ranks<B: AutodiffBackend>(
                 .map_err(io(&metrics_path))
         })
         .transpose()?;
+    // The data order: per step, the clip ids of the whole global batch.
+    // Lines of steps after the checkpoint this run resumes from are dropped
+    // (a run that died after them will take those steps again).
+    let samples_path = run_dir.join("samples.jsonl");
+    let mut samples = if main {
+        let kept: String = std::fs::read_to_string(&samples_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| s < step)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&samples_path, kept).map_err(io(&samples_path))?;
+        Some(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&samples_path)
+                .map_err(io(&samples_path))?,
+        )
+    } else {
+        None
+    };
 
     let start_step = step;
     let heldout_start = heldout_loss(&cfg, &model.valid(), &heldout)?;
@@ -442,6 +468,14 @@ fn train_ranks<B: AutodiffBackend>(
     while step < stop_at {
         let t0 = Instant::now();
         let batch = to_device::<B>(&loader.next_batch(), &cfg.model, &device);
+        if let Some(f) = samples.as_mut() {
+            let line = serde_json::json!({
+                "step": step,
+                "epoch": loader.cursor().epoch,
+                "ids": loader.last_global_ids(),
+            });
+            writeln!(f, "{line}").map_err(io(&samples_path))?;
+        }
         data_wait += t0.elapsed();
         let (next, out) = train_step(
             &cfg,
