@@ -70,6 +70,15 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         warmup: usize,
     },
+    /// Read (fetch + decode) every file of a dataset, N times, and print
+    /// clips/s and MB/s (compare with benchmarks/data/pyarrow_read.py).
+    Data {
+        /// Directory, file or URL.
+        url: String,
+        /// Timed passes (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
     /// Bandwidth of all_reduce, all_gather and reduce_scatter next to raw MPI
     /// (run under `orrery launch -n N`, N >= 2).
     Comm {
@@ -528,9 +537,41 @@ fn run_bench_comm(sizes_mb: Vec<f64>, iters: usize) -> Result<()> {
     }
 }
 
+fn run_bench_data(url: &str, repeat: usize) -> Result<()> {
+    if repeat == 0 {
+        bail!("--repeat must be at least 1");
+    }
+    let mut runs: Vec<orrery_data::store::ReadBench> = (0..repeat)
+        .map(|_| orrery_data::store::bench_read(url))
+        .collect::<std::result::Result<_, _>>()?;
+    runs.sort_by(|a, b| (a.fetch_s + a.decode_s).total_cmp(&(b.fetch_s + b.decode_s)));
+    let r = &runs[runs.len() / 2];
+    let total = r.fetch_s + r.decode_s;
+    let mb = r.bytes as f64 / 1e6;
+    let latent_mb = r.values as f64 * 4.0 / 1e6;
+    println!("| {url} | median of {repeat} |");
+    println!("|---|---|");
+    println!("| files / clips | {} / {} |", r.files, r.clips);
+    println!("| file bytes (MB) / decoded f32 latents (MB) | {mb:.1} / {latent_mb:.1} |");
+    println!(
+        "| fetch (s) | {:.3} ({:.1} MB/s) |",
+        r.fetch_s,
+        mb / r.fetch_s
+    );
+    println!(
+        "| decode + check (s) | {:.3} ({:.1} MB/s of latents) |",
+        r.decode_s,
+        latent_mb / r.decode_s
+    );
+    println!("| total (s) | {total:.3} |");
+    println!("| clips/s | {:.0} |", r.clips as f64 / total);
+    Ok(())
+}
+
 fn run_bench(cmd: BenchCommand) -> Result<()> {
     let (config, set, steps, warmup) = match cmd {
         BenchCommand::Comm { sizes_mb, iters } => return run_bench_comm(sizes_mb, iters),
+        BenchCommand::Data { url, repeat } => return run_bench_data(&url, repeat),
         BenchCommand::Step {
             config,
             set,

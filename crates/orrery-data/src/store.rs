@@ -298,3 +298,50 @@ pub fn inspect(url: &str) -> Result<Vec<FileReport>> {
         Ok(out)
     })
 }
+
+/// Timings of reading a dataset once ([`bench_read`]).
+#[derive(Debug, Clone)]
+pub struct ReadBench {
+    /// Files read.
+    pub files: usize,
+    /// Clips decoded.
+    pub clips: usize,
+    /// Bytes fetched from the store.
+    pub bytes: usize,
+    /// Latent values decoded (f32).
+    pub values: usize,
+    /// Seconds listing and fetching every file whole.
+    pub fetch_s: f64,
+    /// Seconds decoding and checking every row.
+    pub decode_s: f64,
+}
+
+/// List, fetch and decode every file under `url` once, timing the fetch
+/// and the decode apart (what a run does at start).
+pub fn bench_read(url: &str) -> Result<ReadBench> {
+    let loc = parse(url)?;
+    runtime().block_on(async {
+        let t0 = std::time::Instant::now();
+        let mut blobs = Vec::new();
+        for path in loc.list_parquet().await? {
+            let bytes = loc.get(&path).await?;
+            blobs.push((path.to_string(), bytes));
+        }
+        let fetch_s = t0.elapsed().as_secs_f64();
+        let t1 = std::time::Instant::now();
+        let (mut clips, mut values) = (0, 0);
+        for (name, bytes) in &blobs {
+            let part = crate::schema::read_parquet(bytes, name)?;
+            clips += part.clips.len();
+            values += part.clips.iter().map(|c| c.latents.len()).sum::<usize>();
+        }
+        Ok(ReadBench {
+            files: blobs.len(),
+            clips,
+            bytes: blobs.iter().map(|(_, b)| b.len()).sum(),
+            values,
+            fetch_s,
+            decode_s: t1.elapsed().as_secs_f64(),
+        })
+    })
+}
