@@ -746,6 +746,8 @@ for i in range(6):
         "{out}"
     );
     ok(orrery(&["data", "inspect", "data-st", "--validate"], &dir));
+    let bench = ok(orrery(&["bench", "data", "data-st", "--repeat", "1"], &dir));
+    assert!(bench.contains("| files / clips | 1 / 6 |"), "{bench}");
     // The stored latents equal the inputs (f16 widened to f32), read by pyarrow.
     let check = python(&[
         "-c",
