@@ -4,10 +4,11 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use orrery_data::synth::{render_clips, SynthConfig};
 use orrery_diffusion::Sampler;
 
+mod data;
 mod launch;
+use data::{run_bench_data, run_data, DataCommand};
 use launch::{run_dist, run_launch, DistCommand, LaunchArgs};
 use orrery_train::sample::{sample, SampleOptions, SampleReport};
 use orrery_train::{train, Resume, RunOptions, TrainConfig};
@@ -109,63 +110,6 @@ struct TrainArgs {
     stop_after: Option<u64>,
 }
 
-#[derive(Subcommand)]
-enum DataCommand {
-    /// Render the embedded toy world (agent, actions, bouncing ball) to Parquet.
-    Synth {
-        /// Output directory or URL.
-        #[arg(long)]
-        out: String,
-        /// Number of clips.
-        #[arg(long, default_value_t = 512)]
-        clips: usize,
-        /// Frames per clip.
-        #[arg(long, default_value_t = 16)]
-        frames: usize,
-        /// Frame height and width in pixels.
-        #[arg(long, num_args = 2, value_names = ["H", "W"], default_values_t = [32, 32])]
-        size: Vec<usize>,
-        /// Seed.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Clips per Parquet file.
-        #[arg(long, default_value_t = 128)]
-        clips_per_file: usize,
-        /// Write continuous (dx, dy) actions (`actions`, A = 2) instead of action ids.
-        #[arg(long)]
-        continuous_actions: bool,
-    },
-    /// Convert a folder of per-clip latent files (NAME.npy with optional
-    /// NAME.actions.npy, or NAME.safetensors with latents / action_ids /
-    /// actions / label tensors) into schema-v1 Parquet shards.
-    Import {
-        /// Folder of clip files.
-        #[arg(long)]
-        from: PathBuf,
-        /// Output directory or URL.
-        #[arg(long)]
-        out: String,
-        /// Target shard size in MiB of (f32) latents.
-        #[arg(long, default_value_t = 256.0)]
-        shard_mb: f64,
-        /// Latent scale for the metadata (orrery trains on (x - shift) * scale).
-        #[arg(long, default_value_t = 1.0)]
-        scale: f64,
-        /// Latent shift for the metadata.
-        #[arg(long, default_value_t = 0.0)]
-        shift: f64,
-    },
-    /// Show a dataset's files, schema and shapes, reading and checking every row.
-    Inspect {
-        /// Directory, file or URL.
-        url: String,
-        /// Go on past problems: list every unreadable file and bad row, by
-        /// file and row, and exit with code 2 if there was any.
-        #[arg(long)]
-        validate: bool,
-    },
-}
-
 #[derive(Args)]
 struct SampleArgs {
     /// Run directory, its checkpoints/ directory, or one checkpoint directory.
@@ -257,124 +201,6 @@ fn run_train(args: TrainArgs) -> Result<()> {
         run_dir.join("tensorboard").display()
     );
     println!("checkpoint: {}", s.checkpoint.display());
-    Ok(())
-}
-
-fn run_data(cmd: DataCommand) -> Result<()> {
-    match cmd {
-        DataCommand::Synth {
-            out,
-            clips,
-            frames,
-            size,
-            seed,
-            clips_per_file,
-            continuous_actions,
-        } => {
-            let cfg = SynthConfig {
-                clips,
-                frames,
-                height: size[0],
-                width: size[1],
-                seed,
-                continuous_actions,
-            };
-            if let Err(e) = cfg.validate() {
-                bail!("orrery data synth: {e}");
-            }
-            let files = orrery_data::store::write_dataset(
-                &out,
-                &render_clips(&cfg),
-                &cfg.metadata(),
-                clips_per_file,
-            )?;
-            println!("wrote {clips} clips of [{frames}, 3, {}, {}] with actions to {} file(s) under {out}", size[0], size[1], files.len());
-        }
-        DataCommand::Import {
-            from,
-            out,
-            shard_mb,
-            scale,
-            shift,
-        } => {
-            if !(shard_mb > 0.0 && shard_mb.is_finite()) {
-                bail!("--shard-mb {shard_mb} must be positive");
-            }
-            let r = orrery_data::import::import(&orrery_data::import::ImportOptions {
-                from,
-                out: out.clone(),
-                shard_mb,
-                scale,
-                shift,
-            })?;
-            println!(
-                "imported {} clips into {} file(s) under {out}: num_actions {}, action_dim {}, num_classes {}, scale {} shift {}",
-                r.clips,
-                r.files.len(),
-                r.meta.num_actions,
-                r.meta.action_dim,
-                r.meta.num_classes,
-                r.meta.scale,
-                r.meta.shift
-            );
-        }
-        DataCommand::Inspect {
-            url,
-            validate: true,
-        } => {
-            let problems = orrery_data::store::validate(&url)?;
-            if problems.is_empty() {
-                println!("{url}: no problems (every row of every file decoded and checked)");
-                return Ok(());
-            }
-            let files: std::collections::BTreeSet<&str> =
-                problems.iter().map(|(f, _)| f.as_str()).collect();
-            for (_, problem) in &problems {
-                println!("{problem}");
-            }
-            bail!(
-                "{} problem(s) in {} file(s) under {url} (listed above)",
-                problems.len(),
-                files.len()
-            );
-        }
-        DataCommand::Inspect {
-            url,
-            validate: false,
-        } => {
-            let files = orrery_data::store::inspect(&url)?;
-            let total: usize = files.iter().map(|f| f.clips).sum();
-            println!(
-                "{url}: {} file(s), {total} clips, schema v{}",
-                files.len(),
-                orrery_data::schema::SCHEMA_VERSION
-            );
-            for f in &files {
-                println!(
-                    "  {}  {} bytes  {} clips  shapes {:?}  actions: {}  labels: {}  scale {} shift {}",
-                    f.path,
-                    f.bytes,
-                    f.clips,
-                    f.shapes,
-                    if f.actions {
-                        format!("{} ids", f.meta.num_actions)
-                    } else if f.action_values {
-                        format!("vectors of {}", f.meta.action_dim)
-                    } else {
-                        "none".into()
-                    },
-                    if f.labels {
-                        format!("{} classes", f.meta.num_classes)
-                    } else {
-                        "none".into()
-                    },
-                    f.meta.scale,
-                    f.meta.shift
-                );
-            }
-            println!("validation: every row decoded; latents finite, shapes match byte counts, action ids in range");
-        }
-    }
     Ok(())
 }
 
@@ -535,37 +361,6 @@ fn run_bench_comm(sizes_mb: Vec<f64>, iters: usize) -> Result<()> {
         let _ = comm;
         bail!("this binary was built without MPI")
     }
-}
-
-fn run_bench_data(url: &str, repeat: usize) -> Result<()> {
-    if repeat == 0 {
-        bail!("--repeat must be at least 1");
-    }
-    let mut runs: Vec<orrery_data::store::ReadBench> = (0..repeat)
-        .map(|_| orrery_data::store::bench_read(url))
-        .collect::<std::result::Result<_, _>>()?;
-    runs.sort_by(|a, b| (a.fetch_s + a.decode_s).total_cmp(&(b.fetch_s + b.decode_s)));
-    let r = &runs[runs.len() / 2];
-    let total = r.fetch_s + r.decode_s;
-    let mb = r.bytes as f64 / 1e6;
-    let latent_mb = r.values as f64 * 4.0 / 1e6;
-    println!("| {url} | median of {repeat} |");
-    println!("|---|---|");
-    println!("| files / clips | {} / {} |", r.files, r.clips);
-    println!("| file bytes (MB) / decoded f32 latents (MB) | {mb:.1} / {latent_mb:.1} |");
-    println!(
-        "| fetch (s) | {:.3} ({:.1} MB/s) |",
-        r.fetch_s,
-        mb / r.fetch_s
-    );
-    println!(
-        "| decode + check (s) | {:.3} ({:.1} MB/s of latents) |",
-        r.decode_s,
-        latent_mb / r.decode_s
-    );
-    println!("| total (s) | {total:.3} |");
-    println!("| clips/s | {:.0} |", r.clips as f64 / total);
-    Ok(())
 }
 
 fn run_bench(cmd: BenchCommand) -> Result<()> {

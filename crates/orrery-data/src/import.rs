@@ -153,20 +153,10 @@ fn safetensors_clip(path: &Path, id: String) -> Result<Clip> {
         let Ok(t) = st.tensor(name) else {
             return Ok(None);
         };
-        let d = t.data();
-        let v: Vec<f32> = match t.dtype() {
-            Dtype::F32 => d
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => d
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => d
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+        let dtype = match t.dtype() {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::BF16 => "bf16",
             other => {
                 return Err(bad(
                     path,
@@ -174,6 +164,10 @@ fn safetensors_clip(path: &Path, id: String) -> Result<Clip> {
                 ))
             }
         };
+        // The same decoding (and finiteness check) as Parquet latents.
+        let n = t.shape().iter().product();
+        let v = crate::schema::decode_latents(t.data(), dtype, n)
+            .map_err(|e| bad(path, format!("tensor {name}: {e}")))?;
         Ok(Some((v, t.shape().to_vec())))
     };
     let ints = |name: &str| -> Result<Option<(Vec<i64>, Vec<usize>)>> {

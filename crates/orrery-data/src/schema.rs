@@ -236,7 +236,12 @@ where
     Some(T::from(list.value(row).to_data()))
 }
 
-fn decode_latents(bytes: &[u8], dtype: &str, n: usize) -> std::result::Result<Vec<f32>, String> {
+/// Little-endian f32 / f16 / bf16 bytes to finite f32 values (n of them).
+pub(crate) fn decode_latents(
+    bytes: &[u8],
+    dtype: &str,
+    n: usize,
+) -> std::result::Result<Vec<f32>, String> {
     let width = match dtype {
         "f32" => 4,
         "f16" | "bf16" => 2,

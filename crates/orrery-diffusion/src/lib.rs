@@ -170,3 +170,5 @@ pub fn sample_rng(seed: u64, step: u64, sample: u64) -> ChaCha8Rng {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_cond;

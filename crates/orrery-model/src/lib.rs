@@ -65,3 +65,5 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_options;

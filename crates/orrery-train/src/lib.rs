@@ -46,6 +46,7 @@ mod ddp;
 mod eval;
 pub mod export;
 pub mod generate;
+mod geometry;
 pub mod media;
 pub mod optim;
 mod overrides;
