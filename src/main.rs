@@ -404,10 +404,21 @@ fn run_bench(cmd: BenchCommand) -> Result<()> {
     println!("| step time, mean (s) | {mean:.4} |");
     println!("| step time, min (s) | {min:.4} |");
     println!("| data to device, mean (s) | {data:.5} |");
-    println!("| ranks | {} |", b.ranks);
+    let strategy = format!("{:?}", cfg.parallel.strategy).to_lowercase();
+    println!("| ranks | {} ({strategy}) |", b.ranks);
+    println!(
+        "| parameter + gradient + AdamW bytes per rank | {:.2} MiB |",
+        b.state_bytes.0 as f64 / 1048576.0
+    );
+    if b.state_bytes.1 > 0 {
+        println!(
+            "| largest unit gathered (parameters + gradient) | {:.2} MiB |",
+            b.state_bytes.1 as f64 / 1048576.0
+        );
+    }
     println!("| communication per step, median (s) | {comm:.4} |");
     println!(
-        "| bytes into all_reduce per rank per step | {} ({:.2} MiB) |",
+        "| bytes sent into collectives per rank per step | {} ({:.2} MiB) |",
         b.comm_bytes,
         b.comm_bytes as f64 / 1048576.0
     );

@@ -1,6 +1,7 @@
-//! Multi-rank runs: DDP over mpirun equals one process (also with
-//! micro-batches and elastic resume), Slurm across two node names, a killed
-//! or hung rank ends the job, a lone failing rank aborts it.
+//! Multi-rank runs: DDP and FSDP over mpirun equal one process (also with
+//! micro-batches and elastic resume, also from DDP to FSDP), Slurm across
+//! two node names, a killed or hung rank ends the job, a lone failing rank
+//! aborts it.
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -276,6 +277,83 @@ fn stop_rank_one(dir: &Path, run: &str, signal: &str, extra: &[&str]) -> (Output
 /// A real one-host Slurm cluster with two node names (tests/slurm/cluster.sh):
 /// launch/slurm/train.sbatch runs 2 tasks on each node and must end with the
 /// same weights as a 4-rank mpirun of the same config.
+/// FSDP over 1, 2 and 4 ranks (and 2 ranks with 1-clip micro-batches) ends
+/// with the one-process DDP run's weights, EMA and AdamW state; each rank
+/// holds 1/N of the parameter, gradient and AdamW bytes (plus padding) and
+/// gathers at most one unit; a DDP run on 4 ranks resumes as FSDP on 2.
+#[test]
+fn fsdp_over_mpi_matches_one_process_with_a_1_over_n_share_of_the_state() {
+    let dir = tiny_dir("fsdp");
+    ok(orrery(&["train", "tiny.toml", "--run-dir", "one"], &dir));
+    let single = dir.join("one/checkpoints/step_00000006");
+    let fsdp = "parallel.strategy=fsdp";
+    for (n, micro) in [("1", "0"), ("2", "0"), ("4", "0"), ("2", "1")] {
+        let run = format!("fsdp{n}micro{micro}");
+        let set = format!("data.micro_batch={micro}");
+        let out = ok(orrery(
+            &[
+                "launch",
+                "-n",
+                n,
+                "--",
+                "train",
+                "tiny.toml",
+                "--run-dir",
+                &run,
+                "--set",
+                fsdp,
+                "--set",
+                &set,
+            ],
+            &dir,
+        ));
+        assert_eq!(out.matches("fsdp: ").count(), 1, "{out}");
+        assert_same_checkpoint(
+            &single,
+            &dir.join(&run).join("checkpoints/step_00000006"),
+            &format!("fsdp on {n} ranks vs one process"),
+        );
+        let mem: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(&run).join("fsdp_memory.json")).unwrap(),
+        )
+        .unwrap();
+        let get = |k: &str| mem[k].as_u64().unwrap() as usize;
+        let (n, units) = (n.parse::<usize>().unwrap(), get("units"));
+        let (per_rank, whole) = (get("state_bytes_per_rank"), get("state_bytes_one_process"));
+        eprintln!("fsdp memory, {n} ranks: {mem}");
+        assert_eq!(get("world_size"), n);
+        // Shards are ceil(L / n) long: at most n - 1 padding values per unit.
+        assert!(
+            per_rank * n >= whole && per_rank * n <= whole + 16 * n * units,
+            "{n} ranks hold {per_rank} bytes each of {whole}"
+        );
+        assert!(get("largest_unit_bytes") < whole / 2, "{mem}");
+    }
+    // Checkpoints hold whole tensors: DDP on 4 ranks, then FSDP on 2.
+    for (n, extra) in [
+        ("4", &["--stop-after", "3"][..]),
+        ("2", &["--set", fsdp][..]),
+    ] {
+        let mut args = vec![
+            "launch",
+            "-n",
+            n,
+            "--",
+            "train",
+            "tiny.toml",
+            "--run-dir",
+            "mixed",
+        ];
+        args.extend(extra);
+        ok(orrery(&args, &dir));
+    }
+    assert_same_checkpoint(
+        &single,
+        &dir.join("mixed/checkpoints/step_00000006"),
+        "ddp 4 ranks -> fsdp 2 ranks vs one process",
+    );
+}
+
 #[test]
 fn slurm_sbatch_across_two_nodes_matches_mpirun() {
     let dir = tiny_dir("slurm");

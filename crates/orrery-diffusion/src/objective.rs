@@ -242,7 +242,7 @@ impl ObjectiveConfig {
     /// returns [1]
     pub fn loss<B: Backend>(
         &self,
-        model: &impl Denoiser<B>,
+        model: &(impl Denoiser<B> + ?Sized),
         batch: &TrainBatch<B>,
         seed: u64,
         step: u64,
@@ -257,7 +257,7 @@ impl ObjectiveConfig {
     /// returns [1]
     pub fn loss_with_plan<B: Backend>(
         &self,
-        model: &impl Denoiser<B>,
+        model: &(impl Denoiser<B> + ?Sized),
         batch: &TrainBatch<B>,
         plan: NoisePlan,
     ) -> Result<Tensor<B, 1>> {
@@ -274,7 +274,7 @@ impl ObjectiveConfig {
     /// returns [1]
     pub fn loss_part<B: Backend>(
         &self,
-        model: &impl Denoiser<B>,
+        model: &(impl Denoiser<B> + ?Sized),
         batch: &TrainBatch<B>,
         plan: NoisePlan,
         frames_in_loss: f32,

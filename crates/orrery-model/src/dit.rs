@@ -1,11 +1,11 @@
 //! The video DiT. Letters: b batch, t frames, c channels, h/w latent size,
 //! p patch, s = (h/p)(w/p) tokens per frame, n = t*s tokens, d hidden.
-use burn::module::{Module, Param};
-use burn::nn::{Embedding, EmbeddingConfig, Initializer};
+use burn::module::Module;
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 
-use crate::layers::{ActionMlp, DitBlock, FinalLayer, TimestepEmbedder};
-use crate::{AttentionMask, DitConfig, ModelError, PosEmbed, Result};
+use crate::embed::DitEmbed;
+use crate::layers::{DitBlock, FinalLayer};
+use crate::{AttentionMask, DitConfig, Result};
 
 /// What the DiT reads.
 #[derive(Debug, Clone)]
@@ -39,16 +39,13 @@ impl<B: Backend> DitInput<B> {
     }
 }
 
-/// A video diffusion transformer with per-frame adaLN-Zero conditioning.
+/// A video diffusion transformer with per-frame adaLN-Zero conditioning:
+/// three kinds of unit (the embedder, each block, the final layer), which
+/// FSDP runs one at a time. Parameter names follow the fields:
+/// `embed.patch_embed.weight`, `blocks.3.attn.qkv.weight`, `final_layer.linear.bias`.
 #[derive(Module, Debug)]
 pub struct Dit<B: Backend> {
-    patch_embed: burn::nn::Linear<B>,
-    pos_spatial: Option<Param<Tensor<B, 2>>>,
-    pos_temporal: Option<Param<Tensor<B, 2>>>,
-    t_embed: TimestepEmbedder<B>,
-    action_embed: Option<Embedding<B>>,
-    action_mlp: Option<ActionMlp<B>>,
-    label_embed: Option<Embedding<B>>,
+    embed: DitEmbed<B>,
     blocks: Vec<DitBlock<B>>,
     final_layer: FinalLayer<B>,
     #[module(skip)]
@@ -56,81 +53,32 @@ pub struct Dit<B: Backend> {
 }
 
 impl DitConfig {
-    /// Build the model on `device`. Weights are drawn from the backend's RNG:
-    /// seed it (`B::seed`) first for reproducible weights.
+    /// Build the model on `device`. Weights are drawn from the backend's RNG
+    /// when first read: seed it (`B::seed`) first for reproducible weights.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Dit<B>> {
         self.validate()?;
-        let d = self.hidden;
-        // Learned positions start at the fixed sin-cos tables (DiT uses the
-        // fixed 2-D table; a near-zero random start leaves tokens unable to
-        // tell where they are for many steps).
-        let learned = self.pos_embed == PosEmbed::Learned;
-        let pos = |values: Vec<f32>, rows: usize| {
-            learned.then(|| {
-                Param::from_tensor(Tensor::from_data(
-                    TensorData::new(values, [rows, d]),
-                    device,
-                ))
-            })
-        };
-        let (spatial, temporal) = self.sincos_tables(self.frame_groups(self.frames));
-        // Unit-variance action rows, on the scale of the timestep embedding
-        // they are added to: with DiT's 0.02 (fine for class labels over
-        // hundreds of thousands of steps) a short run never learns to use them.
-        let action_embed = (self.num_actions > 0).then(|| {
-            EmbeddingConfig::new(self.num_actions + 1, d)
-                .with_initializer(Initializer::Normal {
-                    mean: 0.0,
-                    std: 1.0,
-                })
-                .init(device)
-        });
-        // Class rows as in DiT: N(0, 0.02).
-        let label_embed = (self.num_classes > 0).then(|| {
-            EmbeddingConfig::new(self.num_classes + 1, d)
-                .with_initializer(Initializer::Normal {
-                    mean: 0.0,
-                    std: 0.02,
-                })
-                .init(device)
-        });
         Ok(Dit {
-            patch_embed: burn::nn::LinearConfig::new(self.input_patch_dim(), d)
-                .with_initializer(Initializer::XavierUniform { gain: 1.0 })
-                .init(device),
-            pos_spatial: pos(spatial, self.tokens_per_frame()),
-            pos_temporal: pos(temporal, self.frame_groups(self.frames)),
-            t_embed: TimestepEmbedder::new(d, device),
-            action_embed,
-            action_mlp: (self.action_dim > 0).then(|| ActionMlp::new(self.action_dim, d, device)),
-            label_embed,
+            embed: DitEmbed::new(self, device),
             blocks: (0..self.depth)
                 .map(|_| DitBlock::new(self, device))
                 .collect(),
-            final_layer: FinalLayer::new(d, self.patch_dim(), device),
+            final_layer: FinalLayer::new(self.hidden, self.patch_dim(), device),
             cfg: self.clone(),
         })
     }
-}
 
-impl DitConfig {
-    /// The 2-D spatial sin-cos table (half the width for rows, half for
-    /// columns) and the temporal one for `frames` frames.
-    ///
-    /// # Shapes
-    /// -> ([s * d], [frames * d])
-    fn sincos_tables(&self, frames: usize) -> (Vec<f32>, Vec<f32>) {
-        let d = self.hidden;
-        let wp = self.width / self.patch_size;
-        let spatial = (0..self.tokens_per_frame())
-            .flat_map(|i| {
-                let mut row = sincos(&[(i / wp) as f32], d / 2);
-                row.extend(sincos(&[(i % wp) as f32], d / 2));
-                row
-            })
-            .collect();
-        let temporal = sincos(&(0..frames).map(|f| f as f32).collect::<Vec<_>>(), d);
-        (spatial, temporal)
+    /// The final layer for this config (lazy: no memory until loaded).
+    pub fn final_layer<B: Backend>(&self, device: &B::Device) -> FinalLayer<B> {
+        FinalLayer::new(self.hidden, self.patch_dim(), device)
+    }
+
+    /// Whether AdamW's weight decay applies to the named parameter: weight
+    /// matrices only, not biases, norms, position tables or embedding rows.
+    pub fn decays(name: &str, shape: &[usize]) -> bool {
+        shape.len() >= 2
+            && !name.starts_with("embed.pos_")
+            && name != "embed.action_embed.weight"
+            && name != "embed.label_embed.weight"
     }
 }
 
@@ -147,133 +95,13 @@ impl<B: Backend> Dit<B> {
     /// - t: [b, t]; actions: [b, t]
     /// - returns [b, t, c, h, w]
     pub fn forward(&self, input: DitInput<B>) -> Result<Tensor<B, 5>> {
-        let cfg = &self.cfg;
-        let [b, t, c, h, w] = input.latents.dims();
-        let pt = cfg.patch_t;
-        if c != cfg.channels
-            || h != cfg.height
-            || w != cfg.width
-            || t == 0
-            || t > cfg.frames
-            || t % pt != 0
-        {
-            return Err(ModelError::Shape {
-                name: "latents",
-                got: vec![b, t, c, h, w],
-                expected: format!(
-                    "[b, 1..={} (a multiple of model.patch_t = {pt}), {}, {}, {}]",
-                    cfg.frames, cfg.channels, cfg.height, cfg.width
-                ),
-            });
-        }
-        let g = t / pt; // frame groups: tokens along time
-        if input.t.dims() != [b, t] {
-            return Err(ModelError::Shape {
-                name: "t",
-                got: input.t.dims().to_vec(),
-                expected: format!("[{b}, {t}]"),
-            });
-        }
-        let device = input.latents.device();
-        let s = cfg.tokens_per_frame();
-        let stacked = stack_history(input.latents, cfg.history_frames); // [b, t, c(1+k), h, w]
-        let x = crate::layers::apply(&self.patch_embed, patchify(stacked, pt, cfg.patch_size)); // [b, g, s, d]
-        let d = cfg.hidden;
-        let pos = match (&self.pos_temporal, &self.pos_spatial) {
-            (Some(temporal), Some(spatial)) => Some(
-                temporal.val().narrow(0, 0, g).unsqueeze_dim::<3>(1)
-                    + spatial.val().unsqueeze_dim::<3>(0),
-            ),
-            _ if cfg.pos_embed == PosEmbed::Sincos => {
-                let (spatial, temporal) = cfg.sincos_tables(g);
-                let table = |v: Vec<f32>, rows: usize| {
-                    Tensor::<B, 2>::from_data(TensorData::new(v, [rows, d]), &device)
-                };
-                Some(
-                    table(temporal, g).unsqueeze_dim::<3>(1)
-                        + table(spatial, s).unsqueeze_dim::<3>(0),
-                )
-            }
-            _ => None,
-        }; // [g, s, d]
-        let mut x = match pos {
-            Some(pos) => x + pos.unsqueeze_dim::<4>(0),
-            None => x,
-        };
-        let rope = (cfg.pos_embed == PosEmbed::Rope).then(|| {
-            let (hp, wp) = (cfg.height / cfg.patch_size, cfg.width / cfg.patch_size);
-            crate::rope::tables::<B>(g, hp, wp, cfg.head_dim(), &device)
-        }); // 2 x [n, e/2], n = g * s
-
-        let mut cond = self.t_embed.forward(input.t); // [b, t, d]
-        if let Some(embed) = &self.action_embed {
-            let ids = match input.actions {
-                Some(a) if a.dims() == [b, t] => a,
-                Some(a) => {
-                    return Err(ModelError::Shape {
-                        name: "actions",
-                        got: a.dims().to_vec(),
-                        expected: format!("[{b}, {t}]"),
-                    })
-                }
-                None => Tensor::<B, 2, Int>::full([b, t], cfg.num_actions as i64, &device),
-            };
-            cond = cond + embed.forward(ids); // [b, t, d]
-        }
-        if let Some(mlp) = &self.action_mlp {
-            cond = cond
-                + match input.action_values {
-                    Some(v) if v.dims() == [b, t, cfg.action_dim] => {
-                        let keep = match input.action_keep {
-                            Some(k) if k.dims() == [b, t] => k,
-                            Some(k) => {
-                                return Err(ModelError::Shape {
-                                    name: "action_keep",
-                                    got: k.dims().to_vec(),
-                                    expected: format!("[{b}, {t}]"),
-                                })
-                            }
-                            None => Tensor::ones([b, t], &device),
-                        };
-                        mlp.forward(v, keep)
-                    }
-                    Some(v) => {
-                        return Err(ModelError::Shape {
-                            name: "action_values",
-                            got: v.dims().to_vec(),
-                            expected: format!("[{b}, {t}, {}]", cfg.action_dim),
-                        })
-                    }
-                    None => mlp.null(b, t),
-                }; // [b, t, d]
-        }
-        if let Some(embed) = &self.label_embed {
-            let ids = match input.labels {
-                Some(l) if l.dims() == [b] => l,
-                Some(l) => {
-                    return Err(ModelError::Shape {
-                        name: "labels",
-                        got: l.dims().to_vec(),
-                        expected: format!("[{b}]"),
-                    })
-                }
-                None => Tensor::<B, 1, Int>::full([b], cfg.num_classes as i64, &device),
-            };
-            let label = embed.forward(ids.reshape([b, 1])); // [b, 1, d]
-            cond = cond + label; // [b, t, d]
-        }
-
-        if pt > 1 {
-            // One condition per frame group: the mean of its frames'.
-            cond = cond.reshape([b, g, pt, d]).mean_dim(2).reshape([b, g, d]);
-        }
-        let bias = frame_mask::<B>(cfg.attention, cfg.window_frames / pt, g, s, &device)
-            .map(attention_bias); // [n, n]
+        let stem = self.embed.forward(input)?;
+        let mut x = stem.x.clone(); // [b, g, s, d]
         for block in &self.blocks {
-            x = block.forward(x, cond.clone(), bias.clone(), rope.as_ref());
+            x = block.forward(x, stem.cond.clone(), stem.bias.clone(), stem.rope.as_ref());
         }
-        let out = self.final_layer.forward(x, cond); // [b, g, s, pt*c*p*p]
-        Ok(unpatchify(out, pt, c, h, w, cfg.patch_size))
+        let out = self.final_layer.forward(x, stem.cond.clone()); // [b, g, s, pt*c*p*p]
+        Ok(stem.unpatchify(out, &self.cfg))
     }
 
     /// Number of scalar parameters.

@@ -98,7 +98,8 @@ pub struct HeadNorm<B: Backend> {
 impl<B: Backend> HeadNorm<B> {
     /// Scale 1 (and bias 0) over a head dim of `e`; `None` for no norm.
     pub fn new(kind: QkNorm, e: usize, device: &B::Device) -> Option<Self> {
-        let ones = || Param::from_tensor(Tensor::ones([e], device));
+        // Lazy like burn's own initialisers, so an FSDP unit skeleton costs nothing.
+        let ones = || Initializer::Ones.init_with([e], None, None, device);
         match kind {
             QkNorm::None => None,
             QkNorm::Rms => Some(Self {
@@ -107,7 +108,7 @@ impl<B: Backend> HeadNorm<B> {
             }),
             QkNorm::Layer => Some(Self {
                 weight: ones(),
-                bias: Some(Param::from_tensor(Tensor::zeros([e], device))),
+                bias: Some(Initializer::Zeros.init_with([e], None, None, device)),
             }),
         }
     }
@@ -144,11 +145,11 @@ impl<B: Backend> ActionMlp<B> {
         Self {
             fc1: linear(action_dim, hidden, false, device),
             fc2: linear(hidden, hidden, false, device),
-            null: Param::from_tensor(Tensor::random(
-                [hidden],
-                burn::tensor::Distribution::Normal(0.0, 1.0),
-                device,
-            )),
+            null: Initializer::Normal {
+                mean: 0.0,
+                std: 1.0,
+            }
+            .init_with([hidden], None, None, device),
         }
     }
 

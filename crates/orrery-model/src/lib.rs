@@ -32,12 +32,15 @@
 mod config;
 mod count;
 mod dit;
+mod embed;
 mod layers;
 pub mod named;
 pub mod rope;
 
 pub use config::{AttentionMask, DitConfig, MlpKind, PosEmbed, Preset, QkNorm};
 pub use dit::{Dit, DitInput};
+pub use embed::{DitEmbed, Stem};
+pub use layers::{DitBlock, FinalLayer};
 
 /// Errors from building or running a model.
 #[derive(Debug, thiserror::Error)]

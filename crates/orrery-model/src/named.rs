@@ -203,3 +203,70 @@ where
     module.visit(&mut v);
     v.out
 }
+
+struct LayoutVisitor {
+    path: Vec<String>,
+    out: Vec<(String, Vec<usize>)>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for LayoutVisitor {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.out
+            .push((join(&self.path), param.lazy_shape().to_vec()));
+    }
+}
+
+/// Name and shape of every float parameter in module order, without
+/// initialising lazy parameters (so it is free on a skeleton module).
+pub fn layout<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<usize>)> {
+    let mut v = LayoutVisitor {
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    module.visit(&mut v);
+    v.out
+}
+
+struct FlatLoader<B: Backend> {
+    flat: Tensor<B, 1>,
+    at: usize,
+    require_grad: bool,
+}
+
+impl<B: Backend> ModuleMapper<B> for FlatLoader<B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let shape = param.lazy_shape();
+        let n = shape.num_elements();
+        let t: Tensor<B, D> = self.flat.clone().narrow(0, self.at, n).reshape(shape);
+        self.at += n;
+        let t = if self.require_grad {
+            t.require_grad()
+        } else {
+            t
+        };
+        // The old value is dropped unread: a lazy parameter is never initialised.
+        Param::initialized(param.id, t)
+    }
+}
+
+/// Fill every float parameter, in module order, with the next slice of
+/// `flat` (the concatenation of the flattened parameters, at least as long
+/// as their total; padding after them is ignored). Lazy parameters are never
+/// initialised, so loading into a skeleton costs only the new values.
+///
+/// # Shapes
+/// flat: [>= number of parameters]
+pub fn load_flat<B: Backend, M: Module<B>>(module: M, flat: Tensor<B, 1>, require_grad: bool) -> M {
+    let mut loader = FlatLoader {
+        flat,
+        at: 0,
+        require_grad,
+    };
+    module.map(&mut loader)
+}

@@ -241,8 +241,8 @@ fn names_are_stable_and_weights_round_trip() {
     for name in [
         "blocks.1.attn.qkv.weight",
         "blocks.0.ada_ln.bias",
-        "pos_spatial",
-        "action_embed.weight",
+        "embed.pos_spatial",
+        "embed.action_embed.weight",
         "final_layer.linear.weight",
     ] {
         assert!(
@@ -260,7 +260,7 @@ fn names_are_stable_and_weights_round_trip() {
     assert_eq!(to_host(&loaded), host);
 
     let mut wrong = host.clone();
-    wrong.remove("pos_spatial");
+    wrong.remove("embed.pos_spatial");
     let err = load_host(
         cfg.init::<B>(&Default::default()).unwrap(),
         &wrong,
@@ -268,7 +268,7 @@ fn names_are_stable_and_weights_round_trip() {
     )
     .unwrap_err();
     assert!(
-        err.to_string().contains("missing tensor pos_spatial"),
+        err.to_string().contains("missing tensor embed.pos_spatial"),
         "{err}"
     );
 }

@@ -8,7 +8,7 @@ use orrery_model::Dit;
 
 use crate::config::TrainConfig;
 use crate::optim::{AdamW, Ema};
-use crate::step::train_step;
+use crate::replica::Replica;
 use crate::trainer::{join_world, param_shapes, to_device};
 use crate::Result;
 
@@ -36,8 +36,11 @@ pub struct StepBench {
     pub rank: usize,
     /// Seconds of each timed step spent in collectives.
     pub comm_s: Vec<f64>,
-    /// Bytes each rank sends into all_reduce per step.
+    /// Bytes each rank sends into collectives per step.
     pub comm_bytes: usize,
+    /// Bytes of parameter, gradient and AdamW state each rank holds
+    /// (sharded under FSDP), and the largest unit FSDP gathers whole (0 for DDP).
+    pub state_bytes: (usize, usize),
 }
 
 impl StepBench {
@@ -65,8 +68,11 @@ fn bench_on<B: AutodiffBackend>(
     let (world, comm) = join_world(cfg)?;
     let data = Dataset::open_with(&cfg.data.url, cfg.data.holdout_clips, cfg.data.max_bad_rows)?;
     B::seed(&device, cfg.run.seed);
-    let mut model: Dit<B> = cfg.model.init(&device)?;
+    let model: Dit<B> = cfg.model.init(&device)?;
     let shapes = param_shapes(&model);
+    let params = model.param_count();
+    let fresh = (AdamW::default(), Ema::new(BTreeMap::new()));
+    let (mut replica, mut optim, mut ema) = Replica::new(cfg, model, &world, &device, fresh)?;
     let mut loader = Loader::new(
         &data.train,
         cfg.run.seed,
@@ -75,10 +81,8 @@ fn bench_on<B: AutodiffBackend>(
         (world.rank, world.size),
         Cursor::default(),
     )?;
-    let (mut optim, mut ema) = (AdamW::default(), Ema::new(BTreeMap::new()));
     let m = &cfg.model;
     let tokens = m.frame_groups(m.frames) * m.tokens_per_frame();
-    let params = model.param_count();
     let per_sample = m.train_flops_per_sample(m.frames);
     let mut bench = StepBench {
         params,
@@ -94,6 +98,10 @@ fn bench_on<B: AutodiffBackend>(
         rank: world.rank,
         comm_s: Vec::new(),
         comm_bytes: 0,
+        state_bytes: match &replica {
+            Replica::Full(_) => (16 * params, 0),
+            Replica::Sharded(fsdp) => fsdp.state_bytes(),
+        },
     };
     if let Some(n) = std::env::var("RAYON_NUM_THREADS")
         .ok()
@@ -105,16 +113,15 @@ fn bench_on<B: AutodiffBackend>(
         let t0 = Instant::now();
         let batch = to_device::<B>(&loader.next_batch(), m, &device);
         let t1 = Instant::now();
-        let (next, out) = train_step(
+        let (next, out) = replica.step(
             cfg,
-            model,
             &batch,
             step as u64,
             (&mut optim, &mut ema),
             &shapes,
             comm.as_ref(),
         )?;
-        model = next;
+        replica = next;
         let t2 = Instant::now();
         if step >= warmup {
             bench.data_s.push((t1 - t0).as_secs_f64());

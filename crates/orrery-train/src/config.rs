@@ -453,9 +453,6 @@ impl TrainConfig {
                 self.parallel.timeout_s
             ));
         }
-        if self.parallel.strategy == Strategy::Fsdp {
-            return bad("parallel.strategy = \"fsdp\" is not available yet: use \"ddp\"".into());
-        }
         Ok(())
     }
 }

@@ -4,11 +4,9 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::ElementConversion;
 use orrery_data::{Batch, Dataset};
-use orrery_diffusion::TrainBatch;
-use orrery_model::Dit;
+use orrery_diffusion::{Denoiser, TrainBatch};
 
 use crate::config::TrainConfig;
-use crate::trainer::denoiser;
 use crate::Result;
 
 /// The first `frames` frames of up to `n` held-out clips, as one batch.
@@ -64,12 +62,10 @@ pub(crate) fn heldout_batch(data: &Dataset, frames: usize, n: usize) -> Batch {
 /// different steps compare.
 pub(crate) fn heldout_loss<B: Backend>(
     cfg: &TrainConfig,
-    model: &Dit<B>,
+    model: &(impl Denoiser<B> + ?Sized),
     batch: &TrainBatch<B>,
 ) -> Result<f64> {
-    let loss = cfg
-        .objective
-        .loss(&denoiser(model), batch, cfg.run.seed, u64::MAX)?;
+    let loss = cfg.objective.loss(model, batch, cfg.run.seed, u64::MAX)?;
     Ok(loss.into_scalar().elem::<f64>())
 }
 
@@ -131,7 +127,7 @@ pub(crate) struct NextFrameEval {
 /// Next-frame loss with the true context and action, and with each replaced.
 pub(crate) fn next_frame_eval<B: Backend>(
     cfg: &TrainConfig,
-    model: &Dit<B>,
+    model: &(impl Denoiser<B> + ?Sized),
     own: &TrainBatch<B>,
     foreign: &TrainBatch<B>,
     other_action: &TrainBatch<B>,
@@ -141,15 +137,15 @@ pub(crate) fn next_frame_eval<B: Backend>(
             .next_frame_plan(cfg.run.seed, u64::MAX, &own.sample_ids, own.latents.dims());
     let obj = &cfg.objective;
     let l_own: f64 = obj
-        .loss_with_plan(&denoiser(model), own, plan.clone())?
+        .loss_with_plan(model, own, plan.clone())?
         .into_scalar()
         .elem();
     let l_foreign: f64 = obj
-        .loss_with_plan(&denoiser(model), foreign, plan.clone())?
+        .loss_with_plan(model, foreign, plan.clone())?
         .into_scalar()
         .elem();
     let l_action: f64 = obj
-        .loss_with_plan(&denoiser(model), other_action, plan)?
+        .loss_with_plan(model, other_action, plan)?
         .into_scalar()
         .elem();
     Ok(NextFrameEval {

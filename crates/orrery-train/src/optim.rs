@@ -81,6 +81,47 @@ impl<B: Backend> AdamW<B> {
         grad: Tensor<B, 1>,
         decay: bool,
     ) -> Tensor<B, 1> {
+        let step = self.adam_step(cfg, name, &param, grad);
+        // AdamW: decoupled weight decay (Loshchilov & Hutter 2019, Algorithm 2, line 12)
+        let param = if decay && cfg.weight_decay > 0.0 {
+            param.clone() - param * (lr * cfg.weight_decay)
+        } else {
+            param
+        };
+        param - step * lr
+    }
+
+    /// [`AdamW::update`] with weight decay per element: `mask` is 1 where it
+    /// applies and 0 elsewhere (an FSDP shard mixes matrices and biases).
+    ///
+    /// # Shapes
+    /// param, grad, mask: [k]
+    pub fn update_masked(
+        &mut self,
+        cfg: &OptimConfig,
+        lr: f64,
+        name: &str,
+        param: Tensor<B, 1>,
+        grad: Tensor<B, 1>,
+        mask: Tensor<B, 1>,
+    ) -> Tensor<B, 1> {
+        let step = self.adam_step(cfg, name, &param, grad);
+        let param = if cfg.weight_decay > 0.0 {
+            param.clone() - param * (lr * cfg.weight_decay) * mask
+        } else {
+            param
+        };
+        param - step * lr
+    }
+
+    /// Update the moments of `name` and return Adam's step m_hat / (sqrt(v_hat) + eps).
+    fn adam_step(
+        &mut self,
+        cfg: &OptimConfig,
+        name: &str,
+        param: &Tensor<B, 1>,
+        grad: Tensor<B, 1>,
+    ) -> Tensor<B, 1> {
         let zeros = || param.zeros_like();
         let m = self.exp_avg.remove(name).unwrap_or_else(zeros);
         let v = self.exp_avg_sq.remove(name).unwrap_or_else(zeros);
@@ -90,15 +131,9 @@ impl<B: Backend> AdamW<B> {
         let t = self.steps as i32;
         let (bc1, bc2) = (1.0 - cfg.beta1.powi(t), 1.0 - cfg.beta2.powi(t));
         let step = (m.clone() / bc1) / ((v.clone() / bc2).sqrt() + cfg.eps);
-        // AdamW: decoupled weight decay (Loshchilov & Hutter 2019, Algorithm 2, line 12)
-        let param = if decay && cfg.weight_decay > 0.0 {
-            param.clone() - param * (lr * cfg.weight_decay)
-        } else {
-            param
-        };
         self.exp_avg.insert(name.to_string(), m);
         self.exp_avg_sq.insert(name.to_string(), v);
-        param - step * lr
+        step
     }
 
     /// Host copies of the moments, named `exp_avg.<param>` and `exp_avg_sq.<param>`.

@@ -9,7 +9,7 @@ use burn::tensor::{ElementConversion, Tensor};
 use orrery_diffusion::TrainBatch;
 use orrery_dist::Collective;
 use orrery_model::named::{map_named, named_grads, visit_named};
-use orrery_model::Dit;
+use orrery_model::{Dit, DitConfig};
 
 use crate::config::TrainConfig;
 use crate::optim::{global_norm, learning_rate, AdamW, Ema};
@@ -101,9 +101,7 @@ pub(crate) fn train_step<B: AutodiffBackend>(
     let lr = learning_rate(&cfg.optim, step, cfg.run.steps);
     optim.begin_step();
     let model = map_named(model, |name, _, p| {
-        // Decay matrices only: not biases, positions or embedding tables.
-        let decay =
-            shapes[name].len() >= 2 && !name.starts_with("pos_") && !name.contains("embed.weight");
+        let decay = DitConfig::decays(name, &shapes[name]);
         Tensor::from_inner(optim.update(
             &cfg.optim,
             lr,
@@ -129,7 +127,7 @@ pub(crate) fn train_step<B: AutodiffBackend>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::Schedule;
     use crate::trainer::{param_shapes, to_device};
@@ -139,9 +137,16 @@ mod tests {
     use orrery_data::{Batch, Cursor, Loader};
     use orrery_model::DitConfig;
 
-    type AB = Autodiff<Flex>;
+    pub(crate) type AB = Autodiff<Flex>;
 
-    fn setup() -> (TrainConfig, Dit<AB>, BTreeMap<String, Vec<usize>>, Batch) {
+    pub(crate) fn setup() -> (TrainConfig, Dit<AB>, BTreeMap<String, Vec<usize>>, Batch) {
+        setup_with(|_| {})
+    }
+
+    /// A small world model, its config changed by `edit`, and one batch of 8 clips.
+    pub(crate) fn setup_with(
+        edit: impl FnOnce(&mut TrainConfig),
+    ) -> (TrainConfig, Dit<AB>, BTreeMap<String, Vec<usize>>, Batch) {
         let mut cfg = TrainConfig::default();
         cfg.model = DitConfig {
             frames: 4,
@@ -155,6 +160,7 @@ mod tests {
         cfg.optim.warmup_steps = 0;
         cfg.optim.schedule = Schedule::Constant;
         cfg.optim.lr = 3e-3;
+        edit(&mut cfg);
         let clips = render_clips(&SynthConfig {
             clips: 8,
             frames: 4,

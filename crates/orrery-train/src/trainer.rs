@@ -5,13 +5,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use orrery_data::{Batch, Cursor, Dataset, Loader};
 use orrery_diffusion::{Actions, Cond, DiffusionError, TrainBatch};
 use orrery_dist::{connect, Collective, World};
-use orrery_model::named::{load_host, map_named, to_host, visit_named, HostTensor, NamedTensors};
+use orrery_model::named::{load_host, map_named, visit_named};
 use orrery_model::{Dit, DitConfig, DitInput};
 
 use crate::checkpoint::{self, Checkpoint, TrainerState};
@@ -21,7 +20,7 @@ use crate::eval::{
     NextFrameEval,
 };
 use crate::optim::{AdamW, Ema};
-use crate::step::train_step;
+use crate::replica::{Replica, Weights};
 use crate::tensorboard::EventWriter;
 use crate::{Result, TrainError};
 
@@ -84,20 +83,29 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
 
 pub(crate) fn denoiser<B: Backend>(model: &Dit<B>) -> impl orrery_diffusion::Denoiser<B> + '_ {
     move |x_t: Tensor<B, 5>, t: Tensor<B, 2>, cond: Cond<B>| {
-        let mut input = DitInput::unconditional(x_t, t);
-        input.labels = cond.labels;
-        match cond.actions {
-            None => {}
-            Some(Actions::Ids(ids)) => input.actions = Some(ids),
-            Some(Actions::Values { values, keep }) => {
-                input.action_values = Some(values);
-                input.action_keep = Some(keep);
-            }
-        }
         model
-            .forward(input)
+            .forward(dit_input(x_t, t, cond))
             .map_err(|e| DiffusionError::Denoiser(e.to_string()))
     }
+}
+
+/// The model input for noisy latents under conditions.
+pub(crate) fn dit_input<B: Backend>(
+    x_t: Tensor<B, 5>,
+    t: Tensor<B, 2>,
+    cond: Cond<B>,
+) -> DitInput<B> {
+    let mut input = DitInput::unconditional(x_t, t);
+    input.labels = cond.labels;
+    match cond.actions {
+        None => {}
+        Some(Actions::Ids(ids)) => input.actions = Some(ids),
+        Some(Actions::Values { values, keep }) => {
+            input.action_values = Some(values);
+            input.action_keep = Some(keep);
+        }
+    }
+    input
 }
 
 /// A host batch on the device, with the model's null ids (one past its
@@ -270,13 +278,37 @@ fn train_ranks<B: AutodiffBackend>(
             cfg.data.global_batch / comm.size()
         ));
     }
-    let mut ema = ema.unwrap_or_else(|| {
+    let ema = ema.unwrap_or_else(|| {
         let mut w = BTreeMap::new();
         visit_named(&model, |name, _, _, flat| {
             w.insert(name.to_string(), flat.inner());
         });
         Ema::new(w)
     });
+    let (mut replica, mut optim, mut ema) =
+        Replica::new(&cfg, model, &world, &device, (optim, ema))?;
+    if let Replica::Sharded(fsdp) = &replica {
+        let (state, unit) = fsdp.state_bytes();
+        let whole = 4 * 4 * cfg.model.num_params();
+        say(format!(
+            "fsdp: {} units; each rank holds {:.2} MB of parameter, gradient and AdamW shards (one process: {:.2} MB) and gathers at most {:.2} MB at a time",
+            fsdp.units.len(),
+            state as f64 / 1e6,
+            whole as f64 / 1e6,
+            unit as f64 / 1e6
+        ));
+        if main {
+            let report = serde_json::json!({
+                "world_size": world.size,
+                "units": fsdp.units.len(),
+                "state_bytes_per_rank": state,
+                "state_bytes_one_process": whole,
+                "largest_unit_bytes": unit,
+            });
+            let path = run_dir.join("fsdp_memory.json");
+            std::fs::write(&path, report.to_string()).map_err(io(&path))?;
+        }
+    }
 
     let mut loader = Loader::new(
         &data.train,
@@ -340,7 +372,7 @@ fn train_ranks<B: AutodiffBackend>(
     };
 
     let start_step = step;
-    let heldout_start = heldout_loss(&cfg, &model.valid(), &heldout)?;
+    let heldout_start = replica.eval(Weights::Online, comm, |m| heldout_loss(&cfg, m, &heldout))?;
     if let Some(tb) = tb.as_mut() {
         tb.scalar("eval/heldout_loss", step, heldout_start)
             .map_err(io(run_dir))?;
@@ -348,7 +380,7 @@ fn train_ranks<B: AutodiffBackend>(
     let mut gains = NextFrameEval::default();
     say(format!(
         "training {} params on {} clips ({} held out, {} skipped as too short), {} steps from step {step}; held-out loss {heldout_start:.4}",
-        model.param_count(),
+        cfg.model.num_params(),
         data.train.len(),
         data.holdout.len(),
         loader.skipped_short,
@@ -379,16 +411,9 @@ fn train_ranks<B: AutodiffBackend>(
             writeln!(f, "{line}").map_err(io(&samples_path))?;
         }
         data_wait += t0.elapsed();
-        let (next, out) = train_step(
-            &cfg,
-            model,
-            &batch,
-            step,
-            (&mut optim, &mut ema),
-            &shapes,
-            comm,
-        )?;
-        model = next;
+        let (next, out) =
+            replica.step(&cfg, &batch, step, (&mut optim, &mut ema), &shapes, comm)?;
+        replica = next;
         let (loss_value, norm, lr) = (out.loss, out.grad_norm, out.lr);
         step += 1;
         window_loss += loss_value;
@@ -398,11 +423,13 @@ fn train_ranks<B: AutodiffBackend>(
 
         let eval_now = step % cfg.logging.eval_every == 0 || step == stop_at;
         if eval_now {
-            let inner = model.valid();
-            last_heldout = heldout_loss(&cfg, &inner, &heldout)?;
+            last_heldout =
+                replica.eval(Weights::Online, comm, |m| heldout_loss(&cfg, m, &heldout))?;
             // Next-frame gains only mean something for world models.
             if cfg.model.has_actions() {
-                gains = next_frame_eval(&cfg, &inner, &heldout, &foreign, &other_action)?;
+                gains = replica.eval(Weights::Online, comm, |m| {
+                    next_frame_eval(&cfg, m, &heldout, &foreign, &other_action)
+                })?;
             }
             for (tag, value) in [
                 ("eval/heldout_loss", last_heldout),
@@ -473,40 +500,32 @@ fn train_ranks<B: AutodiffBackend>(
             (window_loss, window_n, data_wait, window_start) =
                 (0.0, 0, Duration::ZERO, Instant::now());
         }
-        if (step % cfg.checkpoint.every == 0 || step == stop_at) && !main {
-            // Every rank holds the same state; rank 0 writes it.
+        if step % cfg.checkpoint.every == 0 || step == stop_at {
+            // Rank 0 writes whole tensors; sharded, every rank helps gather them.
             last_ckpt = ckpt_dir.join(format!("step_{step:08}"));
-        } else if step % cfg.checkpoint.every == 0 || step == stop_at {
-            let ck = Checkpoint {
-                state: TrainerState {
-                    step,
-                    cursor: loader.cursor(),
-                    ema_updates: ema.updates,
-                    config: cfg.clone(),
-                    world_size: world.size,
-                    version: env!("CARGO_PKG_VERSION").into(),
-                },
-                model: to_host(&model),
-                ema: ema
-                    .weights
-                    .iter()
-                    .map(|(n, t)| {
-                        (
-                            n.clone(),
-                            HostTensor::from_flat(t.clone(), shapes[n].clone()),
-                        )
-                    })
-                    .collect::<NamedTensors>(),
-                optimizer: optim.to_host(&shapes),
-            };
-            last_ckpt = checkpoint::save(&ckpt_dir, &ck, cfg.checkpoint.keep)?;
+            if let Some(host) = replica.host_state(&optim, &ema, &shapes, comm)? {
+                let ck = Checkpoint {
+                    state: TrainerState {
+                        step,
+                        cursor: loader.cursor(),
+                        ema_updates: ema.updates,
+                        config: cfg.clone(),
+                        world_size: world.size,
+                        version: env!("CARGO_PKG_VERSION").into(),
+                    },
+                    model: host.model,
+                    ema: host.ema,
+                    optimizer: host.optimizer,
+                };
+                last_ckpt = checkpoint::save(&ckpt_dir, &ck, cfg.checkpoint.keep)?;
+            }
         }
     }
     bar.finish_and_clear();
-    let inner = model.valid();
-    let heldout_end = heldout_loss(&cfg, &inner, &heldout)?;
-    let ema_model = map_named(inner, |name, _, _| ema.weights[name].clone());
-    let heldout_ema = heldout_loss(&cfg, &ema_model, &heldout)?;
+    let heldout_end = replica.eval(Weights::Online, comm, |m| heldout_loss(&cfg, m, &heldout))?;
+    let heldout_ema = replica.eval(Weights::Ema(&ema), comm, |m| {
+        heldout_loss(&cfg, m, &heldout)
+    })?;
     if let Some(tb) = tb.as_mut() {
         tb.scalar("eval/heldout_loss_ema", step, heldout_ema)
             .map_err(io(run_dir))?;

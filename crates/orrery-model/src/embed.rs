@@ -1,0 +1,280 @@
+//! The DiT's first unit: patch embedding, positions and the per-frame
+//! condition (timestep + actions + class label). Letters as in dit.rs.
+use burn::module::{Module, Param, ParamId};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer};
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+
+use crate::dit::{attention_bias, frame_mask, patchify, sincos, stack_history, unpatchify};
+use crate::layers::{ActionMlp, TimestepEmbedder};
+use crate::{DitConfig, DitInput, ModelError, PosEmbed, Result};
+
+/// Everything before the first block, as its own module: FSDP gathers,
+/// runs and drops it like any block. Every parameter is created lazily, so
+/// building one (a skeleton to load gathered weights into) allocates nothing.
+#[derive(Module, Debug)]
+pub struct DitEmbed<B: Backend> {
+    patch_embed: burn::nn::Linear<B>,
+    pos_spatial: Option<Param<Tensor<B, 2>>>,
+    pos_temporal: Option<Param<Tensor<B, 2>>>,
+    t_embed: TimestepEmbedder<B>,
+    action_embed: Option<Embedding<B>>,
+    action_mlp: Option<ActionMlp<B>>,
+    label_embed: Option<Embedding<B>>,
+    #[module(skip)]
+    cfg: DitConfig,
+}
+
+/// What the blocks and the final layer read besides the tokens: the
+/// per-frame condition and the constants of this input's geometry.
+#[derive(Debug, Clone)]
+pub struct Stem<B: Backend> {
+    /// Tokens after embedding: [b, g, s, d].
+    pub x: Tensor<B, 4>,
+    /// Condition per frame group: [b, g, d].
+    pub cond: Tensor<B, 3>,
+    /// Additive attention bias (none for full attention): [n, n].
+    pub bias: Option<Tensor<B, 2>>,
+    /// RoPE cos and sin tables: 2 x [n, e/2].
+    pub rope: Option<(Tensor<B, 2>, Tensor<B, 2>)>,
+    /// The input's latent shape [b, t, c, h, w], for unpatchifying.
+    pub dims: [usize; 5],
+}
+
+impl<B: Backend> Stem<B> {
+    /// The final layer's patches back to latents.
+    ///
+    /// # Shapes
+    /// out: [b, g, s, pt*c*p*p] -> [b, t, c, h, w]
+    pub fn unpatchify<B2: Backend>(&self, out: Tensor<B2, 4>, cfg: &DitConfig) -> Tensor<B2, 5> {
+        let [_, _, c, h, w] = self.dims;
+        unpatchify(out, cfg.patch_t, c, h, w, cfg.patch_size)
+    }
+}
+
+/// A lazily created parameter holding fixed values.
+fn lazy_table<B: Backend>(
+    values: Vec<f32>,
+    rows: usize,
+    d: usize,
+    device: &B::Device,
+) -> Param<Tensor<B, 2>> {
+    Param::uninitialized(
+        ParamId::new(),
+        move |device, require_grad| {
+            let t = Tensor::from_data(TensorData::new(values.clone(), [rows, d]), device);
+            if require_grad {
+                t.require_grad()
+            } else {
+                t
+            }
+        },
+        device.clone(),
+        true,
+        [rows, d].into(),
+    )
+}
+
+impl<B: Backend> DitEmbed<B> {
+    /// A new embedder for `cfg` (validated by the caller).
+    pub fn new(cfg: &DitConfig, device: &B::Device) -> Self {
+        let d = cfg.hidden;
+        // Learned positions start at the fixed sin-cos tables (DiT uses the
+        // fixed 2-D table; a near-zero random start leaves tokens unable to
+        // tell where they are for many steps).
+        let learned = cfg.pos_embed == PosEmbed::Learned;
+        let groups = cfg.frame_groups(cfg.frames);
+        let (spatial, temporal) = cfg.sincos_tables(groups);
+        // Unit-variance action rows, on the scale of the timestep embedding
+        // they are added to: with DiT's 0.02 (fine for class labels over
+        // hundreds of thousands of steps) a short run never learns to use them.
+        let action_embed = (cfg.num_actions > 0).then(|| {
+            EmbeddingConfig::new(cfg.num_actions + 1, d)
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: 1.0,
+                })
+                .init(device)
+        });
+        // Class rows as in DiT: N(0, 0.02).
+        let label_embed = (cfg.num_classes > 0).then(|| {
+            EmbeddingConfig::new(cfg.num_classes + 1, d)
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.02,
+                })
+                .init(device)
+        });
+        DitEmbed {
+            patch_embed: burn::nn::LinearConfig::new(cfg.input_patch_dim(), d)
+                .with_initializer(Initializer::XavierUniform { gain: 1.0 })
+                .init(device),
+            pos_spatial: learned.then(|| lazy_table(spatial, cfg.tokens_per_frame(), d, device)),
+            pos_temporal: learned.then(|| lazy_table(temporal, groups, d, device)),
+            t_embed: TimestepEmbedder::new(d, device),
+            action_embed,
+            action_mlp: (cfg.action_dim > 0).then(|| ActionMlp::new(cfg.action_dim, d, device)),
+            label_embed,
+            cfg: cfg.clone(),
+        }
+    }
+
+    /// Tokens, conditions and the blocks' constants for one input.
+    ///
+    /// # Shapes
+    /// - latents: [b, t, c, h, w] with 1 <= t <= model.frames
+    /// - t: [b, t]; actions: [b, t]
+    /// - returns x [b, g, s, d], cond [b, g, d]
+    pub fn forward(&self, input: DitInput<B>) -> Result<Stem<B>> {
+        let cfg = &self.cfg;
+        let dims = input.latents.dims();
+        let [b, t, c, h, w] = dims;
+        let pt = cfg.patch_t;
+        if c != cfg.channels
+            || h != cfg.height
+            || w != cfg.width
+            || t == 0
+            || t > cfg.frames
+            || t % pt != 0
+        {
+            return Err(ModelError::Shape {
+                name: "latents",
+                got: vec![b, t, c, h, w],
+                expected: format!(
+                    "[b, 1..={} (a multiple of model.patch_t = {pt}), {}, {}, {}]",
+                    cfg.frames, cfg.channels, cfg.height, cfg.width
+                ),
+            });
+        }
+        let g = t / pt; // frame groups: tokens along time
+        if input.t.dims() != [b, t] {
+            return Err(ModelError::Shape {
+                name: "t",
+                got: input.t.dims().to_vec(),
+                expected: format!("[{b}, {t}]"),
+            });
+        }
+        let device = input.latents.device();
+        let s = cfg.tokens_per_frame();
+        let stacked = stack_history(input.latents, cfg.history_frames); // [b, t, c(1+k), h, w]
+        let x = crate::layers::apply(&self.patch_embed, patchify(stacked, pt, cfg.patch_size)); // [b, g, s, d]
+        let d = cfg.hidden;
+        let pos = match (&self.pos_temporal, &self.pos_spatial) {
+            (Some(temporal), Some(spatial)) => Some(
+                temporal.val().narrow(0, 0, g).unsqueeze_dim::<3>(1)
+                    + spatial.val().unsqueeze_dim::<3>(0),
+            ),
+            _ if cfg.pos_embed == PosEmbed::Sincos => {
+                let (spatial, temporal) = cfg.sincos_tables(g);
+                let table = |v: Vec<f32>, rows: usize| {
+                    Tensor::<B, 2>::from_data(TensorData::new(v, [rows, d]), &device)
+                };
+                Some(
+                    table(temporal, g).unsqueeze_dim::<3>(1)
+                        + table(spatial, s).unsqueeze_dim::<3>(0),
+                )
+            }
+            _ => None,
+        }; // [g, s, d]
+        let x = match pos {
+            Some(pos) => x + pos.unsqueeze_dim::<4>(0),
+            None => x,
+        };
+        let rope = (cfg.pos_embed == PosEmbed::Rope).then(|| {
+            let (hp, wp) = (cfg.height / cfg.patch_size, cfg.width / cfg.patch_size);
+            crate::rope::tables::<B>(g, hp, wp, cfg.head_dim(), &device)
+        }); // 2 x [n, e/2], n = g * s
+
+        let mut cond = self.t_embed.forward(input.t); // [b, t, d]
+        if let Some(embed) = &self.action_embed {
+            let ids = match input.actions {
+                Some(a) if a.dims() == [b, t] => a,
+                Some(a) => {
+                    return Err(ModelError::Shape {
+                        name: "actions",
+                        got: a.dims().to_vec(),
+                        expected: format!("[{b}, {t}]"),
+                    })
+                }
+                None => Tensor::<B, 2, Int>::full([b, t], cfg.num_actions as i64, &device),
+            };
+            cond = cond + embed.forward(ids); // [b, t, d]
+        }
+        if let Some(mlp) = &self.action_mlp {
+            cond = cond
+                + match input.action_values {
+                    Some(v) if v.dims() == [b, t, cfg.action_dim] => {
+                        let keep = match input.action_keep {
+                            Some(k) if k.dims() == [b, t] => k,
+                            Some(k) => {
+                                return Err(ModelError::Shape {
+                                    name: "action_keep",
+                                    got: k.dims().to_vec(),
+                                    expected: format!("[{b}, {t}]"),
+                                })
+                            }
+                            None => Tensor::ones([b, t], &device),
+                        };
+                        mlp.forward(v, keep)
+                    }
+                    Some(v) => {
+                        return Err(ModelError::Shape {
+                            name: "action_values",
+                            got: v.dims().to_vec(),
+                            expected: format!("[{b}, {t}, {}]", cfg.action_dim),
+                        })
+                    }
+                    None => mlp.null(b, t),
+                }; // [b, t, d]
+        }
+        if let Some(embed) = &self.label_embed {
+            let ids = match input.labels {
+                Some(l) if l.dims() == [b] => l,
+                Some(l) => {
+                    return Err(ModelError::Shape {
+                        name: "labels",
+                        got: l.dims().to_vec(),
+                        expected: format!("[{b}]"),
+                    })
+                }
+                None => Tensor::<B, 1, Int>::full([b], cfg.num_classes as i64, &device),
+            };
+            let label = embed.forward(ids.reshape([b, 1])); // [b, 1, d]
+            cond = cond + label; // [b, t, d]
+        }
+
+        if pt > 1 {
+            // One condition per frame group: the mean of its frames'.
+            cond = cond.reshape([b, g, pt, d]).mean_dim(2).reshape([b, g, d]);
+        }
+        let bias = frame_mask::<B>(cfg.attention, cfg.window_frames / pt, g, s, &device)
+            .map(attention_bias); // [n, n]
+        Ok(Stem {
+            x,
+            cond,
+            bias,
+            rope,
+            dims,
+        })
+    }
+}
+
+impl DitConfig {
+    /// The 2-D spatial sin-cos table (half the width for rows, half for
+    /// columns) and the temporal one for `frames` frames.
+    ///
+    /// # Shapes
+    /// -> ([s * d], [frames * d])
+    pub(crate) fn sincos_tables(&self, frames: usize) -> (Vec<f32>, Vec<f32>) {
+        let d = self.hidden;
+        let wp = self.width / self.patch_size;
+        let spatial = (0..self.tokens_per_frame())
+            .flat_map(|i| {
+                let mut row = sincos(&[(i / wp) as f32], d / 2);
+                row.extend(sincos(&[(i % wp) as f32], d / 2));
+                row
+            })
+            .collect();
+        let temporal = sincos(&(0..frames).map(|f| f as f32).collect::<Vec<_>>(), d);
+        (spatial, temporal)
+    }
+}

@@ -1,0 +1,408 @@
+//! FSDP (ZeRO-3 style) shards: the DiT as a sequence of units (the embedder,
+//! each block, the final layer), each unit's parameters flattened into one
+//! vector, padded to a multiple of the world size and split evenly, so a rank
+//! keeps only its block of the parameters, gradients, AdamW moments and EMA.
+//! A unit is gathered (all_gather) into a skeleton module right before it
+//! runs and dropped right after; its gradient is summed and split back
+//! (reduce_scatter). Letters: n ranks, L a unit's parameter count,
+//! k = ceil(L / n) the shard length.
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use burn::module::{AutodiffModule, Module};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use orrery_diffusion::{Cond, Denoiser, DiffusionError};
+use orrery_dist::Collective;
+use orrery_model::named::{layout, load_flat, named_grads, visit_named, HostTensor, NamedTensors};
+use orrery_model::{Dit, DitBlock, DitConfig, DitEmbed, DitInput, Stem};
+
+use crate::optim::FlatMap;
+use crate::{Result, TrainError};
+
+/// Which part of the DiT a unit is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UnitKind {
+    Embed,
+    Block(usize),
+    Final,
+}
+
+/// One unit's flat layout.
+#[derive(Debug, Clone)]
+pub(crate) struct Unit {
+    /// Name prefix of its parameters in the whole model (`blocks.3`), also
+    /// its key in the shard maps.
+    pub prefix: String,
+    /// Its parameters' names within the unit and shapes, in module order.
+    pub params: Vec<(String, Vec<usize>)>,
+    /// L: parameters in the unit.
+    pub len: usize,
+    /// k: elements per rank.
+    pub shard: usize,
+}
+
+/// This rank's shards of the model, and how to gather units.
+pub(crate) struct Fsdp<B: Backend> {
+    pub cfg: DitConfig,
+    pub units: Vec<Unit>,
+    /// Parameter shards by unit prefix: [k].
+    pub params: FlatMap<B>,
+    /// 1 where AdamW's weight decay applies, by unit prefix: [k].
+    pub decay: FlatMap<B>,
+    pub rank: usize,
+    pub size: usize,
+    pub device: B::Device,
+    /// Seconds spent in collectives and bytes sent, since the last take.
+    comm_s: Cell<f64>,
+    comm_bytes: Cell<usize>,
+}
+
+/// A flat tensor's values on the host.
+pub(crate) fn host<B: Backend>(t: Tensor<B, 1>) -> Vec<f32> {
+    t.into_data().convert::<f32>().into_vec().expect("f32 data")
+}
+
+fn flat<B: Backend>(v: Vec<f32>, device: &B::Device) -> Tensor<B, 1> {
+    let n = v.len();
+    Tensor::from_data(TensorData::new(v, [n]), device)
+}
+
+fn unit_prefix(kind: UnitKind) -> String {
+    match kind {
+        UnitKind::Embed => "embed".into(),
+        UnitKind::Block(i) => format!("blocks.{i}"),
+        UnitKind::Final => "final_layer".into(),
+    }
+}
+
+impl<B: Backend> Fsdp<B> {
+    /// Shard `model` (identical on every rank) for `rank` of `size`. Checks
+    /// that the units cover the model's parameters exactly, in order.
+    pub fn new(model: &Dit<B>, rank: usize, size: usize, device: &B::Device) -> Result<Self> {
+        let cfg = model.config().clone();
+        let kinds = std::iter::once(UnitKind::Embed)
+            .chain((0..cfg.depth).map(UnitKind::Block))
+            .chain(std::iter::once(UnitKind::Final));
+        let mut units = Vec::new();
+        for kind in kinds {
+            let params = match kind {
+                UnitKind::Embed => layout(&DitEmbed::<B>::new(&cfg, device)),
+                UnitKind::Block(_) => layout(&DitBlock::<B>::new(&cfg, device)),
+                UnitKind::Final => layout(&cfg.final_layer::<B>(device)),
+            };
+            let len = params
+                .iter()
+                .map(|(_, s)| s.iter().product::<usize>())
+                .sum();
+            units.push(Unit {
+                prefix: unit_prefix(kind),
+                params,
+                len,
+                shard: len.div_ceil(size).max(1),
+            });
+        }
+        let mut whole = Vec::new();
+        let mut values = BTreeMap::new();
+        visit_named(model, |name, _, shape, t| {
+            whole.push((name.to_string(), shape));
+            values.insert(name.to_string(), t);
+        });
+        let units_names: Vec<(String, Vec<usize>)> = units
+            .iter()
+            .flat_map(|u| {
+                u.params
+                    .iter()
+                    .map(|(n, s)| (format!("{}.{n}", u.prefix), s.clone()))
+            })
+            .collect();
+        if units_names != whole {
+            return Err(TrainError::Config(format!(
+                "fsdp: the model's {} parameters do not split into units as expected (got {} in units); this is a bug",
+                whole.len(),
+                units_names.len()
+            )));
+        }
+        let mut fsdp = Fsdp {
+            cfg,
+            units,
+            params: BTreeMap::new(),
+            decay: BTreeMap::new(),
+            rank,
+            size,
+            device: device.clone(),
+            comm_s: Cell::new(0.0),
+            comm_bytes: Cell::new(0),
+        };
+        fsdp.params = fsdp.shard(|name| values.get(name).cloned());
+        let masks: BTreeMap<String, Tensor<B, 1>> = whole
+            .iter()
+            .map(|(name, shape)| {
+                let on = if DitConfig::decays(name, shape) {
+                    1.0
+                } else {
+                    0.0
+                };
+                let n = shape.iter().product();
+                (name.clone(), flat(vec![on; n], device))
+            })
+            .collect();
+        fsdp.decay = fsdp.shard(|name| masks.get(name).cloned());
+        Ok(fsdp)
+    }
+
+    /// This rank's shard of every unit of a whole-model map (`full`: flat
+    /// tensors by parameter name; missing ones count as zeros).
+    ///
+    /// # Shapes
+    /// full(name) -> [numel]; returns prefix -> [k]
+    pub fn shard(&self, full: impl Fn(&str) -> Option<Tensor<B, 1>>) -> FlatMap<B> {
+        self.units
+            .iter()
+            .map(|u| {
+                let mut v: Vec<f32> = Vec::with_capacity(u.shard * self.size);
+                for (name, shape) in &u.params {
+                    let n: usize = shape.iter().product();
+                    match full(&format!("{}.{name}", u.prefix)) {
+                        Some(t) => v.extend(host(t)),
+                        None => v.extend(std::iter::repeat_n(0.0, n)),
+                    }
+                }
+                v.resize(u.shard * self.size, 0.0);
+                let mine = v[self.rank * u.shard..(self.rank + 1) * u.shard].to_vec();
+                (u.prefix.clone(), flat(mine, &self.device))
+            })
+            .collect()
+    }
+
+    /// Unit `u` of `shards` whole on every rank (all_gather), padding included.
+    ///
+    /// # Shapes
+    /// -> [n k]
+    pub fn gather(&self, shards: &FlatMap<B>, u: usize, comm: &dyn Collective) -> Result<Vec<f32>> {
+        let unit = &self.units[u];
+        let local = host(shards[&unit.prefix].clone());
+        let mut full = vec![0.0; unit.shard * self.size];
+        let t = Instant::now();
+        comm.all_gather(&local, &mut full)?;
+        self.count(t, local.len());
+        Ok(full)
+    }
+
+    /// Sum a unit's whole gradient over ranks and add this rank's block to `acc`.
+    ///
+    /// # Shapes
+    /// grad: [<= n k] (padded here); acc: [k]
+    pub fn scatter_add(
+        &self,
+        u: usize,
+        mut grad: Vec<f32>,
+        acc: &mut Tensor<B, 1>,
+        comm: &dyn Collective,
+    ) -> Result<()> {
+        let k = self.units[u].shard;
+        grad.resize(k * self.size, 0.0);
+        let mut mine = vec![0.0; k];
+        let t = Instant::now();
+        comm.reduce_scatter_sum(&grad, &mut mine)?;
+        self.count(t, grad.len());
+        *acc = acc.clone() + flat(mine, &self.device);
+        Ok(())
+    }
+
+    fn count(&self, since: Instant, elems: usize) {
+        self.comm_s
+            .set(self.comm_s.get() + since.elapsed().as_secs_f64());
+        if self.size > 1 {
+            self.comm_bytes.set(self.comm_bytes.get() + 4 * elems);
+        }
+    }
+
+    /// Seconds in collectives and bytes sent since the last call.
+    pub fn take_comm(&self) -> (f64, usize) {
+        (self.comm_s.replace(0.0), self.comm_bytes.replace(0))
+    }
+
+    /// Load unit `u` of `shards` into a skeleton module on backend `B2`.
+    pub fn load<B2: Backend, M: Module<B2>>(
+        &self,
+        skeleton: M,
+        shards: &FlatMap<B>,
+        u: usize,
+        comm: &dyn Collective,
+        device: &B2::Device,
+        require_grad: bool,
+    ) -> Result<M> {
+        let full = self.gather(shards, u, comm)?;
+        Ok(load_flat(skeleton, flat(full, device), require_grad))
+    }
+
+    /// The whole-model tensors of `shards` (all_gather of every unit), by
+    /// parameter name with `prefix` in front. Every rank takes part; only
+    /// `keep` ranks (rank 0 for a checkpoint) assemble the result.
+    pub fn gather_named(
+        &self,
+        shards: &FlatMap<B>,
+        prefix: &str,
+        keep: bool,
+        comm: &dyn Collective,
+    ) -> Result<NamedTensors> {
+        let mut out = NamedTensors::new();
+        for (u, unit) in self.units.iter().enumerate() {
+            let full = self.gather(shards, u, comm)?;
+            if !keep {
+                continue;
+            }
+            let mut at = 0;
+            for (name, shape) in &unit.params {
+                let n: usize = shape.iter().product();
+                out.insert(
+                    format!("{prefix}{}.{name}", unit.prefix),
+                    HostTensor {
+                        shape: shape.clone(),
+                        data: full[at..at + n].to_vec(),
+                    },
+                );
+                at += n;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bytes of this rank's training state: parameter, gradient and AdamW
+    /// shards (4 per unit), and of the largest unit gathered whole (its
+    /// parameters and, in backward, its gradient).
+    pub fn state_bytes(&self) -> (usize, usize) {
+        let shards: usize = self.params.values().map(|t| t.dims()[0]).sum();
+        let unit = self
+            .units
+            .iter()
+            .map(|u| u.shard * self.size)
+            .max()
+            .unwrap_or(0);
+        (4 * 4 * shards, 2 * 4 * unit)
+    }
+
+    /// Run the embedder and every block without autodiff, unit by unit.
+    /// Returns the stem and the input of every block followed by the final
+    /// layer's input (only that last one unless `keep_all`).
+    ///
+    /// # Shapes
+    /// -> xs: (depth + 1) x [b, g, s, d]
+    pub fn trunk(
+        &self,
+        shards: &FlatMap<B>,
+        input: DitInput<B>,
+        keep_all: bool,
+        comm: &dyn Collective,
+    ) -> Result<(Stem<B>, Vec<Tensor<B, 4>>)> {
+        let embed = self.load(
+            DitEmbed::<B>::new(&self.cfg, &self.device),
+            shards,
+            0,
+            comm,
+            &self.device,
+            false,
+        )?;
+        let stem = embed.forward(input)?;
+        drop(embed);
+        let mut xs = vec![stem.x.clone()];
+        for i in 0..self.cfg.depth {
+            let block = self.load(
+                DitBlock::<B>::new(&self.cfg, &self.device),
+                shards,
+                1 + i,
+                comm,
+                &self.device,
+                false,
+            )?;
+            let x = xs.last().expect("one").clone();
+            let next = block.forward(x, stem.cond.clone(), stem.bias.clone(), stem.rope.as_ref());
+            if !keep_all {
+                xs.clear();
+            }
+            xs.push(next);
+        }
+        Ok((stem, xs))
+    }
+
+    /// Index of the final layer's unit.
+    pub fn final_unit(&self) -> usize {
+        self.units.len() - 1
+    }
+
+    /// A no-autodiff denoiser over `shards` (the weights or their EMA), for
+    /// evaluation: every rank must call it in step with the others.
+    pub fn denoiser<'a>(
+        &'a self,
+        shards: &'a FlatMap<B>,
+        comm: &'a dyn Collective,
+    ) -> ShardedDenoiser<'a, B> {
+        ShardedDenoiser {
+            fsdp: self,
+            shards,
+            comm,
+        }
+    }
+}
+
+/// The sharded model as a [`Denoiser`], gathering unit by unit.
+pub(crate) struct ShardedDenoiser<'a, B: Backend> {
+    fsdp: &'a Fsdp<B>,
+    shards: &'a FlatMap<B>,
+    comm: &'a dyn Collective,
+}
+
+impl<B: Backend> Denoiser<B> for ShardedDenoiser<'_, B> {
+    fn predict(
+        &self,
+        x_t: Tensor<B, 5>,
+        t: Tensor<B, 2>,
+        cond: Cond<B>,
+    ) -> std::result::Result<Tensor<B, 5>, DiffusionError> {
+        let run = || -> Result<Tensor<B, 5>> {
+            let f = self.fsdp;
+            let (stem, mut xs) = f.trunk(
+                self.shards,
+                crate::trainer::dit_input(x_t, t, cond),
+                false,
+                self.comm,
+            )?;
+            let head = f.load(
+                f.cfg.final_layer::<B>(&f.device),
+                self.shards,
+                f.final_unit(),
+                self.comm,
+                &f.device,
+                false,
+            )?;
+            let out = head.forward(xs.pop().expect("one"), stem.cond.clone());
+            Ok(stem.unpatchify(out, &f.cfg))
+        };
+        run().map_err(|e| DiffusionError::Denoiser(e.to_string()))
+    }
+}
+
+/// The gradients of a unit module's parameters in unit order, whole and
+/// flat (zeros for a parameter that got none).
+///
+/// # Shapes
+/// -> [L]
+pub(crate) fn unit_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
+    unit: &Unit,
+    module: &M,
+    grads: B::Gradients,
+) -> Vec<f32> {
+    let mut params = GradientsParams::from_grads(grads, module);
+    let mut named = named_grads(module, &mut params);
+    let mut out = Vec::with_capacity(unit.len);
+    for (name, shape) in &unit.params {
+        match named.remove(name) {
+            Some(g) => out.extend(host(g)),
+            None => out.extend(std::iter::repeat_n(0.0, shape.iter().product())),
+        }
+    }
+    out
+}

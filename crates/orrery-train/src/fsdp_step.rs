@@ -1,0 +1,413 @@
+//! One FSDP optimizer step. burn has no backward hooks, so the model runs as
+//! units (DESIGN.md, "Parallelism"): forward without autodiff keeping each
+//! block's input; the final layer under autodiff, so the loss's backward
+//! reaches its input; then backward unit by unit in reverse: gather the
+//! unit, recompute it under autodiff from its saved input, take the
+//! vector-Jacobian product with the incoming gradient (backward of
+//! sum(out * grad_out)), reduce_scatter its parameter gradient and drop it.
+//! Peak memory: the shards, one unit whole, and the saved block inputs (this
+//! is also block-level activation checkpointing).
+use std::cell::RefCell;
+use std::time::Instant;
+
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor};
+use orrery_diffusion::{Cond, DiffusionError, TrainBatch};
+use orrery_dist::Collective;
+use orrery_model::{DitBlock, DitEmbed, DitInput, FinalLayer, Stem};
+
+use crate::config::TrainConfig;
+use crate::fsdp::{unit_grads, Fsdp};
+use crate::optim::{learning_rate, AdamW, Ema, FlatMap};
+use crate::step::StepOut;
+use crate::{Result, TrainError};
+
+/// What the forward pass keeps for the backward pass.
+struct Tape<B: AutodiffBackend> {
+    /// The model input (untracked), to recompute the embedder.
+    input: DitInput<B>,
+    /// Condition and constants from the embedder.
+    stem: Stem<B::InnerBackend>,
+    /// The input of every block: depth x [b, g, s, d].
+    xs: Vec<Tensor<B::InnerBackend, 4>>,
+    /// The final layer (gathered, with grad) and its two input leaves.
+    head: FinalLayer<B>,
+    x_last: Tensor<B, 4>,
+    c_last: Tensor<B, 3>,
+}
+
+fn inner_input<B: AutodiffBackend>(input: &DitInput<B>) -> DitInput<B::InnerBackend> {
+    let i = input.clone();
+    DitInput {
+        latents: i.latents.inner(),
+        t: i.t.inner(),
+        actions: i.actions.map(|a| a.inner()),
+        labels: i.labels.map(|l| l.inner()),
+        action_values: i.action_values.map(|v| v.inner()),
+        action_keep: i.action_keep.map(|k| k.inner()),
+    }
+}
+
+/// The forward pass of one micro-batch: trunk without autodiff, final layer
+/// with it. Fills `tape`.
+fn forward<B: AutodiffBackend>(
+    fsdp: &Fsdp<B::InnerBackend>,
+    input: DitInput<B>,
+    comm: &dyn Collective,
+    device: &B::Device,
+    tape: &RefCell<Option<Tape<B>>>,
+) -> Result<Tensor<B, 5>> {
+    let (stem, mut xs) = fsdp.trunk(&fsdp.params, inner_input(&input), true, comm)?;
+    let last = xs.pop().expect("final layer input");
+    let head = fsdp.load(
+        fsdp.cfg.final_layer::<B>(device),
+        &fsdp.params,
+        fsdp.final_unit(),
+        comm,
+        device,
+        true,
+    )?;
+    let x_last = Tensor::<B, 4>::from_inner(last).require_grad();
+    let c_last = Tensor::<B, 3>::from_inner(stem.cond.clone()).require_grad();
+    let out = stem.unpatchify(head.forward(x_last.clone(), c_last.clone()), &fsdp.cfg);
+    *tape.borrow_mut() = Some(Tape {
+        input,
+        stem,
+        xs,
+        head,
+        x_last,
+        c_last,
+    });
+    Ok(out)
+}
+
+/// The backward pass of one micro-batch from the loss's gradients: adds each
+/// unit's gradient shard to `acc` (by unit prefix).
+fn backward<B: AutodiffBackend>(
+    fsdp: &Fsdp<B::InnerBackend>,
+    tape: Tape<B>,
+    grads: B::Gradients,
+    acc: &mut FlatMap<B::InnerBackend>,
+    comm: &dyn Collective,
+    device: &B::Device,
+) -> Result<()> {
+    let missing =
+        |what: &str| TrainError::Config(format!("fsdp: no gradient reached {what}; this is a bug"));
+    let Tape {
+        input,
+        stem,
+        xs,
+        head,
+        x_last,
+        c_last,
+    } = tape;
+    let mut g_x = x_last
+        .grad(&grads)
+        .ok_or_else(|| missing("the final layer's input"))?;
+    let mut g_c = c_last
+        .grad(&grads)
+        .ok_or_else(|| missing("the condition"))?;
+    let u = fsdp.final_unit();
+    let unit = &fsdp.units[u];
+    let g = unit_grads(unit, &head, grads);
+    drop(head);
+    fsdp.scatter_add(u, g, acc.get_mut(&unit.prefix).expect("unit"), comm)?;
+    let bias = stem.bias.clone().map(Tensor::<B, 2>::from_inner);
+    let rope = stem
+        .rope
+        .clone()
+        .map(|(c, s)| (Tensor::<B, 2>::from_inner(c), Tensor::<B, 2>::from_inner(s)));
+    for (i, x_in) in xs.into_iter().enumerate().rev() {
+        let u = 1 + i;
+        let block = fsdp.load(
+            DitBlock::<B>::new(&fsdp.cfg, device),
+            &fsdp.params,
+            u,
+            comm,
+            device,
+            true,
+        )?;
+        let x = Tensor::<B, 4>::from_inner(x_in).require_grad();
+        let c = Tensor::<B, 3>::from_inner(stem.cond.clone()).require_grad();
+        let out = block.forward(x.clone(), c.clone(), bias.clone(), rope.as_ref());
+        let grads = (out * Tensor::from_inner(g_x)).sum().backward();
+        g_x = x.grad(&grads).ok_or_else(|| missing("a block's input"))?;
+        g_c = g_c
+            + c.grad(&grads)
+                .ok_or_else(|| missing("a block's condition"))?;
+        let unit = &fsdp.units[u];
+        let g = unit_grads(unit, &block, grads);
+        drop(block);
+        fsdp.scatter_add(u, g, acc.get_mut(&unit.prefix).expect("unit"), comm)?;
+    }
+    let embed = fsdp.load(
+        DitEmbed::<B>::new(&fsdp.cfg, device),
+        &fsdp.params,
+        0,
+        comm,
+        device,
+        true,
+    )?;
+    let again = embed.forward(input)?;
+    let grads = ((again.x * Tensor::from_inner(g_x)).sum()
+        + (again.cond * Tensor::from_inner(g_c)).sum())
+    .backward();
+    let unit = &fsdp.units[0];
+    let g = unit_grads(unit, &embed, grads);
+    fsdp.scatter_add(0, g, acc.get_mut(&unit.prefix).expect("unit"), comm)?;
+    Ok(())
+}
+
+/// One optimizer step on this rank's shards: the loss of its share of the
+/// global batch (in micro-batches), sharded gradients, global-norm clipping,
+/// AdamW and EMA on the shards. Nothing changes when the loss or gradient
+/// is not finite.
+pub(crate) fn fsdp_step<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    fsdp: &mut Fsdp<B::InnerBackend>,
+    batch: &TrainBatch<B>,
+    step: u64,
+    (optim, ema): (&mut AdamW<B::InnerBackend>, &mut Ema<B::InnerBackend>),
+    comm: &dyn Collective,
+) -> Result<StepOut> {
+    let obj = &cfg.objective;
+    let device = batch.latents.device();
+    let micro = crate::ddp::micro_batches(batch, cfg.data.micro_batch);
+    let plans: Vec<_> = micro
+        .iter()
+        .map(|m| obj.plan(cfg.run.seed, step, &m.sample_ids, m.latents.dims()))
+        .collect();
+    // As in DDP: each part of the loss is normalised by the global number of
+    // frames in the loss, so the parts' gradients sum to the whole gradient.
+    let mut frames = [plans
+        .iter()
+        .map(|p| p.loss_mask.iter().sum::<f32>())
+        .sum::<f32>()];
+    let t_comm = Instant::now();
+    comm.all_reduce_sum(&mut frames)?;
+    let mut comm_s = t_comm.elapsed().as_secs_f64();
+    let mut acc: FlatMap<B::InnerBackend> = fsdp
+        .params
+        .iter()
+        .map(|(k, p)| (k.clone(), p.zeros_like()))
+        .collect();
+    let mut loss_part = 0f32;
+    for (m, plan) in micro.iter().zip(plans) {
+        let tape = RefCell::new(None);
+        let model = |x_t: Tensor<B, 5>, t: Tensor<B, 2>, cond: Cond<B>| {
+            forward(
+                fsdp,
+                crate::trainer::dit_input(x_t, t, cond),
+                comm,
+                &device,
+                &tape,
+            )
+            .map_err(|e| DiffusionError::Denoiser(e.to_string()))
+        };
+        let loss = obj.loss_part(&model, m, plan, frames[0])?;
+        loss_part += loss.clone().into_scalar().elem::<f32>();
+        let grads = loss.backward();
+        let tape = tape.into_inner().ok_or_else(|| {
+            TrainError::Config("fsdp: the objective did not run the model; this is a bug".into())
+        })?;
+        backward(fsdp, tape, grads, &mut acc, comm, &device)?;
+    }
+    // The loss and the squared gradient norm (padding is zero) over ranks.
+    let sq: f32 = acc
+        .values()
+        .map(|g| (g.clone() * g.clone()).sum().into_scalar().elem::<f32>())
+        .sum();
+    let mut totals = [loss_part, sq];
+    let t_comm = Instant::now();
+    comm.all_reduce_sum(&mut totals)?;
+    comm_s += t_comm.elapsed().as_secs_f64();
+    let (unit_s, unit_bytes) = fsdp.take_comm();
+    let loss_value = totals[0] as f64;
+    let norm = (totals[1] as f64).sqrt();
+    if !loss_value.is_finite() || !norm.is_finite() {
+        return Err(TrainError::NonFinite {
+            step,
+            what: format!("loss ({loss_value}) or gradient norm ({norm})"),
+        });
+    }
+    let clip = if cfg.optim.grad_clip > 0.0 && norm > cfg.optim.grad_clip {
+        cfg.optim.grad_clip / norm
+    } else {
+        1.0
+    };
+    let lr = learning_rate(&cfg.optim, step, cfg.run.steps);
+    optim.begin_step();
+    for unit in &fsdp.units {
+        let key = &unit.prefix;
+        let p = fsdp.params.remove(key).expect("unit");
+        let g = acc.remove(key).expect("unit") * clip;
+        let next = optim.update_masked(&cfg.optim, lr, key, p, g, fsdp.decay[key].clone());
+        fsdp.params.insert(key.clone(), next);
+    }
+    let d = ema.decay(cfg.ema.decay);
+    for (key, p) in &fsdp.params {
+        ema.update(d, key, p.clone());
+    }
+    ema.updates += 1;
+    Ok(StepOut {
+        loss: loss_value,
+        grad_norm: norm,
+        lr,
+        comm_s: comm_s + unit_s,
+        comm_bytes: if comm.size() > 1 {
+            unit_bytes + 4 * (1 + totals.len())
+        } else {
+            0
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::step::tests::{setup_with, AB};
+    use crate::step::train_step;
+    use crate::trainer::to_device;
+    use burn::backend::Flex;
+    use burn::module::AutodiffModule;
+    use orrery_dist::SingleProcess;
+    use orrery_model::named::{to_host, HostTensor, NamedTensors};
+    use orrery_model::{AttentionMask, MlpKind, PosEmbed, QkNorm};
+    use std::collections::BTreeMap;
+
+    fn max_diff(a: &NamedTensors, b: &NamedTensors) -> f32 {
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        a.iter()
+            .flat_map(|(n, t)| {
+                assert_eq!(t.shape, b[n].shape, "{n}");
+                t.data.iter().zip(&b[n].data).map(|(x, y)| (x - y).abs())
+            })
+            .fold(0.0, f32::max)
+    }
+
+    /// FSDP on one rank (units run one at a time and recomputed in
+    /// backward, flat padded shards, per-element weight decay) takes the
+    /// same steps as the whole-model path, with clipping, weight decay and
+    /// two micro-batches on; for the default model and one with RoPE,
+    /// QK-norm, SwiGLU, a frame-causal mask and history frames.
+    #[test]
+    fn fsdp_on_one_rank_takes_the_same_steps_as_the_whole_model() {
+        for variant in 0..2 {
+            let (cfg, model, shapes, batch) = setup_with(|cfg| {
+                cfg.optim.weight_decay = 0.1;
+                cfg.optim.grad_clip = 0.05;
+                cfg.data.micro_batch = 4;
+                if variant == 1 {
+                    cfg.model.pos_embed = PosEmbed::Rope;
+                    cfg.model.qk_norm = QkNorm::Rms;
+                    cfg.model.mlp = MlpKind::Swiglu;
+                    cfg.model.attention = AttentionMask::FrameCausal;
+                    cfg.model.history_frames = 1;
+                }
+            });
+            let device = Default::default();
+            let batch = to_device::<AB>(&batch, &cfg.model, &device);
+            let mut fsdp = Fsdp::new(&model.valid(), 0, 1, &device).unwrap();
+            let (mut optim, mut ema) = (AdamW::default(), Ema::new(BTreeMap::new()));
+            let (mut optim_s, mut ema_s) = (AdamW::default(), Ema::new(BTreeMap::new()));
+            let mut model = model;
+            for step in 0..3 {
+                let (next, whole) = train_step(
+                    &cfg,
+                    model,
+                    &batch,
+                    step,
+                    (&mut optim, &mut ema),
+                    &shapes,
+                    &SingleProcess,
+                )
+                .unwrap();
+                model = next;
+                let sharded = fsdp_step(
+                    &cfg,
+                    &mut fsdp,
+                    &batch,
+                    step,
+                    (&mut optim_s, &mut ema_s),
+                    &SingleProcess,
+                )
+                .unwrap();
+                assert!(whole.grad_norm > cfg.optim.grad_clip, "clipping is on");
+                let rel = |a: f64, b: f64| (a - b).abs() / a.abs().max(1e-12);
+                assert!(
+                    rel(whole.loss, sharded.loss) < 1e-6,
+                    "{whole:?} {sharded:?}"
+                );
+                assert!(
+                    rel(whole.grad_norm, sharded.grad_norm) < 1e-5,
+                    "{whole:?} {sharded:?}"
+                );
+            }
+            let gather = |m: &FlatMap<Flex>, prefix: &str| {
+                fsdp.gather_named(m, prefix, true, &SingleProcess).unwrap()
+            };
+            let mut moments = gather(&optim_s.exp_avg, "exp_avg.");
+            moments.extend(gather(&optim_s.exp_avg_sq, "exp_avg_sq."));
+            let ema_whole: NamedTensors = ema
+                .weights
+                .iter()
+                .map(|(n, t)| {
+                    (
+                        n.clone(),
+                        HostTensor::from_flat(t.clone(), shapes[n].clone()),
+                    )
+                })
+                .collect();
+            let diffs = [
+                max_diff(&to_host(&model), &gather(&fsdp.params, "")),
+                max_diff(&ema_whole, &gather(&ema_s.weights, "")),
+                max_diff(&optim.to_host(&shapes), &moments),
+            ];
+            eprintln!("variant {variant}: model, EMA, AdamW differ by {diffs:?}");
+            assert!(
+                diffs.iter().all(|&d| d < 1e-6),
+                "variant {variant}: model, EMA, AdamW differ by {diffs:?}"
+            );
+        }
+    }
+
+    /// Shards of every rank, put side by side, are the whole flat unit plus
+    /// zero padding, and each rank holds about 1/n of the state.
+    #[test]
+    fn shards_of_all_ranks_tile_each_unit() {
+        let (_, model, _, _) = setup_with(|_| {});
+        let device = Default::default();
+        let inner = model.valid();
+        let one = Fsdp::new(&inner, 0, 1, &device).unwrap();
+        let n = 3;
+        let ranks: Vec<_> = (0..n)
+            .map(|r| Fsdp::new(&inner, r, n, &device).unwrap())
+            .collect();
+        for unit in &one.units {
+            let whole = crate::fsdp::host(one.params[&unit.prefix].clone());
+            let mut tiled: Vec<f32> = ranks
+                .iter()
+                .flat_map(|f| crate::fsdp::host(f.params[&unit.prefix].clone()))
+                .collect();
+            assert_eq!(tiled.len(), unit.len.div_ceil(n) * n, "{}", unit.prefix);
+            assert!(
+                tiled[unit.len..].iter().all(|&v| v == 0.0),
+                "padding is zero"
+            );
+            tiled.truncate(unit.len);
+            assert_eq!(tiled, whole, "{}", unit.prefix);
+        }
+        let (state_1, unit_1) = one.state_bytes();
+        let (state_n, unit_n) = ranks[1].state_bytes();
+        assert_eq!(state_1, 16 * cfg_params(&inner));
+        assert!(
+            state_n <= state_1 / n + 16 * n * one.units.len(),
+            "{state_n} vs {state_1} / {n}"
+        );
+        assert!(unit_n >= unit_1 && unit_n < unit_1 + 8 * n);
+    }
+
+    fn cfg_params<B: burn::tensor::backend::Backend>(m: &orrery_model::Dit<B>) -> usize {
+        m.config().num_params()
+    }
+}

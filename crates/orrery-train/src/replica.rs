@@ -1,0 +1,159 @@
+//! The model as this rank holds it: whole (DDP, or one process) or as FSDP
+//! shards. The trainer steps, evaluates and checkpoints through this one
+//! type; checkpoints hold whole tensors either way, so a run can resume with
+//! the other strategy or another number of ranks.
+use std::collections::BTreeMap;
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use orrery_diffusion::{Denoiser, TrainBatch};
+use orrery_dist::{Collective, World};
+use orrery_model::named::{map_named, to_host, HostTensor, NamedTensors};
+use orrery_model::Dit;
+
+use crate::config::{Strategy, TrainConfig};
+use crate::fsdp::Fsdp;
+use crate::fsdp_step::fsdp_step;
+use crate::optim::{AdamW, Ema};
+use crate::step::{train_step, StepOut};
+use crate::trainer::denoiser;
+use crate::Result;
+
+/// The model as this rank holds it.
+pub(crate) enum Replica<B: AutodiffBackend> {
+    /// Every parameter, on every rank.
+    Full(Dit<B>),
+    /// This rank's shard of every unit.
+    Sharded(Fsdp<B::InnerBackend>),
+}
+
+/// Which weights to evaluate.
+#[derive(Clone, Copy)]
+pub(crate) enum Weights<'a, B: AutodiffBackend> {
+    Online,
+    Ema(&'a Ema<B::InnerBackend>),
+}
+
+/// The three tensor files of a checkpoint.
+pub(crate) struct HostState {
+    pub model: NamedTensors,
+    pub ema: NamedTensors,
+    pub optimizer: NamedTensors,
+}
+
+impl<B: AutodiffBackend> Replica<B> {
+    /// Hold `model` (identical on every rank) as the config's strategy says,
+    /// with its optimizer state and EMA (by parameter name, as a checkpoint
+    /// or a fresh start gives them), sharded to match.
+    pub fn new(
+        cfg: &TrainConfig,
+        model: Dit<B>,
+        world: &World,
+        device: &B::Device,
+        (optim, ema): (AdamW<B::InnerBackend>, Ema<B::InnerBackend>),
+    ) -> Result<(Self, AdamW<B::InnerBackend>, Ema<B::InnerBackend>)> {
+        if cfg.parallel.strategy == Strategy::Ddp {
+            return Ok((Replica::Full(model), optim, ema));
+        }
+        let inner = model.valid();
+        let fsdp = Fsdp::new(&inner, world.rank, world.size, device)?;
+        drop(inner);
+        drop(model);
+        let sharded_optim = AdamW {
+            exp_avg: fsdp.shard(|n| optim.exp_avg.get(n).cloned()),
+            exp_avg_sq: fsdp.shard(|n| optim.exp_avg_sq.get(n).cloned()),
+            steps: optim.steps,
+        };
+        let mut sharded_ema = Ema::new(fsdp.shard(|n| ema.weights.get(n).cloned()));
+        sharded_ema.updates = ema.updates;
+        Ok((Replica::Sharded(fsdp), sharded_optim, sharded_ema))
+    }
+
+    /// One optimizer step.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        self,
+        cfg: &TrainConfig,
+        batch: &TrainBatch<B>,
+        step: u64,
+        state: (&mut AdamW<B::InnerBackend>, &mut Ema<B::InnerBackend>),
+        shapes: &BTreeMap<String, Vec<usize>>,
+        comm: &dyn Collective,
+    ) -> Result<(Self, StepOut)> {
+        match self {
+            Replica::Full(model) => {
+                let (model, out) = train_step(cfg, model, batch, step, state, shapes, comm)?;
+                Ok((Replica::Full(model), out))
+            }
+            Replica::Sharded(mut fsdp) => {
+                let out = fsdp_step(cfg, &mut fsdp, batch, step, state, comm)?;
+                Ok((Replica::Sharded(fsdp), out))
+            }
+        }
+    }
+
+    /// Run `f` with the weights as a no-autodiff denoiser. Sharded, every
+    /// rank must call this in step with the others.
+    pub fn eval<R>(
+        &self,
+        weights: Weights<'_, B>,
+        comm: &dyn Collective,
+        f: impl FnOnce(&dyn Denoiser<B::InnerBackend>) -> Result<R>,
+    ) -> Result<R> {
+        match (self, weights) {
+            (Replica::Full(model), Weights::Online) => f(&denoiser(&model.valid())),
+            (Replica::Full(model), Weights::Ema(ema)) => {
+                let averaged = map_named(model.valid(), |name, _, _| ema.weights[name].clone());
+                let out = f(&denoiser(&averaged));
+                out
+            }
+            (Replica::Sharded(fsdp), Weights::Online) => f(&fsdp.denoiser(&fsdp.params, comm)),
+            (Replica::Sharded(fsdp), Weights::Ema(ema)) => f(&fsdp.denoiser(&ema.weights, comm)),
+        }
+    }
+
+    /// Whole host tensors for a checkpoint, on rank 0 (`None` elsewhere).
+    /// Sharded, every rank must call this: the units are gathered.
+    pub fn host_state(
+        &self,
+        optim: &AdamW<B::InnerBackend>,
+        ema: &Ema<B::InnerBackend>,
+        shapes: &BTreeMap<String, Vec<usize>>,
+        comm: &dyn Collective,
+    ) -> Result<Option<HostState>> {
+        let main = comm.rank() == 0;
+        match self {
+            Replica::Full(_) if !main => Ok(None),
+            Replica::Full(model) => Ok(Some(HostState {
+                model: to_host(model),
+                ema: ema
+                    .weights
+                    .iter()
+                    .map(|(n, t)| {
+                        (
+                            n.clone(),
+                            HostTensor::from_flat(t.clone(), shapes[n].clone()),
+                        )
+                    })
+                    .collect(),
+                optimizer: optim.to_host(shapes),
+            })),
+            Replica::Sharded(fsdp) => {
+                let model = fsdp.gather_named(&fsdp.params, "", main, comm)?;
+                let averaged = fsdp.gather_named(&ema.weights, "", main, comm)?;
+                let mut optimizer = fsdp.gather_named(&optim.exp_avg, "exp_avg.", main, comm)?;
+                optimizer.extend(fsdp.gather_named(
+                    &optim.exp_avg_sq,
+                    "exp_avg_sq.",
+                    main,
+                    comm,
+                )?);
+                Ok(main.then_some(HostState {
+                    model,
+                    ema: averaged,
+                    optimizer,
+                }))
+            }
+        }
+    }
+}
