@@ -90,7 +90,7 @@ fn is_root() -> bool {
 pub fn run_dist(cmd: DistCommand) -> Result<()> {
     let DistCommand::Selftest = cmd;
     let world = orrery_dist::World::from_env()?;
-    let comm = orrery_dist::connect(&world, std::time::Duration::from_secs(60))?;
+    let comm = orrery_dist::connect(&world, std::time::Duration::from_secs(60), None)?;
     println!("{}", orrery_dist::self_test(comm.as_ref())?);
     Ok(())
 }

@@ -8,6 +8,10 @@ use orrery_diffusion::Sampler;
 
 mod data;
 mod launch;
+
+// Counts tensor-sized allocations for `bench step`'s heap figures.
+#[global_allocator]
+static ALLOC: orrery_train::heap::CountingAlloc = orrery_train::heap::CountingAlloc;
 use data::{run_bench_data, run_data, DataCommand};
 use launch::{run_dist, run_launch, DistCommand, LaunchArgs};
 use orrery_train::sample::{sample, SampleOptions, SampleReport};
@@ -324,7 +328,7 @@ fn run_bench_comm(sizes_mb: Vec<f64>, iters: usize) -> Result<()> {
     if world.size < 2 {
         bail!("bench comm measures communication between ranks: run it as `orrery launch -n 2 -- bench comm` (or more ranks)");
     }
-    let comm = orrery_dist::connect(&world, std::time::Duration::from_secs(600))?;
+    let comm = orrery_dist::connect(&world, std::time::Duration::from_secs(600), None)?;
     #[cfg(feature = "mpi")]
     {
         let elems: Vec<usize> = sizes_mb
@@ -410,6 +414,13 @@ fn run_bench(cmd: BenchCommand) -> Result<()> {
         "| parameter + gradient + AdamW bytes per rank | {:.2} MiB |",
         b.state_bytes.0 as f64 / 1048576.0
     );
+    if b.heap.1 > 0 {
+        println!(
+            "| heap when the timed steps start / peak during them | {:.1} / {:.1} MiB |",
+            b.heap.0 as f64 / 1048576.0,
+            b.heap.1 as f64 / 1048576.0
+        );
+    }
     if b.state_bytes.1 > 0 {
         println!(
             "| largest unit gathered (parameters + gradient) | {:.2} MiB |",

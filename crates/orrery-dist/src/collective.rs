@@ -1,7 +1,7 @@
 //! Collectives over flat f32 buffers in host memory: the single-process
 //! identity backend and MPI (the `mpi` feature, on by default).
 //! Letters: n = world size, k = elements per rank.
-use crate::{DistError, World};
+use crate::{Deadline, DistError, World};
 
 /// The collective operations orrery's parallel strategies use. Every rank
 /// calls the same operations in the same order with the same lengths.
@@ -200,16 +200,22 @@ impl Collective for Mpi {
 
 /// The collective backend for `world`: the identity for one process, MPI
 /// when a launcher started several, with a [`Deadline`] of `timeout` per
-/// operation. MPI's own view of the world must agree with the launcher's
-/// environment.
+/// operation (and heartbeats in `heartbeats`, a directory all ranks share,
+/// so a timeout names the rank it waits for). MPI's own view of the world
+/// must agree with the launcher's environment.
 pub fn connect(
     world: &World,
     timeout: std::time::Duration,
+    heartbeats: Option<std::path::PathBuf>,
 ) -> Result<Box<dyn Collective>, DistError> {
     if world.size == 1 {
         return Ok(Box::new(SingleProcess));
     }
-    Ok(Box::new(Deadline::new(connect_raw(world)?, timeout)))
+    Ok(Box::new(Deadline::new(
+        connect_raw(world)?,
+        timeout,
+        heartbeats,
+    )))
 }
 
 fn connect_raw(world: &World) -> Result<Box<dyn Collective>, DistError> {
@@ -289,102 +295,4 @@ pub fn self_test(comm: &dyn Collective) -> Result<String, DistError> {
         "rank {r} of {n} ({}): all_reduce, all_gather, reduce_scatter, broadcast, bucketed all_reduce and barrier ok",
         comm.name()
     ))
-}
-
-/// A collective backend with a deadline: if one operation waits longer than
-/// `timeout` (a peer rank hung, or died without the launcher noticing), the
-/// process prints what it was waiting for and exits with code 3, which makes
-/// mpirun / srun end the whole job instead of leaving it waiting forever.
-pub struct Deadline {
-    inner: Box<dyn Collective>,
-    // Start of the operation in flight, in ms since `epoch` (0 = none), and its name.
-    busy_since_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    op: std::sync::Arc<std::sync::Mutex<&'static str>>,
-    epoch: std::time::Instant,
-}
-
-impl Deadline {
-    /// Watch `inner` with a background thread; `timeout` must be positive.
-    pub fn new(inner: Box<dyn Collective>, timeout: std::time::Duration) -> Self {
-        use std::sync::atomic::Ordering;
-        let busy_since_ms = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let op = std::sync::Arc::new(std::sync::Mutex::new(""));
-        let epoch = std::time::Instant::now();
-        let (busy, name) = (busy_since_ms.clone(), op.clone());
-        let (rank, size) = (inner.rank(), inner.size());
-        let tick = (timeout / 4).clamp(
-            std::time::Duration::from_millis(50),
-            std::time::Duration::from_secs(1),
-        );
-        std::thread::Builder::new()
-            .name("orrery-collective-deadline".into())
-            .spawn(move || loop {
-                std::thread::sleep(tick);
-                let since = busy.load(Ordering::Acquire);
-                if since == 0 {
-                    continue;
-                }
-                let now = epoch.elapsed().as_millis() as u64;
-                let waited = now.saturating_sub(since);
-                if waited > timeout.as_millis() as u64 {
-                    let what = *name.lock().unwrap_or_else(|e| e.into_inner());
-                    eprintln!(
-                        "[rank {rank} of {size}] error: {what} has waited {:.0} s for the other ranks (parallel.timeout_s = {:.0}): a rank is hung or lost; ending the job",
-                        waited as f64 / 1000.0,
-                        timeout.as_secs_f64()
-                    );
-                    // _exit: no atexit handlers or stdio locks while the
-                    // main thread sits inside MPI.
-                    // SAFETY: _exit only ends the process.
-                    unsafe { libc::_exit(3) }
-                }
-            })
-            .expect("spawn the deadline thread");
-        Deadline {
-            inner,
-            busy_since_ms,
-            op,
-            epoch,
-        }
-    }
-
-    fn watch<T>(&self, op: &'static str, f: impl FnOnce(&dyn Collective) -> T) -> T {
-        use std::sync::atomic::Ordering;
-        *self.op.lock().unwrap_or_else(|e| e.into_inner()) = op;
-        let now = (self.epoch.elapsed().as_millis() as u64).max(1);
-        self.busy_since_ms.store(now, Ordering::Release);
-        let out = f(self.inner.as_ref());
-        self.busy_since_ms.store(0, Ordering::Release);
-        out
-    }
-}
-
-impl Collective for Deadline {
-    fn rank(&self) -> usize {
-        self.inner.rank()
-    }
-    fn size(&self) -> usize {
-        self.inner.size()
-    }
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-    fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<(), DistError> {
-        self.watch("all_reduce", |c| c.all_reduce_sum(buf))
-    }
-    fn all_gather(&self, local: &[f32], out: &mut [f32]) -> Result<(), DistError> {
-        self.watch("all_gather", |c| c.all_gather(local, out))
-    }
-    fn reduce_scatter_sum(&self, full: &[f32], out: &mut [f32]) -> Result<(), DistError> {
-        self.watch("reduce_scatter", |c| c.reduce_scatter_sum(full, out))
-    }
-    fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<(), DistError> {
-        self.watch("broadcast", |c| c.broadcast(buf, root))
-    }
-    fn barrier(&self) -> Result<(), DistError> {
-        self.watch("barrier", |c| c.barrier())
-    }
-    fn abort(&self, code: i32) -> ! {
-        self.inner.abort(code)
-    }
 }

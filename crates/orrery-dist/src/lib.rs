@@ -18,6 +18,7 @@
 
 mod bench;
 mod collective;
+mod deadline;
 
 #[cfg(feature = "mpi")]
 pub use bench::bench_collectives;
@@ -26,9 +27,9 @@ pub use bench::CommRow;
 #[cfg(feature = "mpi")]
 pub use collective::Mpi;
 pub use collective::{
-    abort_on_error, all_reduce_sum_bucketed, connect, self_test, Collective, Deadline,
-    SingleProcess,
+    abort_on_error, all_reduce_sum_bucketed, connect, self_test, Collective, SingleProcess,
 };
+pub use deadline::Deadline;
 
 /// Errors from discovering the world.
 #[derive(Debug, thiserror::Error)]

@@ -41,6 +41,9 @@ pub struct StepBench {
     /// Bytes of parameter, gradient and AdamW state each rank holds
     /// (sharded under FSDP), and the largest unit FSDP gathers whole (0 for DDP).
     pub state_bytes: (usize, usize),
+    /// Heap bytes live when the timed steps start, and the most live during
+    /// them ([`crate::heap`]; 0 unless the binary counts its allocations).
+    pub heap: (usize, usize),
 }
 
 impl StepBench {
@@ -65,7 +68,7 @@ fn bench_on<B: AutodiffBackend>(
     warmup: usize,
     device: B::Device,
 ) -> Result<StepBench> {
-    let (world, comm) = join_world(cfg)?;
+    let (world, comm) = join_world(cfg, None)?;
     let data = Dataset::open_with(&cfg.data.url, cfg.data.holdout_clips, cfg.data.max_bad_rows)?;
     B::seed(&device, cfg.run.seed);
     let model: Dit<B> = cfg.model.init(&device)?;
@@ -102,6 +105,7 @@ fn bench_on<B: AutodiffBackend>(
             Replica::Full(_) => (16 * params, 0),
             Replica::Sharded(fsdp) => fsdp.state_bytes(),
         },
+        heap: (0, 0),
     };
     if let Some(n) = std::env::var("RAYON_NUM_THREADS")
         .ok()
@@ -110,6 +114,9 @@ fn bench_on<B: AutodiffBackend>(
         bench.threads = n;
     }
     for step in 0..warmup + steps {
+        if step == warmup {
+            bench.heap.0 = crate::heap::reset_peak();
+        }
         let t0 = Instant::now();
         let batch = to_device::<B>(&loader.next_batch(), m, &device);
         let t1 = Instant::now();
@@ -130,5 +137,6 @@ fn bench_on<B: AutodiffBackend>(
             bench.comm_bytes = out.comm_bytes;
         }
     }
+    bench.heap.1 = crate::heap::peak();
     Ok(bench)
 }

@@ -49,6 +49,7 @@ mod fsdp;
 mod fsdp_step;
 pub mod generate;
 mod geometry;
+pub mod heap;
 pub mod media;
 pub mod optim;
 mod overrides;

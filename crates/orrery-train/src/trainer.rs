@@ -158,11 +158,17 @@ pub(crate) fn param_shapes<B: Backend>(model: &Dit<B>) -> BTreeMap<String, Vec<u
 }
 
 /// This process's place among the ranks and its collective backend, after
-/// checking the config against the number of ranks.
-pub(crate) fn join_world(cfg: &TrainConfig) -> Result<(World, Box<dyn Collective>)> {
+/// checking the config against the number of ranks. With a run directory
+/// (shared by the ranks), heartbeats go to its `heartbeats/`, so a collective
+/// that times out names the rank it waits for.
+pub(crate) fn join_world(
+    cfg: &TrainConfig,
+    run_dir: Option<&Path>,
+) -> Result<(World, Box<dyn Collective>)> {
     let world = World::from_env()?;
     cfg.validate_world(world.size)?;
-    let comm = connect(&world, Duration::from_secs_f64(cfg.parallel.timeout_s))?;
+    let timeout = Duration::from_secs_f64(cfg.parallel.timeout_s);
+    let comm = connect(&world, timeout, run_dir.map(|d| d.join("heartbeats")))?;
     Ok((world, comm))
 }
 
@@ -172,7 +178,7 @@ pub fn train_on<B: AutodiffBackend>(
     opts: RunOptions,
     device: B::Device,
 ) -> Result<TrainSummary> {
-    let (world, comm) = join_world(&cfg)?;
+    let (world, comm) = join_world(&cfg, Some(&opts.run_dir))?;
     let result = train_ranks::<B>(cfg, opts, device, world, comm.as_ref());
     orrery_dist::abort_on_error(comm.as_ref(), result)
 }

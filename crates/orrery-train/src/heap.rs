@@ -1,0 +1,102 @@
+//! Heap accounting for benchmarks: [`CountingAlloc`] wraps the system
+//! allocator and counts live and peak bytes of allocations of 4 KiB or
+//! more (tensor buffers; small ones are left out so counting costs nothing
+//! measurable). A binary opts in by installing it as its global allocator;
+//! without it every count reads 0.
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+/// Allocations smaller than this are not counted.
+const MIN: usize = 4096;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+/// The system allocator with live and peak byte counts.
+pub struct CountingAlloc;
+
+fn grow(n: usize) {
+    if n >= MIN {
+        let now = LIVE.fetch_add(n, Relaxed) + n;
+        PEAK.fetch_max(now, Relaxed);
+    }
+}
+
+fn shrink(n: usize) {
+    if n >= MIN {
+        LIVE.fetch_sub(n, Relaxed);
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to `System`; the counters only
+// observe sizes.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            grow(layout.size());
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            grow(layout.size());
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        shrink(layout.size());
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            shrink(layout.size());
+            grow(new_size);
+        }
+        p
+    }
+}
+
+/// Bytes live now (0 when the allocator is not installed).
+pub fn live() -> usize {
+    LIVE.load(Relaxed)
+}
+
+/// Start a new peak at the live bytes; returns them.
+pub fn reset_peak() -> usize {
+    let now = LIVE.load(Relaxed);
+    PEAK.store(now, Relaxed);
+    now
+}
+
+/// The most bytes live since the last [`reset_peak`].
+pub fn peak() -> usize {
+    PEAK.load(Relaxed)
+}
+
+#[cfg(test)]
+#[global_allocator]
+static TEST_ALLOC: CountingAlloc = CountingAlloc;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_buffer_shows_in_live_and_peak_and_a_small_one_does_not() {
+        // Other tests allocate in parallel, so compare with slack.
+        let before = reset_peak();
+        let big = vec![1u8; 64 << 20];
+        assert!(
+            live() >= before + (64 << 20) - (16 << 20),
+            "{} {before}",
+            live()
+        );
+        drop(big);
+        assert!(peak() >= before + (64 << 20), "{} {before}", peak());
+        let small: Vec<Vec<u8>> = (0..1000).map(|_| vec![0u8; 100]).collect();
+        assert_eq!(small.len(), 1000);
+    }
+}
