@@ -50,8 +50,9 @@ pub(crate) struct Fsdp<B: Backend> {
     pub units: Vec<Unit>,
     /// Parameter shards by unit prefix: [k].
     pub params: FlatMap<B>,
-    /// 1 where AdamW's weight decay applies, by unit prefix: [k].
-    pub decay: FlatMap<B>,
+    /// Where AdamW's weight decay applies in each unit's shard, as
+    /// [start, end) ranges by unit prefix (a mask would cost another shard).
+    pub decay: BTreeMap<String, Vec<(usize, usize)>>,
     pub rank: usize,
     pub size: usize,
     pub device: B::Device,
@@ -137,20 +138,37 @@ impl<B: Backend> Fsdp<B> {
             comm_bytes: Cell::new(0),
         };
         fsdp.params = fsdp.shard(|name| values.get(name).cloned());
-        let masks: BTreeMap<String, Tensor<B, 1>> = whole
-            .iter()
-            .map(|(name, shape)| {
-                let on = if DitConfig::decays(name, shape) {
-                    1.0
-                } else {
-                    0.0
-                };
-                let n = shape.iter().product();
-                (name.clone(), flat(vec![on; n], device))
-            })
-            .collect();
-        fsdp.decay = fsdp.shard(|name| masks.get(name).cloned());
+        for u in &fsdp.units {
+            // This rank's window of the unit's flat vector, and each decayed
+            // parameter's span in it.
+            let (lo, hi) = (rank * u.shard, (rank + 1) * u.shard);
+            let mut at = 0;
+            let mut ranges = Vec::new();
+            for (name, shape) in &u.params {
+                let n: usize = shape.iter().product();
+                let (start, end) = (at.max(lo), (at + n).min(hi));
+                if start < end && DitConfig::decays(&format!("{}.{name}", u.prefix), shape) {
+                    ranges.push((start - lo, end - lo));
+                }
+                at += n;
+            }
+            fsdp.decay.insert(u.prefix.clone(), ranges);
+        }
         Ok(fsdp)
+    }
+
+    /// 1 where weight decay applies in unit `prefix`'s shard, 0 elsewhere.
+    ///
+    /// # Shapes
+    /// -> [k]
+    pub fn decay_mask(&self, prefix: &str) -> Tensor<B, 1> {
+        let unit = self.units.iter().find(|u| u.prefix == prefix);
+        let k = unit.expect("a unit prefix").shard;
+        let mut mask = vec![0.0f32; k];
+        for &(start, end) in &self.decay[prefix] {
+            mask[start..end].fill(1.0);
+        }
+        flat(mask, &self.device)
     }
 
     /// This rank's shard of every unit of a whole-model map (`full`: flat

@@ -241,7 +241,11 @@ pub(crate) fn fsdp_step<B: AutodiffBackend>(
         let key = &unit.prefix;
         let p = fsdp.params.remove(key).expect("unit");
         let g = acc.remove(key).expect("unit") * clip;
-        let next = optim.update_masked(&cfg.optim, lr, key, p, g, fsdp.decay[key].clone());
+        let next = if cfg.optim.weight_decay > 0.0 {
+            optim.update_masked(&cfg.optim, lr, key, p, g, fsdp.decay_mask(key))
+        } else {
+            optim.update(&cfg.optim, lr, key, p, g, false)
+        };
         fsdp.params.insert(key.clone(), next);
     }
     let d = ema.decay(cfg.ema.decay);
@@ -396,6 +400,12 @@ mod tests {
             );
             tiled.truncate(unit.len);
             assert_eq!(tiled, whole, "{}", unit.prefix);
+            // The weight-decay masks tile the one-rank mask the same way.
+            let mask = |f: &Fsdp<Flex>| crate::fsdp::host(f.decay_mask(&unit.prefix));
+            let mut masks: Vec<f32> = ranks.iter().flat_map(mask).collect();
+            masks.truncate(unit.len);
+            assert_eq!(masks, mask(&one)[..unit.len], "{}", unit.prefix);
+            assert!(masks.contains(&1.0) && masks.contains(&0.0), "{}", unit.prefix);
         }
         let (state_1, unit_1) = one.state_bytes();
         let (state_n, unit_n) = ranks[1].state_bytes();
