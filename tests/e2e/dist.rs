@@ -399,6 +399,7 @@ fn slurm_sbatch_across_two_nodes_matches_mpirun() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("orrery-"))
         .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
         .collect();
+    let requeued = requeue_mid_run(&dir, &root.join("launch/slurm/train.sbatch"), &conf);
     let stop = Command::new("bash")
         .arg(&cluster)
         .arg("stop")
@@ -433,5 +434,122 @@ fn slurm_sbatch_across_two_nodes_matches_mpirun() {
         &dir.join("slurm/checkpoints/step_00000006"),
         "slurm vs mpirun",
     );
+
+    // The requeued job ran twice, resumed from a checkpoint the second
+    // time, and ends where an uninterrupted run ends.
+    let log = requeued.unwrap_or_else(|e| panic!("requeue: {e}"));
+    assert!(
+        log.contains("restart 0") && log.contains("restart 1"),
+        "{log}"
+    );
+    assert!(
+        log.contains("resuming from requeued/checkpoints/step_"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("trained steps").count(),
+        1,
+        "one run finished: {log}"
+    );
+    ok(orrery(
+        &[
+            "launch",
+            "-n",
+            "4",
+            "--",
+            "train",
+            "tiny.toml",
+            "--run-dir",
+            "straight",
+            "--set",
+            "run.steps=30",
+        ],
+        &dir,
+    ));
+    assert_same_checkpoint(
+        &dir.join("straight/checkpoints/step_00000030"),
+        &dir.join("requeued/checkpoints/step_00000030"),
+        "requeued slurm job vs an uninterrupted mpirun",
+    );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Submit a 30-step job, requeue it (`scontrol requeue`, as a preemption
+/// or node failure would) once it has written a checkpoint, let it start
+/// again at once (Slurm holds requeued jobs for two minutes), and return
+/// the job's log when it completes.
+fn requeue_mid_run(dir: &Path, sbatch: &Path, conf: &Path) -> Result<String, String> {
+    let run = |cmd: &str, args: &[&str]| -> Result<String, String> {
+        let out = Command::new(cmd)
+            .args(args)
+            .current_dir(dir)
+            .env("SLURM_CONF", conf)
+            .env("ORRERY", env!("CARGO_BIN_EXE_orrery"))
+            .env("OMPI_MCA_btl", "self,tcp")
+            .output()
+            .map_err(|e| format!("{cmd}: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(format!(
+                "{cmd} {args:?}: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    };
+    let wait = |what: &str, secs: u64, mut done: Box<dyn FnMut() -> bool + '_>| {
+        let start = std::time::Instant::now();
+        while !done() {
+            if start.elapsed().as_secs() > secs {
+                return Err(format!("waited {secs} s for {what}"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        Ok(())
+    };
+    let id = run(
+        "sbatch",
+        &[
+            "--parsable",
+            "--nodes",
+            "2",
+            "--ntasks-per-node",
+            "2",
+            sbatch.to_str().unwrap(),
+            "tiny.toml",
+            "--run-dir",
+            "requeued",
+            "--set",
+            "run.steps=30",
+        ],
+    )?;
+    let id = id.trim().split(';').next().unwrap_or("").to_string();
+    let latest = dir.join("requeued/checkpoints/latest");
+    wait("a first checkpoint", 120, Box::new(|| latest.is_file()))?;
+    run("scontrol", &["requeue", &id])?;
+    let job = format!("JobId={id}");
+    let state = || run("scontrol", &["show", "job", &id]).unwrap_or_default();
+    wait(
+        "the requeued job to become pending",
+        60,
+        Box::new(|| {
+            state().contains("JobState=PENDING")
+                && run("scontrol", &["update", &job, "StartTime=now"]).is_ok()
+        }),
+    )?;
+    wait(
+        "the job to finish",
+        180,
+        Box::new(|| {
+            let s = state();
+            s.contains("JobState=COMPLETED") || s.contains("JobState=FAILED")
+        }),
+    )?;
+    let log = std::fs::read_to_string(dir.join(format!("orrery-{id}.out")))
+        .map_err(|e| format!("the job's log: {e}"))?;
+    if !state().contains("JobState=COMPLETED") {
+        return Err(format!("the job failed:\n{log}"));
+    }
+    Ok(log)
 }

@@ -405,7 +405,11 @@ mod tests {
             let mut masks: Vec<f32> = ranks.iter().flat_map(mask).collect();
             masks.truncate(unit.len);
             assert_eq!(masks, mask(&one)[..unit.len], "{}", unit.prefix);
-            assert!(masks.contains(&1.0) && masks.contains(&0.0), "{}", unit.prefix);
+            assert!(
+                masks.contains(&1.0) && masks.contains(&0.0),
+                "{}",
+                unit.prefix
+            );
         }
         let (state_1, unit_1) = one.state_bytes();
         let (state_n, unit_n) = ranks[1].state_bytes();
