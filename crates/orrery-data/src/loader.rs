@@ -5,7 +5,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::schema::{read_parquet_lenient, Clip, DatasetMeta};
+use crate::schema::{Clip, DatasetMeta};
 use crate::{store, DataError, Result};
 
 /// Every clip under a URL, split into training and held-out clips.
@@ -43,10 +43,8 @@ impl Dataset {
             let mut clips = Vec::new();
             let mut meta = None;
             let mut bad = Vec::new();
-            for path in &files {
-                let bytes = loc.get(path).await?;
-                let file = format!("{}", path);
-                let (part, errors) = read_parquet_lenient(&bytes, &file)?;
+            for read in store::read_files(&loc, &files).await? {
+                let (part, errors) = read.part?;
                 if max_bad_rows == 0 {
                     if let Some(e) = errors.into_iter().next() {
                         return Err(e);
