@@ -172,20 +172,7 @@ pub(crate) fn fsdp_step<B: AutodiffBackend>(
 ) -> Result<StepOut> {
     let obj = &cfg.objective;
     let device = batch.latents.device();
-    let micro = crate::ddp::micro_batches(batch, cfg.data.micro_batch);
-    let plans: Vec<_> = micro
-        .iter()
-        .map(|m| obj.plan(cfg.run.seed, step, &m.sample_ids, m.latents.dims()))
-        .collect();
-    // As in DDP: each part of the loss is normalised by the global number of
-    // frames in the loss, so the parts' gradients sum to the whole gradient.
-    let mut frames = [plans
-        .iter()
-        .map(|p| p.loss_mask.iter().sum::<f32>())
-        .sum::<f32>()];
-    let t_comm = Instant::now();
-    comm.all_reduce_sum(&mut frames)?;
-    let mut comm_s = t_comm.elapsed().as_secs_f64();
+    let (micro, plans, frames, mut comm_s) = crate::step::plan_step(cfg, batch, step, comm)?;
     let mut acc: FlatMap<B::InnerBackend> = fsdp
         .params
         .iter()
@@ -204,7 +191,7 @@ pub(crate) fn fsdp_step<B: AutodiffBackend>(
             )
             .map_err(|e| DiffusionError::Denoiser(e.to_string()))
         };
-        let loss = obj.loss_part(&model, m, plan, frames[0])?;
+        let loss = obj.loss_part(&model, m, plan, frames)?;
         loss_part += loss.clone().into_scalar().elem::<f32>();
         let grads = loss.backward();
         let tape = tape.into_inner().ok_or_else(|| {

@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use burn::optim::GradientsParams;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
-use orrery_diffusion::TrainBatch;
+use orrery_diffusion::{NoisePlan, TrainBatch};
 use orrery_dist::Collective;
 use orrery_model::named::{map_named, named_grads, visit_named};
 use orrery_model::{Dit, DitConfig};
@@ -31,6 +31,34 @@ pub(crate) struct StepOut {
     pub comm_bytes: usize,
 }
 
+/// A rank's micro-batches, their noise plans, and the number of frames in
+/// the loss over the whole global batch (summed over ranks), with the
+/// seconds that sum took. The loss is a mean over the global batch's frames
+/// in the loss: each rank's (and micro-batch's) part is normalised by the
+/// global count, so the parts' gradients sum to the single-process gradient.
+pub(crate) fn plan_step<B: Backend>(
+    cfg: &TrainConfig,
+    batch: &TrainBatch<B>,
+    step: u64,
+    comm: &dyn Collective,
+) -> Result<(Vec<TrainBatch<B>>, Vec<NoisePlan>, f32, f64)> {
+    let micro = crate::ddp::micro_batches(batch, cfg.data.micro_batch);
+    let plans: Vec<_> = micro
+        .iter()
+        .map(|m| {
+            cfg.objective
+                .plan(cfg.run.seed, step, &m.sample_ids, m.latents.dims())
+        })
+        .collect();
+    let mut frames = [plans
+        .iter()
+        .map(|p| p.loss_mask.iter().sum::<f32>())
+        .sum::<f32>()];
+    let t_comm = Instant::now();
+    comm.all_reduce_sum(&mut frames)?;
+    Ok((micro, plans, frames[0], t_comm.elapsed().as_secs_f64()))
+}
+
 /// One optimizer step: loss, backward, clip, AdamW, EMA. Nothing is changed
 /// when the loss or gradient is not finite.
 pub(crate) fn train_step<B: AutodiffBackend>(
@@ -43,25 +71,11 @@ pub(crate) fn train_step<B: AutodiffBackend>(
     comm: &dyn Collective,
 ) -> Result<(Dit<B>, StepOut)> {
     let obj = &cfg.objective;
-    let micro = crate::ddp::micro_batches(batch, cfg.data.micro_batch);
-    let plans: Vec<_> = micro
-        .iter()
-        .map(|m| obj.plan(cfg.run.seed, step, &m.sample_ids, m.latents.dims()))
-        .collect();
-    // The loss is a mean over the global batch's frames in the loss: each
-    // rank's (and micro-batch's) part is normalised by the global count, so
-    // the parts' gradients sum to the single-process gradient.
-    let mut frames = [plans
-        .iter()
-        .map(|p| p.loss_mask.iter().sum::<f32>())
-        .sum::<f32>()];
-    let t_comm = Instant::now();
-    comm.all_reduce_sum(&mut frames)?;
-    let mut comm_s = t_comm.elapsed().as_secs_f64();
+    let (micro, plans, frames, mut comm_s) = plan_step(cfg, batch, step, comm)?;
     let mut loss_value = [0f32];
     let mut grads: BTreeMap<String, Tensor<B::InnerBackend, 1>> = BTreeMap::new();
     for (m, plan) in micro.iter().zip(plans) {
-        let loss = obj.loss_part(&denoiser(&model), m, plan, frames[0])?;
+        let loss = obj.loss_part(&denoiser(&model), m, plan, frames)?;
         loss_value[0] += loss.clone().into_scalar().elem::<f32>();
         let mut g = GradientsParams::from_grads(loss.backward(), &model);
         for (name, g) in named_grads(&model, &mut g) {
