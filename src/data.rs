@@ -60,6 +60,17 @@ pub enum DataCommand {
         #[arg(long)]
         validate: bool,
     },
+    /// Index a dataset from its files' footers alone (ranged reads, no
+    /// data): files, row groups and rows. With --cache, reuse and update a
+    /// JSON index (files whose size and version tag are unchanged are not
+    /// read again).
+    Index {
+        /// Directory, file or URL.
+        url: String,
+        /// JSON file to reuse and update (e.g. next to the data, or in a run directory).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+    },
 }
 
 pub fn run_data(cmd: DataCommand) -> Result<()> {
@@ -138,6 +149,29 @@ pub fn run_data(cmd: DataCommand) -> Result<()> {
                 "{} problem(s) in {} file(s) under {url} (listed above)",
                 problems.len(),
                 files.len()
+            );
+        }
+        DataCommand::Index { url, cache } => {
+            let (index, stats) = orrery_data::index::load_or_build(&url, cache.as_deref())?;
+            println!(
+                "{url}: {} file(s), {} row groups, {} rows, {:.1} MB",
+                index.files.len(),
+                index.row_groups(),
+                index.rows(),
+                index.bytes() as f64 / 1e6
+            );
+            for f in &index.files {
+                println!(
+                    "  {}  {} bytes  row groups {:?}",
+                    f.path, f.size, f.row_groups
+                );
+            }
+            println!(
+                "footers read: {} file(s), {} bytes fetched ({:.3}% of the data); reused from the cache: {}",
+                stats.read,
+                stats.bytes_fetched,
+                100.0 * stats.bytes_fetched as f64 / index.bytes().max(1) as f64,
+                stats.reused
             );
         }
         DataCommand::Inspect {

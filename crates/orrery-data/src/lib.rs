@@ -18,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod import;
+pub mod index;
 mod loader;
 pub mod schema;
 pub mod store;

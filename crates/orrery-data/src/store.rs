@@ -200,31 +200,49 @@ impl Location {
     /// The `.parquet` files under the prefix (or the prefix itself if it is
     /// one), sorted by path.
     pub async fn list_parquet(&self) -> Result<Vec<Path>> {
+        Ok(self
+            .list_parquet_meta()
+            .await?
+            .into_iter()
+            .map(|m| m.location)
+            .collect())
+    }
+
+    /// As [`Location::list_parquet`], with each file's size and version tag.
+    pub async fn list_parquet_meta(&self) -> Result<Vec<object_store::ObjectMeta>> {
         if self.prefix.as_ref().ends_with(".parquet") {
-            self.store
+            let meta = self
+                .store
                 .head(&self.prefix)
                 .await
                 .map_err(|e| self.store_err(e))?;
-            return Ok(vec![self.prefix.clone()]);
+            return Ok(vec![meta]);
         }
-        let metas: Vec<_> = self
+        let metas: Vec<object_store::ObjectMeta> = self
             .store
             .list(Some(&self.prefix))
             .try_collect()
             .await
             .map_err(|e| self.store_err(e))?;
-        let mut files: Vec<Path> = metas
+        let mut files: Vec<object_store::ObjectMeta> = metas
             .into_iter()
-            .map(|m| m.location)
-            .filter(|p| p.as_ref().ends_with(".parquet"))
+            .filter(|m| m.location.as_ref().ends_with(".parquet"))
             .collect();
-        files.sort();
+        files.sort_by(|a, b| a.location.cmp(&b.location));
         if files.is_empty() {
             return Err(DataError::Empty {
                 url: self.url.clone(),
             });
         }
         Ok(files)
+    }
+
+    /// Read bytes [start, end) of one object.
+    pub async fn get_range(&self, path: &Path, range: std::ops::Range<u64>) -> Result<Bytes> {
+        self.store
+            .get_range(path, range)
+            .await
+            .map_err(|e| self.store_err(e))
     }
 
     /// Read one object whole.

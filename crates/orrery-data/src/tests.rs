@@ -255,3 +255,53 @@ fn labels_round_trip_reach_the_batch_and_are_checked() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The footer index agrees with the rows written, and a truncated file is
+/// named with what is wrong.
+#[test]
+fn the_footer_index_counts_rows_and_names_a_truncated_file() {
+    let dir = std::env::temp_dir().join(format!("orrery-index-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = SynthConfig {
+        clips: 7,
+        frames: 2,
+        ..SynthConfig::default()
+    };
+    let clips = render_clips(&cfg);
+    let url = dir.to_str().unwrap().to_string();
+    crate::store::write_dataset(&url, &clips, &cfg.metadata(), 3).unwrap();
+    let (index, stats) = crate::index::load_or_build(&url, None).unwrap();
+    let groups: Vec<usize> = index
+        .files
+        .iter()
+        .flat_map(|f| f.row_groups.clone())
+        .collect();
+    assert_eq!(groups.iter().sum::<usize>(), 7);
+    assert_eq!(index.rows(), 7);
+    assert_eq!((stats.read, stats.reused), (3, 0));
+    assert!(stats.bytes_fetched < index.bytes(), "footers only");
+    assert!(
+        index.files[0]
+            .metadata
+            .contains_key("orrery.schema_version"),
+        "{:?}",
+        index.files[0].metadata
+    );
+    let first = std::path::PathBuf::from(&index.files[0].path);
+    let path = if first.is_absolute() {
+        first
+    } else {
+        std::path::Path::new("/").join(first)
+    };
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
+    let err = crate::index::load_or_build(&url, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("part-00000.parquet") && err.contains("PAR1"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,195 @@
+//! The dataset index: every Parquet file under a URL with its row count per
+//! row group and its key-value metadata, read from the files' footers with
+//! two ranged reads each (the 8-byte tail, then the footer), never the
+//! data. It is cached as JSON (in a run directory, or next to the data);
+//! a cached entry is reused while the file's path, size and version tag
+//! (ETag, or modification time where the store has none) are unchanged.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use futures::{StreamExt, TryStreamExt};
+use parquet::file::metadata::ParquetMetaDataReader;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{self, Location};
+use crate::{DataError, Result};
+
+/// Index format version, in the JSON.
+const INDEX_VERSION: u32 = 1;
+/// Footers read at once.
+const IN_FLIGHT: usize = 16;
+
+/// One file's footer summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileIndex {
+    /// Path inside the store.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// The store's version tag of the file (ETag or modification time).
+    pub version: String,
+    /// Rows of each row group.
+    pub row_groups: Vec<usize>,
+    /// The file's key-value metadata (schema version, shapes, scale, ...).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Every file under a URL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Index {
+    /// Format version.
+    pub version: u32,
+    /// The URL indexed.
+    pub url: String,
+    /// Files, sorted by path.
+    pub files: Vec<FileIndex>,
+}
+
+/// What building an index cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct IndexStats {
+    /// Files whose footer was read.
+    pub read: usize,
+    /// Files reused from the cache.
+    pub reused: usize,
+    /// Bytes fetched (footers and tails).
+    pub bytes_fetched: u64,
+}
+
+impl Index {
+    /// Rows in all files.
+    pub fn rows(&self) -> usize {
+        self.files.iter().flat_map(|f| &f.row_groups).sum()
+    }
+
+    /// Row groups in all files.
+    pub fn row_groups(&self) -> usize {
+        self.files.iter().map(|f| f.row_groups.len()).sum()
+    }
+
+    /// Bytes of all files.
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+}
+
+/// Read one file's footer: the 8-byte tail (footer length + `PAR1`), then
+/// the footer itself. Returns the entry and the bytes fetched.
+async fn read_footer(loc: &Location, meta: &object_store::ObjectMeta) -> Result<(FileIndex, u64)> {
+    let file = meta.location.to_string();
+    let bad = |reason: String| DataError::Schema {
+        file: file.clone(),
+        reason,
+    };
+    let size = meta.size;
+    if size < 12 {
+        return Err(bad(format!("{size} bytes is too short for a Parquet file")));
+    }
+    let tail = loc.get_range(&meta.location, size - 8..size).await?;
+    if &tail[4..] != b"PAR1" {
+        return Err(bad(
+            "does not end with the Parquet magic bytes PAR1 (truncated or not Parquet)".into(),
+        ));
+    }
+    let len = u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")) as u64;
+    if len + 12 > size {
+        return Err(bad(format!(
+            "its footer claims {len} bytes but the file has {size} (truncated)"
+        )));
+    }
+    let footer = loc
+        .get_range(&meta.location, size - 8 - len..size - 8)
+        .await?;
+    let parsed = ParquetMetaDataReader::decode_metadata(&footer)
+        .map_err(|e| bad(format!("unreadable Parquet footer ({e})")))?;
+    let metadata = parsed
+        .file_metadata()
+        .key_value_metadata()
+        .map(|kv| {
+            kv.iter()
+                .filter_map(|e| e.value.clone().map(|v| (e.key.clone(), v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let entry = FileIndex {
+        path: file.clone(),
+        size,
+        version: version_of(meta),
+        row_groups: parsed
+            .row_groups()
+            .iter()
+            .map(|rg| rg.num_rows() as usize)
+            .collect(),
+        metadata,
+    };
+    Ok((entry, 8 + len))
+}
+
+fn version_of(meta: &object_store::ObjectMeta) -> String {
+    meta.e_tag
+        .clone()
+        .unwrap_or_else(|| meta.last_modified.to_rfc3339())
+}
+
+/// List the files under `loc` and read the footers of those not in
+/// `cached` (same path, size and version).
+pub async fn build(loc: &Location, cached: Option<&Index>) -> Result<(Index, IndexStats)> {
+    let metas = loc.list_parquet_meta().await?;
+    let known: BTreeMap<&str, &FileIndex> = cached
+        .filter(|c| c.version == INDEX_VERSION)
+        .map(|c| c.files.iter().map(|f| (f.path.as_str(), f)).collect())
+        .unwrap_or_default();
+    let entries: Vec<(FileIndex, Option<u64>)> = futures::stream::iter(&metas)
+        .map(|meta| {
+            let hit = known
+                .get(meta.location.as_ref())
+                .filter(|f| f.size == meta.size && f.version == version_of(meta))
+                .map(|f| (*f).clone());
+            async move {
+                match hit {
+                    Some(f) => Ok((f, None)),
+                    None => read_footer(loc, meta).await.map(|(f, n)| (f, Some(n))),
+                }
+            }
+        })
+        .buffered(IN_FLIGHT)
+        .try_collect()
+        .await?;
+    let mut stats = IndexStats::default();
+    for (_, fetched) in &entries {
+        match fetched {
+            Some(n) => {
+                stats.read += 1;
+                stats.bytes_fetched += n;
+            }
+            None => stats.reused += 1,
+        }
+    }
+    let index = Index {
+        version: INDEX_VERSION,
+        url: loc.url.clone(),
+        files: entries.into_iter().map(|(f, _)| f).collect(),
+    };
+    Ok((index, stats))
+}
+
+/// Index `url`, reusing and then updating the JSON cache at `cache` (an
+/// unreadable or stale cache is rebuilt; it is written whole, then renamed).
+pub fn load_or_build(url: &str, cache: Option<&Path>) -> Result<(Index, IndexStats)> {
+    let loc = store::parse(url)?;
+    let cached: Option<Index> = cache
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .filter(|c: &Index| c.url == url);
+    let (index, stats) = store::runtime().block_on(build(&loc, cached.as_ref()))?;
+    if let Some(path) = cache {
+        let io = |e: std::io::Error| {
+            DataError::Geometry(format!("writing the index cache {}: {e}", path.display()))
+        };
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(&index).expect("index serializes");
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)?;
+    }
+    Ok((index, stats))
+}
