@@ -330,6 +330,45 @@ fn fsdp_over_mpi_matches_one_process_with_a_1_over_n_share_of_the_state() {
         );
         assert!(get("largest_unit_bytes") < whole / 2, "{mem}");
     }
+    // bf16 gathers: half the bytes, losses within 1% of f32 (not equal).
+    let bf16 = ["--set", fsdp, "--set", "parallel.gather_dtype=bf16"];
+    let mut args = vec![
+        "launch",
+        "-n",
+        "2",
+        "--",
+        "train",
+        "tiny.toml",
+        "--run-dir",
+        "bf16",
+    ];
+    args.extend(bf16);
+    ok(orrery(&args, &dir));
+    let losses = |run: &str| -> Vec<f64> {
+        std::fs::read_to_string(dir.join(run).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let (full, half) = (losses("one"), losses("bf16"));
+    assert_eq!(full.len(), half.len());
+    assert_ne!(full, half, "bf16 gathers change the numbers");
+    for (a, b) in full.iter().zip(&half) {
+        assert!((a - b).abs() / a < 1e-2, "losses {full:?} vs bf16 {half:?}");
+    }
+    user_error(
+        orrery(
+            &["train", "tiny.toml", "--set", "parallel.gather_dtype=bf16"],
+            &dir,
+        ),
+        "parallel.strategy = \"fsdp\"",
+    );
+
     // Checkpoints hold whole tensors: DDP on 4 ranks, then FSDP on 2.
     for (n, extra) in [
         ("4", &["--stop-after", "3"][..]),

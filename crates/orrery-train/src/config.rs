@@ -120,6 +120,20 @@ pub struct ParallelConfig {
     /// Seconds a collective may wait for the other ranks before this rank
     /// ends the job (a hung or lost peer).
     pub timeout_s: f64,
+    /// FSDP: the type units are gathered in for compute (`f32`, or `bf16`:
+    /// half the bytes, and the forward and backward see bf16-rounded
+    /// weights). Shards, gradients, AdamW and checkpoints stay f32.
+    pub gather_dtype: GatherDtype,
+}
+
+/// What FSDP gathers units in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GatherDtype {
+    /// Full precision.
+    F32,
+    /// bfloat16 (round to nearest even), widened to f32 after the gather.
+    Bf16,
 }
 
 impl Default for ParallelConfig {
@@ -128,6 +142,7 @@ impl Default for ParallelConfig {
             strategy: Strategy::Ddp,
             bucket_mb: 25.0,
             timeout_s: 600.0,
+            gather_dtype: GatherDtype::F32,
         }
     }
 }
@@ -452,6 +467,13 @@ impl TrainConfig {
                 "parallel.timeout_s = {} must be positive and at most 1e7 (about 4 months)",
                 self.parallel.timeout_s
             ));
+        }
+        if self.parallel.gather_dtype == GatherDtype::Bf16
+            && self.parallel.strategy != Strategy::Fsdp
+        {
+            return bad(
+                "parallel.gather_dtype = \"bf16\" applies to FSDP's unit gathers: set parallel.strategy = \"fsdp\" or leave gather_dtype at \"f32\"".into(),
+            );
         }
         Ok(())
     }

@@ -56,6 +56,8 @@ pub(crate) struct Fsdp<B: Backend> {
     pub rank: usize,
     pub size: usize,
     pub device: B::Device,
+    /// Gather units for compute in bf16 (checkpoint gathers stay f32).
+    pub gather_bf16: bool,
     /// Seconds spent in collectives and bytes sent, since the last take.
     comm_s: Cell<f64>,
     comm_bytes: Cell<usize>,
@@ -134,6 +136,7 @@ impl<B: Backend> Fsdp<B> {
             rank,
             size,
             device: device.clone(),
+            gather_bf16: false,
             comm_s: Cell::new(0.0),
             comm_bytes: Cell::new(0),
         };
@@ -209,6 +212,33 @@ impl<B: Backend> Fsdp<B> {
         Ok(full)
     }
 
+    /// [`Fsdp::gather`] for compute: in bf16 when configured, two bf16
+    /// values packed per f32 slot (a gather only moves bits), then widened.
+    ///
+    /// # Shapes
+    /// -> [n k]
+    pub fn gather_compute(
+        &self,
+        shards: &FlatMap<B>,
+        u: usize,
+        comm: &dyn Collective,
+    ) -> Result<Vec<f32>> {
+        if !self.gather_bf16 {
+            return self.gather(shards, u, comm);
+        }
+        let k = self.units[u].shard;
+        let local = host(shards[&self.units[u].prefix].clone());
+        let packed = pack_bf16(&local);
+        let mut all = vec![0.0; packed.len() * self.size];
+        let t = Instant::now();
+        comm.all_gather(&packed, &mut all)?;
+        self.count(t, packed.len());
+        Ok(all
+            .chunks(packed.len())
+            .flat_map(|block| unpack_bf16(block, k))
+            .collect())
+    }
+
     /// Sum a unit's whole gradient over ranks and add this rank's block to `acc`.
     ///
     /// # Shapes
@@ -253,7 +283,7 @@ impl<B: Backend> Fsdp<B> {
         device: &B2::Device,
         require_grad: bool,
     ) -> Result<M> {
-        let full = self.gather(shards, u, comm)?;
+        let full = self.gather_compute(shards, u, comm)?;
         Ok(load_flat(skeleton, flat(full, device), require_grad))
     }
 
@@ -364,6 +394,37 @@ impl<B: Backend> Fsdp<B> {
             comm,
         }
     }
+}
+
+/// Round to bf16 (nearest even) and pack two values per f32 bit pattern.
+///
+/// # Shapes
+/// [k] -> [ceil(k / 2)]
+pub(crate) fn pack_bf16(values: &[f32]) -> Vec<f32> {
+    values
+        .chunks(2)
+        .map(|pair| {
+            let bits = |v: f32| half::bf16::from_f32(v).to_bits() as u32;
+            let hi = pair.get(1).map_or(0, |&v| bits(v));
+            f32::from_bits(bits(pair[0]) | (hi << 16))
+        })
+        .collect()
+}
+
+/// Inverse of [`pack_bf16`], widened to f32: the first `k` values.
+///
+/// # Shapes
+/// [ceil(k / 2)] -> [k]
+pub(crate) fn unpack_bf16(packed: &[f32], k: usize) -> impl Iterator<Item = f32> + '_ {
+    (0..k).map(move |i| {
+        let bits = packed[i / 2].to_bits();
+        let half = if i % 2 == 0 {
+            bits & 0xFFFF
+        } else {
+            bits >> 16
+        };
+        half::bf16::from_bits(half as u16).to_f32()
+    })
 }
 
 /// The sharded model as a [`Denoiser`], gathering unit by unit.

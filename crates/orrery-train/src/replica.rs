@@ -11,7 +11,7 @@ use orrery_dist::{Collective, World};
 use orrery_model::named::{map_named, to_host, HostTensor, NamedTensors};
 use orrery_model::Dit;
 
-use crate::config::{Strategy, TrainConfig};
+use crate::config::{GatherDtype, Strategy, TrainConfig};
 use crate::fsdp::Fsdp;
 use crate::fsdp_step::fsdp_step;
 use crate::optim::{AdamW, Ema};
@@ -56,7 +56,8 @@ impl<B: AutodiffBackend> Replica<B> {
             return Ok((Replica::Full(model), optim, ema));
         }
         let inner = model.valid();
-        let fsdp = Fsdp::new(&inner, world.rank, world.size, device)?;
+        let mut fsdp = Fsdp::new(&inner, world.rank, world.size, device)?;
+        fsdp.gather_bf16 = cfg.parallel.gather_dtype == GatherDtype::Bf16;
         drop(inner);
         drop(model);
         let sharded_optim = AdamW {
