@@ -3,7 +3,8 @@
 //! The principal entry points are [`TrainConfig`] (one TOML tree for a run,
 //! with `--set` overrides and start-up validation), [`train`] (the loop:
 //! AdamW with warm-up and clipping, EMA, safetensors checkpoints with exact
-//! resume, TensorBoard and metrics.jsonl) and [`sample::sample`] (an
+//! resume, TensorBoard and metrics.jsonl, on one process or as DDP or FSDP
+//! ranks) and [`sample::sample`] (an
 //! autoregressive rollout of a trained world model, written as GIF and PNG and
 //! scored against the synthetic world's ground truth).
 //!
