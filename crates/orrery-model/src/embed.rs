@@ -51,9 +51,10 @@ impl<B: Backend> Stem<B> {
     }
 }
 
-/// A lazily created parameter holding fixed values.
+/// A lazily created parameter holding the values `make` computes (only if
+/// the parameter is ever read: a skeleton's never is).
 fn lazy_table<B: Backend>(
-    values: Vec<f32>,
+    make: impl Fn() -> Vec<f32> + Send + Sync + 'static,
     rows: usize,
     d: usize,
     device: &B::Device,
@@ -61,7 +62,7 @@ fn lazy_table<B: Backend>(
     Param::uninitialized(
         ParamId::new(),
         move |device, require_grad| {
-            let t = Tensor::from_data(TensorData::new(values.clone(), [rows, d]), device);
+            let t = Tensor::from_data(TensorData::new(make(), [rows, d]), device);
             if require_grad {
                 t.require_grad()
             } else {
@@ -83,7 +84,6 @@ impl<B: Backend> DitEmbed<B> {
         // tell where they are for many steps).
         let learned = cfg.pos_embed == PosEmbed::Learned;
         let groups = cfg.frame_groups(cfg.frames);
-        let (spatial, temporal) = cfg.sincos_tables(groups);
         // Unit-variance action rows, on the scale of the timestep embedding
         // they are added to: with DiT's 0.02 (fine for class labels over
         // hundreds of thousands of steps) a short run never learns to use them.
@@ -108,8 +108,14 @@ impl<B: Backend> DitEmbed<B> {
             patch_embed: burn::nn::LinearConfig::new(cfg.input_patch_dim(), d)
                 .with_initializer(Initializer::XavierUniform { gain: 1.0 })
                 .init(device),
-            pos_spatial: learned.then(|| lazy_table(spatial, cfg.tokens_per_frame(), d, device)),
-            pos_temporal: learned.then(|| lazy_table(temporal, groups, d, device)),
+            pos_spatial: learned.then(|| {
+                let (cfg, tokens) = (cfg.clone(), cfg.tokens_per_frame());
+                lazy_table(move || cfg.sincos_tables(groups).0, tokens, d, device)
+            }),
+            pos_temporal: learned.then(|| {
+                let cfg = cfg.clone();
+                lazy_table(move || cfg.sincos_tables(groups).1, groups, d, device)
+            }),
             t_embed: TimestepEmbedder::new(d, device),
             action_embed,
             action_mlp: (cfg.action_dim > 0).then(|| ActionMlp::new(cfg.action_dim, d, device)),
