@@ -102,15 +102,7 @@ async fn read_footer(loc: &Location, meta: &object_store::ObjectMeta) -> Result<
         .await?;
     let parsed = ParquetMetaDataReader::decode_metadata(&footer)
         .map_err(|e| bad(format!("unreadable Parquet footer ({e})")))?;
-    let metadata = parsed
-        .file_metadata()
-        .key_value_metadata()
-        .map(|kv| {
-            kv.iter()
-                .filter_map(|e| e.value.clone().map(|v| (e.key.clone(), v)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let metadata = crate::schema::key_values(parsed.file_metadata());
     let entry = FileIndex {
         path: file.clone(),
         size,

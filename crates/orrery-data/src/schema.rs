@@ -291,6 +291,19 @@ pub fn read_parquet(bytes: &Bytes, file: &str) -> Result<ParquetClips> {
     }
 }
 
+/// A Parquet file's key-value metadata (keys without a value are left out).
+pub(crate) fn key_values<C: FromIterator<(String, String)> + Default>(
+    meta: &parquet::file::metadata::FileMetaData,
+) -> C {
+    meta.key_value_metadata()
+        .map(|kv| {
+            kv.iter()
+                .filter_map(|e| e.value.clone().map(|v| (e.key.clone(), v)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Decode one Parquet file, keeping the good rows and returning each bad
 /// row's error (file-level problems, such as an unreadable file or missing
 /// columns, are still an error).
@@ -301,16 +314,7 @@ pub fn read_parquet_lenient(bytes: &Bytes, file: &str) -> Result<(ParquetClips, 
     };
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
         .map_err(|e| schema_err(format!("not a readable Parquet file ({e})")))?;
-    let kv: HashMap<String, String> = builder
-        .metadata()
-        .file_metadata()
-        .key_value_metadata()
-        .map(|kv| {
-            kv.iter()
-                .filter_map(|e| e.value.clone().map(|v| (e.key.clone(), v)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let kv: HashMap<String, String> = key_values(builder.metadata().file_metadata());
     match kv.get(KEY_VERSION).map(String::as_str) {
         Some(SCHEMA_VERSION) | None => {}
         Some(v) => {

@@ -211,17 +211,7 @@ pub(crate) fn fsdp_step<B: AutodiffBackend>(
     let (unit_s, unit_bytes) = fsdp.take_comm();
     let loss_value = totals[0] as f64;
     let norm = (totals[1] as f64).sqrt();
-    if !loss_value.is_finite() || !norm.is_finite() {
-        return Err(TrainError::NonFinite {
-            step,
-            what: format!("loss ({loss_value}) or gradient norm ({norm})"),
-        });
-    }
-    let clip = if cfg.optim.grad_clip > 0.0 && norm > cfg.optim.grad_clip {
-        cfg.optim.grad_clip / norm
-    } else {
-        1.0
-    };
+    let clip = crate::step::clip_factor(cfg, step, loss_value, norm)?;
     let lr = learning_rate(&cfg.optim, step, cfg.run.steps);
     optim.begin_step();
     for unit in &fsdp.units {

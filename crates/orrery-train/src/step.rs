@@ -59,6 +59,23 @@ pub(crate) fn plan_step<B: Backend>(
     Ok((micro, plans, frames[0], t_comm.elapsed().as_secs_f64()))
 }
 
+/// The factor that clips the gradient to `optim.grad_clip` (1 when under
+/// it); an error, before anything is updated, when the loss or the global
+/// gradient norm is not finite.
+pub(crate) fn clip_factor(cfg: &TrainConfig, step: u64, loss: f64, norm: f64) -> Result<f64> {
+    if !loss.is_finite() || !norm.is_finite() {
+        return Err(TrainError::NonFinite {
+            step,
+            what: format!("loss ({loss}) or gradient norm ({norm})"),
+        });
+    }
+    Ok(if cfg.optim.grad_clip > 0.0 && norm > cfg.optim.grad_clip {
+        cfg.optim.grad_clip / norm
+    } else {
+        1.0
+    })
+}
+
 /// One optimizer step: loss, backward, clip, AdamW, EMA. Nothing is changed
 /// when the loss or gradient is not finite.
 pub(crate) fn train_step<B: AutodiffBackend>(
@@ -101,17 +118,7 @@ pub(crate) fn train_step<B: AutodiffBackend>(
     };
     let loss_value = loss_value[0] as f64;
     let norm = global_norm(&grads);
-    if !loss_value.is_finite() || !norm.is_finite() {
-        return Err(TrainError::NonFinite {
-            step,
-            what: format!("loss ({loss_value}) or gradient norm ({norm})"),
-        });
-    }
-    let clip = if cfg.optim.grad_clip > 0.0 && norm > cfg.optim.grad_clip {
-        cfg.optim.grad_clip / norm
-    } else {
-        1.0
-    };
+    let clip = clip_factor(cfg, step, loss_value, norm)?;
     let lr = learning_rate(&cfg.optim, step, cfg.run.steps);
     optim.begin_step();
     let model = map_named(model, |name, _, p| {
