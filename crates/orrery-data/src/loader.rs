@@ -43,7 +43,7 @@ impl Dataset {
             let mut clips = Vec::new();
             let mut meta = None;
             let mut bad = Vec::new();
-            for read in store::read_files(&loc, &files).await? {
+            for read in store::read_files(&loc, &files).await {
                 let (part, errors) = read.part?;
                 if max_bad_rows == 0 {
                     if let Some(e) = errors.into_iter().next() {

@@ -24,7 +24,8 @@ pub struct Deadline {
     // name, and how many operations have started.
     busy_since_ms: Arc<AtomicU64>,
     op: Arc<Mutex<&'static str>>,
-    started: Arc<AtomicU64>,
+    // Collectives entered << 1 | inside one now: one word, read whole.
+    progress: Arc<AtomicU64>,
     epoch: Instant,
 }
 
@@ -85,6 +86,10 @@ fn diagnose(dir: &Path, rank: usize, size: usize, mine: u64, silent_after: Durat
                     now.saturating_sub(b.at_ms) as f64 / 1000.0
                 ))
             }
+            Some(b) if b.started < mine && b.busy => found.push(format!(
+                "rank {peer} is waiting in an earlier collective (#{} of this rank's {mine}): the ranks disagree on the order of collectives",
+                b.started
+            )),
             Some(b) if b.started < mine || (b.started == mine && !b.busy) => found.push(format!(
                 "rank {peer} is alive but has not reached this collective (it entered {} of this rank's {mine}): stuck or slow outside collectives",
                 b.started
@@ -101,74 +106,120 @@ fn diagnose(dir: &Path, rank: usize, size: usize, mine: u64, silent_after: Durat
 
 impl Deadline {
     /// Watch `inner` with a background thread; `timeout` must be positive.
-    /// With `heartbeats`, a directory every rank can read and write, the
-    /// thread also writes this rank's heartbeat there, and a timeout names
-    /// the peers it waits for.
+    /// With `heartbeats`, a directory every rank can read and write, a second
+    /// thread writes this rank's heartbeat there (so a stalled filesystem
+    /// cannot stop the deadline), and a timeout names the peers it waits for.
     pub fn new(inner: Box<dyn Collective>, timeout: Duration, heartbeats: Option<PathBuf>) -> Self {
         let busy_since_ms = Arc::new(AtomicU64::new(0));
         let op = Arc::new(Mutex::new(""));
-        let started = Arc::new(AtomicU64::new(0));
+        let progress = Arc::new(AtomicU64::new(0));
         let epoch = Instant::now();
-        let (busy, name, count) = (busy_since_ms.clone(), op.clone(), started.clone());
         let (rank, size) = (inner.rank(), inner.size());
         let tick = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         // A peer whose heartbeat is older than this has stopped writing.
         let silent_after = tick * 3 + Duration::from_secs(1);
         let heartbeats = heartbeats.filter(|d| std::fs::create_dir_all(d).is_ok());
+        if let Some(dir) = heartbeats.clone() {
+            let progress = progress.clone();
+            std::thread::Builder::new()
+                .name("orrery-heartbeat".into())
+                .spawn(move || loop {
+                    let (started, busy) = unpack(progress.load(Ordering::Acquire));
+                    let at_ms = unix_ms();
+                    write_beat(
+                        &dir,
+                        rank,
+                        Beat {
+                            started,
+                            busy,
+                            at_ms,
+                        },
+                    );
+                    std::thread::sleep(tick);
+                })
+                .expect("spawn the heartbeat thread");
+        }
+        let (busy, name, count) = (busy_since_ms.clone(), op.clone(), progress.clone());
         std::thread::Builder::new()
             .name("orrery-collective-deadline".into())
             .spawn(move || loop {
-                let since = busy.load(Ordering::Acquire);
-                if let Some(dir) = &heartbeats {
-                    let beat = Beat {
-                        started: count.load(Ordering::Acquire),
-                        busy: since != 0,
-                        at_ms: unix_ms(),
-                    };
-                    write_beat(dir, rank, beat);
-                }
                 std::thread::sleep(tick);
+                let since = busy.load(Ordering::Acquire);
                 if since == 0 {
                     continue;
                 }
                 let now = epoch.elapsed().as_millis() as u64;
                 let waited = now.saturating_sub(since);
-                if waited > timeout.as_millis() as u64 {
-                    let what = *name.lock().unwrap_or_else(|e| e.into_inner());
-                    let mine = count.load(Ordering::Acquire);
-                    let why = match &heartbeats {
-                        Some(dir) => diagnose(dir, rank, size, mine, silent_after),
-                        None => "a rank is hung or lost".into(),
-                    };
-                    eprintln!(
-                        "[rank {rank} of {size}] error: {what} (collective #{mine}) has waited {:.0} s for the other ranks (parallel.timeout_s = {:.0}): {why}; ending the job",
-                        waited as f64 / 1000.0,
-                        timeout.as_secs_f64()
-                    );
-                    // _exit: no atexit handlers or stdio locks while the
-                    // main thread sits inside MPI.
-                    // SAFETY: _exit only ends the process.
-                    unsafe { libc::_exit(3) }
+                if waited <= timeout.as_millis() as u64 {
+                    continue;
                 }
+                let what = *name.lock().unwrap_or_else(|e| e.into_inner());
+                let (mine, _) = unpack(count.load(Ordering::Acquire));
+                if busy.load(Ordering::Acquire) != since {
+                    continue; // it finished just now
+                }
+                let why = match &heartbeats {
+                    Some(dir) => diagnose_bounded(dir.clone(), rank, size, mine, silent_after),
+                    None => "a rank is hung or lost".into(),
+                };
+                eprintln!(
+                    "[rank {rank} of {size}] error: {what} (collective #{mine}) has waited {:.0} s for the other ranks (parallel.timeout_s = {:.0}): {why}; ending the job",
+                    waited as f64 / 1000.0,
+                    timeout.as_secs_f64()
+                );
+                // _exit: no atexit handlers or stdio locks while the
+                // main thread sits inside MPI.
+                // SAFETY: _exit only ends the process.
+                unsafe { libc::_exit(3) }
             })
             .expect("spawn the deadline thread");
         Deadline {
             inner,
             busy_since_ms,
             op,
-            started,
+            progress,
             epoch,
         }
     }
 
     fn watch<T>(&self, op: &'static str, f: impl FnOnce(&dyn Collective) -> T) -> T {
         *self.op.lock().unwrap_or_else(|e| e.into_inner()) = op;
-        self.started.fetch_add(1, Ordering::AcqRel);
         let now = (self.epoch.elapsed().as_millis() as u64).max(1);
         self.busy_since_ms.store(now, Ordering::Release);
+        // One more collective, and busy: (n << 1 | 0) + 3 = (n + 1) << 1 | 1.
+        self.progress.fetch_add(3, Ordering::AcqRel);
         let out = f(self.inner.as_ref());
+        self.progress.fetch_sub(1, Ordering::AcqRel);
         self.busy_since_ms.store(0, Ordering::Release);
         out
+    }
+}
+
+/// (collectives entered, inside one now) from the packed progress word, so
+/// a heartbeat always reads the two together.
+fn unpack(progress: u64) -> (u64, bool) {
+    (progress >> 1, progress & 1 == 1)
+}
+
+/// [`diagnose`] on its own thread, given 2 s: a stalled filesystem must not
+/// keep the job from ending.
+fn diagnose_bounded(
+    dir: PathBuf,
+    rank: usize,
+    size: usize,
+    mine: u64,
+    silent_after: Duration,
+) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dir_shown = dir.display().to_string();
+    let spawned = std::thread::Builder::new().spawn(move || {
+        let _ = tx.send(diagnose(&dir, rank, size, mine, silent_after));
+    });
+    match spawned {
+        Ok(_) => rx.recv_timeout(Duration::from_secs(2)).unwrap_or_else(|_| {
+            format!("the heartbeats in {dir_shown} could not be read within 2 s")
+        }),
+        Err(_) => "a rank is hung or lost".into(),
     }
 }
 
@@ -212,11 +263,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let now = unix_ms();
         // Rank 0 waits in its collective #10. Rank 1 waits too, rank 2 stopped
-        // writing 30 s ago, rank 3 is alive at #9, rank 4 never wrote.
+        // writing 30 s ago, rank 3 is alive at #9, rank 4 never wrote, rank 5
+        // waits in #8.
         let beats = [
             (1, 10, true, now),
             (2, 10, true, now - 30_000),
             (3, 9, false, now),
+            (5, 8, true, now),
         ];
         for (rank, started, busy, at_ms) in beats {
             write_beat(
@@ -237,7 +290,12 @@ mod tests {
                 at_ms: now
             })
         );
-        let why = diagnose(&dir, 0, 5, 10, Duration::from_secs(2));
+        let why = diagnose(&dir, 0, 6, 10, Duration::from_secs(2));
+        assert!(
+            why.contains("rank 5 is waiting in an earlier collective (#8"),
+            "{why}"
+        );
+        assert_eq!(unpack(0b1011), (5, true));
         assert!(!why.contains("rank 1"), "{why}");
         assert!(why.contains("rank 2 has been silent for 30 s"), "{why}");
         assert!(

@@ -140,7 +140,7 @@ impl<B: Backend> Fsdp<B> {
             comm_s: Cell::new(0.0),
             comm_bytes: Cell::new(0),
         };
-        fsdp.params = fsdp.shard(|name| values.get(name).cloned());
+        fsdp.params = fsdp.shard(|name| values.get(name).cloned())?;
         for u in &fsdp.units {
             // This rank's window of the unit's flat vector, and each decayed
             // parameter's span in it.
@@ -175,27 +175,34 @@ impl<B: Backend> Fsdp<B> {
     }
 
     /// This rank's shard of every unit of a whole-model map (`full`: flat
-    /// tensors by parameter name; missing ones count as zeros).
+    /// tensors by parameter name; missing ones count as zeros). A tensor of
+    /// the wrong length (a damaged checkpoint) is an error naming it.
     ///
     /// # Shapes
     /// full(name) -> [numel]; returns prefix -> [k]
-    pub fn shard(&self, full: impl Fn(&str) -> Option<Tensor<B, 1>>) -> FlatMap<B> {
-        self.units
-            .iter()
-            .map(|u| {
-                let mut v: Vec<f32> = Vec::with_capacity(u.shard * self.size);
-                for (name, shape) in &u.params {
-                    let n: usize = shape.iter().product();
-                    match full(&format!("{}.{name}", u.prefix)) {
-                        Some(t) => v.extend(host(t)),
-                        None => v.extend(std::iter::repeat_n(0.0, n)),
+    pub fn shard(&self, full: impl Fn(&str) -> Option<Tensor<B, 1>>) -> Result<FlatMap<B>> {
+        let mut out = FlatMap::new();
+        for u in &self.units {
+            let mut v: Vec<f32> = Vec::with_capacity(u.shard * self.size);
+            for (name, shape) in &u.params {
+                let n: usize = shape.iter().product();
+                let full_name = format!("{}.{name}", u.prefix);
+                match full(&full_name) {
+                    Some(t) if t.dims()[0] == n => v.extend(host(t)),
+                    Some(t) => {
+                        return Err(TrainError::Checkpoint(format!(
+                            "{full_name} has {} values, the model's parameter {shape:?} has {n}",
+                            t.dims()[0]
+                        )))
                     }
+                    None => v.extend(std::iter::repeat_n(0.0, n)),
                 }
-                v.resize(u.shard * self.size, 0.0);
-                let mine = v[self.rank * u.shard..(self.rank + 1) * u.shard].to_vec();
-                (u.prefix.clone(), flat(mine, &self.device))
-            })
-            .collect()
+            }
+            v.resize(u.shard * self.size, 0.0);
+            let mine = v[self.rank * u.shard..(self.rank + 1) * u.shard].to_vec();
+            out.insert(u.prefix.clone(), flat(mine, &self.device));
+        }
+        Ok(out)
     }
 
     /// Unit `u` of `shards` whole on every rank (all_gather), padding included.

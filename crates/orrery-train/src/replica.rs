@@ -61,11 +61,17 @@ impl<B: AutodiffBackend> Replica<B> {
         drop(inner);
         drop(model);
         let sharded_optim = AdamW {
-            exp_avg: fsdp.shard(|n| optim.exp_avg.get(n).cloned()),
-            exp_avg_sq: fsdp.shard(|n| optim.exp_avg_sq.get(n).cloned()),
+            exp_avg: fsdp.shard(|n| optim.exp_avg.get(n).cloned())?,
+            exp_avg_sq: fsdp.shard(|n| optim.exp_avg_sq.get(n).cloned())?,
             steps: optim.steps,
         };
-        let mut sharded_ema = Ema::new(fsdp.shard(|n| ema.weights.get(n).cloned()));
+        // An empty EMA (bench step) stays empty: its first update takes the
+        // weights, as in DDP; otherwise every tensor is there (fresh start or checkpoint).
+        let mut sharded_ema = Ema::new(if ema.weights.is_empty() {
+            Default::default()
+        } else {
+            fsdp.shard(|n| ema.weights.get(n).cloned())?
+        });
         sharded_ema.updates = ema.updates;
         Ok((Replica::Sharded(fsdp), sharded_optim, sharded_ema))
     }
