@@ -23,6 +23,23 @@ pub(super) fn assert_same_checkpoint(a: &Path, b: &Path, what: &str) {
     }
 }
 
+/// `orrery launch -n N -- train tiny.toml --run-dir RUN EXTRA...` in `dir`,
+/// which must succeed; returns its output.
+fn launch_train(dir: &Path, n: &str, run: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "launch",
+        "-n",
+        n,
+        "--",
+        "train",
+        "tiny.toml",
+        "--run-dir",
+        run,
+    ];
+    args.extend(extra);
+    ok(orrery(&args, dir))
+}
+
 /// The launched ranks' processes of a run, by rank (read from their environment).
 fn rank_pids(rank: &str, run: &str) -> Vec<u32> {
     let mut pids = Vec::new();
@@ -77,21 +94,7 @@ fn ddp_over_mpi_matches_one_process_and_a_lost_rank_ends_the_job() {
     for (n, micro) in [("2", "0"), ("4", "0"), ("2", "1")] {
         let run = format!("ranks{n}micro{micro}");
         let set = format!("data.micro_batch={micro}");
-        let out = ok(orrery(
-            &[
-                "launch",
-                "-n",
-                n,
-                "--",
-                "train",
-                "tiny.toml",
-                "--run-dir",
-                &run,
-                "--set",
-                &set,
-            ],
-            &dir,
-        ));
+        let out = launch_train(&dir, n, &run, &["--set", &set]);
         // Only rank 0 prints the summary and writes the run directory.
         assert_eq!(out.matches("trained steps").count(), 1, "{out}");
         assert_same_checkpoint(
@@ -120,18 +123,7 @@ fn ddp_over_mpi_matches_one_process_and_a_lost_rank_ends_the_job() {
     // from 1 rank to 4; both end where the uninterrupted single run ends.
     for (first, second, run) in [("4", "2", "elastic42"), ("1", "4", "elastic14")] {
         for (n, extra) in [(first, &["--stop-after", "3"][..]), (second, &[][..])] {
-            let mut args = vec![
-                "launch",
-                "-n",
-                n,
-                "--",
-                "train",
-                "tiny.toml",
-                "--run-dir",
-                run,
-            ];
-            args.extend(extra);
-            ok(orrery(&args, &dir));
+            launch_train(&dir, n, run, extra);
         }
         assert_same_checkpoint(
             &single,
@@ -291,23 +283,7 @@ fn fsdp_over_mpi_matches_one_process_with_a_1_over_n_share_of_the_state() {
     for (n, micro) in [("1", "0"), ("2", "0"), ("4", "0"), ("2", "1")] {
         let run = format!("fsdp{n}micro{micro}");
         let set = format!("data.micro_batch={micro}");
-        let out = ok(orrery(
-            &[
-                "launch",
-                "-n",
-                n,
-                "--",
-                "train",
-                "tiny.toml",
-                "--run-dir",
-                &run,
-                "--set",
-                fsdp,
-                "--set",
-                &set,
-            ],
-            &dir,
-        ));
+        let out = launch_train(&dir, n, &run, &["--set", fsdp, "--set", &set]);
         assert_eq!(out.matches("fsdp: ").count(), 1, "{out}");
         assert_same_checkpoint(
             &single,
@@ -332,18 +308,7 @@ fn fsdp_over_mpi_matches_one_process_with_a_1_over_n_share_of_the_state() {
     }
     // bf16 gathers: half the bytes, losses within 1% of f32 (not equal).
     let bf16 = ["--set", fsdp, "--set", "parallel.gather_dtype=bf16"];
-    let mut args = vec![
-        "launch",
-        "-n",
-        "2",
-        "--",
-        "train",
-        "tiny.toml",
-        "--run-dir",
-        "bf16",
-    ];
-    args.extend(bf16);
-    ok(orrery(&args, &dir));
+    launch_train(&dir, "2", "bf16", &bf16);
     let losses = |run: &str| -> Vec<f64> {
         std::fs::read_to_string(dir.join(run).join("metrics.jsonl"))
             .unwrap()
@@ -374,18 +339,7 @@ fn fsdp_over_mpi_matches_one_process_with_a_1_over_n_share_of_the_state() {
         ("4", &["--stop-after", "3"][..]),
         ("2", &["--set", fsdp][..]),
     ] {
-        let mut args = vec![
-            "launch",
-            "-n",
-            n,
-            "--",
-            "train",
-            "tiny.toml",
-            "--run-dir",
-            "mixed",
-        ];
-        args.extend(extra);
-        ok(orrery(&args, &dir));
+        launch_train(&dir, n, "mixed", extra);
     }
     assert_same_checkpoint(
         &single,
@@ -455,19 +409,7 @@ fn slurm_sbatch_across_two_nodes_matches_mpirun() {
     assert!(log.contains("2 nodes") && log.contains("4 tasks"), "{log}");
     assert_eq!(log.matches("trained steps 0..6").count(), 1, "{log}");
 
-    ok(orrery(
-        &[
-            "launch",
-            "-n",
-            "4",
-            "--",
-            "train",
-            "tiny.toml",
-            "--run-dir",
-            "mpirun",
-        ],
-        &dir,
-    ));
+    launch_train(&dir, "4", "mpirun", &[]);
     assert_same_checkpoint(
         &dir.join("mpirun/checkpoints/step_00000006"),
         &dir.join("slurm/checkpoints/step_00000006"),
@@ -490,21 +432,7 @@ fn slurm_sbatch_across_two_nodes_matches_mpirun() {
         1,
         "one run finished: {log}"
     );
-    ok(orrery(
-        &[
-            "launch",
-            "-n",
-            "4",
-            "--",
-            "train",
-            "tiny.toml",
-            "--run-dir",
-            "straight",
-            "--set",
-            "run.steps=30",
-        ],
-        &dir,
-    ));
+    launch_train(&dir, "4", "straight", &["--set", "run.steps=30"]);
     assert_same_checkpoint(
         &dir.join("straight/checkpoints/step_00000030"),
         &dir.join("requeued/checkpoints/step_00000030"),

@@ -76,14 +76,15 @@ fn train_from_s3_equals_train_from_a_local_copy() {
         ),
     ]);
     let dir = scratch("s3");
-    let synth = |out: &str| {
-        vec![
+    // `data synth` of `clips` 6-frame 16x16 clips (10 per file, seed `seed`) to `out`.
+    let synth_with = |out: &str, clips: &str, seed: &str| {
+        let args = [
             "data",
             "synth",
             "--out",
             out,
             "--clips",
-            "24",
+            clips,
             "--frames",
             "6",
             "--size",
@@ -91,11 +92,12 @@ fn train_from_s3_equals_train_from_a_local_copy() {
             "16",
             "--clips-per-file",
             "10",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect::<Vec<_>>()
+            "--seed",
+            seed,
+        ];
+        args.into_iter().map(String::from).collect::<Vec<_>>()
     };
+    let synth = |out: &str| synth_with(out, "24", "0");
     let args = synth("s3://orrery-data/quick");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = ok(orrery_s3(&moto, &args, &dir));
@@ -149,27 +151,9 @@ fn train_from_s3_equals_train_from_a_local_copy() {
         again.contains("footers read: 0 file(s), 0 bytes") && again.contains("cache: 3"),
         "{again}"
     );
-    ok(orrery_s3(
-        &moto,
-        &[
-            "data",
-            "synth",
-            "--out",
-            "s3://orrery-data/indexed",
-            "--clips",
-            "7",
-            "--frames",
-            "6",
-            "--size",
-            "16",
-            "16",
-            "--clips-per-file",
-            "10",
-            "--seed",
-            "9",
-        ],
-        &dir,
-    ));
+    let args = synth_with("s3://orrery-data/indexed", "7", "9");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(orrery_s3(&moto, &args, &dir));
     let third = index();
     assert!(
         third.contains("3 file(s), 3 row groups, 21 rows"),

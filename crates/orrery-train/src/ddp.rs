@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use orrery_diffusion::TrainBatch;
 use orrery_dist::{all_reduce_sum_bucketed, Collective};
 
+use crate::optim::host;
 use crate::Result;
 
 /// Sum named flat gradients over ranks, together with a few scalars (the
@@ -33,12 +34,7 @@ pub(crate) fn sum_over_ranks<B: Backend>(
     let mut flat: Vec<f32> = Vec::new();
     let mut sizes = Vec::with_capacity(grads.len());
     for g in grads.values() {
-        let v: Vec<f32> = g
-            .clone()
-            .into_data()
-            .convert::<f32>()
-            .into_vec()
-            .expect("f32");
+        let v = host(g.clone());
         sizes.push(v.len());
         flat.extend(v);
     }
@@ -46,7 +42,7 @@ pub(crate) fn sum_over_ranks<B: Backend>(
     all_reduce_sum_bucketed(comm, &mut flat, bucket_elems)?;
     let mut at = 0;
     for (g, n) in grads.values_mut().zip(sizes) {
-        *g = Tensor::from_data(TensorData::new(flat[at..at + n].to_vec(), [n]), &device);
+        *g = crate::optim::flat(flat[at..at + n].to_vec(), &device);
         at += n;
     }
     scalars.copy_from_slice(&flat[at..]);
@@ -91,15 +87,9 @@ pub(crate) fn broadcast_from_rank0<B: Backend>(
         return Ok(());
     }
     for w in weights.values_mut() {
-        let mut v: Vec<f32> = w
-            .clone()
-            .into_data()
-            .convert::<f32>()
-            .into_vec()
-            .expect("f32");
+        let mut v = host(w.clone());
         comm.broadcast(&mut v, 0)?;
-        let n = v.len();
-        *w = Tensor::from_data(TensorData::new(v, [n]), &w.device());
+        *w = crate::optim::flat(v, &w.device());
     }
     Ok(())
 }

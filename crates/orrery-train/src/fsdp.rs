@@ -13,13 +13,13 @@ use std::time::Instant;
 use burn::module::{AutodiffModule, Module};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use orrery_diffusion::{Cond, Denoiser, DiffusionError};
 use orrery_dist::Collective;
 use orrery_model::named::{layout, load_flat, named_grads, visit_named, HostTensor, NamedTensors};
-use orrery_model::{Dit, DitBlock, DitConfig, DitEmbed, DitInput, Stem};
+use orrery_model::{Dit, DitBlock, DitConfig, DitEmbed, DitInput, FinalLayer, Stem};
 
-use crate::optim::FlatMap;
+use crate::optim::{flat, host, FlatMap};
 use crate::{Result, TrainError};
 
 /// Which part of the DiT a unit is.
@@ -61,16 +61,6 @@ pub(crate) struct Fsdp<B: Backend> {
     /// Seconds spent in collectives and bytes sent, since the last take.
     comm_s: Cell<f64>,
     comm_bytes: Cell<usize>,
-}
-
-/// A flat tensor's values on the host.
-pub(crate) fn host<B: Backend>(t: Tensor<B, 1>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec().expect("f32 data")
-}
-
-fn flat<B: Backend>(v: Vec<f32>, device: &B::Device) -> Tensor<B, 1> {
-    let n = v.len();
-    Tensor::from_data(TensorData::new(v, [n]), device)
 }
 
 fn unit_prefix(kind: UnitKind) -> String {
@@ -191,7 +181,7 @@ impl<B: Backend> Fsdp<B> {
                     Some(t) if t.dims()[0] == n => v.extend(host(t)),
                     Some(t) => {
                         return Err(TrainError::Checkpoint(format!(
-                            "{full_name} has {} values, the model's parameter {shape:?} has {n}",
+                            "{full_name} has {} values but the model's parameter {shape:?} has {n}: the checkpoint's optimizer or EMA state does not fit this model; resume with the config it was trained with, or --resume never",
                             t.dims()[0]
                         )))
                     }
@@ -281,7 +271,7 @@ impl<B: Backend> Fsdp<B> {
     }
 
     /// Load unit `u` of `shards` into a skeleton module on backend `B2`.
-    pub fn load<B2: Backend, M: Module<B2>>(
+    fn load<B2: Backend, M: Module<B2>>(
         &self,
         skeleton: M,
         shards: &FlatMap<B>,
@@ -292,6 +282,56 @@ impl<B: Backend> Fsdp<B> {
     ) -> Result<M> {
         let full = self.gather_compute(shards, u, comm)?;
         Ok(load_flat(skeleton, flat(full, device), require_grad))
+    }
+
+    /// The embedder, gathered from `shards` onto `device` (`grad`: its
+    /// parameters as autodiff leaves).
+    pub fn embed<B2: Backend>(
+        &self,
+        shards: &FlatMap<B>,
+        comm: &dyn Collective,
+        device: &B2::Device,
+        grad: bool,
+    ) -> Result<DitEmbed<B2>> {
+        self.load(
+            DitEmbed::new(&self.cfg, device),
+            shards,
+            0,
+            comm,
+            device,
+            grad,
+        )
+    }
+
+    /// Block `i`, gathered as [`Fsdp::embed`] is.
+    pub fn block<B2: Backend>(
+        &self,
+        i: usize,
+        shards: &FlatMap<B>,
+        comm: &dyn Collective,
+        device: &B2::Device,
+        grad: bool,
+    ) -> Result<DitBlock<B2>> {
+        self.load(
+            DitBlock::new(&self.cfg, device),
+            shards,
+            1 + i,
+            comm,
+            device,
+            grad,
+        )
+    }
+
+    /// The final layer, gathered as [`Fsdp::embed`] is.
+    pub fn head<B2: Backend>(
+        &self,
+        shards: &FlatMap<B>,
+        comm: &dyn Collective,
+        device: &B2::Device,
+        grad: bool,
+    ) -> Result<FinalLayer<B2>> {
+        let u = self.final_unit();
+        self.load(self.cfg.final_layer(device), shards, u, comm, device, grad)
     }
 
     /// The whole-model tensors of `shards` (all_gather of every unit), by
@@ -353,26 +393,12 @@ impl<B: Backend> Fsdp<B> {
         keep_all: bool,
         comm: &dyn Collective,
     ) -> Result<(Stem<B>, Vec<Tensor<B, 4>>)> {
-        let embed = self.load(
-            DitEmbed::<B>::new(&self.cfg, &self.device),
-            shards,
-            0,
-            comm,
-            &self.device,
-            false,
-        )?;
+        let embed = self.embed(shards, comm, &self.device, false)?;
         let stem = embed.forward(input)?;
         drop(embed);
         let mut xs = vec![stem.x.clone()];
         for i in 0..self.cfg.depth {
-            let block = self.load(
-                DitBlock::<B>::new(&self.cfg, &self.device),
-                shards,
-                1 + i,
-                comm,
-                &self.device,
-                false,
-            )?;
+            let block = self.block(i, shards, comm, &self.device, false)?;
             let x = xs.last().expect("one").clone();
             let next = block.forward(x, stem.cond.clone(), stem.bias.clone(), stem.rope.as_ref());
             if !keep_all {
@@ -456,14 +482,7 @@ impl<B: Backend> Denoiser<B> for ShardedDenoiser<'_, B> {
                 false,
                 self.comm,
             )?;
-            let head = f.load(
-                f.cfg.final_layer::<B>(&f.device),
-                self.shards,
-                f.final_unit(),
-                self.comm,
-                &f.device,
-                false,
-            )?;
+            let head = f.head(self.shards, self.comm, &f.device, false)?;
             let out = head.forward(xs.pop().expect("one"), stem.cond.clone());
             Ok(stem.unpatchify(out, &f.cfg))
         };

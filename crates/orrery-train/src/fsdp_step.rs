@@ -14,7 +14,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 use orrery_diffusion::{Cond, DiffusionError, TrainBatch};
 use orrery_dist::Collective;
-use orrery_model::{DitBlock, DitEmbed, DitInput, FinalLayer, Stem};
+use orrery_model::{DitInput, FinalLayer, Stem};
 
 use crate::config::TrainConfig;
 use crate::fsdp::{unit_grads, Fsdp};
@@ -59,14 +59,7 @@ fn forward<B: AutodiffBackend>(
 ) -> Result<Tensor<B, 5>> {
     let (stem, mut xs) = fsdp.trunk(&fsdp.params, inner_input(&input), true, comm)?;
     let last = xs.pop().expect("final layer input");
-    let head = fsdp.load(
-        fsdp.cfg.final_layer::<B>(device),
-        &fsdp.params,
-        fsdp.final_unit(),
-        comm,
-        device,
-        true,
-    )?;
+    let head = fsdp.head(&fsdp.params, comm, device, true)?;
     let x_last = Tensor::<B, 4>::from_inner(last).require_grad();
     let c_last = Tensor::<B, 3>::from_inner(stem.cond.clone()).require_grad();
     let out = stem.unpatchify(head.forward(x_last.clone(), c_last.clone()), &fsdp.cfg);
@@ -119,14 +112,7 @@ fn backward<B: AutodiffBackend>(
         .map(|(c, s)| (Tensor::<B, 2>::from_inner(c), Tensor::<B, 2>::from_inner(s)));
     for (i, x_in) in xs.into_iter().enumerate().rev() {
         let u = 1 + i;
-        let block = fsdp.load(
-            DitBlock::<B>::new(&fsdp.cfg, device),
-            &fsdp.params,
-            u,
-            comm,
-            device,
-            true,
-        )?;
+        let block = fsdp.block(i, &fsdp.params, comm, device, true)?;
         let x = Tensor::<B, 4>::from_inner(x_in).require_grad();
         let c = Tensor::<B, 3>::from_inner(stem.cond.clone()).require_grad();
         let out = block.forward(x.clone(), c.clone(), bias.clone(), rope.as_ref());
@@ -140,14 +126,7 @@ fn backward<B: AutodiffBackend>(
         drop(block);
         fsdp.scatter_add(u, g, acc.get_mut(&unit.prefix).expect("unit"), comm)?;
     }
-    let embed = fsdp.load(
-        DitEmbed::<B>::new(&fsdp.cfg, device),
-        &fsdp.params,
-        0,
-        comm,
-        device,
-        true,
-    )?;
+    let embed = fsdp.embed(&fsdp.params, comm, device, true)?;
     let again = embed.forward(input)?;
     let grads = ((again.x * Tensor::from_inner(g_x)).sum()
         + (again.cond * Tensor::from_inner(g_c)).sum())
@@ -414,10 +393,10 @@ mod tests {
             .map(|r| Fsdp::new(&inner, r, n, &device).unwrap())
             .collect();
         for unit in &one.units {
-            let whole = crate::fsdp::host(one.params[&unit.prefix].clone());
+            let whole = crate::optim::host(one.params[&unit.prefix].clone());
             let mut tiled: Vec<f32> = ranks
                 .iter()
-                .flat_map(|f| crate::fsdp::host(f.params[&unit.prefix].clone()))
+                .flat_map(|f| crate::optim::host(f.params[&unit.prefix].clone()))
                 .collect();
             assert_eq!(tiled.len(), unit.len.div_ceil(n) * n, "{}", unit.prefix);
             assert!(
@@ -427,7 +406,7 @@ mod tests {
             tiled.truncate(unit.len);
             assert_eq!(tiled, whole, "{}", unit.prefix);
             // The weight-decay masks tile the one-rank mask the same way.
-            let mask = |f: &Fsdp<Flex>| crate::fsdp::host(f.decay_mask(&unit.prefix));
+            let mask = |f: &Fsdp<Flex>| crate::optim::host(f.decay_mask(&unit.prefix));
             let mut masks: Vec<f32> = ranks.iter().flat_map(mask).collect();
             masks.truncate(unit.len);
             assert_eq!(masks, mask(&one)[..unit.len], "{}", unit.prefix);
