@@ -40,6 +40,19 @@ fn launch_train(dir: &Path, n: &str, run: &str, extra: &[&str]) -> String {
     ok(orrery(&args, dir))
 }
 
+/// The logged training losses of run directory `run` under `dir`.
+fn losses(dir: &Path, run: &str) -> Vec<f64> {
+    std::fs::read_to_string(dir.join(run).join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
 /// The launched ranks' processes of a run, by rank (read from their environment).
 fn rank_pids(rank: &str, run: &str) -> Vec<u32> {
     let mut pids = Vec::new();
@@ -102,19 +115,8 @@ fn ddp_over_mpi_matches_one_process_and_a_lost_rank_ends_the_job() {
             &dir.join(&run).join("checkpoints/step_00000006"),
             &format!("{n} ranks vs one process"),
         );
-        let losses = |r: &str| -> Vec<f64> {
-            std::fs::read_to_string(dir.join(r).join("metrics.jsonl"))
-                .unwrap()
-                .lines()
-                .map(|l| {
-                    serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
-                        .as_f64()
-                        .unwrap()
-                })
-                .collect()
-        };
-        assert_eq!(losses("one").len(), losses(&run).len());
-        for (a, b) in losses("one").iter().zip(losses(&run)) {
+        assert_eq!(losses(&dir, "one").len(), losses(&dir, &run).len());
+        for (a, b) in losses(&dir, "one").iter().zip(losses(&dir, &run)) {
             assert!((a - b).abs() < 1e-5, "{n} ranks: loss {b} vs {a}");
         }
     }
@@ -309,18 +311,7 @@ fn fsdp_over_mpi_matches_one_process_with_a_1_over_n_share_of_the_state() {
     // bf16 gathers: half the bytes, losses within 1% of f32 (not equal).
     let bf16 = ["--set", fsdp, "--set", "parallel.gather_dtype=bf16"];
     launch_train(&dir, "2", "bf16", &bf16);
-    let losses = |run: &str| -> Vec<f64> {
-        std::fs::read_to_string(dir.join(run).join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
-                    .as_f64()
-                    .unwrap()
-            })
-            .collect()
-    };
-    let (full, half) = (losses("one"), losses("bf16"));
+    let (full, half) = (losses(&dir, "one"), losses(&dir, "bf16"));
     assert_eq!(full.len(), half.len());
     assert_ne!(full, half, "bf16 gathers change the numbers");
     for (a, b) in full.iter().zip(&half) {
