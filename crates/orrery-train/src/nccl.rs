@@ -1,0 +1,264 @@
+//! NCCL all_reduce on CUDA tensors, for DDP's gradient sum: one process per
+//! GPU, the flat gradient never leaves the device. The NCCL unique id is made
+//! on rank 0 and broadcast over the bootstrap collective (MPI).
+//!
+//! burn owns the buffers; we take the device pointer of a contiguous flat
+//! tensor (fusion resolved, so its kernels have run), wait for burn's stream,
+//! run NCCL on our own stream and wait for it with a deadline, then hand the
+//! tensor back. Nothing overlaps yet: the step waits for the reduction.
+//!
+//! cudarc panics when a library is missing, so [`Nccl::connect`] checks for
+//! libcuda and libnccl first and says what to install.
+use std::any::Any;
+use std::ffi::c_void;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use cudarc::driver::{result as drv, sys as dsys};
+use cudarc::nccl::{result as nccl, sys};
+use orrery_dist::Collective;
+
+/// The CUDA backend training runs on (fused), and its inner cube backend.
+type Fused = burn::backend::Cuda<f32, i32>;
+type Cube = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+
+/// One rank's NCCL communicator and the stream its calls run on.
+pub struct Nccl {
+    comm: sys::ncclComm_t,
+    stream: dsys::CUstream,
+    rank: usize,
+    size: usize,
+    timeout: Duration,
+}
+
+// The communicator and stream are used from one thread at a time (the step's).
+unsafe impl Send for Nccl {}
+unsafe impl Sync for Nccl {}
+
+fn err(what: &str, e: impl std::fmt::Debug) -> String {
+    format!("NCCL: {what} failed: {e:?}")
+}
+
+impl Nccl {
+    /// Join every rank of `boot` on GPU `ordinal`; all ranks must call this.
+    /// Errors (each rank's own) when libcuda or libnccl is missing, or when
+    /// NCCL refuses (for example two ranks on one GPU).
+    pub fn connect(
+        boot: &dyn Collective,
+        ordinal: usize,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        // SAFETY: only checks whether the libraries load.
+        let (cuda, lib) = unsafe { (dsys::is_culib_present(), sys::is_culib_present()) };
+        if !cuda || !lib {
+            return Err(format!(
+                "NCCL needs libcuda (driver) and libnccl.so on the library path (found: libcuda {cuda}, libnccl {lib}); \
+                 `pip install nvidia-nccl-cu13` ships it as libnccl.so.2: link it as libnccl.so and add its folder to LD_LIBRARY_PATH, \
+                 or set parallel.comm = \"mpi\""
+            ));
+        }
+        drv::init().map_err(|e| err("cuInit", e))?;
+        let dev = drv::device::get(ordinal as i32).map_err(|e| err("cuDeviceGet", e))?;
+        // SAFETY: dev is a valid device; burn's CUDA runtime uses the same primary context.
+        let ctx = unsafe { drv::primary_ctx::retain(dev) }.map_err(|e| err("retain context", e))?;
+        unsafe { drv::ctx::set_current(ctx) }.map_err(|e| err("set context", e))?;
+        let stream = drv::stream::create(drv::stream::StreamKind::NonBlocking)
+            .map_err(|e| err("cuStreamCreate", e))?;
+        // The unique id travels as 32 f32 slots (a broadcast moves bits).
+        let mut slots = [0f32; 32];
+        if boot.rank() == 0 {
+            let id = nccl::get_uniqueid().map_err(|e| err("ncclGetUniqueId", e))?;
+            for (i, chunk) in id.internal.chunks(4).enumerate() {
+                let b = [
+                    chunk[0] as u8,
+                    chunk[1] as u8,
+                    chunk[2] as u8,
+                    chunk[3] as u8,
+                ];
+                slots[i] = f32::from_bits(u32::from_le_bytes(b));
+            }
+        }
+        boot.broadcast(&mut slots, 0)
+            .map_err(|e| err("broadcast of the unique id", e))?;
+        let mut id = sys::ncclUniqueId { internal: [0; 128] };
+        for (i, s) in slots.iter().enumerate() {
+            for (j, b) in s.to_bits().to_le_bytes().into_iter().enumerate() {
+                id.internal[4 * i + j] = b as _;
+            }
+        }
+        let mut comm = std::ptr::null_mut();
+        // SAFETY: comm is written by NCCL; every rank passes the same id and size.
+        unsafe { nccl::comm_init_rank(&mut comm, boot.size() as i32, id, boot.rank() as i32) }.map_err(|e| {
+            err(
+                "ncclCommInitRank (NCCL needs one GPU per rank; ranks that share a GPU must use parallel.comm = \"mpi\")",
+                e,
+            )
+        })?;
+        Ok(Nccl {
+            comm,
+            stream,
+            rank: boot.rank(),
+            size: boot.size(),
+            timeout,
+        })
+    }
+
+    /// Ranks in the communicator.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Sum `t` over all ranks, in place on the device.
+    ///
+    /// # Shapes
+    /// t: [n] -> [n]
+    pub fn all_reduce_sum(&self, t: Tensor<Fused, 1>) -> Result<Tensor<Fused, 1>, String> {
+        let n = t.dims()[0];
+        let keep = t.clone();
+        let prim = t.into_primitive().tensor();
+        // Runs the pending fused kernels and gives the buffer.
+        let cube: burn_cubecl::tensor::CubeTensor<cubecl::cuda::CudaRuntime> =
+            prim.client.clone().resolve_tensor_float::<Cube>(prim);
+        if !cube.is_contiguous() {
+            return Err("NCCL all_reduce needs a contiguous tensor".into());
+        }
+        let res = cube
+            .client
+            .get_resource(cube.handle.clone())
+            .map_err(|e| err("device pointer", e))?;
+        let ptr = res.resource().ptr;
+        cubecl::future::block_on(cube.client.sync())
+            .map_err(|e| err("waiting for burn's stream", e))?;
+        // SAFETY: ptr holds n f32 on this device, alive while `res` and `keep` are.
+        unsafe {
+            nccl::all_reduce(
+                ptr as *const c_void,
+                ptr as *mut c_void,
+                n,
+                sys::ncclDataType_t::ncclFloat32,
+                sys::ncclRedOp_t::ncclSum,
+                self.comm,
+                self.stream as _,
+            )
+        }
+        .map_err(|e| err("ncclAllReduce", e))?;
+        self.wait("all_reduce")?;
+        drop(res);
+        Ok(keep)
+    }
+
+    /// Wait for this stream's work, at most the timeout (a dead peer would
+    /// otherwise hang NCCL forever); on timeout the communicator is aborted.
+    fn wait(&self, op: &str) -> Result<(), String> {
+        let event = drv::event::create(dsys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+            .map_err(|e| err("cuEventCreate", e))?;
+        // SAFETY: event and stream are live.
+        unsafe { drv::event::record(event, self.stream) }.map_err(|e| err("cuEventRecord", e))?;
+        let start = Instant::now();
+        let out = loop {
+            // SAFETY: event is live.
+            match unsafe { drv::event::query(event) } {
+                Ok(()) => break Ok(()),
+                Err(e) if e.0 == dsys::cudaError_enum::CUDA_ERROR_NOT_READY => {}
+                Err(e) => break Err(err(op, e)),
+            }
+            if start.elapsed() > self.timeout {
+                // SAFETY: comm is live; after an abort it is not used again (the run ends).
+                unsafe {
+                    let _ = nccl::comm_abort(self.comm);
+                }
+                break Err(format!(
+                    "[rank {} of {}] NCCL {op} has not finished after {:.0} s: a peer is dead, stopped or stuck \
+                     (parallel.timeout_s)",
+                    self.rank,
+                    self.size,
+                    self.timeout.as_secs_f64()
+                ));
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        };
+        // SAFETY: event is live and no longer used.
+        unsafe {
+            let _ = drv::event::destroy(event);
+        }
+        out
+    }
+}
+
+static NCCL: OnceLock<Nccl> = OnceLock::new();
+
+/// Make `nccl` the device reduction of this process (DDP's gradient sum).
+pub fn install(nccl: Nccl) {
+    let _ = NCCL.set(nccl);
+}
+
+/// The installed communicator, if any.
+pub fn installed() -> Option<&'static Nccl> {
+    NCCL.get()
+}
+
+/// Sum `t` over ranks on the device when NCCL is installed and `t` lives on
+/// the CUDA backend; otherwise hand `t` back unchanged (`Err`) for the host path.
+pub(crate) fn all_reduce_on_device<B: Backend>(
+    t: Tensor<B, 1>,
+) -> Result<Result<Tensor<B, 1>, String>, Tensor<B, 1>> {
+    let Some(comm) = NCCL.get() else {
+        return Err(t);
+    };
+    let boxed: Box<dyn Any> = Box::new(t);
+    match boxed.downcast::<Tensor<Fused, 1>>() {
+        Ok(cuda) => Ok(comm.all_reduce_sum(*cuda).map(|sum| {
+            let back: Box<dyn Any> = Box::new(sum);
+            *back.downcast::<Tensor<B, 1>>().expect("same type")
+        })),
+        Err(other) => Err(*other.downcast::<Tensor<B, 1>>().expect("same type")),
+    }
+}
+
+/// `orrery bench comm --nccl`: all_reduce of CUDA tensors of `elems`
+/// f32 through NCCL on every rank of `boot` (one rank works too). Each rank
+/// fills its buffer with rank + 1 + i / n; the sum must be exact. Returns,
+/// per size, the median seconds of `iters` calls and the largest error.
+pub fn bench(
+    boot: &dyn Collective,
+    elems: &[usize],
+    iters: usize,
+    timeout: Duration,
+) -> Result<Vec<(usize, f64, f64)>, String> {
+    let world = orrery_dist::World::from_env().unwrap_or_else(|_| orrery_dist::World::single());
+    let ordinal = crate::cuda_ordinal(&world);
+    let comm = Nccl::connect(boot, ordinal, timeout)?;
+    let device = burn::backend::cuda::CudaDevice::new(ordinal);
+    let (r, p) = (comm.rank() as f32, comm.size() as f32);
+    let mut rows = Vec::new();
+    for &n in elems {
+        let values: Vec<f32> = (0..n)
+            .map(|i| r + 1.0 + (i % 1024) as f32 / 1024.0)
+            .collect();
+        let mut times = Vec::new();
+        let mut worst = 0f64;
+        for _ in 0..iters.max(1) {
+            let t = crate::optim::flat::<Fused>(values.clone(), &device);
+            Fused::sync(&device).map_err(|e| err("sync", e))?;
+            let start = Instant::now();
+            let sum = comm.all_reduce_sum(t)?;
+            times.push(start.elapsed().as_secs_f64());
+            let got = crate::optim::host(sum);
+            // sum over ranks q of (q + 1 + f) = p (p + 1) / 2 + p f
+            for (i, g) in got.iter().enumerate().step_by(97) {
+                let want = p * (p + 1.0) / 2.0 + p * (i % 1024) as f32 / 1024.0;
+                worst = worst.max((g - want).abs() as f64);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        rows.push((n, times[times.len() / 2], worst));
+    }
+    Ok(rows)
+}
