@@ -84,6 +84,23 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         repeat: usize,
     },
+    /// The same weights, batches and noise on the CPU and on each GPU backend
+    /// (CUDA with and without fusion): single ops, the first step's loss and
+    /// per-parameter gradients, then a short training run. Prints where the
+    /// GPU parts from the CPU (needs `--features cuda`).
+    Parity {
+        /// The experiment config (TOML).
+        config: PathBuf,
+        /// Override a config key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Training steps compared.
+        #[arg(long, default_value_t = 30)]
+        steps: usize,
+        /// Rows of each section to print (the worst first).
+        #[arg(long, default_value_t = 8)]
+        top: usize,
+    },
     /// Bandwidth of all_reduce, all_gather and reduce_scatter next to raw MPI
     /// (run under `orrery launch -n N`, N >= 2).
     Comm {
@@ -93,6 +110,10 @@ enum BenchCommand {
         /// Timed calls per size and operation (the median is reported).
         #[arg(long, default_value_t = 10)]
         iters: usize,
+        /// NCCL all_reduce of CUDA tensors instead (one rank works too;
+        /// needs `--features cuda`).
+        #[arg(long)]
+        nccl: bool,
     },
 }
 
@@ -320,11 +341,14 @@ fn run_weights(config: PathBuf, set: Vec<String>, bins: usize) -> Result<()> {
     Ok(())
 }
 
-fn run_bench_comm(sizes_mb: Vec<f64>, iters: usize) -> Result<()> {
+fn run_bench_comm(sizes_mb: Vec<f64>, iters: usize, nccl: bool) -> Result<()> {
     if iters == 0 || sizes_mb.iter().any(|&s| !(s > 0.0)) {
         bail!("--iters and every --sizes-mb value must be positive");
     }
     let world = orrery_dist::World::from_env()?;
+    if nccl {
+        return run_bench_nccl(&world, &sizes_mb, iters);
+    }
     if world.size < 2 {
         bail!("bench comm measures communication between ranks: run it as `orrery launch -n 2 -- bench comm` (or more ranks)");
     }
@@ -369,8 +393,18 @@ fn run_bench_comm(sizes_mb: Vec<f64>, iters: usize) -> Result<()> {
 
 fn run_bench(cmd: BenchCommand) -> Result<()> {
     let (config, set, steps, warmup) = match cmd {
-        BenchCommand::Comm { sizes_mb, iters } => return run_bench_comm(sizes_mb, iters),
+        BenchCommand::Comm {
+            sizes_mb,
+            iters,
+            nccl,
+        } => return run_bench_comm(sizes_mb, iters, nccl),
         BenchCommand::Data { url, repeat } => return run_bench_data(&url, repeat),
+        BenchCommand::Parity {
+            config,
+            set,
+            steps,
+            top,
+        } => return run_bench_parity(&config, &set, steps, top),
         BenchCommand::Step {
             config,
             set,
@@ -446,6 +480,105 @@ fn run_bench(cmd: BenchCommand) -> Result<()> {
         b.flops_per_step / median / 1e9
     );
     Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn run_bench_nccl(world: &orrery_dist::World, sizes_mb: &[f64], iters: usize) -> Result<()> {
+    let timeout = std::time::Duration::from_secs(120);
+    let comm = orrery_dist::connect(world, timeout, None)?;
+    let elems: Vec<usize> = sizes_mb
+        .iter()
+        .map(|mb| (mb * 1024.0 * 1024.0 / 4.0) as usize)
+        .collect();
+    let rows = orrery_train::nccl::bench(comm.as_ref(), &elems, iters, timeout)
+        .map_err(anyhow::Error::msg)?;
+    if world.rank == 0 {
+        println!("{} rank(s), NCCL all_reduce of CUDA f32 tensors, median of {iters} calls (busbw = 2 (n-1)/n bytes / time)", world.size);
+        println!("| MiB per rank | time (ms) | busbw (GB/s) | max abs error |\n|---|---|---|---|");
+        let p = world.size as f64;
+        for (n, s, worst) in rows {
+            let bytes = 4.0 * n as f64;
+            println!(
+                "| {:.1} | {:.3} | {:.2} | {:.1e} |",
+                bytes / 1048576.0,
+                s * 1e3,
+                2.0 * (p - 1.0) / p * bytes / s / 1e9,
+                worst
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_bench_nccl(_: &orrery_dist::World, _: &[f64], _: usize) -> Result<()> {
+    bail!("bench comm --nccl needs a binary built with `--features cuda`")
+}
+
+#[cfg(feature = "cuda")]
+fn run_bench_parity(
+    config: &std::path::Path,
+    set: &[String],
+    steps: usize,
+    top: usize,
+) -> Result<()> {
+    use orrery_train::parity::{compare, gpu_backends, Phase};
+    use std::io::Write;
+    let cfg = TrainConfig::load(config, set)?;
+    let mut start = std::time::Instant::now();
+    println!(
+        "reference: cpu (flex), {steps} steps of {}",
+        config.display()
+    );
+    // Printed as each phase ends: a GPU's first steps compile and autotune kernels.
+    gpu_backends(&cfg, steps, &mut |reference, phase, other| {
+        let diffs = compare(reference, other);
+        let rows = |prefix: &str, sorted: bool| {
+            let mut rows: Vec<_> = diffs
+                .iter()
+                .filter(|d| d.what.starts_with(prefix))
+                .collect();
+            if sorted {
+                rows.sort_by(|a, b| b.rel.total_cmp(&a.rel));
+                rows.truncate(top);
+            }
+            for d in rows {
+                println!("| {} | {:.2e} |", d.what, d.rel);
+            }
+        };
+        let secs = start.elapsed().as_secs_f64();
+        match phase {
+            Phase::Ops => {
+                println!(
+                    "\n## {} vs cpu (flex): relative L2 difference ({secs:.1} s in)",
+                    other.backend
+                );
+                println!("| what | rel. diff |\n|---|---|");
+                rows("op ", false);
+            }
+            Phase::FirstStep => {
+                rows("step 0 loss", false);
+                rows("step 0 grad", true);
+                println!("(first step: {secs:.1} s in)\n\n| step | loss cpu | loss {0} | grad norm cpu | grad norm {0} | s in |\n|---|---|---|---|---|---|", other.backend);
+            }
+            Phase::Step(k) => {
+                let ((l, n), (l2, n2)) = (reference.steps[k], other.steps[k]);
+                println!("| {k} | {l:.5} | {l2:.5} | {n:.4} | {n2:.4} | {secs:.1} |");
+            }
+            Phase::Done => {
+                println!();
+                rows("final weight", true);
+                start = std::time::Instant::now();
+            }
+        }
+        let _ = std::io::stdout().flush();
+    })?;
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_bench_parity(_: &std::path::Path, _: &[String], _: usize, _: usize) -> Result<()> {
+    bail!("bench parity compares the CPU with the GPU: build with `cargo build --release --features cuda`")
 }
 
 /// Print object_store's retries of transient errors (its `info` events) on

@@ -94,14 +94,17 @@ impl<B: Backend> Dit<B> {
     /// - latents: [b, t, c, h, w] with 1 <= t <= model.frames
     /// - t: [b, t]; actions: [b, t]
     /// - returns [b, t, c, h, w]
+    /// The output has the latents' type whatever the weights' (bf16 weights
+    /// compute in bf16: see [`crate::layers::like`]).
     pub fn forward(&self, input: DitInput<B>) -> Result<Tensor<B, 5>> {
+        let dtype = input.latents.dtype();
         let stem = self.embed.forward(input)?;
         let mut x = stem.x.clone(); // [b, g, s, d]
         for block in &self.blocks {
             x = block.forward(x, stem.cond.clone(), stem.bias.clone(), stem.rope.as_ref());
         }
         let out = self.final_layer.forward(x, stem.cond.clone()); // [b, g, s, pt*c*p*p]
-        Ok(stem.unpatchify(out, &self.cfg))
+        Ok(crate::layers::like(stem.unpatchify(out, &self.cfg), dtype))
     }
 
     /// Number of scalar parameters.

@@ -182,7 +182,10 @@ impl<B: Backend> DitEmbed<B> {
             _ => None,
         }; // [g, s, d]
         let x = match pos {
-            Some(pos) => x + pos.unsqueeze_dim::<4>(0),
+            Some(pos) => {
+                let pos = crate::layers::like(pos, x.dtype());
+                x + pos.unsqueeze_dim::<4>(0)
+            }
             None => x,
         };
         let rope = (cfg.pos_embed == PosEmbed::Rope).then(|| {

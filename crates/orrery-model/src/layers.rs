@@ -5,19 +5,33 @@ use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::activation::{gelu_approximate, silu};
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
 use crate::{MlpKind, QkNorm};
 
 /// Width of the sinusoidal timestep features.
 pub const FREQ_DIM: usize = 128;
 
-/// LayerNorm over the last dim without affine parameters (adaLN supplies them).
+/// `x` in `dtype` (a no-op when it already is). Mixed precision: the
+/// weights set the compute type, and constants (position tables, masks,
+/// timestep features) follow the activations they meet.
+pub fn like<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if x.dtype() == dtype {
+        x
+    } else {
+        x.cast(dtype)
+    }
+}
+
+/// LayerNorm over the last dim without affine parameters (adaLN supplies
+/// them), computed in f32 whatever the activations' type (as autocast does).
 pub fn layer_norm<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let dtype = x.dtype();
+    let x = like(x, DType::F32);
     let mean = x.clone().mean_dim(D - 1);
     let centered = x - mean;
     let var = (centered.clone() * centered.clone()).mean_dim(D - 1);
-    centered / (var + 1e-6).sqrt()
+    like(centered / (var + 1e-6).sqrt(), dtype)
 }
 
 /// `x * (1 + scale) + shift`, the adaLN modulation.
@@ -36,6 +50,7 @@ pub fn apply<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) -> 
     let dims = x.dims();
     let d_in = dims[D - 1];
     let rows = dims[..D - 1].iter().product::<usize>();
+    let x = like(x, layer.weight.val().dtype());
     let y = layer.forward(x.reshape([rows, d_in])); // [rows, d_out]
     let mut out = dims;
     out[D - 1] = y.dims()[1];
@@ -121,8 +136,10 @@ impl<B: Backend> HeadNorm<B> {
         let g = self.weight.val().unsqueeze_dims::<4>(&[0, 1, 2]); // [1, 1, 1, e]
         match &self.bias {
             None => {
+                let dtype = x.dtype();
+                let x = like(x, DType::F32);
                 let ms = (x.clone() * x.clone()).mean_dim(3); // [b, k, n, 1]
-                x / (ms + 1e-6).sqrt() * g
+                like(x / (ms + 1e-6).sqrt(), dtype) * g
             }
             Some(bias) => layer_norm(x) * g + bias.val().unsqueeze_dims::<4>(&[0, 1, 2]),
         }
@@ -159,7 +176,7 @@ impl<B: Backend> ActionMlp<B> {
     /// values: [b, t, A], keep: [b, t] -> [b, t, d]
     pub fn forward(&self, values: Tensor<B, 3>, keep: Tensor<B, 2>) -> Tensor<B, 3> {
         let emb = apply(&self.fc2, silu(apply(&self.fc1, values))); // [b, t, d]
-        let keep = keep.unsqueeze_dim::<3>(2); // [b, t, 1]
+        let keep = like(keep, emb.dtype()).unsqueeze_dim::<3>(2); // [b, t, 1]
         let null = self.null.val().unsqueeze_dims::<3>(&[0, 1]); // [1, 1, d]
         emb * keep.clone() + null * (keep.neg() + 1.0)
     }
@@ -230,10 +247,14 @@ impl<B: Backend> Attention<B> {
         }
         // softmax(q k^T / sqrt(e) + bias) v (Vaswani et al. 2017, eq. 1)
         let mut logits = q.matmul(kk.swap_dims(2, 3)) * (1.0 / (e as f64).sqrt()); // [b, k, n, n]
+                                                                                   // The softmax runs in f32 (as under autocast); bf16 logits lose the
+                                                                                   // small differences that decide it.
+        let dtype = v.dtype();
+        logits = like(logits, DType::F32);
         if let Some(bias) = bias {
-            logits = logits + bias.unsqueeze_dims::<4>(&[0, 1]);
+            logits = logits + like(bias, DType::F32).unsqueeze_dims::<4>(&[0, 1]);
         }
-        let out = softmax(logits, 3).matmul(v); // [b, k, n, e]
+        let out = like(softmax(logits, 3), dtype).matmul(v); // [b, k, n, e]
         apply(&self.proj, out.swap_dims(1, 2).reshape([b, n, d]))
     }
 }

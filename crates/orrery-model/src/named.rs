@@ -115,6 +115,22 @@ pub fn map_named<B: Backend, M: Module<B>>(
     })
 }
 
+struct CastMapper(burn::tensor::DType);
+
+impl<B: Backend> ModuleMapper<B> for CastMapper {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let dtype = self.0;
+        param.map(|t| crate::layers::like(t, dtype))
+    }
+}
+
+/// Every float parameter cast to `dtype`, as an op of the autodiff graph:
+/// gradients of a loss computed with the cast module reach the original
+/// parameters, in their own type (mixed precision with f32 master weights).
+pub fn cast_params<B: Backend, M: Module<B>>(module: M, dtype: burn::tensor::DType) -> M {
+    module.map(&mut CastMapper(dtype))
+}
+
 /// Copy every float parameter to the host.
 pub fn to_host<B: Backend, M: Module<B>>(module: &M) -> NamedTensors {
     let mut out = NamedTensors::new();

@@ -76,6 +76,10 @@ pub fn tables<B: Backend>(
 /// x: [b, k, n, e], cos/sin: [n, e/2] -> [b, k, n, e]
 pub fn apply<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 4> {
     let e = x.dims()[3];
+    let (cos, sin) = (
+        &crate::layers::like(cos.clone(), x.dtype()),
+        &crate::layers::like(sin.clone(), x.dtype()),
+    );
     let x1 = x.clone().narrow(3, 0, e / 2); // [b, k, n, e/2]
     let x2 = x.narrow(3, e / 2, e / 2);
     let cos = cos.clone().unsqueeze_dims::<4>(&[0, 1]); // [1, 1, n, e/2]

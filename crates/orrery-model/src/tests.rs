@@ -305,3 +305,38 @@ fn invalid_configs_say_what_to_change() {
         .to_string()
         .contains("192 values but model.hidden = 128"));
 }
+
+/// Mixed precision: bf16 weights compute in bf16 (norms and softmax in f32)
+/// and return the latents' type; the result is close to f32's, not equal.
+#[test]
+fn bf16_weights_compute_close_to_f32_and_return_f32() {
+    use burn::tensor::DType;
+    for cfg in [
+        small(AttentionMask::FrameCausal),
+        DitConfig {
+            pos_embed: crate::PosEmbed::Rope,
+            qk_norm: crate::QkNorm::Rms,
+            mlp: crate::MlpKind::Swiglu,
+            history_frames: 1,
+            ..small(AttentionMask::FrameCausal)
+        },
+    ] {
+        let model = perturbed(&cfg);
+        let half = map_named(model.clone(), |_, _, t| t.cast(DType::BF16));
+        let x = input(&cfg, 2, 3);
+        let full = model.forward(x.clone()).unwrap();
+        let mixed = half.forward(x).unwrap();
+        assert_eq!(mixed.dtype(), DType::F32);
+        let diff: f32 = (full.clone() - mixed)
+            .powf_scalar(2.0)
+            .sum()
+            .sqrt()
+            .into_scalar();
+        let norm: f32 = full.powf_scalar(2.0).sum().sqrt().into_scalar();
+        let rel = diff / norm;
+        assert!(
+            rel > 1e-5 && rel < 3e-2,
+            "bf16 vs f32 relative difference {rel}"
+        );
+    }
+}

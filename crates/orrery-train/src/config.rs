@@ -55,6 +55,20 @@ pub struct RunConfig {
     pub steps: u64,
     /// Compute device.
     pub device: Device,
+    /// Training compute precision: `f32`, or `bf16` (mixed precision: f32
+    /// weights, gradients, AdamW and EMA; the forward and backward run on a
+    /// bf16 cast of the weights, with norms, softmax and the loss in f32).
+    pub precision: Precision,
+}
+
+/// Training compute precision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Everything in f32.
+    F32,
+    /// bf16 compute on f32 master weights.
+    Bf16,
 }
 
 impl Default for RunConfig {
@@ -64,6 +78,7 @@ impl Default for RunConfig {
             seed: 0,
             steps: 1000,
             device: Device::Cpu,
+            precision: Precision::F32,
         }
     }
 }
@@ -124,6 +139,22 @@ pub struct ParallelConfig {
     /// half the bytes, and the forward and backward see bf16-rounded
     /// weights). Shards, gradients, AdamW and checkpoints stay f32.
     pub gather_dtype: GatherDtype,
+    /// What DDP sums gradients over: `auto` (NCCL on the device when
+    /// run.device = "cuda" and there are several ranks, else MPI), `nccl`,
+    /// or `mpi` (through the host; also for ranks that share a GPU).
+    pub comm: CommBackend,
+}
+
+/// The collective library for DDP's gradient sum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommBackend {
+    /// NCCL on CUDA with several ranks, MPI otherwise.
+    Auto,
+    /// NCCL (CUDA builds, run.device = "cuda").
+    Nccl,
+    /// MPI through host memory.
+    Mpi,
 }
 
 /// What FSDP gathers units in.
@@ -143,6 +174,7 @@ impl Default for ParallelConfig {
             bucket_mb: 25.0,
             timeout_s: 600.0,
             gather_dtype: GatherDtype::F32,
+            comm: CommBackend::Auto,
         }
     }
 }
@@ -467,6 +499,14 @@ impl TrainConfig {
                 "parallel.timeout_s = {} must be positive and at most 1e7 (about 4 months)",
                 self.parallel.timeout_s
             ));
+        }
+        if self.run.precision == Precision::Bf16 && self.parallel.strategy == Strategy::Fsdp {
+            return bad("run.precision = \"bf16\" is not built for FSDP yet: use parallel.strategy = \"ddp\", or FSDP with parallel.gather_dtype = \"bf16\" (bf16 gathers, f32 compute)".into());
+        }
+        if self.parallel.comm == CommBackend::Nccl
+            && (self.run.device != Device::Cuda || self.parallel.strategy != Strategy::Ddp)
+        {
+            return bad("parallel.comm = \"nccl\" sums DDP gradients on CUDA: set run.device = \"cuda\" and parallel.strategy = \"ddp\", or parallel.comm = \"auto\"".into());
         }
         if self.parallel.gather_dtype == GatherDtype::Bf16
             && self.parallel.strategy != Strategy::Fsdp

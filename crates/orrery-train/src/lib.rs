@@ -29,7 +29,9 @@ macro_rules! with_backend {
             #[cfg(feature = "cuda")]
             crate::config::Device::Cuda => {
                 type $B = burn::backend::Autodiff<burn::backend::Cuda<f32, i32>>;
-                let $dev = Default::default();
+                let $dev = burn::backend::cuda::CudaDevice::new(crate::cuda_ordinal(
+                    &orrery_dist::World::from_env().unwrap_or_else(|_| orrery_dist::World::single()),
+                ));
                 $body
             }
             #[cfg(not(feature = "cuda"))]
@@ -38,6 +40,19 @@ macro_rules! with_backend {
             )),
         }
     }};
+}
+
+/// The GPU of this rank: its rank on the node modulo the GPUs visible
+/// (ranks beyond the count share GPUs; NCCL then refuses, MPI works).
+#[cfg(feature = "cuda")]
+pub(crate) fn cuda_ordinal(world: &orrery_dist::World) -> usize {
+    use cudarc::driver::{result, sys};
+    // SAFETY: only checks whether libcuda loads (cudarc panics on use otherwise).
+    if !unsafe { sys::is_culib_present() } || result::init().is_err() {
+        return 0;
+    }
+    let count = result::device::get_count().unwrap_or(1).max(1) as usize;
+    world.local_rank % count
 }
 
 pub mod bench;
@@ -52,8 +67,20 @@ pub mod generate;
 mod geometry;
 pub mod heap;
 pub mod media;
+#[cfg(feature = "cuda")]
+pub mod nccl;
 pub mod optim;
+#[cfg(not(feature = "cuda"))]
+mod nccl {
+    /// Without CUDA there is no device reduction: the tensor goes back.
+    pub(crate) fn all_reduce_on_device<B: burn::tensor::backend::Backend>(
+        t: burn::tensor::Tensor<B, 1>,
+    ) -> Result<Result<burn::tensor::Tensor<B, 1>, String>, burn::tensor::Tensor<B, 1>> {
+        Err(t)
+    }
+}
 mod overrides;
+pub mod parity;
 mod replica;
 pub mod sample;
 mod step;
@@ -81,6 +108,9 @@ pub enum TrainError {
     /// The launcher's environment.
     #[error(transparent)]
     World(#[from] orrery_dist::DistError),
+    /// A device collective (NCCL) failed or timed out.
+    #[error("{0}")]
+    Comm(String),
     /// Reading or writing a checkpoint.
     #[error("checkpoint: {0}")]
     Checkpoint(String),

@@ -169,7 +169,41 @@ pub(crate) fn join_world(
     cfg.validate_world(world.size)?;
     let timeout = Duration::from_secs_f64(cfg.parallel.timeout_s);
     let comm = connect(&world, timeout, run_dir.map(|d| d.join("heartbeats")))?;
+    connect_nccl(cfg, &world, comm.as_ref(), timeout)?;
     Ok((world, comm))
+}
+
+/// With CUDA and several DDP ranks (or parallel.comm = "nccl"), join NCCL
+/// over the bootstrap collective; DDP then sums gradients on the device.
+#[cfg(feature = "cuda")]
+fn connect_nccl(
+    cfg: &TrainConfig,
+    world: &World,
+    boot: &dyn Collective,
+    timeout: Duration,
+) -> Result<()> {
+    use crate::config::{CommBackend, Device, Strategy};
+    let wanted = match cfg.parallel.comm {
+        CommBackend::Nccl => true,
+        CommBackend::Mpi => false,
+        CommBackend::Auto => {
+            cfg.run.device == Device::Cuda
+                && cfg.parallel.strategy == Strategy::Ddp
+                && world.size > 1
+        }
+    };
+    if !wanted || crate::nccl::installed().is_some() {
+        return Ok(());
+    }
+    let nccl = crate::nccl::Nccl::connect(boot, crate::cuda_ordinal(world), timeout)
+        .map_err(|e| TrainError::Comm(format!("[rank {} of {}] {e}", world.rank, world.size)))?;
+    crate::nccl::install(nccl);
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn connect_nccl(_: &TrainConfig, _: &World, _: &dyn Collective, _: Duration) -> Result<()> {
+    Ok(())
 }
 
 /// Train on backend `B` (autodiff) and device.
