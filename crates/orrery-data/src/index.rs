@@ -77,15 +77,37 @@ impl Index {
 /// the footer itself. Returns the entry and the bytes fetched.
 async fn read_footer(loc: &Location, meta: &object_store::ObjectMeta) -> Result<(FileIndex, u64)> {
     let file = meta.location.to_string();
+    let (parsed, fetched) = footer(loc, &meta.location, meta.size).await?;
+    let metadata = crate::schema::key_values(parsed.file_metadata());
+    let entry = FileIndex {
+        path: file.clone(),
+        size: meta.size,
+        version: version_of(meta),
+        row_groups: parsed
+            .row_groups()
+            .iter()
+            .map(|rg| rg.num_rows() as usize)
+            .collect(),
+        metadata,
+    };
+    Ok((entry, fetched))
+}
+
+/// A file's parsed footer, from two ranged reads (the 8-byte tail, then the
+/// footer), and the bytes fetched.
+pub async fn footer(
+    loc: &Location,
+    path: &object_store::path::Path,
+    size: u64,
+) -> Result<(parquet::file::metadata::ParquetMetaData, u64)> {
     let bad = |reason: String| DataError::Schema {
-        file: file.clone(),
+        file: path.to_string(),
         reason,
     };
-    let size = meta.size;
     if size < 12 {
         return Err(bad(format!("{size} bytes is too short for a Parquet file")));
     }
-    let tail = loc.get_range(&meta.location, size - 8..size).await?;
+    let tail = loc.get_range(path, size - 8..size).await?;
     if &tail[4..] != b"PAR1" {
         return Err(bad(
             "does not end with the Parquet magic bytes PAR1 (truncated or not Parquet)".into(),
@@ -97,24 +119,10 @@ async fn read_footer(loc: &Location, meta: &object_store::ObjectMeta) -> Result<
             "its footer claims {len} bytes but the file has {size} (truncated)"
         )));
     }
-    let footer = loc
-        .get_range(&meta.location, size - 8 - len..size - 8)
-        .await?;
+    let footer = loc.get_range(path, size - 8 - len..size - 8).await?;
     let parsed = ParquetMetaDataReader::decode_metadata(&footer)
         .map_err(|e| bad(format!("unreadable Parquet footer ({e})")))?;
-    let metadata = crate::schema::key_values(parsed.file_metadata());
-    let entry = FileIndex {
-        path: file.clone(),
-        size,
-        version: version_of(meta),
-        row_groups: parsed
-            .row_groups()
-            .iter()
-            .map(|rg| rg.num_rows() as usize)
-            .collect(),
-        metadata,
-    };
-    Ok((entry, 8 + len))
+    Ok((parsed, 8 + len))
 }
 
 fn version_of(meta: &object_store::ObjectMeta) -> String {

@@ -20,6 +20,8 @@
 pub mod import;
 pub mod index;
 mod loader;
+pub mod order;
+pub mod rowgroup;
 pub mod schema;
 pub mod store;
 pub mod synth;

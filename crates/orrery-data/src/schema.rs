@@ -308,12 +308,27 @@ pub(crate) fn key_values<C: FromIterator<(String, String)> + Default>(
 /// row's error (file-level problems, such as an unreadable file or missing
 /// columns, are still an error).
 pub fn read_parquet_lenient(bytes: &Bytes, file: &str) -> Result<(ParquetClips, Vec<DataError>)> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone()).map_err(|e| {
+        DataError::Schema {
+            file: file.to_string(),
+            reason: format!("not a readable Parquet file ({e})"),
+        }
+    })?;
+    decode_lenient(builder, file, 0)
+}
+
+/// Decode what `builder` reads (a whole file, or some of its row groups
+/// whose first row is row `first_row` of the file), keeping the good rows
+/// and returning each bad row's error, numbered by its row in the file.
+pub(crate) fn decode_lenient<T: parquet::file::reader::ChunkReader + 'static>(
+    builder: ParquetRecordBatchReaderBuilder<T>,
+    file: &str,
+    first_row: usize,
+) -> Result<(ParquetClips, Vec<DataError>)> {
     let schema_err = |reason: String| DataError::Schema {
         file: file.to_string(),
         reason,
     };
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
-        .map_err(|e| schema_err(format!("not a readable Parquet file ({e})")))?;
     let kv: HashMap<String, String> = key_values(builder.metadata().file_metadata());
     match kv.get(KEY_VERSION).map(String::as_str) {
         Some(SCHEMA_VERSION) | None => {}
@@ -340,7 +355,7 @@ pub fn read_parquet_lenient(bytes: &Bytes, file: &str) -> Result<(ParquetClips, 
         generator: kv.get(KEY_GENERATOR).cloned(),
     };
     let reader = builder.build().map_err(|e| schema_err(e.to_string()))?;
-    let (mut clips, mut bad, mut rows_before) = (Vec::new(), Vec::new(), 0);
+    let (mut clips, mut bad, mut rows_before) = (Vec::new(), Vec::new(), first_row);
     for batch in reader {
         let batch = batch.map_err(|e| schema_err(format!("reading row group: {e}")))?;
         let ids = column::<StringArray>(&batch, "clip_id", file, true)?.unwrap();

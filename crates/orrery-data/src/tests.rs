@@ -305,3 +305,61 @@ fn the_footer_index_counts_rows_and_names_a_truncated_file() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Row groups read one by one, with a ranged read each, give the same clips
+/// as reading the whole files; each read fetches less than its file, and a
+/// bad row is named by its row in the file (not in the row group).
+#[test]
+fn row_groups_read_by_range_equal_whole_files_and_name_bad_rows() {
+    let dir = std::env::temp_dir().join(format!("orrery-rowgroups-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = SynthConfig {
+        clips: 150,
+        frames: 3,
+        height: 8,
+        width: 8,
+        ..SynthConfig::default()
+    };
+    let mut clips = render_clips(&cfg);
+    clips[140].latents[5] = f32::NAN; // file 1, row 140 - 100 = 40: its first row group
+    clips[70].latents[0] = f32::INFINITY; // file 0, row 70: its second row group
+    let url = dir.to_str().unwrap().to_string();
+    crate::store::write_dataset(&url, &clips, &cfg.metadata(), 100).unwrap();
+    let (index, _) = crate::index::load_or_build(&url, None).unwrap();
+    assert_eq!(index.files[0].row_groups, vec![64, 36]);
+    let loc = store::parse(&url).unwrap();
+    let rt = store::runtime();
+    let (mut got, mut bad) = (Vec::new(), Vec::new());
+    for f in &index.files {
+        let path = object_store::path::Path::from(f.path.as_str());
+        let (footer, _) = rt
+            .block_on(crate::index::footer(&loc, &path, f.size))
+            .unwrap();
+        let footer = Arc::new(footer);
+        for rg in 0..f.row_groups.len() {
+            let read = rt
+                .block_on(crate::rowgroup::read_row_group(&loc, &path, f.size, &footer, rg))
+                .unwrap();
+            assert!(read.bytes < f.size, "one row group, not the file");
+            got.extend(read.clips);
+            bad.extend(read.bad.iter().map(|e| e.to_string()));
+        }
+        let err = rt
+            .block_on(crate::rowgroup::read_row_group(&loc, &path, f.size, &footer, 9))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no row group 9"), "{err}");
+    }
+    let want: Vec<_> = clips
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 140 && *i != 70)
+        .map(|(_, c)| c.clone())
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(bad.len(), 2, "{bad:?}");
+    assert!(bad[0].contains("part-00000.parquet") && bad[0].contains("row 70"), "{bad:?}");
+    assert!(bad[1].contains("part-00001.parquet") && bad[1].contains("row 40"), "{bad:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,117 @@
+//! One row group of a Parquet file, read with one ranged request: the
+//! streaming loader's unit of I/O. The file's footer (parsed once, see
+//! [`crate::index::footer`]) gives the row group's byte span; only that span
+//! is fetched, and the decoder reads it as if it were the whole file.
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use object_store::path::Path;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
+use parquet::file::metadata::ParquetMetaData;
+use parquet::file::reader::{ChunkReader, Length};
+
+use crate::schema::{decode_lenient, Clip};
+use crate::store::Location;
+use crate::{DataError, Result};
+
+/// What reading one row group gave.
+#[derive(Debug)]
+pub struct RowGroupRead {
+    /// Its good clips, in row order.
+    pub clips: Vec<Clip>,
+    /// Each bad row's error (numbered by its row in the file).
+    pub bad: Vec<DataError>,
+    /// Bytes fetched.
+    pub bytes: u64,
+}
+
+/// The fetched span of a file, served at the file's own offsets.
+struct Window {
+    start: u64,
+    bytes: Bytes,
+    size: u64,
+}
+
+impl Length for Window {
+    fn len(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Window {
+    fn slice(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        let end = start + length as u64;
+        if start < self.start || end > self.start + self.bytes.len() as u64 {
+            return Err(parquet::errors::ParquetError::General(format!(
+                "read of bytes {start}..{end} outside the fetched row group {}..{}",
+                self.start,
+                self.start + self.bytes.len() as u64
+            )));
+        }
+        let at = (start - self.start) as usize;
+        Ok(self.bytes.slice(at..at + length))
+    }
+}
+
+impl ChunkReader for Window {
+    type T = bytes::buf::Reader<Bytes>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        let rest = (self.start + self.bytes.len() as u64).saturating_sub(start) as usize;
+        Ok(self.slice(start, rest)?.reader())
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        self.slice(start, length)
+    }
+}
+
+/// Read row group `rg` of the file at `path` (`size` bytes, footer
+/// `footer`) with one ranged read, and decode it (leniently: bad rows come
+/// back as errors naming the file and row).
+pub async fn read_row_group(
+    loc: &Location,
+    path: &Path,
+    size: u64,
+    footer: &Arc<ParquetMetaData>,
+    rg: usize,
+) -> Result<RowGroupRead> {
+    let file = path.to_string();
+    let bad = |reason: String| DataError::Schema {
+        file: file.clone(),
+        reason,
+    };
+    let groups = footer.row_groups();
+    let group = groups.get(rg).ok_or_else(|| {
+        bad(format!(
+            "has {} row groups, no row group {rg} (the index is stale: rebuild it)",
+            groups.len()
+        ))
+    })?;
+    let (mut start, mut end) = (u64::MAX, 0u64);
+    for col in group.columns() {
+        let (s, len) = col.byte_range();
+        start = start.min(s);
+        end = end.max(s + len);
+    }
+    if start >= end || end > size {
+        return Err(bad(format!(
+            "row group {rg} spans bytes {start}..{end} of a {size}-byte file (corrupt footer or stale index)"
+        )));
+    }
+    let bytes = loc.get_range(path, start..end).await?;
+    let first_row: usize = groups[..rg].iter().map(|g| g.num_rows() as usize).sum();
+    let window = Window { start, bytes, size };
+    let meta = ArrowReaderMetadata::try_new(footer.clone(), ArrowReaderOptions::default())
+        .map_err(|e| bad(format!("unreadable Parquet footer ({e})")))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::new_with_metadata(window, meta).with_row_groups(vec![rg]);
+    let (part, errors) = decode_lenient(builder, &file, first_row)?;
+    Ok(RowGroupRead {
+        clips: part.clips,
+        bad: errors,
+        bytes: end - start,
+    })
+}
