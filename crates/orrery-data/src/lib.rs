@@ -24,6 +24,7 @@ pub mod order;
 pub mod rowgroup;
 pub mod schema;
 pub mod store;
+pub mod stream;
 pub mod synth;
 
 pub use loader::{Batch, Cursor, Dataset, Loader};

@@ -56,6 +56,11 @@ impl GlobalOrder {
         *self.starts.last().unwrap_or(&0)
     }
 
+    /// The first global row of `block`.
+    pub fn first_row(&self, block: usize) -> u64 {
+        self.starts[block]
+    }
+
     /// The block holding global row `row`, and the row's place in it.
     pub fn locate(&self, row: u64) -> (usize, usize) {
         let block = self.starts.partition_point(|&s| s <= row) - 1;
@@ -103,7 +108,11 @@ impl GlobalOrder {
 
     /// The positions [first, end) of the epoch's order that rank `rank` of
     /// `world` takes from global batch `batch` of `global_batch` rows.
-    pub fn share(global_batch: usize, batch: u64, (rank, world): (usize, usize)) -> std::ops::Range<usize> {
+    pub fn share(
+        global_batch: usize,
+        batch: u64,
+        (rank, world): (usize, usize),
+    ) -> std::ops::Range<usize> {
         let local = global_batch / world;
         let first = batch as usize * global_batch + rank * local;
         first..first + local
@@ -131,11 +140,19 @@ mod tests {
                 let e0 = order.epoch(0);
                 let mut sorted = e0.clone();
                 sorted.sort();
-                assert_eq!(sorted, (0..order.rows()).collect::<Vec<_>>(), "{blocks:?} {buffer}");
+                assert_eq!(
+                    sorted,
+                    (0..order.rows()).collect::<Vec<_>>(),
+                    "{blocks:?} {buffer}"
+                );
                 assert_eq!(e0, GlobalOrder::new(blocks.clone(), 3, buffer).epoch(0));
                 if order.rows() > 20 {
                     assert_ne!(e0, order.epoch(1), "epochs differ");
-                    assert_ne!(e0, GlobalOrder::new(blocks.clone(), 4, buffer).epoch(0), "seeds differ");
+                    assert_ne!(
+                        e0,
+                        GlobalOrder::new(blocks.clone(), 4, buffer).epoch(0),
+                        "seeds differ"
+                    );
                 }
             }
         }
@@ -158,7 +175,11 @@ mod tests {
                     }
                 }
                 for (i, row) in order.epoch(0).into_iter().enumerate() {
-                    assert!(pos[row as usize] <= i + buffer, "row {row} at {i}, streamed at {}", pos[row as usize]);
+                    assert!(
+                        pos[row as usize] <= i + buffer,
+                        "row {row} at {i}, streamed at {}",
+                        pos[row as usize]
+                    );
                 }
             }
         }
@@ -183,7 +204,19 @@ mod tests {
     fn locate_finds_each_rows_block() {
         let order = GlobalOrder::new(vec![3, 1, 4], 0, 4);
         let got: Vec<_> = (0..8).map(|r| order.locate(r)).collect();
-        assert_eq!(got, vec![(0, 0), (0, 1), (0, 2), (1, 0), (2, 0), (2, 1), (2, 2), (2, 3)]);
+        assert_eq!(
+            got,
+            vec![
+                (0, 0),
+                (0, 1),
+                (0, 2),
+                (1, 0),
+                (2, 0),
+                (2, 1),
+                (2, 2),
+                (2, 3)
+            ]
+        );
     }
 
     /// With a buffer as large as the epoch every row is equally likely at
@@ -197,7 +230,10 @@ mod tests {
             counts[e.iter().position(|&r| r == 0).unwrap()] += 1;
         }
         let expect = trials as f64 / n as f64;
-        let chi2: f64 = counts.iter().map(|&c| (c as f64 - expect).powi(2) / expect).sum();
+        let chi2: f64 = counts
+            .iter()
+            .map(|&c| (c as f64 - expect).powi(2) / expect)
+            .sum();
         // 15 degrees of freedom: chi2 > 37.7 has probability 0.001
         assert!(chi2 < 37.7, "chi2 {chi2}, counts {counts:?}");
     }

@@ -19,12 +19,23 @@ use crate::{DataError, Result};
 /// What reading one row group gave.
 #[derive(Debug)]
 pub struct RowGroupRead {
-    /// Its good clips, in row order.
-    pub clips: Vec<Clip>,
-    /// Each bad row's error (numbered by its row in the file).
-    pub bad: Vec<DataError>,
+    /// Each row in order: its clip, or what is wrong with it (naming the
+    /// file and the row's number in the file).
+    pub rows: Vec<std::result::Result<Clip, String>>,
     /// Bytes fetched.
     pub bytes: u64,
+}
+
+impl RowGroupRead {
+    /// The good clips, in row order.
+    pub fn clips(&self) -> impl Iterator<Item = &Clip> {
+        self.rows.iter().filter_map(|r| r.as_ref().ok())
+    }
+
+    /// The bad rows' errors, in row order.
+    pub fn bad(&self) -> impl Iterator<Item = &String> {
+        self.rows.iter().filter_map(|r| r.as_ref().err())
+    }
 }
 
 /// The fetched span of a file, served at the file's own offsets.
@@ -65,6 +76,13 @@ impl ChunkReader for Window {
 
     fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
         self.slice(start, length)
+    }
+}
+
+fn bad_schema(file: &str, reason: String) -> DataError {
+    DataError::Schema {
+        file: file.to_string(),
+        reason,
     }
 }
 
@@ -109,9 +127,29 @@ pub async fn read_row_group(
     let builder =
         ParquetRecordBatchReaderBuilder::new_with_metadata(window, meta).with_row_groups(vec![rg]);
     let (part, errors) = decode_lenient(builder, &file, first_row)?;
+    // Put the bad rows back in their places among the good ones.
+    let n = group.num_rows() as usize;
+    let mut bad: std::collections::BTreeMap<usize, String> = errors
+        .into_iter()
+        .map(|e| match &e {
+            DataError::Row { row, .. } => (*row - first_row, e.to_string()),
+            _ => (usize::MAX, e.to_string()),
+        })
+        .collect();
+    if let Some(e) = bad.remove(&usize::MAX) {
+        return Err(bad_schema(&file, e));
+    }
+    let mut good = part.clips.into_iter();
+    let rows = (0..n)
+        .map(|r| match bad.remove(&r) {
+            Some(e) => Err(e),
+            None => good.next().ok_or_else(|| {
+                format!("{file}: row group {rg} decoded fewer rows than its footer's {n}")
+            }),
+        })
+        .collect();
     Ok(RowGroupRead {
-        clips: part.clips,
-        bad: errors,
+        rows,
         bytes: end - start,
     })
 }

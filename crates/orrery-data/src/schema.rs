@@ -308,12 +308,11 @@ pub(crate) fn key_values<C: FromIterator<(String, String)> + Default>(
 /// row's error (file-level problems, such as an unreadable file or missing
 /// columns, are still an error).
 pub fn read_parquet_lenient(bytes: &Bytes, file: &str) -> Result<(ParquetClips, Vec<DataError>)> {
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone()).map_err(|e| {
-        DataError::Schema {
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(bytes.clone()).map_err(|e| DataError::Schema {
             file: file.to_string(),
             reason: format!("not a readable Parquet file ({e})"),
-        }
-    })?;
+        })?;
     decode_lenient(builder, file, 0)
 }
 

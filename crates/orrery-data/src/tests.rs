@@ -339,14 +339,19 @@ fn row_groups_read_by_range_equal_whole_files_and_name_bad_rows() {
         let footer = Arc::new(footer);
         for rg in 0..f.row_groups.len() {
             let read = rt
-                .block_on(crate::rowgroup::read_row_group(&loc, &path, f.size, &footer, rg))
+                .block_on(crate::rowgroup::read_row_group(
+                    &loc, &path, f.size, &footer, rg,
+                ))
                 .unwrap();
             assert!(read.bytes < f.size, "one row group, not the file");
-            got.extend(read.clips);
-            bad.extend(read.bad.iter().map(|e| e.to_string()));
+            assert_eq!(read.rows.len(), f.row_groups[rg]);
+            got.extend(read.clips().cloned());
+            bad.extend(read.bad().cloned());
         }
         let err = rt
-            .block_on(crate::rowgroup::read_row_group(&loc, &path, f.size, &footer, 9))
+            .block_on(crate::rowgroup::read_row_group(
+                &loc, &path, f.size, &footer, 9,
+            ))
             .unwrap_err()
             .to_string();
         assert!(err.contains("no row group 9"), "{err}");
@@ -359,7 +364,211 @@ fn row_groups_read_by_range_equal_whole_files_and_name_bad_rows() {
         .collect();
     assert_eq!(got, want);
     assert_eq!(bad.len(), 2, "{bad:?}");
-    assert!(bad[0].contains("part-00000.parquet") && bad[0].contains("row 70"), "{bad:?}");
-    assert!(bad[1].contains("part-00001.parquet") && bad[1].contains("row 40"), "{bad:?}");
+    assert!(
+        bad[0].contains("part-00000.parquet") && bad[0].contains("row 70"),
+        "{bad:?}"
+    );
+    assert!(
+        bad[1].contains("part-00001.parquet") && bad[1].contains("row 40"),
+        "{bad:?}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+mod streaming {
+    use super::*;
+    use crate::stream::{StreamConfig, StreamLoader};
+
+    /// 200 clips of 4 frames (clip 13 has 2) in files of 10: 20 blocks.
+    fn dataset(
+        tag: &str,
+        edit: impl FnOnce(&mut Vec<crate::Clip>),
+    ) -> (std::path::PathBuf, crate::index::Index) {
+        let dir = std::env::temp_dir().join(format!("orrery-stream-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = SynthConfig {
+            clips: 200,
+            frames: 4,
+            height: 8,
+            width: 8,
+            ..SynthConfig::default()
+        };
+        let mut clips = render_clips(&cfg);
+        clips[13].shape[0] = 2;
+        clips[13].latents.truncate(2 * 3 * 64);
+        clips[13].actions.as_mut().unwrap().truncate(2);
+        clips[13].agent_xy.as_mut().unwrap().truncate(4);
+        edit(&mut clips);
+        store::write_dataset(dir.to_str().unwrap(), &clips, &cfg.metadata(), 10).unwrap();
+        let (index, _) = crate::index::load_or_build(dir.to_str().unwrap(), None).unwrap();
+        (dir, index)
+    }
+
+    fn loader(
+        dir: &std::path::Path,
+        index: &crate::index::Index,
+        rank: usize,
+        world: usize,
+        cursor: Cursor,
+    ) -> StreamLoader {
+        let cfg = StreamConfig {
+            buffer: 40,
+            prefetch: 4,
+            max_bad_rows: 0,
+        };
+        StreamLoader::new(
+            dir.to_str().unwrap(),
+            index.clone(),
+            cfg,
+            (5, 16, 3),
+            (rank, world),
+            cursor,
+        )
+        .unwrap()
+    }
+
+    /// What each step's global batch holds: (sample id, clip id, latents) per row.
+    type Rows = Vec<(u64, String, Vec<f32>)>;
+
+    fn rows(b: &crate::Batch) -> Rows {
+        let len = b.latents.len() / b.dims[0];
+        (0..b.dims[0])
+            .map(|i| {
+                (
+                    b.sample_ids[i],
+                    b.clip_ids[i].clone(),
+                    b.latents[i * len..(i + 1) * len].to_vec(),
+                )
+            })
+            .collect()
+    }
+
+    /// The same global sequence on 1, 2 and 4 ranks, resumed mid-epoch on
+    /// another world size, with no clip twice in an epoch and only the
+    /// short clip left out.
+    #[test]
+    fn the_stream_is_the_same_on_any_world_size_and_resumes_elastically() {
+        let (dir, index) = dataset("elastic", |_| {});
+        let steps = 20; // 12 batches per epoch: crosses into epoch 1
+        let mut one = loader(&dir, &index, 0, 1, Cursor::default());
+        let single: Vec<Rows> = (0..steps)
+            .map(|_| rows(&one.next_batch().unwrap()))
+            .collect();
+        assert_eq!(one.batches_per_epoch(), 12);
+        let epoch0: Vec<&String> = single[..12].iter().flatten().map(|r| &r.1).collect();
+        let mut unique = epoch0.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), epoch0.len(), "no clip twice in an epoch");
+        assert!(
+            epoch0.len() >= 12 * 16 - 1,
+            "only the short clip may be missing"
+        );
+        // 4 ranks for 5 steps, then 2 ranks from their cursor, then 1 -> 4.
+        let mut joined: Vec<Rows> = Vec::new();
+        let mut run = |world: usize, cursor: Cursor, n: usize| -> Cursor {
+            let mut ranks: Vec<_> = (0..world)
+                .map(|r| loader(&dir, &index, r, world, cursor))
+                .collect();
+            for _ in 0..n {
+                joined.push(
+                    ranks
+                        .iter_mut()
+                        .flat_map(|l| rows(&l.next_batch().unwrap()))
+                        .collect(),
+                );
+            }
+            ranks[0].cursor()
+        };
+        let c = run(4, Cursor::default(), 5);
+        let c = run(2, c, 5);
+        let c = run(1, c, 3);
+        run(4, c, steps - 13);
+        assert_eq!(joined, single);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Memory stays bounded: blocks are dropped after their last use, and
+    /// far fewer than all of them are ever in memory at once.
+    #[test]
+    fn blocks_leave_memory_after_their_last_use() {
+        let (dir, index) = dataset("memory", |_| {});
+        let mut l = loader(&dir, &index, 0, 1, Cursor::default());
+        let mut most = 0;
+        for _ in 0..12 {
+            l.next_batch().unwrap();
+            most = most.max(l.stats().resident_rows);
+        }
+        assert_eq!(
+            l.stats().blocks_read,
+            20,
+            "each block read once in the epoch"
+        );
+        // buffer 40 + (prefetch 4 + the block in hand) x 10 rows
+        assert!(most <= 90, "at most {most} of 200 rows resident");
+        eprintln!("resident rows, most: {most}");
+        assert_eq!(
+            l.stats().resident_rows,
+            0,
+            "nothing left at the end of the epoch"
+        );
+        // Two ranks keep only their own rows.
+        let (mut a, mut b) = (
+            loader(&dir, &index, 0, 2, Cursor::default()),
+            loader(&dir, &index, 1, 2, Cursor::default()),
+        );
+        let mut most2 = 0;
+        for _ in 0..12 {
+            a.next_batch().unwrap();
+            b.next_batch().unwrap();
+            most2 = most2.max(a.stats().resident_rows.max(b.stats().resident_rows));
+        }
+        assert!(
+            most2 < most,
+            "a rank of 2 holds {most2} rows, one process {most}"
+        );
+        eprintln!("resident rows per rank of 2, most: {most2}");
+        assert!(
+            l.stats().bytes < index.bytes() + 20 * 4096,
+            "{} bytes read",
+            l.stats().bytes
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A bad row is an error naming file and row, or (with max_bad_rows)
+    /// left out and counted.
+    #[test]
+    fn a_bad_row_is_named_or_skipped_and_counted() {
+        let (dir, index) = dataset("bad", |clips| clips[57].latents[3] = f32::NAN);
+        let mut strict = loader(&dir, &index, 0, 1, Cursor::default());
+        let err = (0..12)
+            .find_map(|_| strict.next_batch().err())
+            .expect("the NaN row fails");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("part-00005.parquet, row 7") && msg.contains("max_bad_rows"),
+            "{msg}"
+        );
+        let cfg = StreamConfig {
+            buffer: 40,
+            prefetch: 4,
+            max_bad_rows: 1,
+        };
+        let mut lenient = StreamLoader::new(
+            dir.to_str().unwrap(),
+            index,
+            cfg,
+            (5, 16, 3),
+            (0, 1),
+            Cursor::default(),
+        )
+        .unwrap();
+        let got: usize = (0..12).map(|_| lenient.next_batch().unwrap().dims[0]).sum();
+        assert_eq!(got, 12 * 16 - 2, "the bad and the short clip left out");
+        assert_eq!(lenient.stats().bad_rows.len(), 1);
+        assert_eq!(lenient.stats().skipped_short, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

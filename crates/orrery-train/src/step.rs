@@ -271,7 +271,12 @@ pub(crate) mod tests {
         // A fresh adaLN-Zero model outputs 0 in any precision: compare from step 1 on.
         for k in 1..5 {
             let ((l, n), (l2, n2)) = (full[k], half[k]);
-            assert!(rel(l, l2) < 0.03 && rel(n, n2) < 0.1, "step {k}: {:?} vs {:?}", full[k], half[k]);
+            assert!(
+                rel(l, l2) < 0.03 && rel(n, n2) < 0.1,
+                "step {k}: {:?} vs {:?}",
+                full[k],
+                half[k]
+            );
         }
         assert!(
             (1..5).any(|k| full[k].0 != half[k].0),

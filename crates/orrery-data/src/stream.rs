@@ -1,0 +1,380 @@
+//! The streaming loader: batches in the [`GlobalOrder`] of an index's row
+//! groups, read with ranged requests as they are needed, so a dataset need
+//! not fit in memory. Letters: b batch, t frames, c channels, h/w latent size.
+//!
+//! - Each rank reads only the row groups (blocks) holding rows of its own
+//!   shares, on a tokio runtime of its own: up to `prefetch` blocks in
+//!   flight, fetched ahead over the next batches while the trainer computes.
+//! - Of a block read, only the rows of this rank's shares in this epoch are
+//!   kept, and each leaves memory when its batch takes it. Rows waiting in
+//!   memory are those the shuffle buffer has not emitted yet, plus the
+//!   prefetched blocks': at most about (buffer + prefetch x block) / world
+//!   rows, whatever the dataset's size.
+//! - The state is the same [`Cursor`] (epoch, batch) as the in-memory
+//!   loader's; resuming on any number of ranks continues the same global
+//!   sequence.
+//! - Clips shorter than the crop and (with `max_bad_rows > 0`) bad rows are
+//!   left out of their batch and counted, so a batch can be a little smaller
+//!   than its share; a bad row is otherwise an error naming file and row.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use object_store::path::Path;
+use parquet::file::metadata::ParquetMetaData;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::task::JoinHandle;
+
+use crate::index::Index;
+use crate::order::GlobalOrder;
+use crate::rowgroup::read_row_group;
+use crate::store::{self, Location};
+use crate::{Batch, Clip, Cursor, DataError, Result};
+
+/// How a [`StreamLoader`] reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StreamConfig {
+    /// Rows in the shuffle buffer of the global order.
+    pub buffer: usize,
+    /// Blocks (row groups) read at once.
+    pub prefetch: usize,
+    /// Bad rows skipped (and counted) before one is an error; 0: the first is.
+    pub max_bad_rows: usize,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            buffer: 4096,
+            prefetch: 8,
+            max_bad_rows: 0,
+        }
+    }
+}
+
+/// What a [`StreamLoader`] has done so far.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamStats {
+    /// Row groups read.
+    pub blocks_read: usize,
+    /// Bytes fetched (row groups and footers).
+    pub bytes: u64,
+    /// Clips left out for being shorter than the crop.
+    pub skipped_short: usize,
+    /// Bad rows left out, each naming file and row.
+    pub bad_rows: Vec<String>,
+    /// Rows in memory after the last batch (read, not yet taken).
+    pub resident_rows: usize,
+}
+
+/// Batches ahead that reads are started for.
+const LOOKAHEAD: u64 = 64;
+
+type Block = Arc<Vec<std::result::Result<Clip, String>>>;
+/// The rows of a block this rank still needs, by place in the block.
+type Kept = HashMap<usize, std::result::Result<Clip, String>>;
+
+/// Streams one rank's share of each global batch; see the module docs.
+pub struct StreamLoader {
+    loc: Arc<Location>,
+    index: Arc<Index>,
+    /// Block id -> (file, row group).
+    blocks: Vec<(usize, usize)>,
+    order: GlobalOrder,
+    cfg: StreamConfig,
+    seed: u64,
+    global_batch: usize,
+    frames: usize,
+    rank: usize,
+    world: usize,
+    cursor: Cursor,
+    /// This epoch's order (global rows), and the rows of this rank's shares.
+    epoch_rows: Vec<u64>,
+    mine: std::collections::HashSet<u64>,
+    rt: tokio::runtime::Runtime,
+    footers: Arc<tokio::sync::Mutex<HashMap<usize, Arc<ParquetMetaData>>>>,
+    cache: HashMap<usize, Kept>,
+    pending: HashMap<usize, JoinHandle<Result<(Block, u64)>>>,
+    stats: StreamStats,
+}
+
+impl StreamLoader {
+    /// A loader over the files of `index` (read from `url`), for rank
+    /// `rank` of `world`, at `cursor`.
+    pub fn new(
+        url: &str,
+        index: Index,
+        cfg: StreamConfig,
+        (seed, global_batch, frames): (u64, usize, usize),
+        (rank, world): (usize, usize),
+        cursor: Cursor,
+    ) -> Result<Self> {
+        let blocks: Vec<(usize, usize)> = index
+            .files
+            .iter()
+            .enumerate()
+            .flat_map(|(f, file)| (0..file.row_groups.len()).map(move |rg| (f, rg)))
+            .collect();
+        let sizes = index
+            .files
+            .iter()
+            .flat_map(|f| f.row_groups.clone())
+            .collect();
+        let order = GlobalOrder::new(sizes, seed, cfg.buffer);
+        if order.rows() < global_batch as u64 {
+            return Err(DataError::Geometry(format!(
+                "{url} has {} rows, fewer than one global batch of {global_batch}: lower data.global_batch",
+                order.rows()
+            )));
+        }
+        if global_batch % world != 0 {
+            return Err(DataError::Geometry(format!(
+                "global batch {global_batch} is not divisible by world size {world}: set data.global_batch to a multiple of {world}"
+            )));
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| DataError::Geometry(format!("cannot start the reader threads: {e}")))?;
+        let mut loader = StreamLoader {
+            loc: Arc::new(store::parse(url)?),
+            index: Arc::new(index),
+            blocks,
+            order,
+            cfg,
+            seed,
+            global_batch,
+            frames,
+            rank,
+            world,
+            cursor,
+            epoch_rows: Vec::new(),
+            mine: Default::default(),
+            rt,
+            footers: Arc::default(),
+            cache: HashMap::new(),
+            pending: HashMap::new(),
+            stats: StreamStats::default(),
+        };
+        loader.start_epoch();
+        Ok(loader)
+    }
+
+    /// Global batches per epoch (the last partial one is dropped).
+    pub fn batches_per_epoch(&self) -> u64 {
+        self.order.rows() / self.global_batch as u64
+    }
+
+    /// The position of the next batch.
+    pub fn cursor(&self) -> Cursor {
+        self.cursor
+    }
+
+    /// What was read and left out so far.
+    pub fn stats(&self) -> &StreamStats {
+        &self.stats
+    }
+
+    /// The global rows of the whole global batch (every rank's share, in
+    /// rank order) that the last [`StreamLoader::next_batch`] took its share
+    /// of: the same on any number of ranks.
+    pub fn last_global_rows(&self) -> Vec<u64> {
+        let b = self.cursor.batch.saturating_sub(1);
+        self.epoch_rows[GlobalOrder::share(self.global_batch, b, (0, 1))].to_vec()
+    }
+
+    fn start_epoch(&mut self) {
+        self.epoch_rows = self.order.epoch(self.cursor.epoch);
+        // From the cursor on: a resumed loader needs none of the earlier rows.
+        let (from, to) = (self.cursor.batch, self.batches_per_epoch());
+        self.mine = (from..to)
+            .flat_map(|b| GlobalOrder::share(self.global_batch, b, (self.rank, self.world)))
+            .map(|pos| self.epoch_rows[pos])
+            .collect();
+    }
+
+    /// Start reads of the blocks this rank needs next, from batch `from`
+    /// on, until `prefetch` reads are in flight or the epoch ends.
+    fn prefetch(&mut self, from: u64) {
+        let mut batch = from;
+        let end = self.batches_per_epoch().min(from + LOOKAHEAD);
+        while self.pending.len() < self.cfg.prefetch.max(1) && batch < end {
+            let share = GlobalOrder::share(self.global_batch, batch, (self.rank, self.world));
+            for i in share {
+                let block = self.order.locate(self.epoch_rows[i]).0;
+                if self.cache.contains_key(&block) || self.pending.contains_key(&block) {
+                    continue;
+                }
+                let handle = self.spawn_read(block);
+                self.pending.insert(block, handle);
+                if self.pending.len() >= self.cfg.prefetch.max(1) {
+                    break;
+                }
+            }
+            batch += 1;
+        }
+    }
+
+    fn spawn_read(&self, block: usize) -> JoinHandle<Result<(Block, u64)>> {
+        let (file, rg) = self.blocks[block];
+        let (loc, index, footers) = (self.loc.clone(), self.index.clone(), self.footers.clone());
+        self.rt.spawn(async move {
+            let entry = &index.files[file];
+            let path = Path::from(entry.path.as_str());
+            let mut fetched = 0;
+            let footer = {
+                let mut known = footers.lock().await;
+                match known.get(&file) {
+                    Some(f) => f.clone(),
+                    None => {
+                        let (f, n) = crate::index::footer(&loc, &path, entry.size).await?;
+                        fetched += n;
+                        let f = Arc::new(f);
+                        known.insert(file, f.clone());
+                        f
+                    }
+                }
+            };
+            let read = read_row_group(&loc, &path, entry.size, &footer, rg).await?;
+            Ok((Arc::new(read.rows), fetched + read.bytes))
+        })
+    }
+
+    /// Take row `offset` of `block`: from memory, or by waiting for (or
+    /// starting) the block's read and keeping the rows this rank will need.
+    fn take(&mut self, block: usize, offset: usize) -> Result<std::result::Result<Clip, String>> {
+        if !self.cache.contains_key(&block) {
+            let handle = match self.pending.remove(&block) {
+                Some(h) => h,
+                None => self.spawn_read(block),
+            };
+            let (rows, bytes) = self
+                .rt
+                .block_on(handle)
+                .map_err(|e| DataError::Geometry(format!("a reader thread failed: {e}")))??;
+            self.stats.blocks_read += 1;
+            self.stats.bytes += bytes;
+            let start = self.row_of(block);
+            let kept: Kept = rows
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| self.mine.contains(&(start + *i as u64)))
+                .map(|(i, r)| (i, r.clone()))
+                .collect();
+            self.stats.resident_rows += kept.len();
+            self.cache.insert(block, kept);
+        }
+        let kept = self.cache.get_mut(&block).expect("just inserted");
+        let row = kept.remove(&offset).ok_or_else(|| {
+            DataError::Geometry(format!(
+                "row {offset} of block {block} was taken twice (a loader bug)"
+            ))
+        })?;
+        if kept.is_empty() {
+            self.cache.remove(&block);
+        }
+        self.stats.resident_rows -= 1;
+        Ok(row)
+    }
+
+    /// The first global row of `block`.
+    fn row_of(&self, block: usize) -> u64 {
+        self.order.first_row(block)
+    }
+
+    /// This rank's share of the next global batch.
+    pub fn next_batch(&mut self) -> Result<Batch> {
+        if self.cursor.batch >= self.batches_per_epoch() {
+            self.cursor = Cursor {
+                epoch: self.cursor.epoch + 1,
+                batch: 0,
+            };
+            self.cache.clear();
+            self.start_epoch();
+        }
+        let batch_no = self.cursor.batch;
+        self.prefetch(batch_no);
+        let share = GlobalOrder::share(self.global_batch, batch_no, (self.rank, self.world));
+        let epoch_base = self.cursor.epoch * self.batches_per_epoch() * self.global_batch as u64;
+        let t = self.frames;
+        let mut picked: Vec<(u64, u64, Clip)> = Vec::with_capacity(share.len());
+        for pos in share.clone() {
+            let row = self.epoch_rows[pos];
+            let (block, offset) = self.order.locate(row);
+            match &self.take(block, offset)? {
+                Err(e) => {
+                    if self.cfg.max_bad_rows == 0 {
+                        return Err(DataError::Geometry(format!(
+                            "{e} (set data.max_bad_rows to skip bad rows)"
+                        )));
+                    }
+                    self.stats.bad_rows.push(e.clone());
+                    if self.stats.bad_rows.len() > self.cfg.max_bad_rows {
+                        return Err(DataError::Geometry(format!(
+                            "{} bad rows, more than data.max_bad_rows = {}; the first: {}",
+                            self.stats.bad_rows.len(),
+                            self.cfg.max_bad_rows,
+                            self.stats.bad_rows[0]
+                        )));
+                    }
+                }
+                Ok(clip) if clip.shape[0] < t => self.stats.skipped_short += 1,
+                Ok(clip) => picked.push((epoch_base + pos as u64, row, clip.clone())),
+            }
+        }
+        self.cursor.batch += 1;
+        self.prefetch(self.cursor.batch);
+        if picked.is_empty() {
+            return Err(DataError::Geometry(format!(
+                "every clip of rank {}'s share of batch {batch_no} is shorter than {t} frames or bad: lower model.frames or fix the data",
+                self.rank
+            )));
+        }
+        Ok(self.collate(picked))
+    }
+
+    /// Crop each clip to t frames at an offset drawn from (seed, epoch,
+    /// global row) and stack: [b, t, c, h, w].
+    fn collate(&self, picked: Vec<(u64, u64, Clip)>) -> Batch {
+        let t = self.frames;
+        let [_, c, h, w] = picked[0].2.shape;
+        let frame_len = c * h * w;
+        let first = &picked[0].2;
+        let mut batch = Batch {
+            dims: [picked.len(), t, c, h, w],
+            latents: Vec::with_capacity(picked.len() * t * frame_len),
+            actions: first.actions.as_ref().map(|_| Vec::new()),
+            action_values: first.action_values.as_ref().map(|_| Vec::new()),
+            labels: first.label.map(|_| Vec::new()),
+            sample_ids: Vec::with_capacity(picked.len()),
+            clip_ids: Vec::with_capacity(picked.len()),
+        };
+        for (sample, row, clip) in picked {
+            let mut rng = ChaCha8Rng::seed_from_u64(
+                self.seed.wrapping_add(0x5851_F42D_4C95_7F2D)
+                    ^ self.cursor.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    ^ row.wrapping_mul(0xD1B5_4A32_D192_ED03),
+            );
+            let offset = rng.random_range(0..=clip.shape[0] - t);
+            batch
+                .latents
+                .extend_from_slice(&clip.latents[offset * frame_len..(offset + t) * frame_len]);
+            if let (Some(out), Some(a)) = (batch.actions.as_mut(), clip.actions.as_ref()) {
+                out.extend_from_slice(&a[offset..offset + t]);
+            }
+            if let (Some(out), Some(a)) =
+                (batch.action_values.as_mut(), clip.action_values.as_ref())
+            {
+                let width = a.len() / clip.shape[0];
+                out.extend_from_slice(&a[offset * width..(offset + t) * width]);
+            }
+            if let Some(out) = batch.labels.as_mut() {
+                out.push(clip.label.unwrap_or(0));
+            }
+            batch.sample_ids.push(sample);
+            batch.clip_ids.push(clip.id);
+        }
+        batch
+    }
+}
