@@ -161,6 +161,67 @@ fn ddp_over_mpi_matches_one_process_and_a_lost_rank_ends_the_job() {
     epoch0.dedup();
     assert_eq!(epoch0.len(), 20, "an id repeats within epoch 0");
 
+    // Streaming (row groups read as needed, block + shuffle-buffer order):
+    // 4 ranks stopped after 3 steps and finished on 2 take the same global
+    // rows, and end with the same weights, as one process streaming alone.
+    let stream = [
+        "--set",
+        "data.streaming=true",
+        "--set",
+        "data.shuffle_buffer=8",
+    ];
+    ok(orrery(
+        &[
+            &["train", "tiny.toml", "--run-dir", "stream1"][..],
+            &stream[..],
+        ]
+        .concat(),
+        &dir,
+    ));
+    launch_train(
+        &dir,
+        "4",
+        "stream42",
+        &[&stream[..], &["--stop-after", "3"]].concat(),
+    );
+    launch_train(&dir, "2", "stream42", &stream);
+    assert_same_checkpoint(
+        &dir.join("stream1/checkpoints/step_00000006"),
+        &dir.join("stream42/checkpoints/step_00000006"),
+        "streaming 4 -> 2 ranks vs one process",
+    );
+    let streamed = order("stream1");
+    assert_eq!(
+        order("stream42"),
+        streamed,
+        "streamed data order, 4 -> 2 ranks"
+    );
+    let rows: Vec<u64> = streamed
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["epoch"] == 0)
+        .flat_map(|v| {
+            v["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_u64().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut unique = rows.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        (rows.len(), unique.len()),
+        (20, 20),
+        "5 batches of 4 rows, none twice: {rows:?}"
+    );
+    assert!(
+        rows.iter().all(|&r| r < 20),
+        "held-out rows (the last 4) never trained on: {rows:?}"
+    );
+
     user_error(
         orrery(&["train", "tiny.toml", "--set", "data.micro_batch=3"], &dir),
         "data.micro_batch = 3 does not divide",

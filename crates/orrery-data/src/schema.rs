@@ -304,6 +304,47 @@ pub(crate) fn key_values<C: FromIterator<(String, String)> + Default>(
         .unwrap_or_default()
 }
 
+/// A file's [`DatasetMeta`] from its key-value metadata (checking the
+/// schema version).
+pub fn dataset_meta<M>(kv: &M, file: &str) -> Result<DatasetMeta>
+where
+    for<'k> &'k M: IntoIterator<Item = (&'k String, &'k String)>,
+{
+    let schema_err = |reason: String| DataError::Schema {
+        file: file.to_string(),
+        reason,
+    };
+    let get = |k: &str| {
+        kv.into_iter()
+            .find(|(key, _)| key.as_str() == k)
+            .map(|(_, v)| v)
+    };
+    match get(KEY_VERSION).map(String::as_str) {
+        Some(SCHEMA_VERSION) | None => {}
+        Some(v) => {
+            return Err(schema_err(format!(
+                "schema version {v} is not supported (this orrery reads {SCHEMA_VERSION})"
+            )))
+        }
+    }
+    let num = |k: &str, default: f64| -> Result<f64> {
+        get(k)
+            .map(|v| {
+                v.parse::<f64>()
+                    .map_err(|_| schema_err(format!("metadata {k} = {v:?} is not a number")))
+            })
+            .unwrap_or(Ok(default))
+    };
+    Ok(DatasetMeta {
+        scale: num(KEY_SCALE, 1.0)?,
+        shift: num(KEY_SHIFT, 0.0)?,
+        num_actions: num(KEY_NUM_ACTIONS, 0.0)? as usize,
+        num_classes: num(KEY_NUM_CLASSES, 0.0)? as usize,
+        action_dim: num(KEY_ACTION_DIM, 0.0)? as usize,
+        generator: get(KEY_GENERATOR).cloned(),
+    })
+}
+
 /// Decode one Parquet file, keeping the good rows and returning each bad
 /// row's error (file-level problems, such as an unreadable file or missing
 /// columns, are still an error).
@@ -329,30 +370,7 @@ pub(crate) fn decode_lenient<T: parquet::file::reader::ChunkReader + 'static>(
         reason,
     };
     let kv: HashMap<String, String> = key_values(builder.metadata().file_metadata());
-    match kv.get(KEY_VERSION).map(String::as_str) {
-        Some(SCHEMA_VERSION) | None => {}
-        Some(v) => {
-            return Err(schema_err(format!(
-                "schema version {v} is not supported (this orrery reads {SCHEMA_VERSION})"
-            )))
-        }
-    }
-    let num = |k: &str, default: f64| -> Result<f64> {
-        kv.get(k)
-            .map(|v| {
-                v.parse::<f64>()
-                    .map_err(|_| schema_err(format!("metadata {k} = {v:?} is not a number")))
-            })
-            .unwrap_or(Ok(default))
-    };
-    let meta = DatasetMeta {
-        scale: num(KEY_SCALE, 1.0)?,
-        shift: num(KEY_SHIFT, 0.0)?,
-        num_actions: num(KEY_NUM_ACTIONS, 0.0)? as usize,
-        num_classes: num(KEY_NUM_CLASSES, 0.0)? as usize,
-        action_dim: num(KEY_ACTION_DIM, 0.0)? as usize,
-        generator: kv.get(KEY_GENERATOR).cloned(),
-    };
+    let meta = dataset_meta(&kv, file)?;
     let reader = builder.build().map_err(|e| schema_err(e.to_string()))?;
     let (mut clips, mut bad, mut rows_before) = (Vec::new(), Vec::new(), first_row);
     for batch in reader {

@@ -40,6 +40,9 @@ pub struct StreamConfig {
     pub prefetch: usize,
     /// Bad rows skipped (and counted) before one is an error; 0: the first is.
     pub max_bad_rows: usize,
+    /// Rows at the end of the index (last file, last rows) held out of
+    /// training, for evaluation.
+    pub holdout: usize,
 }
 
 impl Default for StreamConfig {
@@ -48,6 +51,7 @@ impl Default for StreamConfig {
             buffer: 4096,
             prefetch: 8,
             max_bad_rows: 0,
+            holdout: 0,
         }
     }
 }
@@ -115,11 +119,25 @@ impl StreamLoader {
             .enumerate()
             .flat_map(|(f, file)| (0..file.row_groups.len()).map(move |rg| (f, rg)))
             .collect();
-        let sizes = index
+        // The held-out rows are the index's last: cut them off the blocks.
+        let mut sizes: Vec<usize> = index
             .files
             .iter()
             .flat_map(|f| f.row_groups.clone())
             .collect();
+        let total: usize = sizes.iter().sum();
+        if cfg.holdout >= total {
+            return Err(DataError::Geometry(format!(
+                "{url} has {total} clips, not enough to hold out {}: lower data.holdout_clips or add clips",
+                cfg.holdout
+            )));
+        }
+        let mut cut = cfg.holdout;
+        for s in sizes.iter_mut().rev() {
+            let take = cut.min(*s);
+            *s -= take;
+            cut -= take;
+        }
         let order = GlobalOrder::new(sizes, seed, cfg.buffer);
         if order.rows() < global_batch as u64 {
             return Err(DataError::Geometry(format!(
@@ -161,9 +179,68 @@ impl StreamLoader {
         Ok(loader)
     }
 
+    /// The dataset's metadata (from the first file's footer summary).
+    pub fn meta(&self) -> Result<crate::DatasetMeta> {
+        let first = &self.index.files[0];
+        crate::schema::dataset_meta(&first.metadata, &first.path)
+    }
+
+    /// The clips of global rows `rows`, read now; a bad row is an error
+    /// naming file and row.
+    pub fn read_rows(&self, rows: std::ops::Range<u64>) -> Result<Vec<Clip>> {
+        let all = self.order_all();
+        let mut out = Vec::new();
+        let mut row = rows.start;
+        while row < rows.end {
+            let (block, offset) = all.locate(row);
+            let (read, _) = self
+                .rt
+                .block_on(self.spawn_read(block))
+                .map_err(|e| DataError::Geometry(format!("a reader thread failed: {e}")))??;
+            let n = (read.len() - offset).min((rows.end - row) as usize);
+            for r in &read[offset..offset + n] {
+                out.push(r.clone().map_err(DataError::Geometry)?);
+            }
+            row += n as u64;
+        }
+        Ok(out)
+    }
+
+    /// The held-out clips (`StreamConfig::holdout` rows at the end of the index).
+    pub fn holdout_clips(&self) -> Result<Vec<Clip>> {
+        let total = self.order_all().rows();
+        self.read_rows(total - self.cfg.holdout as u64..total)
+    }
+
+    /// Rows of every block, held-out ones included.
+    fn order_all(&self) -> GlobalOrder {
+        GlobalOrder::new(
+            self.index
+                .files
+                .iter()
+                .flat_map(|f| f.row_groups.clone())
+                .collect(),
+            0,
+            0,
+        )
+    }
+
+    /// Rows in the training order (the index's, less the held-out ones).
+    pub fn train_rows(&self) -> u64 {
+        self.order.rows()
+    }
+
     /// Global batches per epoch (the last partial one is dropped).
     pub fn batches_per_epoch(&self) -> u64 {
         self.order.rows() / self.global_batch as u64
+    }
+
+    /// Continue from `cursor` (a checkpoint's).
+    pub fn seek(&mut self, cursor: Cursor) {
+        self.cursor = cursor;
+        self.cache.clear();
+        self.stats.resident_rows = 0;
+        self.start_epoch();
     }
 
     /// The position of the next batch.

@@ -415,7 +415,7 @@ mod streaming {
         let cfg = StreamConfig {
             buffer: 40,
             prefetch: 4,
-            max_bad_rows: 0,
+            ..StreamConfig::default()
         };
         StreamLoader::new(
             dir.to_str().unwrap(),
@@ -555,6 +555,7 @@ mod streaming {
             buffer: 40,
             prefetch: 4,
             max_bad_rows: 1,
+            ..StreamConfig::default()
         };
         let mut lenient = StreamLoader::new(
             dir.to_str().unwrap(),
@@ -569,6 +570,55 @@ mod streaming {
         assert_eq!(got, 12 * 16 - 2, "the bad and the short clip left out");
         assert_eq!(lenient.stats().bad_rows.len(), 1);
         assert_eq!(lenient.stats().skipped_short, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The held-out clips are the index's last rows, and training never
+    /// takes them.
+    #[test]
+    fn held_out_rows_are_the_last_and_never_trained_on() {
+        let (dir, index) = dataset("holdout", |_| {});
+        let cfg = StreamConfig {
+            buffer: 40,
+            holdout: 25,
+            ..StreamConfig::default()
+        };
+        let mut l = StreamLoader::new(
+            dir.to_str().unwrap(),
+            index,
+            cfg,
+            (5, 16, 3),
+            (0, 1),
+            Cursor::default(),
+        )
+        .unwrap();
+        let held: Vec<String> = l
+            .holdout_clips()
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        let want: Vec<String> = render_clips(&SynthConfig {
+            clips: 200,
+            frames: 4,
+            height: 8,
+            width: 8,
+            ..SynthConfig::default()
+        })
+        .into_iter()
+        .skip(175)
+        .map(|c| c.id)
+        .collect();
+        assert_eq!(held, want);
+        assert_eq!(l.batches_per_epoch(), 175 / 16);
+        for _ in 0..l.batches_per_epoch() {
+            let b = l.next_batch().unwrap();
+            assert!(
+                b.clip_ids.iter().all(|id| !held.contains(id)),
+                "trained on a held-out clip"
+            );
+        }
+        assert_eq!(l.meta().unwrap().num_actions, crate::synth::NUM_ACTIONS);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

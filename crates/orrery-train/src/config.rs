@@ -100,6 +100,16 @@ pub struct DataConfig {
     /// Bad rows (NaN latents, wrong byte counts, out-of-range ids, ...) to
     /// skip and count before giving up; 0 = the first bad row is an error.
     pub max_bad_rows: usize,
+    /// Stream row groups as they are needed (ranged reads planned from the
+    /// footer index, prefetched) instead of reading every file at start:
+    /// for datasets larger than memory. The held-out clips are then the
+    /// index's last rows, and the order is the block + shuffle-buffer order.
+    pub streaming: bool,
+    /// Streaming: rows in the shuffle buffer of the global order (larger
+    /// shuffles better and holds more rows in memory).
+    pub shuffle_buffer: usize,
+    /// Streaming: row groups read at once, ahead of the trainer.
+    pub prefetch_blocks: usize,
 }
 
 impl Default for DataConfig {
@@ -110,6 +120,9 @@ impl Default for DataConfig {
             holdout_clips: 16,
             micro_batch: 0,
             max_bad_rows: 0,
+            streaming: false,
+            shuffle_buffer: 4096,
+            prefetch_blocks: 8,
         }
     }
 }

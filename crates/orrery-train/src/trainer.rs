@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
+use orrery_data::stream::{StreamConfig, StreamLoader};
 use orrery_data::{Batch, Cursor, Dataset, Loader};
 use orrery_diffusion::{Actions, Cond, DiffusionError, TrainBatch};
 use orrery_dist::{connect, Collective, World};
@@ -206,6 +207,81 @@ fn connect_nccl(_: &TrainConfig, _: &World, _: &dyn Collective, _: Duration) -> 
     Ok(())
 }
 
+/// Where batches come from: the clips in memory, or streamed row groups.
+enum Feed<'a> {
+    Memory(Loader<'a>),
+    Stream(Box<StreamLoader>),
+}
+
+impl Feed<'_> {
+    fn next_batch(&mut self) -> Result<Batch> {
+        Ok(match self {
+            Feed::Memory(l) => l.next_batch(),
+            Feed::Stream(l) => l.next_batch()?,
+        })
+    }
+
+    fn cursor(&self) -> Cursor {
+        match self {
+            Feed::Memory(l) => l.cursor(),
+            Feed::Stream(l) => l.cursor(),
+        }
+    }
+
+    fn skipped_short(&self) -> usize {
+        match self {
+            Feed::Memory(l) => l.skipped_short,
+            Feed::Stream(l) => l.stats().skipped_short,
+        }
+    }
+
+    /// Training clips: all of them in memory, or the index's rows.
+    fn clips(&self, data: &Dataset) -> usize {
+        match self {
+            Feed::Memory(_) => data.train.len(),
+            Feed::Stream(l) => l.train_rows() as usize,
+        }
+    }
+}
+
+/// The dataset: read whole (`data.train` holds every training clip), or,
+/// with `data.streaming`, its index and a [`StreamLoader`]; then
+/// `data.train` holds only the first clips (for the geometry checks) and
+/// `data.holdout` the held-out ones, read now.
+fn open_data(cfg: &TrainConfig, world: &World) -> Result<(Dataset, Option<StreamLoader>)> {
+    let d = &cfg.data;
+    if !d.streaming {
+        return Ok((
+            Dataset::open_with(&d.url, d.holdout_clips, d.max_bad_rows)?,
+            None,
+        ));
+    }
+    let (index, _) = orrery_data::index::load_or_build(&d.url, None)?;
+    let files = index.files.len();
+    let stream_cfg = StreamConfig {
+        buffer: d.shuffle_buffer,
+        prefetch: d.prefetch_blocks,
+        max_bad_rows: d.max_bad_rows,
+        holdout: d.holdout_clips,
+    };
+    let stream = StreamLoader::new(
+        &d.url,
+        index,
+        stream_cfg,
+        (cfg.run.seed, d.global_batch, cfg.model.frames),
+        (world.rank, world.size),
+        Cursor::default(),
+    )?;
+    let data = Dataset {
+        train: stream.read_rows(0..stream.train_rows().min(16))?,
+        holdout: stream.holdout_clips()?,
+        meta: stream.meta()?,
+        files,
+        bad_rows: Vec::new(),
+    };
+    Ok((data, Some(stream)))
+}
+
 /// Train on backend `B` (autodiff) and device.
 pub fn train_on<B: AutodiffBackend>(
     cfg: TrainConfig,
@@ -232,7 +308,7 @@ fn train_ranks<B: AutodiffBackend>(
             eprintln!("{msg}");
         }
     };
-    let data = Dataset::open_with(&cfg.data.url, cfg.data.holdout_clips, cfg.data.max_bad_rows)?;
+    let (data, mut stream) = open_data(&cfg, &world)?;
     crate::geometry::check_geometry(&cfg, &data)?;
     if !data.bad_rows.is_empty() {
         say(format!(
@@ -350,14 +426,20 @@ fn train_ranks<B: AutodiffBackend>(
         }
     }
 
-    let mut loader = Loader::new(
-        &data.train,
-        cfg.run.seed,
-        cfg.data.global_batch,
-        cfg.model.frames,
-        (world.rank, world.size),
-        cursor,
-    )?;
+    let mut loader = match stream.take() {
+        Some(mut s) => {
+            s.seek(cursor);
+            Feed::Stream(Box::new(s))
+        }
+        None => Feed::Memory(Loader::new(
+            &data.train,
+            cfg.run.seed,
+            cfg.data.global_batch,
+            cfg.model.frames,
+            (world.rank, world.size),
+            cursor,
+        )?),
+    };
     let inner_device = device.clone();
     let heldout_host = heldout_batch(&data, cfg.model.frames, cfg.data.global_batch);
     let heldout = to_device::<B::InnerBackend>(&heldout_host, &cfg.model, &inner_device);
@@ -421,9 +503,9 @@ fn train_ranks<B: AutodiffBackend>(
     say(format!(
         "training {} params on {} clips ({} held out, {} skipped as too short), {} steps from step {step}; held-out loss {heldout_start:.4}",
         cfg.model.num_params(),
-        data.train.len(),
+        loader.clips(&data),
         data.holdout.len(),
-        loader.skipped_short,
+        loader.skipped_short(),
         cfg.run.steps
     ));
     let bar = if main {
@@ -441,13 +523,16 @@ fn train_ranks<B: AutodiffBackend>(
         .map_or(cfg.run.steps, |n| (step + n).min(cfg.run.steps));
     while step < stop_at {
         let t0 = Instant::now();
-        let batch = to_device::<B>(&loader.next_batch(), &cfg.model, &device);
+        let batch = to_device::<B>(&loader.next_batch()?, &cfg.model, &device);
         if let Some(f) = samples.as_mut() {
-            let line = serde_json::json!({
+            let mut line = serde_json::json!({
                 "step": step,
                 "epoch": loader.cursor().epoch,
-                "ids": loader.last_global_ids(),
             });
+            match &loader {
+                Feed::Memory(l) => line["ids"] = l.last_global_ids().into(),
+                Feed::Stream(l) => line["rows"] = l.last_global_rows().into(),
+            }
             writeln!(f, "{line}").map_err(io(&samples_path))?;
         }
         data_wait += t0.elapsed();
