@@ -238,3 +238,69 @@ pub fn run_bench_data(url: &str, repeat: usize) -> Result<()> {
     println!("| clips/s | {:.0} |", r.clips as f64 / total);
     Ok(())
 }
+
+/// `bench data --stream`: one epoch of the streaming loader (one rank),
+/// `repeat` times; the median epoch is reported.
+pub fn run_bench_stream(
+    url: &str,
+    repeat: usize,
+    batch: usize,
+    frames: usize,
+    buffer: usize,
+    prefetch: usize,
+) -> Result<()> {
+    use orrery_data::stream::{StreamConfig, StreamLoader};
+    if repeat == 0 || batch == 0 {
+        bail!("--repeat and --batch must be at least 1");
+    }
+    let mut runs = Vec::new();
+    for _ in 0..repeat {
+        let t0 = std::time::Instant::now();
+        let (index, _) = orrery_data::index::load_or_build(url, None)?;
+        let index_s = t0.elapsed().as_secs_f64();
+        let cfg = StreamConfig {
+            buffer,
+            prefetch,
+            ..StreamConfig::default()
+        };
+        let mut loader = StreamLoader::new(
+            url,
+            index,
+            cfg,
+            (0, batch, frames),
+            (0, 1),
+            Default::default(),
+        )?;
+        let (mut clips, mut values, mut most) = (0usize, 0usize, 0usize);
+        for _ in 0..loader.batches_per_epoch() {
+            let b = loader.next_batch()?;
+            clips += b.dims[0];
+            values += b.latents.len();
+            most = most.max(loader.stats().resident_rows);
+        }
+        let total = t0.elapsed().as_secs_f64();
+        runs.push((
+            total,
+            index_s,
+            clips,
+            values,
+            loader.stats().bytes,
+            most,
+            loader.stats().blocks_read,
+        ));
+    }
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (total, index_s, clips, values, bytes, most, blocks) = runs[runs.len() / 2];
+    println!("| {url}, streaming: batch {batch}, {frames} frames, buffer {buffer}, prefetch {prefetch} | median of {repeat} |");
+    println!("|---|---|");
+    println!("| row groups read / clips taken | {blocks} / {clips} |");
+    println!("| index (list + footers) (s) | {index_s:.3} |");
+    println!(
+        "| index + one epoch (s) | {total:.3} ({:.1} MB/s fetched, {:.1} MB/s of cropped latents) |",
+        bytes as f64 / 1e6 / total,
+        values as f64 * 4.0 / 1e6 / total
+    );
+    println!("| clips/s | {:.0} |", clips as f64 / total);
+    println!("| most rows held in memory | {most} |");
+    Ok(())
+}

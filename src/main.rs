@@ -83,6 +83,22 @@ enum BenchCommand {
         /// Timed passes (the median is reported).
         #[arg(long, default_value_t = 3)]
         repeat: usize,
+        /// Time the streaming loader instead: one epoch of global batches
+        /// of `--batch` clips cropped to `--frames`, row groups read as needed.
+        #[arg(long)]
+        stream: bool,
+        /// Streaming: clips per global batch.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Streaming: frames each clip is cropped to.
+        #[arg(long, default_value_t = 4)]
+        frames: usize,
+        /// Streaming: shuffle buffer rows.
+        #[arg(long, default_value_t = 4096)]
+        buffer: usize,
+        /// Streaming: row groups read at once.
+        #[arg(long, default_value_t = 8)]
+        prefetch: usize,
     },
     /// The same weights, batches and noise on the CPU and on each GPU backend
     /// (CUDA with and without fusion): single ops, the first step's loss and
@@ -398,7 +414,20 @@ fn run_bench(cmd: BenchCommand) -> Result<()> {
             iters,
             nccl,
         } => return run_bench_comm(sizes_mb, iters, nccl),
-        BenchCommand::Data { url, repeat } => return run_bench_data(&url, repeat),
+        BenchCommand::Data {
+            url,
+            repeat,
+            stream,
+            batch,
+            frames,
+            buffer,
+            prefetch,
+        } => {
+            if stream {
+                return data::run_bench_stream(&url, repeat, batch, frames, buffer, prefetch);
+            }
+            return run_bench_data(&url, repeat);
+        }
         BenchCommand::Parity {
             config,
             set,

@@ -74,7 +74,7 @@ pub struct StreamStats {
 /// Batches ahead that reads are started for.
 const LOOKAHEAD: u64 = 64;
 
-type Block = Arc<Vec<std::result::Result<Clip, String>>>;
+type Block = Vec<std::result::Result<Clip, String>>;
 /// The rows of a block this rank still needs, by place in the block.
 type Kept = HashMap<usize, std::result::Result<Clip, String>>;
 
@@ -99,6 +99,8 @@ pub struct StreamLoader {
     footers: Arc<tokio::sync::Mutex<HashMap<usize, Arc<ParquetMetaData>>>>,
     cache: HashMap<usize, Kept>,
     pending: HashMap<usize, JoinHandle<Result<(Block, u64)>>>,
+    /// The batch up to which every needed block has been asked for.
+    scanned: u64,
     stats: StreamStats,
 }
 
@@ -173,6 +175,7 @@ impl StreamLoader {
             footers: Arc::default(),
             cache: HashMap::new(),
             pending: HashMap::new(),
+            scanned: 0,
             stats: StreamStats::default(),
         };
         loader.start_epoch();
@@ -262,6 +265,7 @@ impl StreamLoader {
     }
 
     fn start_epoch(&mut self) {
+        self.scanned = 0;
         self.epoch_rows = self.order.epoch(self.cursor.epoch);
         // From the cursor on: a resumed loader needs none of the earlier rows.
         let (from, to) = (self.cursor.batch, self.batches_per_epoch());
@@ -274,22 +278,24 @@ impl StreamLoader {
     /// Start reads of the blocks this rank needs next, from batch `from`
     /// on, until `prefetch` reads are in flight or the epoch ends.
     fn prefetch(&mut self, from: u64) {
-        let mut batch = from;
+        // Batches before `scanned` have all their blocks read or in flight.
+        let mut batch = from.max(self.scanned);
         let end = self.batches_per_epoch().min(from + LOOKAHEAD);
-        while self.pending.len() < self.cfg.prefetch.max(1) && batch < end {
+        while batch < end {
             let share = GlobalOrder::share(self.global_batch, batch, (self.rank, self.world));
             for i in share {
                 let block = self.order.locate(self.epoch_rows[i]).0;
                 if self.cache.contains_key(&block) || self.pending.contains_key(&block) {
                     continue;
                 }
+                if self.pending.len() >= self.cfg.prefetch.max(1) {
+                    return;
+                }
                 let handle = self.spawn_read(block);
                 self.pending.insert(block, handle);
-                if self.pending.len() >= self.cfg.prefetch.max(1) {
-                    break;
-                }
             }
             batch += 1;
+            self.scanned = batch;
         }
     }
 
@@ -314,7 +320,7 @@ impl StreamLoader {
                 }
             };
             let read = read_row_group(&loc, &path, entry.size, &footer, rg).await?;
-            Ok((Arc::new(read.rows), fetched + read.bytes))
+            Ok((read.rows, fetched + read.bytes))
         })
     }
 
@@ -334,10 +340,9 @@ impl StreamLoader {
             self.stats.bytes += bytes;
             let start = self.row_of(block);
             let kept: Kept = rows
-                .iter()
+                .into_iter()
                 .enumerate()
                 .filter(|(i, _)| self.mine.contains(&(start + *i as u64)))
-                .map(|(i, r)| (i, r.clone()))
                 .collect();
             self.stats.resident_rows += kept.len();
             self.cache.insert(block, kept);
@@ -379,14 +384,14 @@ impl StreamLoader {
         for pos in share.clone() {
             let row = self.epoch_rows[pos];
             let (block, offset) = self.order.locate(row);
-            match &self.take(block, offset)? {
+            match self.take(block, offset)? {
                 Err(e) => {
                     if self.cfg.max_bad_rows == 0 {
                         return Err(DataError::Geometry(format!(
                             "{e} (set data.max_bad_rows to skip bad rows)"
                         )));
                     }
-                    self.stats.bad_rows.push(e.clone());
+                    self.stats.bad_rows.push(e);
                     if self.stats.bad_rows.len() > self.cfg.max_bad_rows {
                         return Err(DataError::Geometry(format!(
                             "{} bad rows, more than data.max_bad_rows = {}; the first: {}",
@@ -397,7 +402,7 @@ impl StreamLoader {
                     }
                 }
                 Ok(clip) if clip.shape[0] < t => self.stats.skipped_short += 1,
-                Ok(clip) => picked.push((epoch_base + pos as u64, row, clip.clone())),
+                Ok(clip) => picked.push((epoch_base + pos as u64, row, clip)),
             }
         }
         self.cursor.batch += 1;
