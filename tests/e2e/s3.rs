@@ -363,6 +363,27 @@ fn store_faults_are_retried_or_reported_never_hung() {
         se.contains("object_store") && se.contains("503") && se.contains("retry 3 of 10"),
         "retries not logged:\n{se}"
     );
+    // The streaming loader (footers, then ranged row-group reads) through
+    // the same faults: retried, then every clip read.
+    let proxy = flaky_proxy(moto.port, 3);
+    let url = format!("s3://faults/d?endpoint=http://127.0.0.1:{proxy}");
+    let stream = |url: &str| {
+        let args = [
+            "bench", "data", url, "--stream", "--batch", "4", "--frames", "4", "--repeat", "1",
+        ];
+        orrery_s3(&moto, &args, &dir)
+    };
+    let out = stream(&url);
+    let se = String::from_utf8_lossy(&out.stderr).to_string();
+    let so = ok(out);
+    assert!(
+        so.contains("row groups read / clips taken | 1 / 8 |"),
+        "{so}"
+    );
+    assert!(
+        se.contains("503") && se.contains("retry"),
+        "streaming retries not logged:\n{se}"
+    );
     // A server that is gone: an error naming the URL within the retry budget.
     let dead = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -375,8 +396,9 @@ fn store_faults_are_retried_or_reported_never_hung() {
         orrery_s3(&moto, &["data", "inspect", &url], &dir),
         "object store error at s3://faults/d",
     );
+    user_error(stream(&url), "object store error at s3://faults/d");
     assert!(
-        start.elapsed() < Duration::from_secs(30),
+        start.elapsed() < Duration::from_secs(40),
         "took {:?}",
         start.elapsed()
     );

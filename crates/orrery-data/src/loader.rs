@@ -270,31 +270,41 @@ impl<'a> Loader<'a> {
         for pos in first..first + local {
             let index = self.order[pos];
             let clip = self.clips[index];
-            let mut rng = ChaCha8Rng::seed_from_u64(
-                self.seed.wrapping_add(0x5851_F42D_4C95_7F2D)
-                    ^ self.cursor.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                    ^ (index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
-            );
-            let offset = rng.random_range(0..=clip.shape[0] - t);
-            batch
-                .latents
-                .extend_from_slice(&clip.latents[offset * frame_len..(offset + t) * frame_len]);
-            if let (Some(out), Some(a)) = (batch.actions.as_mut(), clip.actions.as_ref()) {
-                out.extend_from_slice(&a[offset..offset + t]);
-            }
-            if let (Some(out), Some(a)) =
-                (batch.action_values.as_mut(), clip.action_values.as_ref())
-            {
-                let width = a.len() / clip.shape[0];
-                out.extend_from_slice(&a[offset * width..(offset + t) * width]);
-            }
-            if let Some(out) = batch.labels.as_mut() {
-                out.push(clip.label.unwrap_or(0));
-            }
-            batch.sample_ids.push(epoch_base + pos as u64);
-            batch.clip_ids.push(clip.id.clone());
+            let offset = crop_offset(self.seed, self.cursor.epoch, index as u64, clip.shape[0], t);
+            batch.push_crop(clip, offset, t, epoch_base + pos as u64);
         }
         self.cursor.batch += 1;
         batch
+    }
+}
+
+/// Where a clip of `len` frames is cropped to `t`: drawn from (seed, epoch, key).
+pub(crate) fn crop_offset(seed: u64, epoch: u64, key: u64, len: usize, t: usize) -> usize {
+    let mut rng = ChaCha8Rng::seed_from_u64(
+        seed.wrapping_add(0x5851_F42D_4C95_7F2D)
+            ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ key.wrapping_mul(0xD1B5_4A32_D192_ED03),
+    );
+    rng.random_range(0..=len - t)
+}
+
+impl Batch {
+    /// Append frames [offset, offset + t) of `clip` as a row, with its actions and label.
+    pub(crate) fn push_crop(&mut self, clip: &Clip, offset: usize, t: usize, sample: u64) {
+        let frame_len = clip.shape[1] * clip.shape[2] * clip.shape[3];
+        self.latents
+            .extend_from_slice(&clip.latents[offset * frame_len..(offset + t) * frame_len]);
+        if let (Some(out), Some(a)) = (self.actions.as_mut(), clip.actions.as_ref()) {
+            out.extend_from_slice(&a[offset..offset + t]);
+        }
+        if let (Some(out), Some(a)) = (self.action_values.as_mut(), clip.action_values.as_ref()) {
+            let width = a.len() / clip.shape[0];
+            out.extend_from_slice(&a[offset * width..(offset + t) * width]);
+        }
+        if let Some(out) = self.labels.as_mut() {
+            out.push(clip.label.unwrap_or(0));
+        }
+        self.sample_ids.push(sample);
+        self.clip_ids.push(clip.id.clone());
     }
 }

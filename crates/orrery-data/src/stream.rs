@@ -21,8 +21,6 @@ use std::sync::Arc;
 
 use object_store::path::Path;
 use parquet::file::metadata::ParquetMetaData;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use tokio::task::JoinHandle;
 
 use crate::index::Index;
@@ -433,29 +431,9 @@ impl StreamLoader {
             clip_ids: Vec::with_capacity(picked.len()),
         };
         for (sample, row, clip) in picked {
-            let mut rng = ChaCha8Rng::seed_from_u64(
-                self.seed.wrapping_add(0x5851_F42D_4C95_7F2D)
-                    ^ self.cursor.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                    ^ row.wrapping_mul(0xD1B5_4A32_D192_ED03),
-            );
-            let offset = rng.random_range(0..=clip.shape[0] - t);
-            batch
-                .latents
-                .extend_from_slice(&clip.latents[offset * frame_len..(offset + t) * frame_len]);
-            if let (Some(out), Some(a)) = (batch.actions.as_mut(), clip.actions.as_ref()) {
-                out.extend_from_slice(&a[offset..offset + t]);
-            }
-            if let (Some(out), Some(a)) =
-                (batch.action_values.as_mut(), clip.action_values.as_ref())
-            {
-                let width = a.len() / clip.shape[0];
-                out.extend_from_slice(&a[offset * width..(offset + t) * width]);
-            }
-            if let Some(out) = batch.labels.as_mut() {
-                out.push(clip.label.unwrap_or(0));
-            }
-            batch.sample_ids.push(sample);
-            batch.clip_ids.push(clip.id);
+            let offset =
+                crate::loader::crop_offset(self.seed, self.cursor.epoch, row, clip.shape[0], t);
+            batch.push_crop(&clip, offset, t, sample);
         }
         batch
     }
