@@ -621,4 +621,38 @@ mod streaming {
         assert_eq!(l.meta().unwrap().num_actions, crate::synth::NUM_ACTIONS);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// Behind the loader thread's queue: the same batches, and a cursor
+    /// that follows the batches taken, not those queued; an error arrives
+    /// in its turn.
+    #[test]
+    fn the_batch_queue_gives_the_loaders_batches_and_cursors() {
+        let (dir, index) = dataset("queue", |clips| clips[57].latents[3] = f32::NAN);
+        let mut direct = loader(&dir, &index, 0, 1, Cursor::default());
+        let mut queued =
+            crate::stream::BatchQueue::start(loader(&dir, &index, 0, 1, Cursor::default()), 3);
+        let mut served = 0;
+        for _ in 0..30 {
+            match (direct.next_batch(), queued.next_batch()) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a, b);
+                    assert_eq!(direct.cursor(), queued.cursor());
+                    assert_eq!(direct.last_global_rows(), queued.last_global_rows());
+                    served += 1;
+                }
+                (Err(a), Err(b)) => {
+                    assert_eq!(a.to_string(), b.to_string());
+                    break;
+                }
+                (a, b) => panic!(
+                    "direct {:?} vs queued {:?}",
+                    a.map(|x| x.dims),
+                    b.map(|x| x.dims)
+                ),
+            }
+        }
+        assert!(served < 12, "the NaN row is in epoch 0");
+        assert!(queued.next_batch().is_err(), "nothing after the error");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
-use orrery_data::stream::{StreamConfig, StreamLoader};
+use orrery_data::stream::{BatchQueue, StreamConfig, StreamLoader};
 use orrery_data::{Batch, Cursor, Dataset, Loader};
 use orrery_diffusion::{Actions, Cond, DiffusionError, TrainBatch};
 use orrery_dist::{connect, Collective, World};
@@ -210,7 +210,7 @@ fn connect_nccl(_: &TrainConfig, _: &World, _: &dyn Collective, _: Duration) -> 
 /// Where batches come from: the clips in memory, or streamed row groups.
 enum Feed<'a> {
     Memory(Loader<'a>),
-    Stream(Box<StreamLoader>),
+    Stream(Box<BatchQueue>),
 }
 
 impl Feed<'_> {
@@ -429,7 +429,8 @@ fn train_ranks<B: AutodiffBackend>(
     let mut loader = match stream.take() {
         Some(mut s) => {
             s.seek(cursor);
-            Feed::Stream(Box::new(s))
+            // Batches are read and collated on the loader's thread, 2 ahead.
+            Feed::Stream(Box::new(BatchQueue::start(s, 2)))
         }
         None => Feed::Memory(Loader::new(
             &data.train,
