@@ -256,7 +256,8 @@ pub fn run_bench_stream(
     let mut runs = Vec::new();
     for _ in 0..repeat {
         let t0 = std::time::Instant::now();
-        let (index, _) = orrery_data::index::load_or_build(url, None)?;
+        let (index, _, footers) =
+            orrery_data::index::load_or_build_keeping_footers(url, None, 4096)?;
         let index_s = t0.elapsed().as_secs_f64();
         let cfg = StreamConfig {
             buffer,
@@ -270,7 +271,8 @@ pub fn run_bench_stream(
             (0, batch, frames),
             (0, 1),
             Default::default(),
-        )?;
+        )?
+        .with_footers(footers);
         let (mut clips, mut values, mut most) = (0usize, 0usize, 0usize);
         for _ in 0..loader.batches_per_epoch() {
             let b = loader.next_batch()?;

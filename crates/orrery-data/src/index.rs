@@ -76,7 +76,10 @@ impl Index {
 }
 
 /// Read one file's footer summary ([`footer`]): the entry and the bytes fetched.
-async fn read_footer(loc: &Location, meta: &object_store::ObjectMeta) -> Result<(FileIndex, u64)> {
+async fn read_footer(
+    loc: &Location,
+    meta: &object_store::ObjectMeta,
+) -> Result<(FileIndex, u64, parquet::file::metadata::ParquetMetaData)> {
     let file = meta.location.to_string();
     let (parsed, fetched) = footer(loc, &meta.location, meta.size).await?;
     let metadata = crate::schema::key_values(parsed.file_metadata());
@@ -91,7 +94,7 @@ async fn read_footer(loc: &Location, meta: &object_store::ObjectMeta) -> Result<
             .collect(),
         metadata,
     };
-    Ok((entry, fetched))
+    Ok((entry, fetched, parsed))
 }
 
 /// A file's parsed footer, from one ranged read of its end (a second when
@@ -149,29 +152,48 @@ fn version_of(meta: &object_store::ObjectMeta) -> String {
 /// List the files under `loc` and read the footers of those not in
 /// `cached` (same path, size and version).
 pub async fn build(loc: &Location, cached: Option<&Index>) -> Result<(Index, IndexStats)> {
+    let (index, stats, _) = build_keeping_footers(loc, cached, 0).await?;
+    Ok((index, stats))
+}
+
+/// The parsed footers of the files an index read (by file, `None` for
+/// those taken from the cache), for a loader to reuse.
+pub type Footers = Vec<Option<std::sync::Arc<parquet::file::metadata::ParquetMetaData>>>;
+
+/// [`build`], also handing back the parsed footers it read when there are
+/// at most `keep` files (each is kilobytes: a bound for huge buckets).
+pub async fn build_keeping_footers(
+    loc: &Location,
+    cached: Option<&Index>,
+    keep: usize,
+) -> Result<(Index, IndexStats, Footers)> {
     let metas = loc.list_parquet_meta().await?;
     let known: BTreeMap<&str, &FileIndex> = cached
         .filter(|c| c.version == INDEX_VERSION)
         .map(|c| c.files.iter().map(|f| (f.path.as_str(), f)).collect())
         .unwrap_or_default();
-    let entries: Vec<(FileIndex, Option<u64>)> = futures::stream::iter(&metas)
-        .map(|meta| {
-            let hit = known
-                .get(meta.location.as_ref())
-                .filter(|f| f.size == meta.size && f.version == version_of(meta))
-                .map(|f| (*f).clone());
-            async move {
-                match hit {
-                    Some(f) => Ok((f, None)),
-                    None => read_footer(loc, meta).await.map(|(f, n)| (f, Some(n))),
+    let keep = metas.len() <= keep;
+    let entries: Vec<(FileIndex, Option<u64>, Option<std::sync::Arc<_>>)> =
+        futures::stream::iter(&metas)
+            .map(|meta| {
+                let hit = known
+                    .get(meta.location.as_ref())
+                    .filter(|f| f.size == meta.size && f.version == version_of(meta))
+                    .map(|f| (*f).clone());
+                async move {
+                    match hit {
+                        Some(f) => Ok((f, None, None)),
+                        None => read_footer(loc, meta)
+                            .await
+                            .map(|(f, n, p)| (f, Some(n), keep.then(|| std::sync::Arc::new(p)))),
+                    }
                 }
-            }
-        })
-        .buffered(IN_FLIGHT)
-        .try_collect()
-        .await?;
+            })
+            .buffered(IN_FLIGHT)
+            .try_collect()
+            .await?;
     let mut stats = IndexStats::default();
-    for (_, fetched) in &entries {
+    for (_, fetched, _) in &entries {
         match fetched {
             Some(n) => {
                 stats.read += 1;
@@ -180,23 +202,36 @@ pub async fn build(loc: &Location, cached: Option<&Index>) -> Result<(Index, Ind
             None => stats.reused += 1,
         }
     }
+    let footers = entries.iter().map(|(_, _, p)| p.clone()).collect();
     let index = Index {
         version: INDEX_VERSION,
         url: loc.url.clone(),
-        files: entries.into_iter().map(|(f, _)| f).collect(),
+        files: entries.into_iter().map(|(f, _, _)| f).collect(),
     };
-    Ok((index, stats))
+    Ok((index, stats, footers))
 }
 
 /// Index `url`, reusing and then updating the JSON cache at `cache` (an
 /// unreadable or stale cache is rebuilt; it is written whole, then renamed).
 pub fn load_or_build(url: &str, cache: Option<&Path>) -> Result<(Index, IndexStats)> {
+    let (index, stats, _) = load_or_build_keeping_footers(url, cache, 0)?;
+    Ok((index, stats))
+}
+
+/// [`load_or_build`], also handing back the footers read when there are at
+/// most `keep` files (see [`build_keeping_footers`]).
+pub fn load_or_build_keeping_footers(
+    url: &str,
+    cache: Option<&Path>,
+    keep: usize,
+) -> Result<(Index, IndexStats, Footers)> {
     let loc = store::parse(url)?;
     let cached: Option<Index> = cache
         .and_then(|p| std::fs::read_to_string(p).ok())
         .and_then(|text| serde_json::from_str(&text).ok())
         .filter(|c: &Index| c.url == url);
-    let (index, stats) = store::runtime().block_on(build(&loc, cached.as_ref()))?;
+    let (index, stats, footers) =
+        store::runtime().block_on(build_keeping_footers(&loc, cached.as_ref(), keep))?;
     if let Some(path) = cache {
         let io = |e: std::io::Error| {
             DataError::Geometry(format!("writing the index cache {}: {e}", path.display()))
@@ -206,5 +241,5 @@ pub fn load_or_build(url: &str, cache: Option<&Path>) -> Result<(Index, IndexSta
         std::fs::write(&tmp, text).map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)?;
     }
-    Ok((index, stats))
+    Ok((index, stats, footers))
 }

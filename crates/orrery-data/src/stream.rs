@@ -236,6 +236,19 @@ impl StreamLoader {
         self.order.rows() / self.global_batch as u64
     }
 
+    /// Reuse the footers the index read (one request per file less).
+    pub fn with_footers(mut self, footers: crate::index::Footers) -> Self {
+        let known = Arc::get_mut(&mut self.footers)
+            .expect("no read has started")
+            .get_mut();
+        for (file, f) in footers.into_iter().enumerate() {
+            if let Some(f) = f {
+                known.insert(file, f);
+            }
+        }
+        self
+    }
+
     /// Continue from `cursor` (a checkpoint's).
     pub fn seek(&mut self, cursor: Cursor) {
         self.cursor = cursor;

@@ -655,4 +655,29 @@ mod streaming {
         assert!(queued.next_batch().is_err(), "nothing after the error");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// Footers the index read are reused: the loader then fetches only row
+    /// groups, and the batches do not change.
+    #[test]
+    fn footers_from_the_index_save_a_read_per_file() {
+        let (dir, _) = dataset("footers", |_| {});
+        let url = dir.to_str().unwrap();
+        let (index, _, footers) =
+            crate::index::load_or_build_keeping_footers(url, None, 100).unwrap();
+        assert!(footers.iter().all(Option::is_some));
+        let (_, _, none) = crate::index::load_or_build_keeping_footers(url, None, 5).unwrap();
+        assert!(none.iter().all(Option::is_none), "20 files > keep = 5");
+        let mut plain = loader(&dir, &index, 0, 1, Cursor::default());
+        let mut reuse = loader(&dir, &index, 0, 1, Cursor::default()).with_footers(footers);
+        for _ in 0..12 {
+            assert_eq!(plain.next_batch().unwrap(), reuse.next_batch().unwrap());
+        }
+        assert!(
+            reuse.stats().bytes < plain.stats().bytes,
+            "{} vs {}",
+            reuse.stats().bytes,
+            plain.stats().bytes
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

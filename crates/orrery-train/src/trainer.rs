@@ -244,6 +244,10 @@ impl Feed<'_> {
     }
 }
 
+/// Up to this many files, the footers the index reads are handed to the
+/// streaming loader instead of being read again.
+const KEEP_FOOTERS: usize = 4096;
+
 /// The dataset: read whole (`data.train` holds every training clip), or,
 /// with `data.streaming`, its index and a [`StreamLoader`]; then
 /// `data.train` holds only the first clips (for the geometry checks) and
@@ -256,7 +260,8 @@ fn open_data(cfg: &TrainConfig, world: &World) -> Result<(Dataset, Option<Stream
             None,
         ));
     }
-    let (index, _) = orrery_data::index::load_or_build(&d.url, None)?;
+    let (index, _, footers) =
+        orrery_data::index::load_or_build_keeping_footers(&d.url, None, KEEP_FOOTERS)?;
     let files = index.files.len();
     let stream_cfg = StreamConfig {
         buffer: d.shuffle_buffer,
@@ -271,7 +276,8 @@ fn open_data(cfg: &TrainConfig, world: &World) -> Result<(Dataset, Option<Stream
         (cfg.run.seed, d.global_batch, cfg.model.frames),
         (world.rank, world.size),
         Cursor::default(),
-    )?;
+    )?
+    .with_footers(footers);
     let data = Dataset {
         train: stream.read_rows(0..stream.train_rows().min(16))?,
         holdout: stream.holdout_clips()?,
