@@ -193,11 +193,7 @@ impl<'a> Loader<'a> {
                 usable.len()
             )));
         }
-        if global_batch % world != 0 {
-            return Err(DataError::Geometry(format!(
-                "global batch {global_batch} is not divisible by world size {world}: set data.global_batch to a multiple of {world}"
-            )));
-        }
+        check_split(global_batch, world)?;
         let mut loader = Loader {
             clips: usable,
             seed,
@@ -276,6 +272,16 @@ impl<'a> Loader<'a> {
         self.cursor.batch += 1;
         batch
     }
+}
+
+/// A global batch splits evenly over the ranks, or an error says what to set.
+pub(crate) fn check_split(global_batch: usize, world: usize) -> Result<()> {
+    if global_batch % world != 0 {
+        return Err(DataError::Geometry(format!(
+            "global batch {global_batch} is not divisible by world size {world}: set data.global_batch to a multiple of {world}"
+        )));
+    }
+    Ok(())
 }
 
 /// Where a clip of `len` frames is cropped to `t`: drawn from (seed, epoch, key).

@@ -145,11 +145,7 @@ impl StreamLoader {
                 order.rows()
             )));
         }
-        if global_batch % world != 0 {
-            return Err(DataError::Geometry(format!(
-                "global batch {global_batch} is not divisible by world size {world}: set data.global_batch to a multiple of {world}"
-            )));
-        }
+        crate::loader::check_split(global_batch, world)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
