@@ -221,6 +221,12 @@ fn ddp_over_mpi_matches_one_process_and_a_lost_rank_ends_the_job() {
         rows.iter().all(|&r| r < 20),
         "held-out rows (the last 4) never trained on: {rows:?}"
     );
+    // A streamed run rolls out from the held-out rows read alone.
+    let rolled = ok(orrery(
+        &["sample", "--checkpoint", "stream1", "--out", "stream.gif"],
+        &dir,
+    ));
+    assert!(rolled.contains("rollout of 2 held-out clips"), "{rolled}");
 
     user_error(
         orrery(&["train", "tiny.toml", "--set", "data.micro_batch=3"], &dir),

@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use orrery_data::synth::locate_agent;
-use orrery_data::{Clip, Dataset};
+use orrery_data::Clip;
 use orrery_diffusion::sample::{rollout, RolloutConfig, Sampler, SamplerConfig};
 use orrery_model::named::load_host;
 use serde::Serialize;
@@ -150,7 +150,8 @@ fn sample_on<B: Backend>(
             "--per-class is for models without actions; a world model rolls out held-out clips (use --frames)".into(),
         ));
     }
-    let data = Dataset::open_with(&cfg.data.url, cfg.data.holdout_clips, cfg.data.max_bad_rows)?;
+    // With data.streaming the held-out clips are read alone (the index's last rows).
+    let (data, _) = crate::trainer::open_data(&cfg, &orrery_dist::World::single())?;
     let (k, m) = (cfg.sample.context, opts.frames.unwrap_or(cfg.sample.frames));
     let clips: Vec<&Clip> = data
         .holdout

@@ -252,7 +252,10 @@ const KEEP_FOOTERS: usize = 4096;
 /// with `data.streaming`, its index and a [`StreamLoader`]; then
 /// `data.train` holds only the first clips (for the geometry checks) and
 /// `data.holdout` the held-out ones, read now.
-fn open_data(cfg: &TrainConfig, world: &World) -> Result<(Dataset, Option<StreamLoader>)> {
+pub(crate) fn open_data(
+    cfg: &TrainConfig,
+    world: &World,
+) -> Result<(Dataset, Option<StreamLoader>)> {
     let d = &cfg.data;
     if !d.streaming {
         return Ok((
