@@ -84,3 +84,5 @@ pub type Result<T> = std::result::Result<T, DataError>;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_stream;

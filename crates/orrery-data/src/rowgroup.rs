@@ -79,13 +79,6 @@ impl ChunkReader for Window {
     }
 }
 
-fn bad_schema(file: &str, reason: String) -> DataError {
-    DataError::Schema {
-        file: file.to_string(),
-        reason,
-    }
-}
-
 /// Read row group `rg` of the file at `path` (`size` bytes, footer
 /// `footer`) with one ranged read, and decode it (leniently: bad rows come
 /// back as errors naming the file and row).
@@ -127,17 +120,14 @@ pub async fn read_row_group(
     let builder =
         ParquetRecordBatchReaderBuilder::new_with_metadata(window, meta).with_row_groups(vec![rg]);
     let (part, errors) = decode_lenient(builder, &file, first_row)?;
-    // Put the bad rows back in their places among the good ones.
+    // Put the bad rows (each a DataError::Row) back among the good ones.
     let n = group.num_rows() as usize;
-    let mut bad: std::collections::BTreeMap<usize, String> = errors
-        .into_iter()
-        .map(|e| match &e {
-            DataError::Row { row, .. } => (*row - first_row, e.to_string()),
-            _ => (usize::MAX, e.to_string()),
-        })
-        .collect();
-    if let Some(e) = bad.remove(&usize::MAX) {
-        return Err(bad_schema(&file, e));
+    let mut bad = std::collections::BTreeMap::new();
+    for e in errors {
+        match &e {
+            DataError::Row { row, .. } => bad.insert(*row - first_row, e.to_string()),
+            _ => return Err(e),
+        };
     }
     let mut good = part.clips.into_iter();
     let rows = (0..n)

@@ -345,7 +345,7 @@ impl StreamLoader {
                 .map_err(|e| DataError::Geometry(format!("a reader thread failed: {e}")))??;
             self.stats.blocks_read += 1;
             self.stats.bytes += bytes;
-            let start = self.row_of(block);
+            let start = self.order.first_row(block);
             let kept: Kept = rows
                 .into_iter()
                 .enumerate()
@@ -365,11 +365,6 @@ impl StreamLoader {
         }
         self.stats.resident_rows -= 1;
         Ok(row)
-    }
-
-    /// The first global row of `block`.
-    fn row_of(&self, block: usize) -> u64 {
-        self.order.first_row(block)
     }
 
     /// This rank's share of the next global batch.

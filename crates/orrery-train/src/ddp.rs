@@ -30,39 +30,25 @@ pub(crate) fn sum_over_ranks<B: Backend>(
         Some(g) => g.device(),
         None => return Ok(all_reduce_sum_bucketed(comm, scalars, bucket_elems)?),
     };
-    // On CUDA with NCCL: one flat tensor [sum of numel + k], summed on the device.
+    // One flat tensor [sum of numel + k], summed on the device by NCCL when
+    // it is installed and the tensor is on CUDA, else through the host.
     let mut parts: Vec<Tensor<B, 1>> = grads.values().cloned().collect();
     parts.push(crate::optim::flat(scalars.to_vec(), &device));
-    match crate::nccl::all_reduce_on_device(Tensor::cat(parts, 0)) {
-        Ok(sum) => {
-            let sum = sum.map_err(crate::TrainError::Comm)?;
-            let mut at = 0;
-            for g in grads.values_mut() {
-                let n = g.dims()[0];
-                *g = sum.clone().narrow(0, at, n);
-                at += n;
-            }
-            scalars.copy_from_slice(&host(sum.narrow(0, at, scalars.len())));
-            return Ok(());
+    let sum = match crate::nccl::all_reduce_on_device(Tensor::cat(parts, 0)) {
+        Ok(sum) => sum.map_err(crate::TrainError::Comm)?,
+        Err(whole) => {
+            let mut v = host(whole);
+            all_reduce_sum_bucketed(comm, &mut v, bucket_elems)?;
+            crate::optim::flat(v, &device)
         }
-        Err(_) => {}
-    }
-    // Through the host: [sum of numel + k]
-    let mut flat: Vec<f32> = Vec::new();
-    let mut sizes = Vec::with_capacity(grads.len());
-    for g in grads.values() {
-        let v = host(g.clone());
-        sizes.push(v.len());
-        flat.extend(v);
-    }
-    flat.extend_from_slice(scalars);
-    all_reduce_sum_bucketed(comm, &mut flat, bucket_elems)?;
+    };
     let mut at = 0;
-    for (g, n) in grads.values_mut().zip(sizes) {
-        *g = crate::optim::flat(flat[at..at + n].to_vec(), &device);
+    for g in grads.values_mut() {
+        let n = g.dims()[0];
+        *g = sum.clone().narrow(0, at, n);
         at += n;
     }
-    scalars.copy_from_slice(&flat[at..]);
+    scalars.copy_from_slice(&host(sum.narrow(0, at, scalars.len())));
     Ok(())
 }
 

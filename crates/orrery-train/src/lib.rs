@@ -61,6 +61,7 @@ pub mod config;
 mod ddp;
 mod eval;
 pub mod export;
+mod feed;
 mod fsdp;
 mod fsdp_step;
 pub mod generate;

@@ -151,7 +151,7 @@ fn sample_on<B: Backend>(
         ));
     }
     // With data.streaming the held-out clips are read alone (the index's last rows).
-    let (data, _) = crate::trainer::open_data(&cfg, &orrery_dist::World::single())?;
+    let (data, _) = crate::feed::open_data(&cfg, &orrery_dist::World::single())?;
     let (k, m) = (cfg.sample.context, opts.frames.unwrap_or(cfg.sample.frames));
     let clips: Vec<&Clip> = data
         .holdout

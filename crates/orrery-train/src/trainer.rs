@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
-use orrery_data::stream::{BatchQueue, StreamConfig, StreamLoader};
-use orrery_data::{Batch, Cursor, Dataset, Loader};
+use orrery_data::{Batch, Cursor};
 use orrery_diffusion::{Actions, Cond, DiffusionError, TrainBatch};
 use orrery_dist::{connect, Collective, World};
 use orrery_model::named::{load_host, map_named, visit_named};
@@ -20,6 +19,7 @@ use crate::eval::{
     heldout_batch, heldout_loss, next_frame_eval, with_foreign_context, with_other_last_action,
     NextFrameEval,
 };
+use crate::feed::{open_data, Feed};
 use crate::optim::{AdamW, Ema};
 use crate::replica::{Replica, Weights};
 use crate::tensorboard::EventWriter;
@@ -207,90 +207,6 @@ fn connect_nccl(_: &TrainConfig, _: &World, _: &dyn Collective, _: Duration) -> 
     Ok(())
 }
 
-/// Where batches come from: the clips in memory, or streamed row groups.
-enum Feed<'a> {
-    Memory(Loader<'a>),
-    Stream(Box<BatchQueue>),
-}
-
-impl Feed<'_> {
-    fn next_batch(&mut self) -> Result<Batch> {
-        Ok(match self {
-            Feed::Memory(l) => l.next_batch(),
-            Feed::Stream(l) => l.next_batch()?,
-        })
-    }
-
-    fn cursor(&self) -> Cursor {
-        match self {
-            Feed::Memory(l) => l.cursor(),
-            Feed::Stream(l) => l.cursor(),
-        }
-    }
-
-    fn skipped_short(&self) -> usize {
-        match self {
-            Feed::Memory(l) => l.skipped_short,
-            Feed::Stream(l) => l.stats().skipped_short,
-        }
-    }
-
-    /// Training clips: all of them in memory, or the index's rows.
-    fn clips(&self, data: &Dataset) -> usize {
-        match self {
-            Feed::Memory(_) => data.train.len(),
-            Feed::Stream(l) => l.train_rows() as usize,
-        }
-    }
-}
-
-/// Up to this many files, the footers the index reads are handed to the
-/// streaming loader instead of being read again.
-const KEEP_FOOTERS: usize = 4096;
-
-/// The dataset: read whole (`data.train` holds every training clip), or,
-/// with `data.streaming`, its index and a [`StreamLoader`]; then
-/// `data.train` holds only the first clips (for the geometry checks) and
-/// `data.holdout` the held-out ones, read now.
-pub(crate) fn open_data(
-    cfg: &TrainConfig,
-    world: &World,
-) -> Result<(Dataset, Option<StreamLoader>)> {
-    let d = &cfg.data;
-    if !d.streaming {
-        return Ok((
-            Dataset::open_with(&d.url, d.holdout_clips, d.max_bad_rows)?,
-            None,
-        ));
-    }
-    let (index, _, footers) =
-        orrery_data::index::load_or_build_keeping_footers(&d.url, None, KEEP_FOOTERS)?;
-    let files = index.files.len();
-    let stream_cfg = StreamConfig {
-        buffer: d.shuffle_buffer,
-        prefetch: d.prefetch_blocks,
-        max_bad_rows: d.max_bad_rows,
-        holdout: d.holdout_clips,
-    };
-    let stream = StreamLoader::new(
-        &d.url,
-        index,
-        stream_cfg,
-        (cfg.run.seed, d.global_batch, cfg.model.frames),
-        (world.rank, world.size),
-        Cursor::default(),
-    )?
-    .with_footers(footers);
-    let data = Dataset {
-        train: stream.read_rows(0..stream.train_rows().min(16))?,
-        holdout: stream.holdout_clips()?,
-        meta: stream.meta()?,
-        files,
-        bad_rows: Vec::new(),
-    };
-    Ok((data, Some(stream)))
-}
-
 /// Train on backend `B` (autodiff) and device.
 pub fn train_on<B: AutodiffBackend>(
     cfg: TrainConfig,
@@ -317,7 +233,7 @@ fn train_ranks<B: AutodiffBackend>(
             eprintln!("{msg}");
         }
     };
-    let (data, mut stream) = open_data(&cfg, &world)?;
+    let (data, stream) = open_data(&cfg, &world)?;
     crate::geometry::check_geometry(&cfg, &data)?;
     if !data.bad_rows.is_empty() {
         say(format!(
@@ -435,21 +351,7 @@ fn train_ranks<B: AutodiffBackend>(
         }
     }
 
-    let mut loader = match stream.take() {
-        Some(mut s) => {
-            s.seek(cursor);
-            // Batches are read and collated on the loader's thread, 2 ahead.
-            Feed::Stream(Box::new(BatchQueue::start(s, 2)))
-        }
-        None => Feed::Memory(Loader::new(
-            &data.train,
-            cfg.run.seed,
-            cfg.data.global_batch,
-            cfg.model.frames,
-            (world.rank, world.size),
-            cursor,
-        )?),
-    };
+    let mut loader = Feed::start(stream, &data, &cfg, &world, cursor)?;
     let inner_device = device.clone();
     let heldout_host = heldout_batch(&data, cfg.model.frames, cfg.data.global_batch);
     let heldout = to_device::<B::InnerBackend>(&heldout_host, &cfg.model, &inner_device);

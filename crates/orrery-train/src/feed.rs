@@ -1,0 +1,119 @@
+//! Where a run's batches come from: every clip read at start
+//! ([`Loader`]), or row groups streamed as needed behind a queue
+//! ([`BatchQueue`]), and the held-out clips either way.
+use orrery_data::stream::{BatchQueue, StreamConfig, StreamLoader};
+use orrery_data::{Batch, Cursor, Dataset, Loader};
+use orrery_dist::World;
+
+use crate::config::TrainConfig;
+use crate::Result;
+
+/// Where batches come from: the clips in memory, or streamed row groups.
+pub(crate) enum Feed<'a> {
+    Memory(Loader<'a>),
+    Stream(Box<BatchQueue>),
+}
+
+impl<'a> Feed<'a> {
+    /// The feed at `cursor`: `stream` (from [`open_data`]) behind a queue
+    /// that reads and collates 2 batches ahead on its own thread, or the
+    /// in-memory loader over `data`.
+    pub(crate) fn start(
+        stream: Option<StreamLoader>,
+        data: &'a Dataset,
+        cfg: &TrainConfig,
+        world: &World,
+        cursor: Cursor,
+    ) -> Result<Self> {
+        Ok(match stream {
+            Some(mut s) => {
+                s.seek(cursor);
+                Feed::Stream(Box::new(BatchQueue::start(s, 2)))
+            }
+            None => Feed::Memory(Loader::new(
+                &data.train,
+                cfg.run.seed,
+                cfg.data.global_batch,
+                cfg.model.frames,
+                (world.rank, world.size),
+                cursor,
+            )?),
+        })
+    }
+
+    pub(crate) fn next_batch(&mut self) -> Result<Batch> {
+        Ok(match self {
+            Feed::Memory(l) => l.next_batch(),
+            Feed::Stream(l) => l.next_batch()?,
+        })
+    }
+
+    pub(crate) fn cursor(&self) -> Cursor {
+        match self {
+            Feed::Memory(l) => l.cursor(),
+            Feed::Stream(l) => l.cursor(),
+        }
+    }
+
+    pub(crate) fn skipped_short(&self) -> usize {
+        match self {
+            Feed::Memory(l) => l.skipped_short,
+            Feed::Stream(l) => l.stats().skipped_short,
+        }
+    }
+
+    /// Training clips: all of them in memory, or the index's rows.
+    pub(crate) fn clips(&self, data: &Dataset) -> usize {
+        match self {
+            Feed::Memory(_) => data.train.len(),
+            Feed::Stream(l) => l.train_rows() as usize,
+        }
+    }
+}
+
+/// Up to this many files, the footers the index reads are handed to the
+/// streaming loader instead of being read again.
+const KEEP_FOOTERS: usize = 4096;
+
+/// The dataset: read whole (`data.train` holds every training clip), or,
+/// with `data.streaming`, its index and a [`StreamLoader`]; then
+/// `data.train` holds only the first clips (for the geometry checks) and
+/// `data.holdout` the held-out ones, read now.
+pub(crate) fn open_data(
+    cfg: &TrainConfig,
+    world: &World,
+) -> Result<(Dataset, Option<StreamLoader>)> {
+    let d = &cfg.data;
+    if !d.streaming {
+        return Ok((
+            Dataset::open_with(&d.url, d.holdout_clips, d.max_bad_rows)?,
+            None,
+        ));
+    }
+    let (index, _, footers) =
+        orrery_data::index::load_or_build_keeping_footers(&d.url, None, KEEP_FOOTERS)?;
+    let files = index.files.len();
+    let stream_cfg = StreamConfig {
+        buffer: d.shuffle_buffer,
+        prefetch: d.prefetch_blocks,
+        max_bad_rows: d.max_bad_rows,
+        holdout: d.holdout_clips,
+    };
+    let stream = StreamLoader::new(
+        &d.url,
+        index,
+        stream_cfg,
+        (cfg.run.seed, d.global_batch, cfg.model.frames),
+        (world.rank, world.size),
+        Cursor::default(),
+    )?
+    .with_footers(footers);
+    let data = Dataset {
+        train: stream.read_rows(0..stream.train_rows().min(16))?,
+        holdout: stream.holdout_clips()?,
+        meta: stream.meta()?,
+        files,
+        bad_rows: Vec::new(),
+    };
+    Ok((data, Some(stream)))
+}

@@ -1,0 +1,334 @@
+//! `orrery bench ...`: step, data, comm (MPI or NCCL) and CPU-vs-GPU parity.
+use anyhow::{bail, Result};
+use clap::Subcommand;
+use std::path::PathBuf;
+
+use crate::data::{self, run_bench_data};
+use orrery_train::TrainConfig;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Time the training step of a config (data loading reported apart).
+    Step {
+        /// The experiment config (TOML).
+        config: PathBuf,
+        /// Override a config key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Timed steps.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Untimed warm-up steps.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+    },
+    /// Read (fetch + decode) every file of a dataset, N times, and print
+    /// clips/s and MB/s (compare with benchmarks/data/pyarrow_read.py).
+    Data {
+        /// Directory, file or URL.
+        url: String,
+        /// Timed passes (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Time the streaming loader instead: one epoch of global batches
+        /// of `--batch` clips cropped to `--frames`, row groups read as needed.
+        #[arg(long)]
+        stream: bool,
+        /// Streaming: clips per global batch.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Streaming: frames each clip is cropped to.
+        #[arg(long, default_value_t = 4)]
+        frames: usize,
+        /// Streaming: shuffle buffer rows.
+        #[arg(long, default_value_t = 4096)]
+        buffer: usize,
+        /// Streaming: row groups read at once.
+        #[arg(long, default_value_t = 8)]
+        prefetch: usize,
+    },
+    /// The same weights, batches and noise on the CPU and on each GPU backend
+    /// (CUDA with and without fusion): single ops, the first step's loss and
+    /// per-parameter gradients, then a short training run. Prints where the
+    /// GPU parts from the CPU (needs `--features cuda`).
+    Parity {
+        /// The experiment config (TOML).
+        config: PathBuf,
+        /// Override a config key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Training steps compared.
+        #[arg(long, default_value_t = 30)]
+        steps: usize,
+        /// Rows of each section to print (the worst first).
+        #[arg(long, default_value_t = 8)]
+        top: usize,
+    },
+    /// Bandwidth of all_reduce, all_gather and reduce_scatter next to raw MPI
+    /// (run under `orrery launch -n N`, N >= 2).
+    Comm {
+        /// Buffer sizes per rank in MiB.
+        #[arg(long, value_delimiter = ',', default_values_t = [1.0, 16.0, 64.0])]
+        sizes_mb: Vec<f64>,
+        /// Timed calls per size and operation (the median is reported).
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+        /// NCCL all_reduce of CUDA tensors instead (one rank works too;
+        /// needs `--features cuda`).
+        #[arg(long)]
+        nccl: bool,
+    },
+}
+
+fn run_bench_comm(sizes_mb: Vec<f64>, iters: usize, nccl: bool) -> Result<()> {
+    if iters == 0 || sizes_mb.iter().any(|&s| !(s > 0.0)) {
+        bail!("--iters and every --sizes-mb value must be positive");
+    }
+    let world = orrery_dist::World::from_env()?;
+    if nccl {
+        return run_bench_nccl(&world, &sizes_mb, iters);
+    }
+    if world.size < 2 {
+        bail!("bench comm measures communication between ranks: run it as `orrery launch -n 2 -- bench comm` (or more ranks)");
+    }
+    let comm = orrery_dist::connect(&world, std::time::Duration::from_secs(600), None)?;
+    #[cfg(feature = "mpi")]
+    {
+        let elems: Vec<usize> = sizes_mb
+            .iter()
+            .map(|mb| (mb * 1024.0 * 1024.0 / 4.0) as usize)
+            .collect();
+        let rows = orrery_dist::bench_collectives(comm.as_ref(), &elems, iters)?;
+        if world.rank == 0 {
+            println!(
+                "{} ranks over {} ({}), f32 buffers, median of {iters} calls; busbw in the nccl-tests convention",
+                world.size,
+                comm.name(),
+                world.launcher
+            );
+            println!("| op | MiB per rank | orrery (ms) | raw MPI (ms) | orrery busbw (GB/s) | raw busbw (GB/s) | raw time / orrery time |");
+            println!("|---|---|---|---|---|---|---|");
+            for r in rows {
+                println!(
+                    "| {} | {:.1} | {:.3} | {:.3} | {:.2} | {:.2} | {:.2} |",
+                    r.op,
+                    r.bytes as f64 / 1048576.0,
+                    r.orrery_s * 1e3,
+                    r.raw_s * 1e3,
+                    r.orrery_busbw,
+                    r.raw_busbw,
+                    r.raw_s / r.orrery_s
+                );
+            }
+        }
+        Ok(())
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        let _ = comm;
+        bail!("this binary was built without MPI")
+    }
+}
+
+pub fn run_bench(cmd: BenchCommand) -> Result<()> {
+    let (config, set, steps, warmup) = match cmd {
+        BenchCommand::Comm {
+            sizes_mb,
+            iters,
+            nccl,
+        } => return run_bench_comm(sizes_mb, iters, nccl),
+        BenchCommand::Data {
+            url,
+            repeat,
+            stream,
+            batch,
+            frames,
+            buffer,
+            prefetch,
+        } => {
+            if stream {
+                return data::run_bench_stream(&url, repeat, batch, frames, buffer, prefetch);
+            }
+            return run_bench_data(&url, repeat);
+        }
+        BenchCommand::Parity {
+            config,
+            set,
+            steps,
+            top,
+        } => return run_bench_parity(&config, &set, steps, top),
+        BenchCommand::Step {
+            config,
+            set,
+            steps,
+            warmup,
+        } => (config, set, steps, warmup),
+    };
+    if steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let cfg = TrainConfig::load(&config, &set)?;
+    let b = orrery_train::bench::bench_step(&cfg, steps, warmup)?;
+    let mean = b.step_s.iter().sum::<f64>() / b.step_s.len() as f64;
+    let min = b.step_s.iter().copied().fold(f64::INFINITY, f64::min);
+    let median = b.median_step();
+    let data = b.data_s.iter().sum::<f64>() / b.data_s.len() as f64;
+    if b.rank != 0 {
+        return Ok(());
+    }
+    let mut comm = b.comm_s.clone();
+    comm.sort_by(f64::total_cmp);
+    let comm = comm[comm.len() / 2];
+    println!(
+        "config {}: {} params, batch {}, {} tokens/sample, {:?} on {} thread(s)",
+        config.display(),
+        b.params,
+        b.batch,
+        b.tokens_per_sample,
+        cfg.run.device,
+        b.threads
+    );
+    println!("| metric | value |");
+    println!("|---|---|");
+    println!("| step time, median (s) | {median:.4} |");
+    println!("| step time, mean (s) | {mean:.4} |");
+    println!("| step time, min (s) | {min:.4} |");
+    println!("| data to device, mean (s) | {data:.5} |");
+    let strategy = format!("{:?}", cfg.parallel.strategy).to_lowercase();
+    println!("| ranks | {} ({strategy}) |", b.ranks);
+    println!(
+        "| parameter + gradient + AdamW bytes per rank | {:.2} MiB |",
+        b.state_bytes.0 as f64 / 1048576.0
+    );
+    if b.heap.1 > 0 {
+        println!(
+            "| heap when the timed steps start / peak during them | {:.1} / {:.1} MiB |",
+            b.heap.0 as f64 / 1048576.0,
+            b.heap.1 as f64 / 1048576.0
+        );
+    }
+    if b.state_bytes.1 > 0 {
+        println!(
+            "| largest unit gathered (parameters + gradient) | {:.2} MiB |",
+            b.state_bytes.1 as f64 / 1048576.0
+        );
+    }
+    println!("| communication per step, median (s) | {comm:.4} |");
+    println!(
+        "| bytes sent into collectives per rank per step | {} ({:.2} MiB) |",
+        b.comm_bytes,
+        b.comm_bytes as f64 / 1048576.0
+    );
+    println!(
+        "| samples/s (median step) | {:.1} |",
+        b.batch as f64 / median
+    );
+    println!(
+        "| tokens/s (median step) | {:.0} |",
+        (b.batch * b.tokens_per_sample) as f64 / median
+    );
+    println!(
+        "| model GFLOP/s (median step; FLOPs count of the config) | {:.1} |",
+        b.flops_per_step / median / 1e9
+    );
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn run_bench_nccl(world: &orrery_dist::World, sizes_mb: &[f64], iters: usize) -> Result<()> {
+    let timeout = std::time::Duration::from_secs(120);
+    let comm = orrery_dist::connect(world, timeout, None)?;
+    let elems: Vec<usize> = sizes_mb
+        .iter()
+        .map(|mb| (mb * 1024.0 * 1024.0 / 4.0) as usize)
+        .collect();
+    let rows = orrery_train::nccl::bench(comm.as_ref(), &elems, iters, timeout)
+        .map_err(anyhow::Error::msg)?;
+    if world.rank == 0 {
+        println!("{} rank(s), NCCL all_reduce of CUDA f32 tensors, median of {iters} calls (busbw = 2 (n-1)/n bytes / time)", world.size);
+        println!("| MiB per rank | time (ms) | busbw (GB/s) | max abs error |\n|---|---|---|---|");
+        let p = world.size as f64;
+        for (n, s, worst) in rows {
+            let bytes = 4.0 * n as f64;
+            println!(
+                "| {:.1} | {:.3} | {:.2} | {:.1e} |",
+                bytes / 1048576.0,
+                s * 1e3,
+                2.0 * (p - 1.0) / p * bytes / s / 1e9,
+                worst
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_bench_nccl(_: &orrery_dist::World, _: &[f64], _: usize) -> Result<()> {
+    bail!("bench comm --nccl needs a binary built with `--features cuda`")
+}
+
+#[cfg(feature = "cuda")]
+fn run_bench_parity(
+    config: &std::path::Path,
+    set: &[String],
+    steps: usize,
+    top: usize,
+) -> Result<()> {
+    use orrery_train::parity::{compare, gpu_backends, Phase};
+    use std::io::Write;
+    let cfg = TrainConfig::load(config, set)?;
+    let mut start = std::time::Instant::now();
+    println!(
+        "reference: cpu (flex), {steps} steps of {}",
+        config.display()
+    );
+    // Printed as each phase ends: a GPU's first steps compile and autotune kernels.
+    gpu_backends(&cfg, steps, &mut |reference, phase, other| {
+        let diffs = compare(reference, other);
+        let rows = |prefix: &str, sorted: bool| {
+            let mut rows: Vec<_> = diffs
+                .iter()
+                .filter(|d| d.what.starts_with(prefix))
+                .collect();
+            if sorted {
+                rows.sort_by(|a, b| b.rel.total_cmp(&a.rel));
+                rows.truncate(top);
+            }
+            for d in rows {
+                println!("| {} | {:.2e} |", d.what, d.rel);
+            }
+        };
+        let secs = start.elapsed().as_secs_f64();
+        match phase {
+            Phase::Ops => {
+                println!(
+                    "\n## {} vs cpu (flex): relative L2 difference ({secs:.1} s in)",
+                    other.backend
+                );
+                println!("| what | rel. diff |\n|---|---|");
+                rows("op ", false);
+            }
+            Phase::FirstStep => {
+                rows("step 0 loss", false);
+                rows("step 0 grad", true);
+                println!("(first step: {secs:.1} s in)\n\n| step | loss cpu | loss {0} | grad norm cpu | grad norm {0} | s in |\n|---|---|---|---|---|---|", other.backend);
+            }
+            Phase::Step(k) => {
+                let ((l, n), (l2, n2)) = (reference.steps[k], other.steps[k]);
+                println!("| {k} | {l:.5} | {l2:.5} | {n:.4} | {n2:.4} | {secs:.1} |");
+            }
+            Phase::Done => {
+                println!();
+                rows("final weight", true);
+                start = std::time::Instant::now();
+            }
+        }
+        let _ = std::io::stdout().flush();
+    })?;
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_bench_parity(_: &std::path::Path, _: &[String], _: usize, _: usize) -> Result<()> {
+    bail!("bench parity compares the CPU with the GPU: build with `cargo build --release --features cuda`")
+}
