@@ -288,14 +288,16 @@ pub fn run_bench_stream(
             values,
             loader.stats().bytes,
             most,
-            loader.stats().blocks_read,
+            (loader.stats().blocks_read, loader.stats().requests),
         ));
     }
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (total, index_s, clips, values, bytes, most, blocks) = runs[runs.len() / 2];
+    let (total, index_s, clips, values, bytes, most, (blocks, requests)) = runs[runs.len() / 2];
     println!("| {url}, streaming: batch {batch}, {frames} frames, buffer {buffer}, prefetch {prefetch} | median of {repeat} |");
     println!("|---|---|");
-    println!("| row groups read / clips taken | {blocks} / {clips} |");
+    println!(
+        "| row groups read / requests for them / clips taken | {blocks} / {requests} / {clips} |"
+    );
     println!("| index (list + footers) (s) | {index_s:.3} |");
     println!(
         "| index + one epoch (s) | {total:.3} ({:.1} MB/s fetched, {:.1} MB/s of cropped latents) |",

@@ -10,7 +10,7 @@ mod bench;
 mod data;
 mod launch;
 
-// Counts tensor-sized allocations for `bench step`'s heap figures.
+// mimalloc, counting tensor-sized allocations for `bench step`'s heap figures.
 #[global_allocator]
 static ALLOC: orrery_train::heap::CountingAlloc = orrery_train::heap::CountingAlloc;
 use bench::{run_bench, BenchCommand};

@@ -1,7 +1,8 @@
-//! One row group of a Parquet file, read with one ranged request: the
-//! streaming loader's unit of I/O. The file's footer (parsed once, see
-//! [`crate::index::footer`]) gives the row group's byte span; only that span
-//! is fetched, and the decoder reads it as if it were the whole file.
+//! Row groups of a Parquet file, each run of consecutive ones read with one
+//! ranged request: the streaming loader's unit of I/O. The file's footer
+//! (parsed once, see [`crate::index::footer`]) gives the row groups' byte
+//! spans; only those are fetched, and the decoder reads them as if they were
+//! the whole file.
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
@@ -38,7 +39,9 @@ impl RowGroupRead {
     }
 }
 
-/// The fetched span of a file, served at the file's own offsets.
+/// The fetched span of a file, served at the file's own offsets (a clone
+/// shares the bytes).
+#[derive(Clone)]
 struct Window {
     start: u64,
     bytes: Bytes,
@@ -56,7 +59,7 @@ impl Window {
         let end = start + length as u64;
         if start < self.start || end > self.start + self.bytes.len() as u64 {
             return Err(parquet::errors::ParquetError::General(format!(
-                "read of bytes {start}..{end} outside the fetched row group {}..{}",
+                "read of bytes {start}..{end} outside the fetched row groups {}..{}",
                 self.start,
                 self.start + self.bytes.len() as u64
             )));
@@ -89,39 +92,87 @@ pub async fn read_row_group(
     footer: &Arc<ParquetMetaData>,
     rg: usize,
 ) -> Result<RowGroupRead> {
+    let mut reads = read_row_groups(loc, path, size, footer, rg..rg + 1).await?;
+    Ok(reads.pop().expect("one row group asked for"))
+}
+
+/// Read the consecutive row groups `rgs` of one file with one ranged read
+/// (their column chunks lie one after another in the file), and decode
+/// each as [`read_row_group`] does. Each read's `bytes` is its own span.
+pub async fn read_row_groups(
+    loc: &Location,
+    path: &Path,
+    size: u64,
+    footer: &Arc<ParquetMetaData>,
+    rgs: std::ops::Range<usize>,
+) -> Result<Vec<RowGroupRead>> {
     let file = path.to_string();
     let bad = |reason: String| DataError::Schema {
         file: file.clone(),
         reason,
     };
     let groups = footer.row_groups();
-    let group = groups.get(rg).ok_or_else(|| {
-        bad(format!(
-            "has {} row groups, no row group {rg} (the index is stale: rebuild it)",
-            groups.len()
-        ))
-    })?;
-    let (mut start, mut end) = (u64::MAX, 0u64);
-    for col in group.columns() {
-        let (s, len) = col.byte_range();
-        start = start.min(s);
-        end = end.max(s + len);
-    }
-    if start >= end || end > size {
+    if rgs.is_empty() || rgs.end > groups.len() {
         return Err(bad(format!(
-            "row group {rg} spans bytes {start}..{end} of a {size}-byte file (corrupt footer or stale index)"
+            "has {} row groups, no row group {} (the index is stale: rebuild it)",
+            groups.len(),
+            groups.len().max(rgs.start)
         )));
     }
-    let bytes = loc.get_range(path, start..end).await?;
-    let first_row: usize = groups[..rg].iter().map(|g| g.num_rows() as usize).sum();
-    let window = Window { start, bytes, size };
+    let mut spans = Vec::with_capacity(rgs.len());
+    for rg in rgs.clone() {
+        let (mut start, mut end) = (u64::MAX, 0u64);
+        for col in groups[rg].columns() {
+            let (s, len) = col.byte_range();
+            start = start.min(s);
+            end = end.max(s + len);
+        }
+        if start >= end || end > size {
+            return Err(bad(format!(
+                "row group {rg} spans bytes {start}..{end} of a {size}-byte file (corrupt footer or stale index)"
+            )));
+        }
+        spans.push(start..end);
+    }
+    let start = spans.iter().map(|r| r.start).min().expect("not empty");
+    let end = spans.iter().map(|r| r.end).max().expect("not empty");
+    let window = Window {
+        start,
+        bytes: loc.get_range(path, start..end).await?,
+        size,
+    };
     let meta = ArrowReaderMetadata::try_new(footer.clone(), ArrowReaderOptions::default())
         .map_err(|e| bad(format!("unreadable Parquet footer ({e})")))?;
-    let builder =
-        ParquetRecordBatchReaderBuilder::new_with_metadata(window, meta).with_row_groups(vec![rg]);
-    let (part, errors) = decode_lenient(builder, &file, first_row)?;
+    let mut first_row: usize = groups[..rgs.start]
+        .iter()
+        .map(|g| g.num_rows() as usize)
+        .sum();
+    let mut out = Vec::with_capacity(rgs.len());
+    for (rg, span) in rgs.zip(spans) {
+        let builder =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(window.clone(), meta.clone())
+                .with_row_groups(vec![rg]);
+        let n = groups[rg].num_rows() as usize;
+        out.push(RowGroupRead {
+            rows: decode_rows(builder, &file, rg, first_row, n)?,
+            bytes: span.end - span.start,
+        });
+        first_row += n;
+    }
+    Ok(out)
+}
+
+/// Decode one row group's `n` rows (the first is row `first_row` of the
+/// file), each a clip or what is wrong with it.
+fn decode_rows(
+    builder: ParquetRecordBatchReaderBuilder<Window>,
+    file: &str,
+    rg: usize,
+    first_row: usize,
+    n: usize,
+) -> Result<Vec<std::result::Result<Clip, String>>> {
+    let (part, errors) = decode_lenient(builder, file, first_row)?;
     // Put the bad rows (each a DataError::Row) back among the good ones.
-    let n = group.num_rows() as usize;
     let mut bad = std::collections::BTreeMap::new();
     for e in errors {
         match &e {
@@ -130,16 +181,12 @@ pub async fn read_row_group(
         };
     }
     let mut good = part.clips.into_iter();
-    let rows = (0..n)
+    Ok((0..n)
         .map(|r| match bad.remove(&r) {
             Some(e) => Err(e),
             None => good.next().ok_or_else(|| {
                 format!("{file}: row group {rg} decoded fewer rows than its footer's {n}")
             }),
         })
-        .collect();
-    Ok(RowGroupRead {
-        rows,
-        bytes: end - start,
-    })
+        .collect())
 }

@@ -5,6 +5,8 @@
 //! - Each rank reads only the row groups (blocks) holding rows of its own
 //!   shares, on a tokio runtime of its own: up to `prefetch` blocks in
 //!   flight, fetched ahead over the next batches while the trainer computes.
+//!   Blocks started together that are consecutive row groups of one file are
+//!   fetched with one request.
 //! - Of a block read, only the rows of this rank's shares in this epoch are
 //!   kept, and each leaves memory when its batch takes it. Rows waiting in
 //!   memory are those the shuffle buffer has not emitted yet, plus the
@@ -25,7 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::index::Index;
 use crate::order::GlobalOrder;
-use crate::rowgroup::read_row_group;
+use crate::rowgroup::read_row_groups;
 use crate::store::{self, Location};
 use crate::{Batch, Clip, Cursor, DataError, Result};
 
@@ -59,6 +61,9 @@ impl Default for StreamConfig {
 pub struct StreamStats {
     /// Row groups read.
     pub blocks_read: usize,
+    /// Requests made for them (a run of consecutive row groups is one;
+    /// footers the index did not pass on count too).
+    pub requests: usize,
     /// Bytes fetched (row groups and footers).
     pub bytes: u64,
     /// Clips left out for being shorter than the crop.
@@ -73,6 +78,9 @@ pub struct StreamStats {
 const LOOKAHEAD: u64 = 64;
 
 type Block = Vec<std::result::Result<Clip, String>>;
+/// A read of consecutive blocks of one file: each block's rows, the bytes
+/// and the requests it took.
+type Fetch = JoinHandle<Result<(Vec<(usize, Block)>, u64, usize)>>;
 /// The rows of a block this rank still needs, by place in the block.
 type Kept = HashMap<usize, std::result::Result<Clip, String>>;
 
@@ -96,7 +104,10 @@ pub struct StreamLoader {
     rt: tokio::runtime::Runtime,
     footers: Arc<tokio::sync::Mutex<HashMap<usize, Arc<ParquetMetaData>>>>,
     cache: HashMap<usize, Kept>,
-    pending: HashMap<usize, JoinHandle<Result<(Block, u64)>>>,
+    /// Blocks in flight -> their read, and the reads by id.
+    pending: HashMap<usize, usize>,
+    reads: HashMap<usize, Fetch>,
+    next_read: usize,
     /// The batch up to which every needed block has been asked for.
     scanned: u64,
     stats: StreamStats,
@@ -169,6 +180,8 @@ impl StreamLoader {
             footers: Arc::default(),
             cache: HashMap::new(),
             pending: HashMap::new(),
+            reads: HashMap::new(),
+            next_read: 0,
             scanned: 0,
             stats: StreamStats::default(),
         };
@@ -190,10 +203,11 @@ impl StreamLoader {
         let mut row = rows.start;
         while row < rows.end {
             let (block, offset) = all.locate(row);
-            let (read, _) = self
+            let (mut read, _, _) = self
                 .rt
-                .block_on(self.spawn_read(block))
+                .block_on(self.spawn_read(block..block + 1))
                 .map_err(|e| DataError::Geometry(format!("a reader thread failed: {e}")))??;
+            let read = read.pop().expect("one block asked for").1;
             let n = (read.len() - offset).min((rows.end - row) as usize);
             for r in &read[offset..offset + n] {
                 out.push(r.clone().map_err(DataError::Geometry)?);
@@ -283,36 +297,70 @@ impl StreamLoader {
     }
 
     /// Start reads of the blocks this rank needs next, from batch `from`
-    /// on, until `prefetch` reads are in flight or the epoch ends.
+    /// on, until `prefetch` blocks are in flight or the epoch ends.
     fn prefetch(&mut self, from: u64) {
+        let mut start = std::collections::BTreeSet::new();
         // Batches before `scanned` have all their blocks read or in flight.
         let mut batch = from.max(self.scanned);
         let end = self.batches_per_epoch().min(from + LOOKAHEAD);
-        while batch < end {
+        'scan: while batch < end {
             let share = GlobalOrder::share(self.global_batch, batch, (self.rank, self.world));
             for i in share {
                 let block = self.order.locate(self.epoch_rows[i]).0;
-                if self.cache.contains_key(&block) || self.pending.contains_key(&block) {
+                if self.cache.contains_key(&block)
+                    || self.pending.contains_key(&block)
+                    || start.contains(&block)
+                {
                     continue;
                 }
-                if self.pending.len() >= self.cfg.prefetch.max(1) {
-                    return;
+                if self.pending.len() + start.len() >= self.cfg.prefetch.max(1) {
+                    break 'scan;
                 }
-                let handle = self.spawn_read(block);
-                self.pending.insert(block, handle);
+                start.insert(block);
             }
             batch += 1;
             self.scanned = batch;
         }
+        // Blocks are numbered file by file, row group by row group: a run of
+        // consecutive ids in one file is a run of consecutive row groups.
+        let mut run: Option<std::ops::Range<usize>> = None;
+        for block in start {
+            match run {
+                Some(ref mut r)
+                    if r.end == block && self.blocks[block].0 == self.blocks[r.start].0 =>
+                {
+                    r.end += 1
+                }
+                _ => {
+                    if let Some(r) = run.replace(block..block + 1) {
+                        self.start_read(r);
+                    }
+                }
+            }
+        }
+        if let Some(r) = run {
+            self.start_read(r);
+        }
     }
 
-    fn spawn_read(&self, block: usize) -> JoinHandle<Result<(Block, u64)>> {
-        let (file, rg) = self.blocks[block];
+    fn start_read(&mut self, blocks: std::ops::Range<usize>) {
+        let id = self.next_read;
+        self.next_read += 1;
+        for block in blocks.clone() {
+            self.pending.insert(block, id);
+        }
+        let handle = self.spawn_read(blocks);
+        self.reads.insert(id, handle);
+    }
+
+    /// Read `blocks` (consecutive row groups of one file) with one request.
+    fn spawn_read(&self, blocks: std::ops::Range<usize>) -> Fetch {
+        let (file, rg) = self.blocks[blocks.start];
         let (loc, index, footers) = (self.loc.clone(), self.index.clone(), self.footers.clone());
         self.rt.spawn(async move {
             let entry = &index.files[file];
             let path = Path::from(entry.path.as_str());
-            let mut fetched = 0;
+            let (mut fetched, mut requests) = (0, 1);
             let footer = {
                 let mut known = footers.lock().await;
                 match known.get(&file) {
@@ -320,14 +368,18 @@ impl StreamLoader {
                     None => {
                         let (f, n) = crate::index::footer(&loc, &path, entry.size).await?;
                         fetched += n;
+                        requests += 1;
                         let f = Arc::new(f);
                         known.insert(file, f.clone());
                         f
                     }
                 }
             };
-            let read = read_row_group(&loc, &path, entry.size, &footer, rg).await?;
-            Ok((read.rows, fetched + read.bytes))
+            let rgs = rg..rg + blocks.len();
+            let reads = read_row_groups(&loc, &path, entry.size, &footer, rgs).await?;
+            let bytes: u64 = reads.iter().map(|r| r.bytes).sum();
+            let rows = blocks.zip(reads.into_iter().map(|r| r.rows)).collect();
+            Ok((rows, fetched + bytes, requests))
         })
     }
 
@@ -335,24 +387,33 @@ impl StreamLoader {
     /// starting) the block's read and keeping the rows this rank will need.
     fn take(&mut self, block: usize, offset: usize) -> Result<std::result::Result<Clip, String>> {
         if !self.cache.contains_key(&block) {
-            let handle = match self.pending.remove(&block) {
-                Some(h) => h,
-                None => self.spawn_read(block),
+            let handle = match self.pending.get(&block).copied() {
+                Some(id) => {
+                    // The read's other blocks arrive with it (or fail with it).
+                    self.pending.retain(|_, read| *read != id);
+                    self.reads.remove(&id).expect("a pending block's read")
+                }
+                None => self.spawn_read(block..block + 1),
             };
-            let (rows, bytes) = self
+            let (blocks, bytes, requests) = self
                 .rt
                 .block_on(handle)
                 .map_err(|e| DataError::Geometry(format!("a reader thread failed: {e}")))??;
-            self.stats.blocks_read += 1;
+            self.stats.requests += requests;
             self.stats.bytes += bytes;
-            let start = self.order.first_row(block);
-            let kept: Kept = rows
-                .into_iter()
-                .enumerate()
-                .filter(|(i, _)| self.mine.contains(&(start + *i as u64)))
-                .collect();
-            self.stats.resident_rows += kept.len();
-            self.cache.insert(block, kept);
+            for (b, rows) in blocks {
+                self.stats.blocks_read += 1;
+                let start = self.order.first_row(b);
+                let kept: Kept = rows
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(i, _)| self.mine.contains(&(start + *i as u64)))
+                    .collect();
+                self.stats.resident_rows += kept.len();
+                if !kept.is_empty() {
+                    self.cache.insert(b, kept);
+                }
+            }
         }
         let kept = self.cache.get_mut(&block).expect("just inserted");
         let row = kept.remove(&offset).ok_or_else(|| {

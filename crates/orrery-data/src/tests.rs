@@ -348,6 +348,28 @@ fn row_groups_read_by_range_equal_whole_files_and_name_bad_rows() {
             got.extend(read.clips().cloned());
             bad.extend(read.bad().cloned());
         }
+        // All of the file's row groups in one request: the same rows.
+        let n = f.row_groups.len();
+        let runs = rt
+            .block_on(crate::rowgroup::read_row_groups(
+                &loc,
+                &path,
+                f.size,
+                &footer,
+                0..n,
+            ))
+            .unwrap();
+        let run_rows: Vec<_> = runs.iter().flat_map(|r| r.rows.clone()).collect();
+        let each: Vec<_> = (0..n)
+            .flat_map(|rg| {
+                rt.block_on(crate::rowgroup::read_row_group(
+                    &loc, &path, f.size, &footer, rg,
+                ))
+                .unwrap()
+                .rows
+            })
+            .collect();
+        assert_eq!(run_rows, each);
         let err = rt
             .block_on(crate::rowgroup::read_row_group(
                 &loc, &path, f.size, &footer, 9,

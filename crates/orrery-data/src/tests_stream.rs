@@ -296,11 +296,78 @@ fn footers_from_the_index_save_a_read_per_file() {
     for _ in 0..12 {
         assert_eq!(plain.next_batch().unwrap(), reuse.next_batch().unwrap());
     }
+    // One row group per file: a request for each, and one for each footer.
+    assert_eq!(
+        (plain.stats().blocks_read, plain.stats().requests),
+        (20, 40)
+    );
+    assert_eq!(
+        (reuse.stats().blocks_read, reuse.stats().requests),
+        (20, 20)
+    );
     assert!(
         reuse.stats().bytes < plain.stats().bytes,
         "{} vs {}",
         reuse.stats().bytes,
         plain.stats().bytes
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Blocks started together that are consecutive row groups of one file
+/// are fetched with one request, and the batches are those of one request
+/// per block.
+#[test]
+fn consecutive_row_groups_of_a_file_are_one_request() {
+    let dir = std::env::temp_dir().join(format!("orrery-stream-runs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = SynthConfig {
+        clips: 200,
+        frames: 4,
+        height: 8,
+        width: 8,
+        ..SynthConfig::default()
+    };
+    let url = dir.to_str().unwrap();
+    store::write_dataset(url, &render_clips(&cfg), &cfg.metadata(), 100).unwrap();
+    let (index, _, footers) = crate::index::load_or_build_keeping_footers(url, None, 100).unwrap();
+    assert_eq!(
+        index.files[0].row_groups,
+        vec![64, 36],
+        "2 files of 2 row groups"
+    );
+    let open = |prefetch: usize| {
+        let cfg = StreamConfig {
+            buffer: 40,
+            prefetch,
+            ..StreamConfig::default()
+        };
+        StreamLoader::new(
+            url,
+            index.clone(),
+            cfg,
+            (5, 16, 3),
+            (0, 1),
+            Cursor::default(),
+        )
+        .unwrap()
+        .with_footers(footers.clone())
+    };
+    let (mut one_by_one, mut together) = (open(1), open(8));
+    for _ in 0..one_by_one.batches_per_epoch() {
+        assert_eq!(
+            one_by_one.next_batch().unwrap(),
+            together.next_batch().unwrap()
+        );
+    }
+    assert_eq!(
+        (one_by_one.stats().blocks_read, one_by_one.stats().requests),
+        (4, 4)
+    );
+    assert_eq!(
+        (together.stats().blocks_read, together.stats().requests),
+        (4, 2)
+    );
+    assert_eq!(together.stats().bytes, one_by_one.stats().bytes);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,9 +1,11 @@
-//! Heap accounting for benchmarks: [`CountingAlloc`] wraps the system
-//! allocator and counts live and peak bytes of allocations of 4 KiB or
-//! more (tensor buffers; small ones are left out so counting costs nothing
-//! measurable). A binary opts in by installing it as its global allocator;
+//! The binary's allocator: [`CountingAlloc`] is mimalloc (whose per-thread
+//! heaps keep freed pages for reuse, where glibc's malloc handed the decode
+//! threads' large buffers back to the OS and faulted them in again) plus,
+//! for benchmarks' heap figures, live and peak bytes of allocations of 4 KiB
+//! or more (tensor buffers; small ones are left out so counting costs
+//! nothing measurable). A binary opts in by installing it as its global allocator;
 //! without it every count reads 0.
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 /// Allocations smaller than this are not counted.
@@ -12,7 +14,7 @@ const MIN: usize = 4096;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 
-/// The system allocator with live and peak byte counts.
+/// mimalloc with live and peak byte counts.
 pub struct CountingAlloc;
 
 fn grow(n: usize) {
@@ -28,29 +30,29 @@ fn shrink(n: usize) {
     }
 }
 
-// SAFETY: every call is forwarded unchanged to `System`; the counters only
+// SAFETY: every call is forwarded unchanged to mimalloc; the counters only
 // observe sizes.
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
+        let p = unsafe { mimalloc::MiMalloc.alloc(layout) };
         if !p.is_null() {
             grow(layout.size());
         }
         p
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
+        let p = unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) };
         if !p.is_null() {
             grow(layout.size());
         }
         p
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) };
         shrink(layout.size());
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        let p = unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             shrink(layout.size());
             grow(new_size);
