@@ -261,10 +261,16 @@ impl StreamLoader {
 
     /// Continue from `cursor` (a checkpoint's).
     pub fn seek(&mut self, cursor: Cursor) {
+        let same_epoch = cursor.epoch == self.cursor.epoch && !self.epoch_rows.is_empty();
         self.cursor = cursor;
         self.cache.clear();
         self.stats.resident_rows = 0;
-        self.start_epoch();
+        if same_epoch {
+            self.scanned = 0;
+            self.pick_mine();
+        } else {
+            self.start_epoch();
+        }
     }
 
     /// The position of the next batch.
@@ -288,7 +294,12 @@ impl StreamLoader {
     fn start_epoch(&mut self) {
         self.scanned = 0;
         self.epoch_rows = self.order.epoch(self.cursor.epoch);
-        // From the cursor on: a resumed loader needs none of the earlier rows.
+        self.pick_mine();
+    }
+
+    /// The rows of this rank's shares from the cursor on: a resumed loader
+    /// needs none of the earlier rows.
+    fn pick_mine(&mut self) {
         let (from, to) = (self.cursor.batch, self.batches_per_epoch());
         self.mine = (from..to)
             .flat_map(|b| GlobalOrder::share(self.global_batch, b, (self.rank, self.world)))
