@@ -40,7 +40,7 @@ pub mod rope;
 pub use config::{AttentionMask, DitConfig, MlpKind, PosEmbed, Preset, QkNorm};
 pub use dit::{Dit, DitInput};
 pub use embed::{DitEmbed, Stem};
-pub use layers::{DitBlock, FinalLayer};
+pub use layers::{like, DitBlock, FinalLayer};
 
 /// Errors from building or running a model.
 #[derive(Debug, thiserror::Error)]

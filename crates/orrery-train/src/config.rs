@@ -513,9 +513,6 @@ impl TrainConfig {
                 self.parallel.timeout_s
             ));
         }
-        if self.run.precision == Precision::Bf16 && self.parallel.strategy == Strategy::Fsdp {
-            return bad("run.precision = \"bf16\" is not built for FSDP yet: use parallel.strategy = \"ddp\", or FSDP with parallel.gather_dtype = \"bf16\" (bf16 gathers, f32 compute)".into());
-        }
         if self.parallel.comm == CommBackend::Nccl
             && (self.run.device != Device::Cuda || self.parallel.strategy != Strategy::Ddp)
         {

@@ -13,10 +13,12 @@ use std::time::Instant;
 use burn::module::{AutodiffModule, Module};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 use orrery_diffusion::{Cond, Denoiser, DiffusionError};
 use orrery_dist::Collective;
-use orrery_model::named::{layout, load_flat, named_grads, visit_named, HostTensor, NamedTensors};
+use orrery_model::named::{
+    cast_params, layout, load_flat, named_grads, visit_named, HostTensor, NamedTensors,
+};
 use orrery_model::{Dit, DitBlock, DitConfig, DitEmbed, DitInput, FinalLayer, Stem};
 
 use crate::optim::{flat, host, FlatMap};
@@ -58,6 +60,10 @@ pub(crate) struct Fsdp<B: Backend> {
     pub device: B::Device,
     /// Gather units for compute in bf16 (checkpoint gathers stay f32).
     pub gather_bf16: bool,
+    /// Train in bf16 (`run.precision = "bf16"`): each gathered unit is cast
+    /// to bf16 for the forward and backward, inside the autodiff graph, so
+    /// its gradient arrives in f32; shards, AdamW and EMA stay f32.
+    pub compute_bf16: bool,
     /// Seconds spent in collectives and bytes sent, since the last take.
     comm_s: Cell<f64>,
     comm_bytes: Cell<usize>,
@@ -127,6 +133,7 @@ impl<B: Backend> Fsdp<B> {
             size,
             device: device.clone(),
             gather_bf16: false,
+            compute_bf16: false,
             comm_s: Cell::new(0.0),
             comm_bytes: Cell::new(0),
         };
@@ -380,9 +387,20 @@ impl<B: Backend> Fsdp<B> {
         (4 * 4 * shards, 2 * 4 * unit)
     }
 
-    /// Run the embedder and every block without autodiff, unit by unit.
-    /// Returns the stem and the input of every block followed by the final
-    /// layer's input (only that last one unless `keep_all`).
+    /// `unit` as it computes: cast to bf16 when training in bf16 and
+    /// `train` (an autodiff op: gradients reach `unit`'s f32 parameters).
+    pub fn compute<B2: Backend, M: Module<B2>>(&self, unit: M, train: bool) -> M {
+        if self.compute_bf16 && train {
+            cast_params(unit, DType::BF16)
+        } else {
+            unit
+        }
+    }
+
+    /// Run the embedder and every block without autodiff, unit by unit
+    /// (in bf16 when training in bf16 and `train`). Returns the stem and the
+    /// input of every block followed by the final layer's input (only that
+    /// last one unless `keep_all`).
     ///
     /// # Shapes
     /// -> xs: (depth + 1) x [b, g, s, d]
@@ -390,15 +408,15 @@ impl<B: Backend> Fsdp<B> {
         &self,
         shards: &FlatMap<B>,
         input: DitInput<B>,
-        keep_all: bool,
+        (keep_all, train): (bool, bool),
         comm: &dyn Collective,
     ) -> Result<(Stem<B>, Vec<Tensor<B, 4>>)> {
-        let embed = self.embed(shards, comm, &self.device, false)?;
+        let embed = self.compute(self.embed(shards, comm, &self.device, false)?, train);
         let stem = embed.forward(input)?;
         drop(embed);
         let mut xs = vec![stem.x.clone()];
         for i in 0..self.cfg.depth {
-            let block = self.block(i, shards, comm, &self.device, false)?;
+            let block = self.compute(self.block(i, shards, comm, &self.device, false)?, train);
             let x = xs.last().expect("one").clone();
             let next = block.forward(x, stem.cond.clone(), stem.bias.clone(), stem.rope.as_ref());
             if !keep_all {
@@ -479,7 +497,7 @@ impl<B: Backend> Denoiser<B> for ShardedDenoiser<'_, B> {
             let (stem, mut xs) = f.trunk(
                 self.shards,
                 crate::trainer::dit_input(x_t, t, cond),
-                false,
+                (false, false),
                 self.comm,
             )?;
             let head = f.head(self.shards, self.comm, &f.device, false)?;

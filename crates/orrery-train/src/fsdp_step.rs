@@ -11,9 +11,10 @@ use std::cell::RefCell;
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion, Tensor};
+use burn::tensor::{DType, ElementConversion, Tensor};
 use orrery_diffusion::{Cond, DiffusionError, TrainBatch};
 use orrery_dist::Collective;
+use orrery_model::like;
 use orrery_model::{DitInput, FinalLayer, Stem};
 
 use crate::config::TrainConfig;
@@ -57,12 +58,16 @@ fn forward<B: AutodiffBackend>(
     device: &B::Device,
     tape: &RefCell<Option<Tape<B>>>,
 ) -> Result<Tensor<B, 5>> {
-    let (stem, mut xs) = fsdp.trunk(&fsdp.params, inner_input(&input), true, comm)?;
+    let dtype = input.latents.dtype();
+    let (stem, mut xs) = fsdp.trunk(&fsdp.params, inner_input(&input), (true, true), comm)?;
     let last = xs.pop().expect("final layer input");
     let head = fsdp.head(&fsdp.params, comm, device, true)?;
     let x_last = Tensor::<B, 4>::from_inner(last).require_grad();
     let c_last = Tensor::<B, 3>::from_inner(stem.cond.clone()).require_grad();
-    let out = stem.unpatchify(head.forward(x_last.clone(), c_last.clone()), &fsdp.cfg);
+    let out = fsdp
+        .compute(head.clone(), true)
+        .forward(x_last.clone(), c_last.clone());
+    let out = like(stem.unpatchify(out, &fsdp.cfg), dtype);
     *tape.borrow_mut() = Some(Tape {
         input,
         stem,
@@ -97,9 +102,14 @@ fn backward<B: AutodiffBackend>(
     let mut g_x = x_last
         .grad(&grads)
         .ok_or_else(|| missing("the final layer's input"))?;
-    let mut g_c = c_last
-        .grad(&grads)
-        .ok_or_else(|| missing("the condition"))?;
+    // The condition's gradient sums over every unit: in f32 (under bf16
+    // compute each part arrives in bf16).
+    let mut g_c = like(
+        c_last
+            .grad(&grads)
+            .ok_or_else(|| missing("the condition"))?,
+        DType::F32,
+    );
     let u = fsdp.final_unit();
     let unit = &fsdp.units[u];
     let g = unit_grads(unit, &head, grads);
@@ -115,19 +125,26 @@ fn backward<B: AutodiffBackend>(
         let block = fsdp.block(i, &fsdp.params, comm, device, true)?;
         let x = Tensor::<B, 4>::from_inner(x_in).require_grad();
         let c = Tensor::<B, 3>::from_inner(stem.cond.clone()).require_grad();
-        let out = block.forward(x.clone(), c.clone(), bias.clone(), rope.as_ref());
+        let out = fsdp.compute(block.clone(), true).forward(
+            x.clone(),
+            c.clone(),
+            bias.clone(),
+            rope.as_ref(),
+        );
         let grads = (out * Tensor::from_inner(g_x)).sum().backward();
         g_x = x.grad(&grads).ok_or_else(|| missing("a block's input"))?;
-        g_c = g_c
-            + c.grad(&grads)
-                .ok_or_else(|| missing("a block's condition"))?;
+        let part = c
+            .grad(&grads)
+            .ok_or_else(|| missing("a block's condition"))?;
+        g_c = g_c + like(part, DType::F32);
         let unit = &fsdp.units[u];
         let g = unit_grads(unit, &block, grads);
         drop(block);
         fsdp.scatter_add(u, g, acc.get_mut(&unit.prefix).expect("unit"), comm)?;
     }
     let embed = fsdp.embed(&fsdp.params, comm, device, true)?;
-    let again = embed.forward(input)?;
+    let again = fsdp.compute(embed.clone(), true).forward(input)?;
+    let g_c = like(g_c, again.cond.dtype());
     let grads = ((again.x * Tensor::from_inner(g_x)).sum()
         + (again.cond * Tensor::from_inner(g_c)).sum())
     .backward();
@@ -329,6 +346,86 @@ mod tests {
                 "variant {variant}: model, EMA, AdamW differ by {diffs:?}"
             );
         }
+    }
+
+    /// `run.precision = "bf16"` under FSDP: units cast to bf16 inside the
+    /// graph take the whole-model bf16 path's steps (to bf16 rounding), not
+    /// f32's, and every shard stays f32.
+    #[test]
+    fn fsdp_bf16_compute_takes_the_whole_model_bf16_steps() {
+        let (mut cfg, model, shapes, batch) = setup_with(|cfg| cfg.data.micro_batch = 4);
+        cfg.run.precision = crate::config::Precision::Bf16;
+        let device = Default::default();
+        let batch = to_device::<AB>(&batch, &cfg.model, &device);
+        let run_fsdp = |bf16: bool| {
+            let mut fsdp = Fsdp::new(&model.valid(), 0, 1, &device).unwrap();
+            fsdp.compute_bf16 = bf16;
+            let (mut optim, mut ema) = (AdamW::default(), Ema::new(BTreeMap::new()));
+            let outs: Vec<(f64, f64)> = (0..4)
+                .map(|step| {
+                    let o = fsdp_step(
+                        &cfg,
+                        &mut fsdp,
+                        &batch,
+                        step,
+                        (&mut optim, &mut ema),
+                        &SingleProcess,
+                    )
+                    .unwrap();
+                    (o.loss, o.grad_norm)
+                })
+                .collect();
+            for t in fsdp.params.values().chain(optim.exp_avg.values()) {
+                assert_eq!(t.dtype(), burn::tensor::DType::F32);
+            }
+            let w = fsdp
+                .gather_named(&fsdp.params, "", true, &SingleProcess)
+                .unwrap();
+            (outs, w)
+        };
+        let (mut optim, mut ema) = (AdamW::default(), Ema::new(BTreeMap::new()));
+        let mut whole = model.clone();
+        let mut want = Vec::new();
+        for step in 0..4 {
+            let (next, o) = train_step(
+                &cfg,
+                whole,
+                &batch,
+                step,
+                (&mut optim, &mut ema),
+                &shapes,
+                &SingleProcess,
+            )
+            .unwrap();
+            whole = next;
+            want.push((o.loss, o.grad_norm));
+        }
+        let ((half, w_half), (full, w_full)) = (run_fsdp(true), run_fsdp(false));
+        let rel = |a: f64, b: f64| (a - b).abs() / a.abs().max(1e-12);
+        // A fresh adaLN-Zero model outputs 0 in any precision: from step 1 on.
+        for k in 1..4 {
+            let ((l, n), (l2, n2)) = (want[k], half[k]);
+            eprintln!(
+                "step {k}: whole bf16 {:?}, fsdp bf16 {:?}, fsdp f32 {:?}",
+                want[k], half[k], full[k]
+            );
+            assert!(
+                rel(l, l2) < 1e-3 && rel(n, n2) < 2e-2,
+                "step {k}: {:?} vs {:?}",
+                want[k],
+                half[k]
+            );
+        }
+        assert!(
+            (1..4).any(|k| half[k].1 != full[k].1),
+            "bf16 changes the arithmetic"
+        );
+        let (d_half, d_full) = (
+            max_diff(&to_host(&whole), &w_half),
+            max_diff(&to_host(&whole), &w_full),
+        );
+        eprintln!("weights after 4 steps differ from the whole-model bf16 run's by {d_half} (fsdp bf16), {d_full} (fsdp f32)");
+        assert!(d_half < d_full, "{d_half} vs {d_full}");
     }
 
     /// bf16 gathers round each weight to bf16 for compute (packing two per

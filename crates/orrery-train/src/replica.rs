@@ -58,6 +58,7 @@ impl<B: AutodiffBackend> Replica<B> {
         let inner = model.valid();
         let mut fsdp = Fsdp::new(&inner, world.rank, world.size, device)?;
         fsdp.gather_bf16 = cfg.parallel.gather_dtype == GatherDtype::Bf16;
+        fsdp.compute_bf16 = cfg.run.precision == crate::config::Precision::Bf16;
         drop(inner);
         drop(model);
         let sharded_optim = AdamW {
