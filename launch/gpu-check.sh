@@ -2,7 +2,9 @@
 # GPU checks of a `--features cuda` binary, in one call on a lent GPU machine
 # (see BENCHMARKS.md, "GPU checks"). Stages, each with its own time limit:
 #   parity  CPU vs CUDA (fused and not): ops, first gradients, 40 steps
-#   nccl1   NCCL all_reduce on one rank (the world-size-1 path)
+#   nccl1   NCCL all_reduce, all_gather, reduce_scatter on one rank (exact?)
+#   fsdp1   FSDP on one rank with its gathers and reduce_scatters over NCCL
+#           vs the one-process run: same weights?
 #   share   2 ranks on the one GPU (MPI sums) vs 1 process: same weights?
 #   nccl2   2 ranks on the one GPU over NCCL (NCCL refuses: the message)
 #   train   the quickstart on the GPU (f32, then bf16), losses and rollout
@@ -18,7 +20,7 @@
 # the 'cuda' image). Each stage prints as it goes; run one or two per call.
 set -uo pipefail
 gz=$1; out=$2; shift 2
-stages=${*:-parity nccl1 share nccl2 train bench}
+stages=${*:-parity nccl1 fsdp1 share nccl2 train bench}
 mkdir -p "$out"
 bin=/tmp/orrery-bin/orrery
 mkdir -p /tmp/orrery-bin && gunzip -c "$gz" > $bin && chmod +x $bin
@@ -60,6 +62,12 @@ for stage in $stages; do
       timeout ${PARITY_S:-400} $bin bench parity $q --steps ${PARITY_STEPS:-40} 2>&1 | tee "$out/parity.md" | tail -60 ;;
     nccl1)
       timeout 60 $bin bench comm --nccl --sizes-mb 1,64,256 --iters 5 2>&1 | tee "$out/nccl1.txt" ;;
+    fsdp1)
+      common="--set run.steps=${SHARE_STEPS:-20} --set checkpoint.every=${SHARE_STEPS:-20} --set logging.every=5 --set logging.eval_every=1000 --resume never"
+      [[ -d /tmp/one ]] || timeout 120 $bin train $q $common --run-dir /tmp/one > "$out/fsdp1.txt" 2>&1
+      timeout 150 $bin train $q $common --set parallel.strategy=fsdp --set parallel.comm=nccl --run-dir /tmp/fsdp1 >> "$out/fsdp1.txt" 2>&1
+      echo "rc $?" >> "$out/fsdp1.txt"
+      python3 -c "$compare_py" /tmp/one /tmp/fsdp1 2>&1 | tee -a "$out/fsdp1.txt" ;;
     share)
       common="--set run.steps=${SHARE_STEPS:-20} --set checkpoint.every=${SHARE_STEPS:-20} --set logging.every=5 --set logging.eval_every=1000 --resume never"
       timeout 120 $bin train $q $common --run-dir /tmp/one > "$out/share.txt" 2>&1

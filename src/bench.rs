@@ -245,16 +245,21 @@ fn run_bench_nccl(world: &orrery_dist::World, sizes_mb: &[f64], iters: usize) ->
     let rows = orrery_train::nccl::bench(comm.as_ref(), &elems, iters, timeout)
         .map_err(anyhow::Error::msg)?;
     if world.rank == 0 {
-        println!("{} rank(s), NCCL all_reduce of CUDA f32 tensors, median of {iters} calls (busbw = 2 (n-1)/n bytes / time)", world.size);
-        println!("| MiB per rank | time (ms) | busbw (GB/s) | max abs error |\n|---|---|---|---|");
+        println!("{} rank(s), NCCL collectives of CUDA f32 tensors, median of {iters} calls (busbw, as nccl-tests: all_reduce 2 (n-1)/n x bytes / time, all_gather and reduce_scatter (n-1)/n x n x bytes / time)", world.size);
+        println!("| op | MiB per rank | time (ms) | busbw (GB/s) | max abs error |\n|---|---|---|---|---|");
         let p = world.size as f64;
-        for (n, s, worst) in rows {
+        for (op, n, s, worst) in rows {
             let bytes = 4.0 * n as f64;
+            let moved = if op == "all_reduce" {
+                2.0 * bytes
+            } else {
+                p * bytes
+            };
             println!(
-                "| {:.1} | {:.3} | {:.2} | {:.1e} |",
+                "| {op} | {:.1} | {:.3} | {:.2} | {:.1e} |",
                 bytes / 1048576.0,
                 s * 1e3,
-                2.0 * (p - 1.0) / p * bytes / s / 1e9,
+                (p - 1.0) / p * moved / s / 1e9,
                 worst
             );
         }

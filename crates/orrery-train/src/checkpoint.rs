@@ -2,6 +2,10 @@
 //! tensors as safetensors plus `trainer_state.json`; written to a `.tmp`
 //! directory and renamed when complete; `checkpoints/latest` names the newest
 //! and is replaced atomically; the newest `keep` are kept.
+//!
+//! Tensors are streamed into their files ([`StreamWriter`]): the header comes
+//! first from names and shapes, then each tensor as it arrives, so FSDP's
+//! rank 0 holds one gathered unit at a time, not the whole model 4 times.
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
@@ -111,6 +115,207 @@ pub fn read_safetensors(path: &Path) -> Result<NamedTensors> {
     Ok(out)
 }
 
+/// A safetensors file of f32 tensors written one tensor at a time: the
+/// header (the safetensors crate's own `Metadata`, so readers agree with
+/// it) from the names and shapes given up front, then each tensor's values
+/// in that order as they arrive. `finish` checks every tensor came.
+pub struct StreamWriter {
+    file: std::io::BufWriter<fs::File>,
+    path: PathBuf,
+    layout: Vec<(String, usize)>,
+    next: usize,
+}
+
+impl StreamWriter {
+    /// Create `path` for tensors `layout` (name, shape), in this order.
+    pub fn create(
+        path: &Path,
+        layout: &[(String, Vec<usize>)],
+        metadata: HashMap<String, String>,
+    ) -> Result<Self> {
+        use safetensors::tensor::{Metadata, TensorInfo};
+        let mut at = 0;
+        let infos = layout
+            .iter()
+            .map(|(name, shape)| {
+                let bytes = 4 * shape.iter().product::<usize>();
+                at += bytes;
+                let info = TensorInfo {
+                    dtype: Dtype::F32,
+                    shape: shape.clone(),
+                    data_offsets: (at - bytes, at),
+                };
+                (name.clone(), info)
+            })
+            .collect();
+        let header = Metadata::new(Some(metadata), infos)
+            .and_then(|m| Ok(serde_json::to_string(&m)?))
+            .map_err(|e| io_err(path, format!("encoding the header: {e}")))?;
+        // Padded with spaces to a multiple of 8 bytes, as the crate does.
+        let mut header = header.into_bytes();
+        header.resize(header.len().next_multiple_of(8), b' ');
+        let f = fs::File::create(path).map_err(|e| io_err(path, e))?;
+        let mut file = std::io::BufWriter::with_capacity(1 << 20, f);
+        file.write_all(&(header.len() as u64).to_le_bytes())
+            .and_then(|_| file.write_all(&header))
+            .map_err(|e| io_err(path, e))?;
+        Ok(StreamWriter {
+            file,
+            path: path.to_path_buf(),
+            layout: layout
+                .iter()
+                .map(|(n, s)| (n.clone(), s.iter().product()))
+                .collect(),
+            next: 0,
+        })
+    }
+
+    /// Append tensor `name`, which must be the next of the layout.
+    pub fn put(&mut self, name: &str, values: &[f32]) -> Result<()> {
+        match self.layout.get(self.next) {
+            Some((want, n)) if want == name && *n == values.len() => {}
+            other => {
+                return Err(io_err(
+                    &self.path,
+                    format!(
+                        "tensor {name} ({} values) arrived where {other:?} was due (a bug)",
+                        values.len()
+                    ),
+                ))
+            }
+        }
+        self.next += 1;
+        for chunk in values.chunks(1 << 16) {
+            let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+            self.file
+                .write_all(&bytes)
+                .map_err(|e| io_err(&self.path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Check every tensor was written, flush and sync.
+    pub fn finish(self) -> Result<()> {
+        if self.next != self.layout.len() {
+            return Err(io_err(
+                &self.path,
+                format!(
+                    "{} of {} tensors written (a bug)",
+                    self.next,
+                    self.layout.len()
+                ),
+            ));
+        }
+        let f = self
+            .file
+            .into_inner()
+            .map_err(|e| io_err(&self.path, e.error()))?;
+        f.sync_all().map_err(|e| io_err(&self.path, e))
+    }
+}
+
+/// Where a checkpoint's tensors go as they are made: a file on rank 0, and
+/// nowhere on the other ranks (which still take part in FSDP's gathers).
+pub struct TensorSink(Option<StreamWriter>);
+
+impl TensorSink {
+    /// Whether this rank writes (rank 0).
+    pub fn writes(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// [`StreamWriter::put`] on rank 0; nothing elsewhere.
+    pub fn put(&mut self, name: &str, values: &[f32]) -> Result<()> {
+        match &mut self.0 {
+            Some(w) => w.put(name, values),
+            None => Ok(()),
+        }
+    }
+
+    /// [`StreamWriter::finish`] on rank 0.
+    pub fn finish(self) -> Result<()> {
+        self.0.map_or(Ok(()), StreamWriter::finish)
+    }
+}
+
+/// A checkpoint being written: tensors go into a `.tmp` directory, and
+/// [`Pending::commit`] renames it into place.
+pub struct Pending {
+    dir: PathBuf,
+    name: String,
+    /// The `.tmp` directory, on the rank that writes.
+    tmp: Option<PathBuf>,
+}
+
+impl Pending {
+    /// Start step `step`'s checkpoint under `dir` (the run's checkpoints/);
+    /// only `writes` ranks (rank 0) touch the file system.
+    pub fn begin(dir: &Path, step: u64, writes: bool) -> Result<Self> {
+        let name = step_dir_name(step);
+        let tmp = if writes {
+            fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+            let tmp = dir.join(format!("{name}.tmp"));
+            if tmp.exists() {
+                fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
+            }
+            fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
+            Some(tmp)
+        } else {
+            None
+        };
+        Ok(Pending {
+            dir: dir.to_path_buf(),
+            name,
+            tmp,
+        })
+    }
+
+    /// A sink for tensors file `file` (MODEL_FILE, ...) of `layout`.
+    pub fn file(&self, file: &str, layout: &[(String, Vec<usize>)]) -> Result<TensorSink> {
+        // One metadata key: checkpoints should be byte-for-byte
+        // reproducible. The step is in the state file.
+        let meta = HashMap::from([("format".to_string(), "orrery".to_string())]);
+        Ok(TensorSink(match &self.tmp {
+            Some(tmp) => Some(StreamWriter::create(&tmp.join(file), layout, meta)?),
+            None => None,
+        }))
+    }
+
+    /// Write the state file, move the checkpoint into place, point
+    /// `latest` at it and prune old ones (rank 0). Returns its directory.
+    pub fn commit(self, state: &TrainerState, keep: usize) -> Result<PathBuf> {
+        let done = self.dir.join(&self.name);
+        let Some(tmp) = self.tmp else {
+            return Ok(done);
+        };
+        let bytes = serde_json::to_vec_pretty(state).expect("state serializes");
+        write_synced(&tmp.join(STATE_FILE), &bytes)?;
+        if done.exists() {
+            fs::remove_dir_all(&done).map_err(|e| io_err(&done, e))?;
+        }
+        fs::rename(&tmp, &done).map_err(|e| io_err(&done, e))?;
+        let latest_tmp = self.dir.join("latest.tmp");
+        write_synced(&latest_tmp, format!("{}\n", self.name).as_bytes())?;
+        fs::rename(&latest_tmp, self.dir.join("latest"))
+            .map_err(|e| io_err(&self.dir.join("latest"), e))?;
+        prune(&self.dir, keep)?;
+        Ok(done)
+    }
+}
+
+/// Write named tensors (in name order) into a pending checkpoint's `file`.
+pub fn write_named(pending: &Pending, file: &str, tensors: &NamedTensors) -> Result<()> {
+    let layout: Vec<(String, Vec<usize>)> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shape.clone()))
+        .collect();
+    let mut sink = pending.file(file, &layout)?;
+    for (name, t) in tensors {
+        sink.put(name, &t.data)?;
+    }
+    sink.finish()
+}
+
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = fs::File::create(path).map_err(|e| io_err(path, e))?;
     f.write_all(bytes).map_err(|e| io_err(path, e))?;
@@ -125,40 +330,11 @@ pub fn step_dir_name(step: u64) -> String {
 /// Write `ckpt` under `dir` (the run's checkpoints/), point `latest` at it and
 /// prune old ones. Returns the new directory.
 pub fn save(dir: &Path, ckpt: &Checkpoint, keep: usize) -> Result<PathBuf> {
-    fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-    let name = step_dir_name(ckpt.state.step);
-    let tmp = dir.join(format!("{name}.tmp"));
-    let done = dir.join(&name);
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
-    }
-    fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
-    // One metadata key: safetensors writes metadata in hash-map order, and
-    // checkpoints should be byte-for-byte reproducible. The step is in the state file.
-    let meta = HashMap::from([("format".to_string(), "orrery".to_string())]);
-    write_synced(
-        &tmp.join(MODEL_FILE),
-        &to_safetensors(&ckpt.model, meta.clone())?,
-    )?;
-    write_synced(
-        &tmp.join(EMA_FILE),
-        &to_safetensors(&ckpt.ema, meta.clone())?,
-    )?;
-    write_synced(
-        &tmp.join(OPTIM_FILE),
-        &to_safetensors(&ckpt.optimizer, meta)?,
-    )?;
-    let state = serde_json::to_vec_pretty(&ckpt.state).expect("state serializes");
-    write_synced(&tmp.join(STATE_FILE), &state)?;
-    if done.exists() {
-        fs::remove_dir_all(&done).map_err(|e| io_err(&done, e))?;
-    }
-    fs::rename(&tmp, &done).map_err(|e| io_err(&done, e))?;
-    let latest_tmp = dir.join("latest.tmp");
-    write_synced(&latest_tmp, format!("{name}\n").as_bytes())?;
-    fs::rename(&latest_tmp, dir.join("latest")).map_err(|e| io_err(&dir.join("latest"), e))?;
-    prune(dir, keep)?;
-    Ok(done)
+    let pending = Pending::begin(dir, ckpt.state.step, true)?;
+    write_named(&pending, MODEL_FILE, &ckpt.model)?;
+    write_named(&pending, EMA_FILE, &ckpt.ema)?;
+    write_named(&pending, OPTIM_FILE, &ckpt.optimizer)?;
+    pending.commit(&ckpt.state, keep)
 }
 
 fn prune(dir: &Path, keep: usize) -> Result<()> {
@@ -222,4 +398,83 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         ema: read_safetensors(&dir.join(EMA_FILE))?,
         optimizer: read_safetensors(&dir.join(OPTIM_FILE))?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensors() -> NamedTensors {
+        [("b.w", vec![2, 3]), ("a", vec![5]), ("b.bias", vec![0])]
+            .into_iter()
+            .enumerate()
+            .map(|(i, (n, shape))| {
+                let len: usize = shape.iter().product();
+                let data = (0..len).map(|j| (i * 10 + j) as f32 - 0.5).collect();
+                (n.to_string(), HostTensor { shape, data })
+            })
+            .collect()
+    }
+
+    /// A streamed file is the safetensors crate's own encoding, byte for
+    /// byte, when the tensors come in name order (and reads back); in
+    /// another order it is still a valid file of the same tensors.
+    #[test]
+    fn streamed_files_are_the_crates_encoding_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("orrery-ckpt-stream-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let pending = Pending::begin(&dir, 7, true).unwrap();
+        let t = tensors();
+        write_named(&pending, MODEL_FILE, &t).unwrap();
+        // The FSDP order: unit by unit, not by name.
+        let order = ["b.w", "b.bias", "a"];
+        let layout: Vec<_> = order
+            .iter()
+            .map(|n| (n.to_string(), t[*n].shape.clone()))
+            .collect();
+        let mut sink = pending.file(EMA_FILE, &layout).unwrap();
+        for n in order {
+            sink.put(n, &t[n].data).unwrap();
+        }
+        sink.finish().unwrap();
+        let mut bad = pending.file(OPTIM_FILE, &layout).unwrap();
+        let err = bad.put("a", &t["a"].data).unwrap_err().to_string();
+        assert!(err.contains("tensor a") && err.contains("b.w"), "{err}");
+        let err = pending
+            .file(OPTIM_FILE, &layout)
+            .unwrap()
+            .finish()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("0 of 3 tensors"), "{err}");
+        write_named(&pending, OPTIM_FILE, &t).unwrap();
+        let state = TrainerState {
+            step: 7,
+            cursor: Cursor::default(),
+            ema_updates: 0,
+            config: TrainConfig::default(),
+            world_size: 1,
+            version: "test".into(),
+        };
+        let done = pending.commit(&state, 2).unwrap();
+        let meta = HashMap::from([("format".to_string(), "orrery".to_string())]);
+        let want = to_safetensors(&t, meta).unwrap();
+        assert_eq!(fs::read(done.join(MODEL_FILE)).unwrap(), want);
+        let ck = load(&resolve(&dir).unwrap()).unwrap();
+        assert_eq!((ck.model, ck.ema, ck.state.step), (t.clone(), t, 7));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Ranks that do not write touch nothing.
+    #[test]
+    fn other_ranks_write_nothing() {
+        let dir = std::env::temp_dir().join(format!("orrery-ckpt-none-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let pending = Pending::begin(&dir, 3, false).unwrap();
+        let mut sink = pending.file(MODEL_FILE, &[("a".into(), vec![2])]).unwrap();
+        assert!(!sink.writes());
+        sink.put("a", &[1.0, 2.0]).unwrap();
+        sink.finish().unwrap();
+        assert!(!dir.exists());
+    }
 }

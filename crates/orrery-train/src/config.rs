@@ -152,13 +152,14 @@ pub struct ParallelConfig {
     /// half the bytes, and the forward and backward see bf16-rounded
     /// weights). Shards, gradients, AdamW and checkpoints stay f32.
     pub gather_dtype: GatherDtype,
-    /// What DDP sums gradients over: `auto` (NCCL on the device when
-    /// run.device = "cuda" and there are several ranks, else MPI), `nccl`,
-    /// or `mpi` (through the host; also for ranks that share a GPU).
+    /// What DDP's gradient sums and FSDP's gathers and reduce_scatters run
+    /// on: `auto` (NCCL on the device when run.device = "cuda" and there
+    /// are several ranks, else MPI), `nccl`, or `mpi` (through the host;
+    /// also for ranks that share a GPU).
     pub comm: CommBackend,
 }
 
-/// The collective library for DDP's gradient sum.
+/// The collective library for DDP's and FSDP's collectives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CommBackend {
@@ -513,10 +514,8 @@ impl TrainConfig {
                 self.parallel.timeout_s
             ));
         }
-        if self.parallel.comm == CommBackend::Nccl
-            && (self.run.device != Device::Cuda || self.parallel.strategy != Strategy::Ddp)
-        {
-            return bad("parallel.comm = \"nccl\" sums DDP gradients on CUDA: set run.device = \"cuda\" and parallel.strategy = \"ddp\", or parallel.comm = \"auto\"".into());
+        if self.parallel.comm == CommBackend::Nccl && self.run.device != Device::Cuda {
+            return bad("parallel.comm = \"nccl\" runs collectives on CUDA tensors: set run.device = \"cuda\", or parallel.comm = \"auto\"".into());
         }
         if self.parallel.gather_dtype == GatherDtype::Bf16
             && self.parallel.strategy != Strategy::Fsdp

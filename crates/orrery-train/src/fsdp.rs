@@ -19,7 +19,7 @@ use orrery_dist::Collective;
 use orrery_model::named::{
     cast_params, layout, load_flat, named_grads, visit_named, HostTensor, NamedTensors,
 };
-use orrery_model::{Dit, DitBlock, DitConfig, DitEmbed, DitInput, FinalLayer, Stem};
+use orrery_model::{like, Dit, DitBlock, DitConfig, DitEmbed, DitInput, FinalLayer, Stem};
 
 use crate::optim::{flat, host, FlatMap};
 use crate::{Result, TrainError};
@@ -216,8 +216,10 @@ impl<B: Backend> Fsdp<B> {
         Ok(full)
     }
 
-    /// [`Fsdp::gather`] for compute: in bf16 when configured, two bf16
-    /// values packed per f32 slot (a gather only moves bits), then widened.
+    /// Unit `u` of `shards` whole, for compute: NCCL on the device when it
+    /// is installed, else through the host over `comm`. In bf16 when
+    /// configured: on the device a bf16 gather, over the host two bf16
+    /// values packed per f32 slot (a gather only moves bits); then widened.
     ///
     /// # Shapes
     /// -> [n k]
@@ -226,41 +228,73 @@ impl<B: Backend> Fsdp<B> {
         shards: &FlatMap<B>,
         u: usize,
         comm: &dyn Collective,
-    ) -> Result<Vec<f32>> {
-        if !self.gather_bf16 {
-            return self.gather(shards, u, comm);
+    ) -> Result<Tensor<B, 1>> {
+        let unit = &self.units[u];
+        let k = unit.shard;
+        let mut local = shards[&unit.prefix].clone();
+        if self.gather_bf16 {
+            local = local.cast(DType::BF16);
         }
-        let k = self.units[u].shard;
-        let local = host(shards[&self.units[u].prefix].clone());
-        let packed = pack_bf16(&local);
+        let t = Instant::now();
+        let local = match crate::nccl::all_gather_on_device(local) {
+            Ok(full) => {
+                let full = full.map_err(TrainError::Comm)?;
+                // bf16 moves 2 bytes a value: count k / 2 f32 slots.
+                self.count(t, if self.gather_bf16 { k.div_ceil(2) } else { k });
+                return Ok(like(full, DType::F32));
+            }
+            Err(local) => local,
+        };
+        if !self.gather_bf16 {
+            return Ok(flat(self.gather(shards, u, comm)?, &self.device));
+        }
+        let packed = pack_bf16(&host(local.cast(DType::F32)));
         let mut all = vec![0.0; packed.len() * self.size];
         let t = Instant::now();
         comm.all_gather(&packed, &mut all)?;
         self.count(t, packed.len());
-        Ok(all
+        let full = all
             .chunks(packed.len())
             .flat_map(|block| unpack_bf16(block, k))
-            .collect())
+            .collect();
+        Ok(flat(full, &self.device))
     }
 
-    /// Sum a unit's whole gradient over ranks and add this rank's block to `acc`.
+    /// Sum a unit's whole gradient over ranks (reduce_scatter: NCCL on the
+    /// device when installed, else through the host) and add this rank's
+    /// block to `acc`.
     ///
     /// # Shapes
-    /// grad: [<= n k] (padded here); acc: [k]
+    /// grad: [L] (padded here); acc: [k]
     pub fn scatter_add(
         &self,
         u: usize,
-        mut grad: Vec<f32>,
+        grad: Tensor<B, 1>,
         acc: &mut Tensor<B, 1>,
         comm: &dyn Collective,
     ) -> Result<()> {
         let k = self.units[u].shard;
-        grad.resize(k * self.size, 0.0);
-        let mut mine = vec![0.0; k];
+        let len = grad.dims()[0];
+        let grad = if len < k * self.size {
+            Tensor::cat(
+                vec![grad, Tensor::zeros([k * self.size - len], &self.device)],
+                0,
+            )
+        } else {
+            grad
+        };
         let t = Instant::now();
-        comm.reduce_scatter_sum(&grad, &mut mine)?;
-        self.count(t, grad.len());
-        *acc = acc.clone() + flat(mine, &self.device);
+        let mine = match crate::nccl::reduce_scatter_on_device(grad) {
+            Ok(mine) => mine.map_err(TrainError::Comm)?,
+            Err(grad) => {
+                let grad = host(grad);
+                let mut mine = vec![0.0; k];
+                comm.reduce_scatter_sum(&grad, &mut mine)?;
+                flat(mine, &self.device)
+            }
+        };
+        self.count(t, k * self.size);
+        *acc = acc.clone() + mine;
         Ok(())
     }
 
@@ -277,70 +311,38 @@ impl<B: Backend> Fsdp<B> {
         (self.comm_s.replace(0.0), self.comm_bytes.replace(0))
     }
 
-    /// Load unit `u` of `shards` into a skeleton module on backend `B2`.
-    fn load<B2: Backend, M: Module<B2>>(
-        &self,
-        skeleton: M,
-        shards: &FlatMap<B>,
-        u: usize,
-        comm: &dyn Collective,
-        device: &B2::Device,
-        require_grad: bool,
-    ) -> Result<M> {
-        let full = self.gather_compute(shards, u, comm)?;
-        Ok(load_flat(skeleton, flat(full, device), require_grad))
-    }
-
-    /// The embedder, gathered from `shards` onto `device` (`grad`: its
-    /// parameters as autodiff leaves).
-    pub fn embed<B2: Backend>(
-        &self,
-        shards: &FlatMap<B>,
-        comm: &dyn Collective,
-        device: &B2::Device,
-        grad: bool,
-    ) -> Result<DitEmbed<B2>> {
-        self.load(
-            DitEmbed::new(&self.cfg, device),
-            shards,
-            0,
-            comm,
-            device,
-            grad,
-        )
+    /// The embedder, gathered from `shards` (no autodiff).
+    pub fn embed(&self, shards: &FlatMap<B>, comm: &dyn Collective) -> Result<DitEmbed<B>> {
+        let full = self.gather_compute(shards, 0, comm)?;
+        Ok(load_flat(
+            DitEmbed::new(&self.cfg, &self.device),
+            full,
+            false,
+        ))
     }
 
     /// Block `i`, gathered as [`Fsdp::embed`] is.
-    pub fn block<B2: Backend>(
+    pub fn block(
         &self,
         i: usize,
         shards: &FlatMap<B>,
         comm: &dyn Collective,
-        device: &B2::Device,
-        grad: bool,
-    ) -> Result<DitBlock<B2>> {
-        self.load(
-            DitBlock::new(&self.cfg, device),
-            shards,
-            1 + i,
-            comm,
-            device,
-            grad,
-        )
+    ) -> Result<DitBlock<B>> {
+        let full = self.gather_compute(shards, 1 + i, comm)?;
+        Ok(load_flat(
+            DitBlock::new(&self.cfg, &self.device),
+            full,
+            false,
+        ))
     }
 
     /// The final layer, gathered as [`Fsdp::embed`] is.
-    pub fn head<B2: Backend>(
-        &self,
-        shards: &FlatMap<B>,
-        comm: &dyn Collective,
-        device: &B2::Device,
-        grad: bool,
-    ) -> Result<FinalLayer<B2>> {
-        let u = self.final_unit();
-        self.load(self.cfg.final_layer(device), shards, u, comm, device, grad)
+    pub fn head(&self, shards: &FlatMap<B>, comm: &dyn Collective) -> Result<FinalLayer<B>> {
+        let full = self.gather_compute(shards, self.final_unit(), comm)?;
+        Ok(load_flat(self.cfg.final_layer(&self.device), full, false))
     }
 
+    #[cfg(test)]
     /// The whole-model tensors of `shards` (all_gather of every unit), by
     /// parameter name with `prefix` in front. Every rank takes part; only
     /// `keep` ranks (rank 0 for a checkpoint) assemble the result.
@@ -371,6 +373,46 @@ impl<B: Backend> Fsdp<B> {
             }
         }
         Ok(out)
+    }
+
+    /// Names (with `prefix`) and shapes of every parameter, unit by unit:
+    /// the order [`Fsdp::write_gathered`] writes them in.
+    pub fn named_layout(&self, prefix: &str) -> Vec<(String, Vec<usize>)> {
+        self.units
+            .iter()
+            .flat_map(|u| {
+                u.params
+                    .iter()
+                    .map(move |(n, s)| (format!("{prefix}{}.{n}", u.prefix), s.clone()))
+            })
+            .collect()
+    }
+
+    /// Stream the whole tensors of `shards` into `sink`, one gathered unit
+    /// at a time: every rank takes part, the sink's rank writes.
+    pub fn write_gathered(
+        &self,
+        shards: &FlatMap<B>,
+        prefix: &str,
+        sink: &mut crate::checkpoint::TensorSink,
+        comm: &dyn Collective,
+    ) -> Result<()> {
+        for (u, unit) in self.units.iter().enumerate() {
+            let full = self.gather(shards, u, comm)?;
+            if !sink.writes() {
+                continue;
+            }
+            let mut at = 0;
+            for (name, shape) in &unit.params {
+                let n: usize = shape.iter().product();
+                sink.put(
+                    &format!("{prefix}{}.{name}", unit.prefix),
+                    &full[at..at + n],
+                )?;
+                at += n;
+            }
+        }
+        Ok(())
     }
 
     /// Bytes of this rank's training state: parameter, gradient and AdamW
@@ -411,12 +453,12 @@ impl<B: Backend> Fsdp<B> {
         (keep_all, train): (bool, bool),
         comm: &dyn Collective,
     ) -> Result<(Stem<B>, Vec<Tensor<B, 4>>)> {
-        let embed = self.compute(self.embed(shards, comm, &self.device, false)?, train);
+        let embed = self.compute(self.embed(shards, comm)?, train);
         let stem = embed.forward(input)?;
         drop(embed);
         let mut xs = vec![stem.x.clone()];
         for i in 0..self.cfg.depth {
-            let block = self.compute(self.block(i, shards, comm, &self.device, false)?, train);
+            let block = self.compute(self.block(i, shards, comm)?, train);
             let x = xs.last().expect("one").clone();
             let next = block.forward(x, stem.cond.clone(), stem.bias.clone(), stem.rope.as_ref());
             if !keep_all {
@@ -500,7 +542,7 @@ impl<B: Backend> Denoiser<B> for ShardedDenoiser<'_, B> {
                 (false, false),
                 self.comm,
             )?;
-            let head = f.head(self.shards, self.comm, &f.device, false)?;
+            let head = f.head(self.shards, self.comm)?;
             let out = head.forward(xs.pop().expect("one"), stem.cond.clone());
             Ok(stem.unpatchify(out, &f.cfg))
         };
@@ -509,23 +551,27 @@ impl<B: Backend> Denoiser<B> for ShardedDenoiser<'_, B> {
 }
 
 /// The gradients of a unit module's parameters in unit order, whole and
-/// flat (zeros for a parameter that got none).
+/// flat on the module's device (zeros for a parameter that got none).
 ///
 /// # Shapes
 /// -> [L]
-pub(crate) fn unit_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
+pub(crate) fn unit_grads<I: Backend, B: AutodiffBackend<InnerBackend = I>, M: AutodiffModule<B>>(
     unit: &Unit,
     module: &M,
     grads: B::Gradients,
-) -> Vec<f32> {
+    device: &I::Device,
+) -> Tensor<I, 1> {
     let mut params = GradientsParams::from_grads(grads, module);
     let mut named = named_grads(module, &mut params);
-    let mut out = Vec::with_capacity(unit.len);
-    for (name, shape) in &unit.params {
-        match named.remove(name) {
-            Some(g) => out.extend(host(g)),
-            None => out.extend(std::iter::repeat_n(0.0, shape.iter().product())),
-        }
-    }
-    out
+    let parts = unit
+        .params
+        .iter()
+        .map(|(name, shape)| match named.remove(name) {
+            Some(g) => g,
+            None => Tensor::zeros([shape.iter().product::<usize>()], device),
+        })
+        .collect();
+    let flat = Tensor::cat(parts, 0);
+    debug_assert_eq!(flat.dims()[0], unit.len, "{}", unit.prefix);
+    flat
 }

@@ -10,12 +10,14 @@
 use std::cell::RefCell;
 use std::time::Instant;
 
+use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, ElementConversion, Tensor};
 use orrery_diffusion::{Cond, DiffusionError, TrainBatch};
 use orrery_dist::Collective;
 use orrery_model::like;
-use orrery_model::{DitInput, FinalLayer, Stem};
+use orrery_model::named::load_flat;
+use orrery_model::{DitBlock, DitEmbed, DitInput, FinalLayer, Stem};
 
 use crate::config::TrainConfig;
 use crate::fsdp::{unit_grads, Fsdp};
@@ -35,6 +37,17 @@ struct Tape<B: AutodiffBackend> {
     head: FinalLayer<B>,
     x_last: Tensor<B, 4>,
     c_last: Tensor<B, 3>,
+}
+
+/// Unit `u` gathered into `skeleton` with its parameters as autodiff leaves.
+fn leaf<B: AutodiffBackend, M: Module<B>>(
+    fsdp: &Fsdp<B::InnerBackend>,
+    skeleton: M,
+    u: usize,
+    comm: &dyn Collective,
+) -> Result<M> {
+    let full = fsdp.gather_compute(&fsdp.params, u, comm)?;
+    Ok(load_flat(skeleton, Tensor::from_inner(full), true))
 }
 
 fn inner_input<B: AutodiffBackend>(input: &DitInput<B>) -> DitInput<B::InnerBackend> {
@@ -61,7 +74,7 @@ fn forward<B: AutodiffBackend>(
     let dtype = input.latents.dtype();
     let (stem, mut xs) = fsdp.trunk(&fsdp.params, inner_input(&input), (true, true), comm)?;
     let last = xs.pop().expect("final layer input");
-    let head = fsdp.head(&fsdp.params, comm, device, true)?;
+    let head = leaf(fsdp, fsdp.cfg.final_layer(device), fsdp.final_unit(), comm)?;
     let x_last = Tensor::<B, 4>::from_inner(last).require_grad();
     let c_last = Tensor::<B, 3>::from_inner(stem.cond.clone()).require_grad();
     let out = fsdp
@@ -112,7 +125,7 @@ fn backward<B: AutodiffBackend>(
     );
     let u = fsdp.final_unit();
     let unit = &fsdp.units[u];
-    let g = unit_grads(unit, &head, grads);
+    let g = unit_grads(unit, &head, grads, &fsdp.device);
     drop(head);
     fsdp.scatter_add(u, g, acc.get_mut(&unit.prefix).expect("unit"), comm)?;
     let bias = stem.bias.clone().map(Tensor::<B, 2>::from_inner);
@@ -122,7 +135,7 @@ fn backward<B: AutodiffBackend>(
         .map(|(c, s)| (Tensor::<B, 2>::from_inner(c), Tensor::<B, 2>::from_inner(s)));
     for (i, x_in) in xs.into_iter().enumerate().rev() {
         let u = 1 + i;
-        let block = fsdp.block(i, &fsdp.params, comm, device, true)?;
+        let block = leaf(fsdp, DitBlock::new(&fsdp.cfg, device), u, comm)?;
         let x = Tensor::<B, 4>::from_inner(x_in).require_grad();
         let c = Tensor::<B, 3>::from_inner(stem.cond.clone()).require_grad();
         let out = fsdp.compute(block.clone(), true).forward(
@@ -138,18 +151,18 @@ fn backward<B: AutodiffBackend>(
             .ok_or_else(|| missing("a block's condition"))?;
         g_c = g_c + like(part, DType::F32);
         let unit = &fsdp.units[u];
-        let g = unit_grads(unit, &block, grads);
+        let g = unit_grads(unit, &block, grads, &fsdp.device);
         drop(block);
         fsdp.scatter_add(u, g, acc.get_mut(&unit.prefix).expect("unit"), comm)?;
     }
-    let embed = fsdp.embed(&fsdp.params, comm, device, true)?;
+    let embed = leaf(fsdp, DitEmbed::new(&fsdp.cfg, device), 0, comm)?;
     let again = fsdp.compute(embed.clone(), true).forward(input)?;
     let g_c = like(g_c, again.cond.dtype());
     let grads = ((again.x * Tensor::from_inner(g_x)).sum()
         + (again.cond * Tensor::from_inner(g_c)).sum())
     .backward();
     let unit = &fsdp.units[0];
-    let g = unit_grads(unit, &embed, grads);
+    let g = unit_grads(unit, &embed, grads, &fsdp.device);
     fsdp.scatter_add(0, g, acc.get_mut(&unit.prefix).expect("unit"), comm)?;
     Ok(())
 }

@@ -73,10 +73,21 @@ pub mod nccl;
 pub mod optim;
 #[cfg(not(feature = "cuda"))]
 mod nccl {
-    /// Without CUDA there is no device reduction: the tensor goes back.
-    pub(crate) fn all_reduce_on_device<B: burn::tensor::backend::Backend>(
-        t: burn::tensor::Tensor<B, 1>,
-    ) -> Result<Result<burn::tensor::Tensor<B, 1>, String>, burn::tensor::Tensor<B, 1>> {
+    //! Without CUDA there are no device collectives: each tensor goes back
+    //! for the host path.
+    use burn::tensor::{backend::Backend, Tensor};
+
+    type Back<B> = Result<Result<Tensor<B, 1>, String>, Tensor<B, 1>>;
+
+    pub(crate) fn all_reduce_on_device<B: Backend>(t: Tensor<B, 1>) -> Back<B> {
+        Err(t)
+    }
+
+    pub(crate) fn all_gather_on_device<B: Backend>(t: Tensor<B, 1>) -> Back<B> {
+        Err(t)
+    }
+
+    pub(crate) fn reduce_scatter_on_device<B: Backend>(t: Tensor<B, 1>) -> Back<B> {
         Err(t)
     }
 }

@@ -1,11 +1,12 @@
-//! NCCL all_reduce on CUDA tensors, for DDP's gradient sum: one process per
-//! GPU, the flat gradient never leaves the device. The NCCL unique id is made
-//! on rank 0 and broadcast over the bootstrap collective (MPI).
+//! NCCL collectives on CUDA tensors: all_reduce for DDP's gradient sum,
+//! all_gather and reduce_scatter for FSDP's units. One process per GPU; the
+//! flat tensors never leave the device. The NCCL unique id is made on rank 0
+//! and broadcast over the bootstrap collective (MPI).
 //!
-//! burn owns the buffers; we take the device pointer of a contiguous flat
-//! tensor (fusion resolved, so its kernels have run), wait for burn's stream,
-//! run NCCL on our own stream and wait for it with a deadline, then hand the
-//! tensor back. Nothing overlaps yet: the step waits for the reduction.
+//! burn owns the buffers; we take the device pointers of contiguous flat
+//! tensors (fusion resolved, so their kernels have run), wait for burn's
+//! stream, run NCCL on our own stream and wait for it with a deadline, then
+//! hand the tensors back. Nothing overlaps yet: the step waits for each call.
 //!
 //! cudarc panics when a library is missing, so [`Nccl::connect`] checks for
 //! libcuda and libnccl first and says what to install.
@@ -118,40 +119,88 @@ impl Nccl {
     /// Sum `t` over all ranks, in place on the device.
     ///
     /// # Shapes
-    /// t: [n] -> [n]
+    /// t: [m] -> [m]
     pub fn all_reduce_sum(&self, t: Tensor<Fused, 1>) -> Result<Tensor<Fused, 1>, String> {
         let n = t.dims()[0];
-        let keep = t.clone();
-        let prim = t.into_primitive().tensor();
-        // Runs the pending fused kernels and gives the buffer.
-        let cube: burn_cubecl::tensor::CubeTensor<cubecl::cuda::CudaRuntime> =
-            prim.client.clone().resolve_tensor_float::<Cube>(prim);
-        if !cube.is_contiguous() {
-            return Err("NCCL all_reduce needs a contiguous tensor".into());
+        with_buffer(&t, "all_reduce", |ptr, dtype| {
+            // SAFETY: ptr holds n values of dtype on this device, alive during the call.
+            unsafe {
+                nccl::all_reduce(
+                    ptr as *const c_void,
+                    ptr,
+                    n,
+                    dtype,
+                    sys::ncclRedOp_t::ncclSum,
+                    self.comm,
+                    self.stream as _,
+                )
+            }
+            .map_err(|e| err("ncclAllReduce", e))?;
+            self.wait("all_reduce")
+        })?;
+        Ok(t)
+    }
+
+    /// Every rank's `local`, concatenated in rank order (f32 or bf16).
+    ///
+    /// # Shapes
+    /// local: [k] -> [n k]
+    pub fn all_gather(&self, local: Tensor<Fused, 1>) -> Result<Tensor<Fused, 1>, String> {
+        let k = local.dims()[0];
+        let out = local.zeros_like().repeat_dim(0, self.size);
+        with_buffer(&local, "all_gather", |send, dtype| {
+            with_buffer(&out, "all_gather", |recv, _| {
+                // SAFETY: send holds k and recv n k values of dtype on this device.
+                unsafe {
+                    nccl::all_gather(
+                        send as *const c_void,
+                        recv,
+                        k,
+                        dtype,
+                        self.comm,
+                        self.stream as _,
+                    )
+                }
+                .map_err(|e| err("ncclAllGather", e))?;
+                self.wait("all_gather")
+            })
+        })?;
+        Ok(out)
+    }
+
+    /// Sum `full` over ranks and keep this rank's block.
+    ///
+    /// # Shapes
+    /// full: [n k] -> [k]
+    pub fn reduce_scatter_sum(&self, full: Tensor<Fused, 1>) -> Result<Tensor<Fused, 1>, String> {
+        let m = full.dims()[0];
+        if m % self.size != 0 {
+            return Err(format!(
+                "NCCL reduce_scatter: {m} values do not split over {} ranks",
+                self.size
+            ));
         }
-        let res = cube
-            .client
-            .get_resource(cube.handle.clone())
-            .map_err(|e| err("device pointer", e))?;
-        let ptr = res.resource().ptr;
-        cubecl::future::block_on(cube.client.sync())
-            .map_err(|e| err("waiting for burn's stream", e))?;
-        // SAFETY: ptr holds n f32 on this device, alive while `res` and `keep` are.
-        unsafe {
-            nccl::all_reduce(
-                ptr as *const c_void,
-                ptr as *mut c_void,
-                n,
-                sys::ncclDataType_t::ncclFloat32,
-                sys::ncclRedOp_t::ncclSum,
-                self.comm,
-                self.stream as _,
-            )
-        }
-        .map_err(|e| err("ncclAllReduce", e))?;
-        self.wait("all_reduce")?;
-        drop(res);
-        Ok(keep)
+        let k = m / self.size;
+        let out = full.clone().narrow(0, 0, k).zeros_like();
+        with_buffer(&full, "reduce_scatter", |send, dtype| {
+            with_buffer(&out, "reduce_scatter", |recv, _| {
+                // SAFETY: send holds n k and recv k values of dtype on this device.
+                unsafe {
+                    nccl::reduce_scatter(
+                        send as *const c_void,
+                        recv,
+                        k,
+                        dtype,
+                        sys::ncclRedOp_t::ncclSum,
+                        self.comm,
+                        self.stream as _,
+                    )
+                }
+                .map_err(|e| err("ncclReduceScatter", e))?;
+                self.wait("reduce_scatter")
+            })
+        })?;
+        Ok(out)
     }
 
     /// Wait for this stream's work, at most the timeout (a dead peer would
@@ -192,6 +241,36 @@ impl Nccl {
     }
 }
 
+/// Run `f` with the device pointer and NCCL type of flat tensor `t`: its
+/// pending fused kernels run first, and burn's stream is waited for.
+fn with_buffer<T>(
+    t: &Tensor<Fused, 1>,
+    op: &str,
+    f: impl FnOnce(*mut c_void, sys::ncclDataType_t) -> Result<T, String>,
+) -> Result<T, String> {
+    let prim = t.clone().into_primitive().tensor();
+    // Runs the pending fused kernels and gives the buffer.
+    let cube: burn_cubecl::tensor::CubeTensor<cubecl::cuda::CudaRuntime> =
+        prim.client.clone().resolve_tensor_float::<Cube>(prim);
+    if !cube.is_contiguous() {
+        return Err(format!("NCCL {op} needs contiguous tensors"));
+    }
+    let dtype = match cube.dtype {
+        burn::tensor::DType::F32 => sys::ncclDataType_t::ncclFloat32,
+        burn::tensor::DType::BF16 => sys::ncclDataType_t::ncclBfloat16,
+        other => return Err(format!("NCCL {op}: tensors of {other:?} are not supported")),
+    };
+    let res = cube
+        .client
+        .get_resource(cube.handle.clone())
+        .map_err(|e| err("device pointer", e))?;
+    cubecl::future::block_on(cube.client.sync())
+        .map_err(|e| err("waiting for burn's stream", e))?;
+    let out = f(res.resource().ptr as *mut c_void, dtype);
+    drop(res);
+    out
+}
+
 static NCCL: OnceLock<Nccl> = OnceLock::new();
 
 /// Make `nccl` the device reduction of this process (DDP's gradient sum).
@@ -204,61 +283,99 @@ pub fn installed() -> Option<&'static Nccl> {
     NCCL.get()
 }
 
-/// Sum `t` over ranks on the device when NCCL is installed and `t` lives on
-/// the CUDA backend; otherwise hand `t` back unchanged (`Err`) for the host path.
-pub(crate) fn all_reduce_on_device<B: Backend>(
+/// Run `op` on the device when NCCL is installed and `t` lives on the CUDA
+/// backend; otherwise hand `t` back unchanged (`Err`) for the host path.
+fn on_device<B: Backend>(
     t: Tensor<B, 1>,
+    op: impl FnOnce(&Nccl, Tensor<Fused, 1>) -> Result<Tensor<Fused, 1>, String>,
 ) -> Result<Result<Tensor<B, 1>, String>, Tensor<B, 1>> {
     let Some(comm) = NCCL.get() else {
         return Err(t);
     };
     let boxed: Box<dyn Any> = Box::new(t);
     match boxed.downcast::<Tensor<Fused, 1>>() {
-        Ok(cuda) => Ok(comm.all_reduce_sum(*cuda).map(|sum| {
-            let back: Box<dyn Any> = Box::new(sum);
+        Ok(cuda) => Ok(op(comm, *cuda).map(|out| {
+            let back: Box<dyn Any> = Box::new(out);
             *back.downcast::<Tensor<B, 1>>().expect("same type")
         })),
         Err(other) => Err(*other.downcast::<Tensor<B, 1>>().expect("same type")),
     }
 }
 
-/// `orrery bench comm --nccl`: all_reduce of CUDA tensors of `elems`
-/// f32 through NCCL on every rank of `boot` (one rank works too). Each rank
-/// fills its buffer with rank + 1 + i / n; the sum must be exact. Returns,
-/// per size, the median seconds of `iters` calls and the largest error.
+/// [`Nccl::all_reduce_sum`] when NCCL is installed and `t` is a CUDA
+/// tensor; else `t` back for the host path.
+pub(crate) fn all_reduce_on_device<B: Backend>(
+    t: Tensor<B, 1>,
+) -> Result<Result<Tensor<B, 1>, String>, Tensor<B, 1>> {
+    on_device(t, |c, t| c.all_reduce_sum(t))
+}
+
+/// [`Nccl::all_gather`] when NCCL is installed and `t` is a CUDA tensor.
+pub(crate) fn all_gather_on_device<B: Backend>(
+    t: Tensor<B, 1>,
+) -> Result<Result<Tensor<B, 1>, String>, Tensor<B, 1>> {
+    on_device(t, |c, t| c.all_gather(t))
+}
+
+/// [`Nccl::reduce_scatter_sum`] when NCCL is installed and `t` is a CUDA tensor.
+pub(crate) fn reduce_scatter_on_device<B: Backend>(
+    t: Tensor<B, 1>,
+) -> Result<Result<Tensor<B, 1>, String>, Tensor<B, 1>> {
+    on_device(t, |c, t| c.reduce_scatter_sum(t))
+}
+
+/// `orrery bench comm --nccl`: all_reduce, all_gather and reduce_scatter
+/// of CUDA f32 tensors through NCCL on every rank of `boot` (one rank works
+/// too), `elems` values per rank. Rank r fills value i with r + 1 + f(i),
+/// f(i) = (i mod 1024) / 1024, so every result is exact. Returns, per op and
+/// size, the median seconds of `iters` calls and the largest error.
 pub fn bench(
     boot: &dyn Collective,
     elems: &[usize],
     iters: usize,
     timeout: Duration,
-) -> Result<Vec<(usize, f64, f64)>, String> {
+) -> Result<Vec<(&'static str, usize, f64, f64)>, String> {
     let world = orrery_dist::World::from_env().unwrap_or_else(|_| orrery_dist::World::single());
     let ordinal = crate::cuda_ordinal(&world);
     let comm = Nccl::connect(boot, ordinal, timeout)?;
     let device = burn::backend::cuda::CudaDevice::new(ordinal);
-    let (r, p) = (comm.rank() as f32, comm.size() as f32);
+    let (r, p) = (comm.rank(), comm.size());
+    let f = |i: usize| (i % 1024) as f32 / 1024.0;
+    // Sum over ranks q of (q + 1 + f) = p (p + 1) / 2 + p f.
+    let summed = |i: usize| (p * (p + 1)) as f32 / 2.0 + p as f32 * f(i);
     let mut rows = Vec::new();
-    for &n in elems {
-        let values: Vec<f32> = (0..n)
-            .map(|i| r + 1.0 + (i % 1024) as f32 / 1024.0)
-            .collect();
-        let mut times = Vec::new();
-        let mut worst = 0f64;
-        for _ in 0..iters.max(1) {
-            let t = crate::optim::flat::<Fused>(values.clone(), &device);
-            Fused::sync(&device).map_err(|e| err("sync", e))?;
-            let start = Instant::now();
-            let sum = comm.all_reduce_sum(t)?;
-            times.push(start.elapsed().as_secs_f64());
-            let got = crate::optim::host(sum);
-            // sum over ranks q of (q + 1 + f) = p (p + 1) / 2 + p f
-            for (i, g) in got.iter().enumerate().step_by(97) {
-                let want = p * (p + 1.0) / 2.0 + p * (i % 1024) as f32 / 1024.0;
-                worst = worst.max((g - want).abs() as f64);
+    for op in ["all_reduce", "all_gather", "reduce_scatter"] {
+        for &n in elems {
+            // reduce_scatter starts from p blocks of n: the same bytes out per rank.
+            let len = if op == "reduce_scatter" { n * p } else { n };
+            let values: Vec<f32> = (0..len).map(|i| r as f32 + 1.0 + f(i)).collect();
+            let mut times = Vec::new();
+            let mut worst = 0f64;
+            for _ in 0..iters.max(1) {
+                let t = crate::optim::flat::<Fused>(values.clone(), &device);
+                Fused::sync(&device).map_err(|e| err("sync", e))?;
+                let start = Instant::now();
+                let out = match op {
+                    "all_reduce" => comm.all_reduce_sum(t)?,
+                    "all_gather" => comm.all_gather(t)?,
+                    _ => comm.reduce_scatter_sum(t)?,
+                };
+                times.push(start.elapsed().as_secs_f64());
+                let got = crate::optim::host(out);
+                for (i, g) in got.iter().enumerate().step_by(97) {
+                    let want = match op {
+                        "all_reduce" => summed(i),
+                        // Block q of the gather is rank q's values.
+                        "all_gather" => (i / n) as f32 + 1.0 + f(i % n),
+                        // This rank's block of the sum.
+                        _ => summed(r * n + i),
+                    };
+                    worst = worst.max((g - want).abs() as f64);
+                }
             }
+            times.sort_by(f64::total_cmp);
+            rows.push((op, n, times[times.len() / 2], worst));
         }
-        times.sort_by(f64::total_cmp);
-        rows.push((n, times[times.len() / 2], worst));
     }
     Ok(rows)
 }

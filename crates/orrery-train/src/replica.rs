@@ -11,6 +11,7 @@ use orrery_dist::{Collective, World};
 use orrery_model::named::{map_named, to_host, HostTensor, NamedTensors};
 use orrery_model::Dit;
 
+use crate::checkpoint::{write_named, Pending, EMA_FILE, MODEL_FILE, OPTIM_FILE};
 use crate::config::{GatherDtype, Strategy, TrainConfig};
 use crate::fsdp::Fsdp;
 use crate::fsdp_step::fsdp_step;
@@ -32,13 +33,6 @@ pub(crate) enum Replica<B: AutodiffBackend> {
 pub(crate) enum Weights<'a, B: AutodiffBackend> {
     Online,
     Ema(&'a Ema<B::InnerBackend>),
-}
-
-/// The three tensor files of a checkpoint.
-pub(crate) struct HostState {
-    pub model: NamedTensors,
-    pub ema: NamedTensors,
-    pub optimizer: NamedTensors,
 }
 
 impl<B: AutodiffBackend> Replica<B> {
@@ -120,21 +114,21 @@ impl<B: AutodiffBackend> Replica<B> {
         }
     }
 
-    /// Whole host tensors for a checkpoint, on rank 0 (`None` elsewhere).
-    /// Sharded, every rank must call this: the units are gathered.
-    pub fn host_state(
+    /// Write the model, EMA and AdamW tensors, whole, into `pending`
+    /// (rank 0 writes). Sharded, every rank must call this: the units are
+    /// gathered one at a time and streamed into the files.
+    pub fn write_checkpoint(
         &self,
+        pending: &Pending,
         optim: &AdamW<B::InnerBackend>,
         ema: &Ema<B::InnerBackend>,
         shapes: &BTreeMap<String, Vec<usize>>,
         comm: &dyn Collective,
-    ) -> Result<Option<HostState>> {
-        let main = comm.rank() == 0;
+    ) -> Result<()> {
         match self {
-            Replica::Full(_) if !main => Ok(None),
-            Replica::Full(model) => Ok(Some(HostState {
-                model: to_host(model),
-                ema: ema
+            Replica::Full(_) if comm.rank() != 0 => Ok(()),
+            Replica::Full(model) => {
+                let averaged: NamedTensors = ema
                     .weights
                     .iter()
                     .map(|(n, t)| {
@@ -143,24 +137,23 @@ impl<B: AutodiffBackend> Replica<B> {
                             HostTensor::from_flat(t.clone(), shapes[n].clone()),
                         )
                     })
-                    .collect(),
-                optimizer: optim.to_host(shapes),
-            })),
+                    .collect();
+                write_named(pending, MODEL_FILE, &to_host(model))?;
+                write_named(pending, EMA_FILE, &averaged)?;
+                write_named(pending, OPTIM_FILE, &optim.to_host(shapes))
+            }
             Replica::Sharded(fsdp) => {
-                let model = fsdp.gather_named(&fsdp.params, "", main, comm)?;
-                let averaged = fsdp.gather_named(&ema.weights, "", main, comm)?;
-                let mut optimizer = fsdp.gather_named(&optim.exp_avg, "exp_avg.", main, comm)?;
-                optimizer.extend(fsdp.gather_named(
-                    &optim.exp_avg_sq,
-                    "exp_avg_sq.",
-                    main,
-                    comm,
-                )?);
-                Ok(main.then_some(HostState {
-                    model,
-                    ema: averaged,
-                    optimizer,
-                }))
+                for (file, shards) in [(MODEL_FILE, &fsdp.params), (EMA_FILE, &ema.weights)] {
+                    let mut sink = pending.file(file, &fsdp.named_layout(""))?;
+                    fsdp.write_gathered(shards, "", &mut sink, comm)?;
+                    sink.finish()?;
+                }
+                let mut layout = fsdp.named_layout("exp_avg.");
+                layout.extend(fsdp.named_layout("exp_avg_sq."));
+                let mut sink = pending.file(OPTIM_FILE, &layout)?;
+                fsdp.write_gathered(&optim.exp_avg, "exp_avg.", &mut sink, comm)?;
+                fsdp.write_gathered(&optim.exp_avg_sq, "exp_avg_sq.", &mut sink, comm)?;
+                sink.finish()
             }
         }
     }

@@ -13,7 +13,7 @@ use orrery_dist::{connect, Collective, World};
 use orrery_model::named::{load_host, map_named, visit_named};
 use orrery_model::{Dit, DitConfig, DitInput};
 
-use crate::checkpoint::{self, Checkpoint, TrainerState};
+use crate::checkpoint::{self, TrainerState};
 use crate::config::TrainConfig;
 use crate::eval::{
     heldout_batch, heldout_loss, next_frame_eval, with_foreign_context, with_other_last_action,
@@ -174,8 +174,9 @@ pub(crate) fn join_world(
     Ok((world, comm))
 }
 
-/// With CUDA and several DDP ranks (or parallel.comm = "nccl"), join NCCL
-/// over the bootstrap collective; DDP then sums gradients on the device.
+/// With CUDA and several ranks (or parallel.comm = "nccl"), join NCCL over
+/// the bootstrap collective: DDP then sums gradients on the device, and FSDP
+/// gathers units and reduce_scatters their gradients there.
 #[cfg(feature = "cuda")]
 fn connect_nccl(
     cfg: &TrainConfig,
@@ -183,15 +184,11 @@ fn connect_nccl(
     boot: &dyn Collective,
     timeout: Duration,
 ) -> Result<()> {
-    use crate::config::{CommBackend, Device, Strategy};
+    use crate::config::{CommBackend, Device};
     let wanted = match cfg.parallel.comm {
         CommBackend::Nccl => true,
         CommBackend::Mpi => false,
-        CommBackend::Auto => {
-            cfg.run.device == Device::Cuda
-                && cfg.parallel.strategy == Strategy::Ddp
-                && world.size > 1
-        }
+        CommBackend::Auto => cfg.run.device == Device::Cuda && world.size > 1,
     };
     if !wanted || crate::nccl::installed().is_some() {
         return Ok(());
@@ -539,23 +536,17 @@ fn train_ranks<B: AutodiffBackend>(
         }
         if step % cfg.checkpoint.every == 0 || step == stop_at {
             // Rank 0 writes whole tensors; sharded, every rank helps gather them.
-            last_ckpt = ckpt_dir.join(format!("step_{step:08}"));
-            if let Some(host) = replica.host_state(&optim, &ema, &shapes, comm)? {
-                let ck = Checkpoint {
-                    state: TrainerState {
-                        step,
-                        cursor: loader.cursor(),
-                        ema_updates: ema.updates,
-                        config: cfg.clone(),
-                        world_size: world.size,
-                        version: env!("CARGO_PKG_VERSION").into(),
-                    },
-                    model: host.model,
-                    ema: host.ema,
-                    optimizer: host.optimizer,
-                };
-                last_ckpt = checkpoint::save(&ckpt_dir, &ck, cfg.checkpoint.keep)?;
-            }
+            let pending = checkpoint::Pending::begin(&ckpt_dir, step, world.rank == 0)?;
+            replica.write_checkpoint(&pending, &optim, &ema, &shapes, comm)?;
+            let state = TrainerState {
+                step,
+                cursor: loader.cursor(),
+                ema_updates: ema.updates,
+                config: cfg.clone(),
+                world_size: world.size,
+                version: env!("CARGO_PKG_VERSION").into(),
+            };
+            last_ckpt = pending.commit(&state, cfg.checkpoint.keep)?;
         }
     }
     bar.finish_and_clear();
