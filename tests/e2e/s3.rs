@@ -377,7 +377,7 @@ fn store_faults_are_retried_or_reported_never_hung() {
     let se = String::from_utf8_lossy(&out.stderr).to_string();
     let so = ok(out);
     assert!(
-        so.contains("row groups read / clips taken | 1 / 8 |"),
+        so.contains("row groups read / requests for them / clips taken | 1 / 1 / 8 |"),
         "{so}"
     );
     assert!(
