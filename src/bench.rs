@@ -272,14 +272,18 @@ fn run_bench_nccl(_: &orrery_dist::World, _: &[f64], _: usize) -> Result<()> {
     bail!("bench comm --nccl needs a binary built with `--features cuda`")
 }
 
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
 fn run_bench_parity(
     config: &std::path::Path,
     set: &[String],
     steps: usize,
     top: usize,
 ) -> Result<()> {
-    use orrery_train::parity::{compare, gpu_backends, Phase};
+    #[cfg(feature = "cuda")]
+    use orrery_train::parity::gpu_backends as backends;
+    #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+    use orrery_train::parity::wgpu_backends as backends;
+    use orrery_train::parity::{compare, Phase};
     use std::io::Write;
     let cfg = TrainConfig::load(config, set)?;
     let mut start = std::time::Instant::now();
@@ -288,7 +292,7 @@ fn run_bench_parity(
         config.display()
     );
     // Printed as each phase ends: a GPU's first steps compile and autotune kernels.
-    gpu_backends(&cfg, steps, &mut |reference, phase, other| {
+    backends(&cfg, steps, &mut |reference, phase, other| {
         let diffs = compare(reference, other);
         let rows = |prefix: &str, sorted: bool| {
             let mut rows: Vec<_> = diffs
@@ -333,7 +337,7 @@ fn run_bench_parity(
     Ok(())
 }
 
-#[cfg(not(feature = "cuda"))]
+#[cfg(not(any(feature = "cuda", feature = "wgpu")))]
 fn run_bench_parity(_: &std::path::Path, _: &[String], _: usize, _: usize) -> Result<()> {
-    bail!("bench parity compares the CPU with the GPU: build with `cargo build --release --features cuda`")
+    bail!("bench parity compares the CPU with the GPU: build with `cargo build --release --features cuda` (or `--features wgpu`: cubecl's kernels on Vulkan, also Mesa's llvmpipe on a CPU)")
 }

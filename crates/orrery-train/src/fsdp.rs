@@ -16,9 +16,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor};
 use orrery_diffusion::{Cond, Denoiser, DiffusionError};
 use orrery_dist::Collective;
-use orrery_model::named::{
-    cast_params, layout, load_flat, named_grads, visit_named, HostTensor, NamedTensors,
-};
+use orrery_model::named::{cast_params, layout, load_flat, named_grads, visit_named};
 use orrery_model::{like, Dit, DitBlock, DitConfig, DitEmbed, DitInput, FinalLayer, Stem};
 
 use crate::optim::{flat, host, FlatMap};
@@ -352,8 +350,8 @@ impl<B: Backend> Fsdp<B> {
         prefix: &str,
         keep: bool,
         comm: &dyn Collective,
-    ) -> Result<NamedTensors> {
-        let mut out = NamedTensors::new();
+    ) -> Result<orrery_model::named::NamedTensors> {
+        let mut out = orrery_model::named::NamedTensors::new();
         for (u, unit) in self.units.iter().enumerate() {
             let full = self.gather(shards, u, comm)?;
             if !keep {
@@ -364,7 +362,7 @@ impl<B: Backend> Fsdp<B> {
                 let n: usize = shape.iter().product();
                 out.insert(
                     format!("{prefix}{}.{name}", unit.prefix),
-                    HostTensor {
+                    orrery_model::named::HostTensor {
                         shape: shape.clone(),
                         data: full[at..at + n].to_vec(),
                     },

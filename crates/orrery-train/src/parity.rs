@@ -301,6 +301,23 @@ pub fn gpu_backends(
     Ok(())
 }
 
+/// The CPU reference, then burn's WebGPU backend with kernel fusion (the
+/// same cubecl kernels and fusion as CUDA's, on Vulkan), reported through
+/// `progress` as it goes.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_backends(
+    cfg: &TrainConfig,
+    steps: usize,
+    progress: &mut dyn FnMut(&Trace, Phase, &Trace),
+) -> Result<()> {
+    type Fused = burn::backend::Autodiff<burn::backend::Wgpu<f32, i32>>;
+    let (cpu, init, batches) = reference(cfg, steps)?;
+    let device = Default::default();
+    let mut report = |phase: Phase, t: &Trace| progress(&cpu, phase, t);
+    trace::<Fused>("wgpu (fusion)", cfg, &init, &batches, &device, &mut report)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
