@@ -8,7 +8,7 @@ use orrery_model::Dit;
 
 use crate::config::TrainConfig;
 use crate::optim::{AdamW, Ema};
-use crate::replica::Replica;
+use crate::replica::{Replica, StartState};
 use crate::trainer::{join_world, param_shapes, to_device};
 use crate::Result;
 
@@ -74,7 +74,7 @@ fn bench_on<B: AutodiffBackend>(
     let model: Dit<B> = cfg.model.init(&device)?;
     let shapes = param_shapes(&model);
     let params = model.param_count();
-    let fresh = (AdamW::default(), Ema::new(BTreeMap::new()));
+    let fresh = StartState::Whole(AdamW::default(), Ema::new(BTreeMap::new()));
     let (mut replica, mut optim, mut ema) = Replica::new(cfg, model, &world, &device, fresh)?;
     let mut loader = Loader::new(
         &data.train,

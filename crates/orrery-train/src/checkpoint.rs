@@ -316,6 +316,70 @@ pub fn write_named(pending: &Pending, file: &str, tensors: &NamedTensors) -> Res
     sink.finish()
 }
 
+/// A checkpoint's tensor file opened for reading one tensor at a time
+/// (memory-mapped): for resuming, where reading every tensor whole on every
+/// rank would cost several times the model.
+pub struct TensorFile {
+    path: PathBuf,
+    map: memmap2::Mmap,
+}
+
+impl TensorFile {
+    /// Open and check the header of `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let f = fs::File::open(path).map_err(|e| io_err(path, e))?;
+        // SAFETY: checkpoints are written to a .tmp directory and renamed
+        // into place, never changed afterwards.
+        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| io_err(path, e))?;
+        let file = TensorFile {
+            path: path.to_path_buf(),
+            map,
+        };
+        file.parse()?;
+        Ok(file)
+    }
+
+    fn parse(&self) -> Result<safetensors::SafeTensors<'_>> {
+        safetensors::SafeTensors::deserialize(&self.map)
+            .map_err(|e| io_err(&self.path, format!("not a valid safetensors file ({e})")))
+    }
+
+    /// The tensor names in the file.
+    pub fn names(&self) -> Result<Vec<String>> {
+        Ok(self
+            .parse()?
+            .names()
+            .into_iter()
+            .map(String::from)
+            .collect())
+    }
+
+    /// Tensor `name` (f32), if the file has it.
+    pub fn get(&self, name: &str) -> Result<Option<HostTensor>> {
+        let st = self.parse()?;
+        let view = match st.tensor(name) {
+            Ok(v) => v,
+            Err(safetensors::SafeTensorError::TensorNotFound(_)) => return Ok(None),
+            Err(e) => return Err(io_err(&self.path, format!("tensor {name}: {e}"))),
+        };
+        if view.dtype() != Dtype::F32 {
+            return Err(io_err(
+                &self.path,
+                format!("tensor {name} is {:?}, expected F32", view.dtype()),
+            ));
+        }
+        let data = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        Ok(Some(HostTensor {
+            shape: view.shape().to_vec(),
+            data,
+        }))
+    }
+}
+
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = fs::File::create(path).map_err(|e| io_err(path, e))?;
     f.write_all(bytes).map_err(|e| io_err(path, e))?;
@@ -460,6 +524,22 @@ mod tests {
         let meta = HashMap::from([("format".to_string(), "orrery".to_string())]);
         let want = to_safetensors(&t, meta).unwrap();
         assert_eq!(fs::read(done.join(MODEL_FILE)).unwrap(), want);
+        // Read back one tensor at a time (resuming), from either order.
+        for file in [MODEL_FILE, EMA_FILE] {
+            let f = TensorFile::open(&done.join(file)).unwrap();
+            let mut names = f.names().unwrap();
+            names.sort();
+            assert_eq!(names, ["a", "b.bias", "b.w"]);
+            assert_eq!(f.get("b.w").unwrap().as_ref(), Some(&t["b.w"]));
+            assert!(f.get("nope").unwrap().is_none());
+        }
+        let cut = dir.join("cut.safetensors");
+        fs::write(&cut, &want[..want.len() - 3]).unwrap();
+        let err = TensorFile::open(&cut).err().unwrap().to_string();
+        assert!(
+            err.contains("cut.safetensors") && err.contains("not a valid"),
+            "{err}"
+        );
         let ck = load(&resolve(&dir).unwrap()).unwrap();
         assert_eq!((ck.model, ck.ema, ck.state.step), (t.clone(), t, 7));
         fs::remove_dir_all(&dir).unwrap();

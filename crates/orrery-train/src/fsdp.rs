@@ -176,13 +176,22 @@ impl<B: Backend> Fsdp<B> {
     /// # Shapes
     /// full(name) -> [numel]; returns prefix -> [k]
     pub fn shard(&self, full: impl Fn(&str) -> Option<Tensor<B, 1>>) -> Result<FlatMap<B>> {
+        self.shard_from(|name| Ok(full(name)))
+    }
+
+    /// [`Fsdp::shard`] from a source that can fail (a checkpoint file read
+    /// one tensor at a time).
+    pub fn shard_from(
+        &self,
+        full: impl Fn(&str) -> Result<Option<Tensor<B, 1>>>,
+    ) -> Result<FlatMap<B>> {
         let mut out = FlatMap::new();
         for u in &self.units {
             let mut v: Vec<f32> = Vec::with_capacity(u.shard * self.size);
             for (name, shape) in &u.params {
                 let n: usize = shape.iter().product();
                 let full_name = format!("{}.{name}", u.prefix);
-                match full(&full_name) {
+                match full(&full_name)? {
                     Some(t) if t.dims()[0] == n => v.extend(host(t)),
                     Some(t) => {
                         return Err(TrainError::Checkpoint(format!(

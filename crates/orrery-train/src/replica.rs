@@ -11,7 +11,7 @@ use orrery_dist::{Collective, World};
 use orrery_model::named::{map_named, to_host, HostTensor, NamedTensors};
 use orrery_model::Dit;
 
-use crate::checkpoint::{write_named, Pending, EMA_FILE, MODEL_FILE, OPTIM_FILE};
+use crate::checkpoint::{write_named, Pending, TensorFile, EMA_FILE, MODEL_FILE, OPTIM_FILE};
 use crate::config::{GatherDtype, Strategy, TrainConfig};
 use crate::fsdp::Fsdp;
 use crate::fsdp_step::fsdp_step;
@@ -35,6 +35,64 @@ pub(crate) enum Weights<'a, B: AutodiffBackend> {
     Ema(&'a Ema<B::InnerBackend>),
 }
 
+/// Where a run's AdamW moments and EMA start from.
+pub(crate) enum StartState<'a, B: AutodiffBackend> {
+    /// Whole tensors by name (a fresh start: zero moments, EMA = weights).
+    Whole(AdamW<B::InnerBackend>, Ema<B::InnerBackend>),
+    /// A checkpoint's files, read one tensor at a time: sharded, each rank
+    /// keeps only its shard of each.
+    Checkpoint {
+        optim: &'a TensorFile,
+        ema: &'a TensorFile,
+        steps: u64,
+        ema_updates: u64,
+    },
+}
+
+/// The whole flat tensor `name` of `file` on `device`, if there.
+fn read_flat<B: burn::tensor::backend::Backend>(
+    file: &TensorFile,
+    name: &str,
+    device: &B::Device,
+) -> Result<Option<burn::tensor::Tensor<B, 1>>> {
+    Ok(file.get(name)?.map(|t| t.to_flat(device)))
+}
+
+impl<B: AutodiffBackend> StartState<'_, B> {
+    /// Whole moments and EMA on `device` (DDP; every tensor read once).
+    fn whole(self, device: &B::Device) -> Result<(AdamW<B::InnerBackend>, Ema<B::InnerBackend>)> {
+        let (optim, ema, steps, ema_updates) = match self {
+            StartState::Whole(optim, ema) => return Ok((optim, ema)),
+            StartState::Checkpoint {
+                optim,
+                ema,
+                steps,
+                ema_updates,
+            } => (optim, ema, steps, ema_updates),
+        };
+        let mut adam = AdamW {
+            steps,
+            ..Default::default()
+        };
+        for key in optim.names()? {
+            let t = read_flat(optim, &key, device)?.expect("a listed tensor");
+            if let Some(name) = key.strip_prefix("exp_avg_sq.") {
+                adam.exp_avg_sq.insert(name.to_string(), t);
+            } else if let Some(name) = key.strip_prefix("exp_avg.") {
+                adam.exp_avg.insert(name.to_string(), t);
+            }
+        }
+        let mut weights = BTreeMap::new();
+        for name in ema.names()? {
+            let t = read_flat(ema, &name, device)?.expect("a listed tensor");
+            weights.insert(name, t);
+        }
+        let mut averaged = Ema::new(weights);
+        averaged.updates = ema_updates;
+        Ok((adam, averaged))
+    }
+}
+
 impl<B: AutodiffBackend> Replica<B> {
     /// Hold `model` (identical on every rank) as the config's strategy says,
     /// with its optimizer state and EMA (by parameter name, as a checkpoint
@@ -44,9 +102,10 @@ impl<B: AutodiffBackend> Replica<B> {
         model: Dit<B>,
         world: &World,
         device: &B::Device,
-        (optim, ema): (AdamW<B::InnerBackend>, Ema<B::InnerBackend>),
+        start: StartState<'_, B>,
     ) -> Result<(Self, AdamW<B::InnerBackend>, Ema<B::InnerBackend>)> {
         if cfg.parallel.strategy == Strategy::Ddp {
+            let (optim, ema) = start.whole(device)?;
             return Ok((Replica::Full(model), optim, ema));
         }
         let inner = model.valid();
@@ -55,19 +114,42 @@ impl<B: AutodiffBackend> Replica<B> {
         fsdp.compute_bf16 = cfg.run.precision == crate::config::Precision::Bf16;
         drop(inner);
         drop(model);
-        let sharded_optim = AdamW {
-            exp_avg: fsdp.shard(|n| optim.exp_avg.get(n).cloned())?,
-            exp_avg_sq: fsdp.shard(|n| optim.exp_avg_sq.get(n).cloned())?,
-            steps: optim.steps,
+        let (sharded_optim, sharded_ema) = match start {
+            StartState::Whole(optim, ema) => {
+                let sharded_optim = AdamW {
+                    exp_avg: fsdp.shard(|n| optim.exp_avg.get(n).cloned())?,
+                    exp_avg_sq: fsdp.shard(|n| optim.exp_avg_sq.get(n).cloned())?,
+                    steps: optim.steps,
+                };
+                // An empty EMA (bench step) stays empty: its first update
+                // takes the weights, as in DDP.
+                let mut sharded_ema = Ema::new(if ema.weights.is_empty() {
+                    Default::default()
+                } else {
+                    fsdp.shard(|n| ema.weights.get(n).cloned())?
+                });
+                sharded_ema.updates = ema.updates;
+                (sharded_optim, sharded_ema)
+            }
+            StartState::Checkpoint {
+                optim,
+                ema,
+                steps,
+                ema_updates,
+            } => {
+                let read = |file: &TensorFile, prefix: &'static str| {
+                    fsdp.shard_from(|n| read_flat(file, &format!("{prefix}{n}"), device))
+                };
+                let sharded_optim = AdamW {
+                    exp_avg: read(optim, "exp_avg.")?,
+                    exp_avg_sq: read(optim, "exp_avg_sq.")?,
+                    steps,
+                };
+                let mut sharded_ema = Ema::new(read(ema, "")?);
+                sharded_ema.updates = ema_updates;
+                (sharded_optim, sharded_ema)
+            }
         };
-        // An empty EMA (bench step) stays empty: its first update takes the
-        // weights, as in DDP; otherwise every tensor is there (fresh start or checkpoint).
-        let mut sharded_ema = Ema::new(if ema.weights.is_empty() {
-            Default::default()
-        } else {
-            fsdp.shard(|n| ema.weights.get(n).cloned())?
-        });
-        sharded_ema.updates = ema.updates;
         Ok((Replica::Sharded(fsdp), sharded_optim, sharded_ema))
     }
 

@@ -13,7 +13,7 @@ use orrery_dist::{connect, Collective, World};
 use orrery_model::named::{load_host, map_named, visit_named};
 use orrery_model::{Dit, DitConfig, DitInput};
 
-use crate::checkpoint::{self, TrainerState};
+use crate::checkpoint::{self, TensorFile, TrainerState};
 use crate::config::TrainConfig;
 use crate::eval::{
     heldout_batch, heldout_loss, next_frame_eval, with_foreign_context, with_other_last_action,
@@ -21,7 +21,7 @@ use crate::eval::{
 };
 use crate::feed::{open_data, Feed};
 use crate::optim::{AdamW, Ema};
-use crate::replica::{Replica, Weights};
+use crate::replica::{Replica, StartState, Weights};
 use crate::tensorboard::EventWriter;
 use crate::{Result, TrainError};
 
@@ -260,32 +260,27 @@ fn train_ranks<B: AutodiffBackend>(
             .transpose()?,
         Resume::From(p) => Some(checkpoint::resolve(p)?),
     };
-    let (mut step, mut cursor, mut optim, mut ema) = (
-        0u64,
-        Cursor::default(),
-        AdamW::<B::InnerBackend>::default(),
-        None,
-    );
+    let (mut step, mut cursor) = (0u64, Cursor::default());
+    // A checkpoint's AdamW and EMA files, read one tensor at a time when the
+    // replica is made (sharded, each rank keeps only its shards).
+    let mut resumed: Option<(TensorFile, TensorFile, u64)> = None;
     if let Some(dir) = &from {
-        let ck = checkpoint::load(dir)?;
-        if ck.state.config.model != cfg.model {
+        let state = checkpoint::load_state(dir)?;
+        if state.config.model != cfg.model {
             return Err(TrainError::Config(format!(
                 "checkpoint {} was trained with a different [model] section; resume with the same model config or use --resume never",
                 dir.display()
             )));
         }
-        model = load_host(model, &ck.model, &device)?;
-        let inner = device.clone();
-        optim = AdamW::from_host(&ck.optimizer, ck.state.step, &inner);
-        let mut e = Ema::new(
-            ck.ema
-                .iter()
-                .map(|(n, t)| (n.clone(), t.to_flat(&inner)))
-                .collect(),
-        );
-        e.updates = ck.state.ema_updates;
-        ema = Some(e);
-        (step, cursor) = (ck.state.step, ck.state.cursor);
+        let weights = checkpoint::read_safetensors(&dir.join(checkpoint::MODEL_FILE))?;
+        model = load_host(model, &weights, &device)?;
+        drop(weights);
+        resumed = Some((
+            TensorFile::open(&dir.join(checkpoint::OPTIM_FILE))?,
+            TensorFile::open(&dir.join(checkpoint::EMA_FILE))?,
+            state.ema_updates,
+        ));
+        (step, cursor) = (state.step, state.cursor);
         say(format!("resuming from {} at step {step}", dir.display()));
     }
     if comm.size() > 1 {
@@ -316,15 +311,23 @@ fn train_ranks<B: AutodiffBackend>(
             cfg.data.global_batch / comm.size()
         ));
     }
-    let ema = ema.unwrap_or_else(|| {
-        let mut w = BTreeMap::new();
-        visit_named(&model, |name, _, _, flat| {
-            w.insert(name.to_string(), flat.inner());
-        });
-        Ema::new(w)
-    });
-    let (mut replica, mut optim, mut ema) =
-        Replica::new(&cfg, model, &world, &device, (optim, ema))?;
+    let start = match &resumed {
+        Some((optim, ema, ema_updates)) => StartState::Checkpoint {
+            optim,
+            ema,
+            steps: step,
+            ema_updates: *ema_updates,
+        },
+        None => {
+            let mut w = BTreeMap::new();
+            visit_named(&model, |name, _, _, flat| {
+                w.insert(name.to_string(), flat.inner());
+            });
+            StartState::Whole(AdamW::default(), Ema::new(w))
+        }
+    };
+    let (mut replica, mut optim, mut ema) = Replica::new(&cfg, model, &world, &device, start)?;
+    drop(resumed);
     if let Replica::Sharded(fsdp) = &replica {
         let (state, unit) = fsdp.state_bytes();
         let whole = 4 * 4 * cfg.model.num_params();
