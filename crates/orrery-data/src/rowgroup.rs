@@ -92,20 +92,21 @@ pub async fn read_row_group(
     footer: &Arc<ParquetMetaData>,
     rg: usize,
 ) -> Result<RowGroupRead> {
-    let mut reads = read_row_groups(loc, path, size, footer, rg..rg + 1).await?;
+    let (mut reads, _) = read_row_groups(loc, path, size, footer, rg..rg + 1).await?;
     Ok(reads.pop().expect("one row group asked for"))
 }
 
 /// Read the consecutive row groups `rgs` of one file with one ranged read
 /// (their column chunks lie one after another in the file), and decode
-/// each as [`read_row_group`] does. Each read's `bytes` is its own span.
+/// each as [`read_row_group`] does. Each read's `bytes` is its own span;
+/// also returns the bytes fetched (with any gaps between the spans).
 pub async fn read_row_groups(
     loc: &Location,
     path: &Path,
     size: u64,
     footer: &Arc<ParquetMetaData>,
     rgs: std::ops::Range<usize>,
-) -> Result<Vec<RowGroupRead>> {
+) -> Result<(Vec<RowGroupRead>, u64)> {
     let file = path.to_string();
     let bad = |reason: String| DataError::Schema {
         file: file.clone(),
@@ -159,7 +160,7 @@ pub async fn read_row_groups(
         });
         first_row += n;
     }
-    Ok(out)
+    Ok((out, end - start))
 }
 
 /// Decode one row group's `n` rows (the first is row `first_row` of the

@@ -334,11 +334,17 @@ impl StreamLoader {
         }
         // Blocks are numbered file by file, row group by row group: a run of
         // consecutive ids in one file is a run of consecutive row groups.
+        // Runs stay short: one task decodes a run, and its blocks wait in
+        // memory until their turn (a quarter of the prefetch each keeps
+        // decoding parallel and rows held within about twice the bound).
+        let longest = (self.cfg.prefetch / 4).max(1);
         let mut run: Option<std::ops::Range<usize>> = None;
         for block in start {
             match run {
                 Some(ref mut r)
-                    if r.end == block && self.blocks[block].0 == self.blocks[r.start].0 =>
+                    if r.end == block
+                        && r.len() < longest
+                        && self.blocks[block].0 == self.blocks[r.start].0 =>
                 {
                     r.end += 1
                 }
@@ -387,8 +393,7 @@ impl StreamLoader {
                 }
             };
             let rgs = rg..rg + blocks.len();
-            let reads = read_row_groups(&loc, &path, entry.size, &footer, rgs).await?;
-            let bytes: u64 = reads.iter().map(|r| r.bytes).sum();
+            let (reads, bytes) = read_row_groups(&loc, &path, entry.size, &footer, rgs).await?;
             let rows = blocks.zip(reads.into_iter().map(|r| r.rows)).collect();
             Ok((rows, fetched + bytes, requests))
         })
@@ -426,12 +431,13 @@ impl StreamLoader {
                 }
             }
         }
-        let kept = self.cache.get_mut(&block).expect("just inserted");
-        let row = kept.remove(&offset).ok_or_else(|| {
+        let bug = || {
             DataError::Geometry(format!(
-                "row {offset} of block {block} was taken twice (a loader bug)"
+                "row {offset} of block {block} was taken twice or is not this rank's (a loader bug)"
             ))
-        })?;
+        };
+        let kept = self.cache.get_mut(&block).ok_or_else(bug)?;
+        let row = kept.remove(&offset).ok_or_else(bug)?;
         if kept.is_empty() {
             self.cache.remove(&block);
         }

@@ -350,7 +350,7 @@ fn row_groups_read_by_range_equal_whole_files_and_name_bad_rows() {
         }
         // All of the file's row groups in one request: the same rows.
         let n = f.row_groups.len();
-        let runs = rt
+        let (runs, fetched) = rt
             .block_on(crate::rowgroup::read_row_groups(
                 &loc,
                 &path,
@@ -359,6 +359,11 @@ fn row_groups_read_by_range_equal_whole_files_and_name_bad_rows() {
                 0..n,
             ))
             .unwrap();
+        assert_eq!(
+            fetched,
+            runs.iter().map(|r| r.bytes).sum::<u64>(),
+            "no gaps"
+        );
         let run_rows: Vec<_> = runs.iter().flat_map(|r| r.rows.clone()).collect();
         let each: Vec<_> = (0..n)
             .flat_map(|rg| {

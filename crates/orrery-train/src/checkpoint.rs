@@ -93,26 +93,29 @@ pub fn read_safetensors(path: &Path) -> Result<NamedTensors> {
         .map_err(|e| io_err(path, format!("not a valid safetensors file ({e})")))?;
     let mut out = NamedTensors::new();
     for (name, view) in st.tensors() {
-        if view.dtype() != Dtype::F32 {
-            return Err(io_err(
-                path,
-                format!("tensor {name} is {:?}, expected F32", view.dtype()),
-            ));
-        }
-        let data = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        out.insert(
-            name,
-            HostTensor {
-                shape: view.shape().to_vec(),
-                data,
-            },
-        );
+        let t = host_tensor(path, &name, &view)?;
+        out.insert(name, t);
     }
     Ok(out)
+}
+
+/// An f32 tensor of file `path` copied to the host; another type is an error.
+fn host_tensor(path: &Path, name: &str, view: &TensorView<'_>) -> Result<HostTensor> {
+    if view.dtype() != Dtype::F32 {
+        return Err(io_err(
+            path,
+            format!("tensor {name} is {:?}, expected F32", view.dtype()),
+        ));
+    }
+    let data = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok(HostTensor {
+        shape: view.shape().to_vec(),
+        data,
+    })
 }
 
 /// A safetensors file of f32 tensors written one tensor at a time: the
@@ -317,66 +320,56 @@ pub fn write_named(pending: &Pending, file: &str, tensors: &NamedTensors) -> Res
 }
 
 /// A checkpoint's tensor file opened for reading one tensor at a time
-/// (memory-mapped): for resuming, where reading every tensor whole on every
-/// rank would cost several times the model.
+/// (memory-mapped, header parsed once): for resuming, where reading every
+/// tensor whole on every rank would cost several times the model.
 pub struct TensorFile {
     path: PathBuf,
     map: memmap2::Mmap,
+    /// Where the tensor data starts (after the header).
+    data_start: usize,
+    tensors: HashMap<String, safetensors::tensor::TensorInfo>,
 }
 
 impl TensorFile {
-    /// Open and check the header of `path`.
+    /// Open `path` and check it (header and sizes).
     pub fn open(path: &Path) -> Result<Self> {
         let f = fs::File::open(path).map_err(|e| io_err(path, e))?;
         // SAFETY: checkpoints are written to a .tmp directory and renamed
         // into place, never changed afterwards.
         let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| io_err(path, e))?;
-        let file = TensorFile {
+        let bad = |e: safetensors::SafeTensorError| {
+            io_err(path, format!("not a valid safetensors file ({e})"))
+        };
+        safetensors::SafeTensors::deserialize(&map).map_err(bad)?;
+        let (n, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(bad)?;
+        let tensors = meta
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| (name, info.clone()))
+            .collect();
+        Ok(TensorFile {
             path: path.to_path_buf(),
             map,
-        };
-        file.parse()?;
-        Ok(file)
-    }
-
-    fn parse(&self) -> Result<safetensors::SafeTensors<'_>> {
-        safetensors::SafeTensors::deserialize(&self.map)
-            .map_err(|e| io_err(&self.path, format!("not a valid safetensors file ({e})")))
+            data_start: 8 + n,
+            tensors,
+        })
     }
 
     /// The tensor names in the file.
-    pub fn names(&self) -> Result<Vec<String>> {
-        Ok(self
-            .parse()?
-            .names()
-            .into_iter()
-            .map(String::from)
-            .collect())
+    pub fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
     }
 
     /// Tensor `name` (f32), if the file has it.
     pub fn get(&self, name: &str) -> Result<Option<HostTensor>> {
-        let st = self.parse()?;
-        let view = match st.tensor(name) {
-            Ok(v) => v,
-            Err(safetensors::SafeTensorError::TensorNotFound(_)) => return Ok(None),
-            Err(e) => return Err(io_err(&self.path, format!("tensor {name}: {e}"))),
+        let Some(info) = self.tensors.get(name) else {
+            return Ok(None);
         };
-        if view.dtype() != Dtype::F32 {
-            return Err(io_err(
-                &self.path,
-                format!("tensor {name} is {:?}, expected F32", view.dtype()),
-            ));
-        }
-        let data = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        Ok(Some(HostTensor {
-            shape: view.shape().to_vec(),
-            data,
-        }))
+        let (start, end) = info.data_offsets;
+        let bytes = &self.map[self.data_start + start..self.data_start + end];
+        let view = TensorView::new(info.dtype, info.shape.clone(), bytes)
+            .map_err(|e| io_err(&self.path, format!("tensor {name}: {e}")))?;
+        Ok(Some(host_tensor(&self.path, name, &view)?))
     }
 }
 
@@ -527,7 +520,7 @@ mod tests {
         // Read back one tensor at a time (resuming), from either order.
         for file in [MODEL_FILE, EMA_FILE] {
             let f = TensorFile::open(&done.join(file)).unwrap();
-            let mut names = f.names().unwrap();
+            let mut names = f.names();
             names.sort();
             assert_eq!(names, ["a", "b.bias", "b.w"]);
             assert_eq!(f.get("b.w").unwrap().as_ref(), Some(&t["b.w"]));

@@ -74,7 +74,7 @@ impl<B: AutodiffBackend> StartState<'_, B> {
             steps,
             ..Default::default()
         };
-        for key in optim.names()? {
+        for key in optim.names() {
             let t = read_flat(optim, &key, device)?.expect("a listed tensor");
             if let Some(name) = key.strip_prefix("exp_avg_sq.") {
                 adam.exp_avg_sq.insert(name.to_string(), t);
@@ -83,7 +83,7 @@ impl<B: AutodiffBackend> StartState<'_, B> {
             }
         }
         let mut weights = BTreeMap::new();
-        for name in ema.names()? {
+        for name in ema.names() {
             let t = read_flat(ema, &name, device)?.expect("a listed tensor");
             weights.insert(name, t);
         }
