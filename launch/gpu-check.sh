@@ -42,6 +42,12 @@ if [[ -n "$whl" ]]; then
   export OPAL_PREFIX=$P PATH=$P/bin:$PATH LD_LIBRARY_PATH=$P/lib:$LD_LIBRARY_PATH
 fi
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# The first steps compile and autotune kernels for minutes (BENCHMARKS.md,
+# "cubecl's kernels checked without a GPU"): tune little by default. cubecl
+# caches its autotune results in ./target/autotune, kept between calls on a
+# warm machine.
+export CUBECL_AUTOTUNE_LEVEL=${CUBECL_AUTOTUNE_LEVEL:-minimal}
+echo "CUBECL_AUTOTUNE_LEVEL=$CUBECL_AUTOTUNE_LEVEL" | tee -a "$out/gpu.txt"
 data=/tmp/qs; rm -rf $data
 $bin data synth --out $data --clips 512 --frames 16 --size 16 16 > /dev/null
 q="configs/quickstart.toml --set run.device=${DEVICE:-cuda} --set data.url=$data"

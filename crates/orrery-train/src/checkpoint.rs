@@ -293,10 +293,20 @@ impl Pending {
         };
         let bytes = serde_json::to_vec_pretty(state).expect("state serializes");
         write_synced(&tmp.join(STATE_FILE), &bytes)?;
+        // A checkpoint of this step already there (a rerun step) is moved
+        // aside, not deleted first: the step's directory is missing only
+        // between two renames, and removed once the new one is in place.
+        let old = self.dir.join(format!("{}.old", self.name));
         if done.exists() {
-            fs::remove_dir_all(&done).map_err(|e| io_err(&done, e))?;
+            if old.exists() {
+                fs::remove_dir_all(&old).map_err(|e| io_err(&old, e))?;
+            }
+            fs::rename(&done, &old).map_err(|e| io_err(&old, e))?;
         }
         fs::rename(&tmp, &done).map_err(|e| io_err(&done, e))?;
+        if old.exists() {
+            fs::remove_dir_all(&old).map_err(|e| io_err(&old, e))?;
+        }
         let latest_tmp = self.dir.join("latest.tmp");
         write_synced(&latest_tmp, format!("{}\n", self.name).as_bytes())?;
         fs::rename(&latest_tmp, self.dir.join("latest"))
@@ -400,9 +410,9 @@ fn prune(dir: &Path, keep: usize) -> Result<()> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.is_dir()
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("step_") && !n.ends_with(".tmp"))
+                && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.starts_with("step_") && !n.ends_with(".tmp") && !n.ends_with(".old")
+                })
         })
         .collect();
     steps.sort();
@@ -514,6 +524,13 @@ mod tests {
             version: "test".into(),
         };
         let done = pending.commit(&state, 2).unwrap();
+        // The same step again replaces it, leaving nothing aside.
+        let again = Pending::begin(&dir, 7, true).unwrap();
+        for file in [MODEL_FILE, EMA_FILE, OPTIM_FILE] {
+            write_named(&again, file, &t).unwrap();
+        }
+        assert_eq!(again.commit(&state, 2).unwrap(), done);
+        assert!(!dir.join("step_00000007.old").exists());
         let meta = HashMap::from([("format".to_string(), "orrery".to_string())]);
         let want = to_safetensors(&t, meta).unwrap();
         assert_eq!(fs::read(done.join(MODEL_FILE)).unwrap(), want);
