@@ -1,12 +1,16 @@
 //! End-to-end tests of the `orrery` binary: data, training, resume, sampling,
 //! export, the Python readers, and clear errors on bad input; multi-rank
-//! runs in [`dist`], data formats in [`data`], object storage in [`s3`].
+//! runs in [`dist`] and [`fsdp`], data formats in [`data`], object storage in [`s3`].
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Multi-rank training: mpirun, Slurm, failures.
 #[path = "e2e/dist.rs"]
 mod dist;
+
+/// FSDP: sharded state over mpirun.
+#[path = "e2e/fsdp.rs"]
+mod fsdp;
 
 /// Data formats: import, the Python writer, continuous actions, bad rows.
 #[path = "e2e/data.rs"]

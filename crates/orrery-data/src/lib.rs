@@ -21,6 +21,7 @@ pub mod import;
 pub mod index;
 mod loader;
 pub mod order;
+pub mod queue;
 pub mod rowgroup;
 pub mod schema;
 pub mod store;

@@ -255,7 +255,7 @@ fn the_batch_queue_gives_the_loaders_batches_and_cursors() {
     let (dir, index) = dataset("queue", |clips| clips[57].latents[3] = f32::NAN);
     let mut direct = loader(&dir, &index, 0, 1, Cursor::default());
     let mut queued =
-        crate::stream::BatchQueue::start(loader(&dir, &index, 0, 1, Cursor::default()), 3);
+        crate::queue::BatchQueue::start(loader(&dir, &index, 0, 1, Cursor::default()), 3);
     let mut served = 0;
     for _ in 0..30 {
         match (direct.next_batch(), queued.next_batch()) {
@@ -353,13 +353,14 @@ fn consecutive_row_groups_of_a_file_are_one_request() {
         .unwrap()
         .with_footers(footers.clone())
     };
-    let (mut one_by_one, mut together) = (open(1), open(8));
+    // Runs hold at most prefetch / 4 row groups: 7 in flight make runs of 1.
+    let (mut one_by_one, mut together, mut short) = (open(1), open(8), open(7));
     for _ in 0..one_by_one.batches_per_epoch() {
-        assert_eq!(
-            one_by_one.next_batch().unwrap(),
-            together.next_batch().unwrap()
-        );
+        let b = one_by_one.next_batch().unwrap();
+        assert_eq!(b, together.next_batch().unwrap());
+        assert_eq!(b, short.next_batch().unwrap());
     }
+    assert_eq!((short.stats().blocks_read, short.stats().requests), (4, 4));
     assert_eq!(
         (one_by_one.stats().blocks_read, one_by_one.stats().requests),
         (4, 4)

@@ -45,19 +45,6 @@ pub struct TrainerState {
     pub version: String,
 }
 
-/// A checkpoint in memory.
-#[derive(Debug, Clone)]
-pub struct Checkpoint {
-    /// Trainer state.
-    pub state: TrainerState,
-    /// Model weights by name.
-    pub model: NamedTensors,
-    /// EMA weights by name.
-    pub ema: NamedTensors,
-    /// Optimizer moments by name.
-    pub optimizer: NamedTensors,
-}
-
 fn io_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
     TrainError::Checkpoint(format!("{}: {e}", path.display()))
 }
@@ -394,16 +381,6 @@ pub fn step_dir_name(step: u64) -> String {
     format!("step_{step:08}")
 }
 
-/// Write `ckpt` under `dir` (the run's checkpoints/), point `latest` at it and
-/// prune old ones. Returns the new directory.
-pub fn save(dir: &Path, ckpt: &Checkpoint, keep: usize) -> Result<PathBuf> {
-    let pending = Pending::begin(dir, ckpt.state.step, true)?;
-    write_named(&pending, MODEL_FILE, &ckpt.model)?;
-    write_named(&pending, EMA_FILE, &ckpt.ema)?;
-    write_named(&pending, OPTIM_FILE, &ckpt.optimizer)?;
-    pending.commit(&ckpt.state, keep)
-}
-
 fn prune(dir: &Path, keep: usize) -> Result<()> {
     let mut steps: Vec<PathBuf> = fs::read_dir(dir)
         .map_err(|e| io_err(dir, e))?
@@ -455,16 +432,6 @@ pub fn load_state(dir: &Path) -> Result<TrainerState> {
     let text = fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
     serde_json::from_str(&text)
         .map_err(|e| io_err(&path, format!("not a valid trainer state ({e})")))
-}
-
-/// Read a whole checkpoint directory.
-pub fn load(dir: &Path) -> Result<Checkpoint> {
-    Ok(Checkpoint {
-        state: load_state(dir)?,
-        model: read_safetensors(&dir.join(MODEL_FILE))?,
-        ema: read_safetensors(&dir.join(EMA_FILE))?,
-        optimizer: read_safetensors(&dir.join(OPTIM_FILE))?,
-    })
 }
 
 #[cfg(test)]
@@ -550,8 +517,11 @@ mod tests {
             err.contains("cut.safetensors") && err.contains("not a valid"),
             "{err}"
         );
-        let ck = load(&resolve(&dir).unwrap()).unwrap();
-        assert_eq!((ck.model, ck.ema, ck.state.step), (t.clone(), t, 7));
+        let found = resolve(&dir).unwrap();
+        assert_eq!(load_state(&found).unwrap().step, 7);
+        for file in [MODEL_FILE, EMA_FILE] {
+            assert_eq!(read_safetensors(&found.join(file)).unwrap(), t);
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 

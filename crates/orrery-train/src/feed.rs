@@ -1,7 +1,8 @@
 //! Where a run's batches come from: every clip read at start
 //! ([`Loader`]), or row groups streamed as needed behind a queue
 //! ([`BatchQueue`]), and the held-out clips either way.
-use orrery_data::stream::{BatchQueue, StreamConfig, StreamLoader};
+use orrery_data::queue::BatchQueue;
+use orrery_data::stream::{StreamConfig, StreamLoader};
 use orrery_data::{Batch, Cursor, Dataset, Loader};
 use orrery_dist::World;
 

@@ -238,24 +238,24 @@ impl<B: Backend> Fsdp<B> {
     ) -> Result<Tensor<B, 1>> {
         let unit = &self.units[u];
         let k = unit.shard;
-        let mut local = shards[&unit.prefix].clone();
-        if self.gather_bf16 {
-            local = local.cast(DType::BF16);
-        }
-        let t = Instant::now();
-        let local = match crate::nccl::all_gather_on_device(local) {
-            Ok(full) => {
+        if crate::nccl::device_collectives() {
+            let mut local = shards[&unit.prefix].clone();
+            if self.gather_bf16 {
+                local = local.cast(DType::BF16);
+            }
+            let t = Instant::now();
+            // Err: not a CUDA tensor, so the host path below.
+            if let Ok(full) = crate::nccl::all_gather_on_device(local) {
                 let full = full.map_err(TrainError::Comm)?;
                 // bf16 moves 2 bytes a value: count k / 2 f32 slots.
                 self.count(t, if self.gather_bf16 { k.div_ceil(2) } else { k });
                 return Ok(like(full, DType::F32));
             }
-            Err(local) => local,
-        };
+        }
         if !self.gather_bf16 {
             return Ok(flat(self.gather(shards, u, comm)?, &self.device));
         }
-        let packed = pack_bf16(&host(local.cast(DType::F32)));
+        let packed = pack_bf16(&host(shards[&unit.prefix].clone()));
         let mut all = vec![0.0; packed.len() * self.size];
         let t = Instant::now();
         comm.all_gather(&packed, &mut all)?;
@@ -280,27 +280,30 @@ impl<B: Backend> Fsdp<B> {
         acc: &mut Tensor<B, 1>,
         comm: &dyn Collective,
     ) -> Result<()> {
-        let k = self.units[u].shard;
-        let len = grad.dims()[0];
-        let grad = if len < k * self.size {
-            Tensor::cat(
-                vec![grad, Tensor::zeros([k * self.size - len], &self.device)],
-                0,
-            )
-        } else {
-            grad
+        let (k, n) = (self.units[u].shard, self.units[u].shard * self.size);
+        // Through the host: padded on the host, summed over MPI.
+        let over_host = |grad: Tensor<B, 1>| -> Result<Tensor<B, 1>> {
+            let mut grad = host(grad);
+            grad.resize(n, 0.0);
+            let mut mine = vec![0.0; k];
+            comm.reduce_scatter_sum(&grad, &mut mine)?;
+            Ok(flat(mine, &self.device))
         };
         let t = Instant::now();
-        let mine = match crate::nccl::reduce_scatter_on_device(grad) {
-            Ok(mine) => mine.map_err(TrainError::Comm)?,
-            Err(grad) => {
-                let grad = host(grad);
-                let mut mine = vec![0.0; k];
-                comm.reduce_scatter_sum(&grad, &mut mine)?;
-                flat(mine, &self.device)
+        let mine = if crate::nccl::device_collectives() {
+            let len = grad.dims()[0];
+            let padded = match n - len {
+                0 => grad,
+                pad => Tensor::cat(vec![grad, Tensor::zeros([pad], &self.device)], 0),
+            };
+            match crate::nccl::reduce_scatter_on_device(padded) {
+                Ok(mine) => mine.map_err(TrainError::Comm)?,
+                Err(padded) => over_host(padded)?,
             }
+        } else {
+            over_host(grad)?
         };
-        self.count(t, k * self.size);
+        self.count(t, n);
         *acc = acc.clone() + mine;
         Ok(())
     }

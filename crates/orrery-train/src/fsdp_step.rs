@@ -255,7 +255,7 @@ pub(crate) fn fsdp_step<B: AutodiffBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::step::tests::{setup_with, AB};
+    use crate::step::tests::{run_steps, setup_with, AB};
     use crate::step::train_step;
     use crate::trainer::to_device;
     use burn::backend::Flex;
@@ -396,23 +396,7 @@ mod tests {
                 .unwrap();
             (outs, w)
         };
-        let (mut optim, mut ema) = (AdamW::default(), Ema::new(BTreeMap::new()));
-        let mut whole = model.clone();
-        let mut want = Vec::new();
-        for step in 0..4 {
-            let (next, o) = train_step(
-                &cfg,
-                whole,
-                &batch,
-                step,
-                (&mut optim, &mut ema),
-                &shapes,
-                &SingleProcess,
-            )
-            .unwrap();
-            whole = next;
-            want.push((o.loss, o.grad_norm));
-        }
+        let (whole, want, _, _) = run_steps(&cfg, model.clone(), &shapes, &batch, 0..4);
         let ((half, w_half), (full, w_full)) = (run_fsdp(true), run_fsdp(false));
         let rel = |a: f64, b: f64| (a - b).abs() / a.abs().max(1e-12);
         // A fresh adaLN-Zero model outputs 0 in any precision: from step 1 on.

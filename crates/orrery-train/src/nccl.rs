@@ -283,6 +283,11 @@ pub fn installed() -> Option<&'static Nccl> {
     NCCL.get()
 }
 
+/// Whether collectives may run on the device (NCCL is installed).
+pub(crate) fn device_collectives() -> bool {
+    NCCL.get().is_some()
+}
+
 /// Run `op` on the device when NCCL is installed and `t` lives on the CUDA
 /// backend; otherwise hand `t` back unchanged (`Err`) for the host path.
 fn on_device<B: Backend>(

@@ -161,20 +161,17 @@ impl<B: Backend> AdamW<B> {
         out
     }
 
-    /// Rebuild from host copies written by [`AdamW::to_host`].
-    pub fn from_host(tensors: &NamedTensors, steps: u64, device: &B::Device) -> Self {
-        let mut s = Self {
-            steps,
-            ..Default::default()
-        };
-        for (key, t) in tensors {
-            if let Some(name) = key.strip_prefix("exp_avg_sq.") {
-                s.exp_avg_sq.insert(name.to_string(), t.to_flat(device));
-            } else if let Some(name) = key.strip_prefix("exp_avg.") {
-                s.exp_avg.insert(name.to_string(), t.to_flat(device));
-            }
+    /// Put back one tensor named as [`AdamW::to_host`] names them
+    /// (`exp_avg.<param>` or `exp_avg_sq.<param>`); other names are ignored.
+    ///
+    /// # Shapes
+    /// t: [numel]
+    pub fn insert(&mut self, key: &str, t: Tensor<B, 1>) {
+        if let Some(name) = key.strip_prefix("exp_avg_sq.") {
+            self.exp_avg_sq.insert(name.to_string(), t);
+        } else if let Some(name) = key.strip_prefix("exp_avg.") {
+            self.exp_avg.insert(name.to_string(), t);
         }
-        s
     }
 }
 

@@ -75,12 +75,10 @@ impl<B: AutodiffBackend> StartState<'_, B> {
             ..Default::default()
         };
         for key in optim.names() {
-            let t = read_flat(optim, &key, device)?.expect("a listed tensor");
-            if let Some(name) = key.strip_prefix("exp_avg_sq.") {
-                adam.exp_avg_sq.insert(name.to_string(), t);
-            } else if let Some(name) = key.strip_prefix("exp_avg.") {
-                adam.exp_avg.insert(name.to_string(), t);
-            }
+            adam.insert(
+                &key,
+                read_flat(optim, &key, device)?.expect("a listed tensor"),
+            );
         }
         let mut weights = BTreeMap::new();
         for name in ema.names() {

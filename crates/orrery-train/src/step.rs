@@ -168,6 +168,36 @@ pub(crate) mod tests {
 
     pub(crate) type AB = Autodiff<Flex>;
 
+    /// Whole-model steps on `batch` with fresh AdamW and EMA, step i with
+    /// step key `keys[i]` (one key throughout: the same noise, so a fixed
+    /// batch can be fit). Returns the model, each step's (loss, gradient
+    /// norm), and the AdamW and EMA state.
+    pub(crate) fn run_steps(
+        cfg: &TrainConfig,
+        mut model: Dit<AB>,
+        shapes: &BTreeMap<String, Vec<usize>>,
+        batch: &TrainBatch<AB>,
+        keys: impl IntoIterator<Item = u64>,
+    ) -> (Dit<AB>, Vec<(f64, f64)>, AdamW<Flex>, Ema<Flex>) {
+        let (mut optim, mut ema) = (AdamW::default(), Ema::new(BTreeMap::new()));
+        let mut outs = Vec::new();
+        for key in keys {
+            let (next, out) = train_step(
+                cfg,
+                model,
+                batch,
+                key,
+                (&mut optim, &mut ema),
+                shapes,
+                &orrery_dist::SingleProcess,
+            )
+            .unwrap();
+            model = next;
+            outs.push((out.loss, out.grad_norm));
+        }
+        (model, outs, optim, ema)
+    }
+
     pub(crate) fn setup() -> (TrainConfig, Dit<AB>, BTreeMap<String, Vec<usize>>, Batch) {
         setup_with(|_| {})
     }
@@ -210,26 +240,11 @@ pub(crate) mod tests {
 
     #[test]
     fn loss_decreases_on_a_fixed_batch() {
-        let (cfg, mut model, shapes, batch) = setup();
-        let device = Default::default();
-        let batch = to_device::<AB>(&batch, &cfg.model, &device);
-        let (mut optim, mut ema) = (AdamW::default(), Ema::new(BTreeMap::new()));
-        let mut losses = Vec::new();
-        for _ in 0..40 {
-            // The same step key every time: the same noise, so the model can fit it.
-            let (next, out) = train_step(
-                &cfg,
-                model,
-                &batch,
-                0,
-                (&mut optim, &mut ema),
-                &shapes,
-                &orrery_dist::SingleProcess,
-            )
-            .unwrap();
-            model = next;
-            losses.push(out.loss);
-        }
+        let (cfg, model, shapes, batch) = setup();
+        let batch = to_device::<AB>(&batch, &cfg.model, &Default::default());
+        // The same step key every time: the same noise, so the model can fit it.
+        let (_, outs, optim, ema) = run_steps(&cfg, model, &shapes, &batch, [0; 40]);
+        let losses: Vec<f64> = outs.iter().map(|o| o.0).collect();
         let (first, last) = (losses[0], losses[losses.len() - 1]);
         assert!(
             last < 0.5 * first,
@@ -245,25 +260,10 @@ pub(crate) mod tests {
     #[test]
     fn bf16_steps_track_f32_and_keep_f32_weights() {
         let run = |precision| {
-            let (mut cfg, mut model, shapes, batch) = setup();
+            let (mut cfg, model, shapes, batch) = setup();
             cfg.run.precision = precision;
             let batch = to_device::<AB>(&batch, &cfg.model, &Default::default());
-            let (mut optim, mut ema) = (AdamW::default(), Ema::new(BTreeMap::new()));
-            let mut outs = Vec::new();
-            for _ in 0..30 {
-                let (next, out) = train_step(
-                    &cfg,
-                    model,
-                    &batch,
-                    0,
-                    (&mut optim, &mut ema),
-                    &shapes,
-                    &orrery_dist::SingleProcess,
-                )
-                .unwrap();
-                model = next;
-                outs.push((out.loss, out.grad_norm));
-            }
+            let (model, outs, _, _) = run_steps(&cfg, model, &shapes, &batch, [0; 30]);
             visit_named(&model, |name, _, _, t| {
                 assert_eq!(t.dtype(), burn::tensor::DType::F32, "{name}")
             });
@@ -295,28 +295,13 @@ pub(crate) mod tests {
         let norms: Vec<f64> = [8, 4]
             .into_iter()
             .map(|micro| {
-                let (cfg, mut model, shapes, batch) = setup_with(|cfg| {
+                let (cfg, model, shapes, batch) = setup_with(|cfg| {
                     cfg.run.precision = Precision::Bf16;
                     cfg.data.micro_batch = micro;
                 });
                 let batch = to_device::<AB>(&batch, &cfg.model, &Default::default());
-                let (mut optim, mut ema) = (AdamW::default(), Ema::new(BTreeMap::new()));
-                let mut norm = 0.0;
                 // Step 0 of a fresh adaLN-Zero model reaches few weights: take step 1's.
-                for step in 0..2 {
-                    let (next, out) = train_step(
-                        &cfg,
-                        model,
-                        &batch,
-                        step,
-                        (&mut optim, &mut ema),
-                        &shapes,
-                        &orrery_dist::SingleProcess,
-                    )
-                    .unwrap();
-                    (model, norm) = (next, out.grad_norm);
-                }
-                norm
+                run_steps(&cfg, model, &shapes, &batch, 0..2).1[1].1
             })
             .collect();
         let rel = (norms[0] - norms[1]).abs() / norms[0];
