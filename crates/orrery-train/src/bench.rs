@@ -75,7 +75,8 @@ fn bench_on<B: AutodiffBackend>(
     let shapes = param_shapes(&model);
     let params = model.param_count();
     let fresh = StartState::Whole(AdamW::default(), Ema::new(BTreeMap::new()));
-    let (mut replica, mut optim, mut ema) = Replica::new(cfg, model, &world, &device, fresh)?;
+    let (mut replica, mut optim, mut ema) =
+        Replica::new(cfg, model, &world, comm.as_ref(), &device, fresh)?;
     let mut loader = Loader::new(
         &data.train,
         cfg.run.seed,

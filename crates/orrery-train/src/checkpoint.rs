@@ -316,12 +316,14 @@ pub fn write_named(pending: &Pending, file: &str, tensors: &NamedTensors) -> Res
     sink.finish()
 }
 
-/// A checkpoint's tensor file opened for reading one tensor at a time
-/// (memory-mapped, header parsed once): for resuming, where reading every
-/// tensor whole on every rank would cost several times the model.
+/// A checkpoint's tensor file opened for reading one tensor (or part of
+/// one) at a time, header parsed once: for resuming, where reading every
+/// tensor whole on every rank would cost several times the model. Values
+/// are read with positioned reads, not through a mapping, so what was read
+/// does not stay in the process's memory.
 pub struct TensorFile {
     path: PathBuf,
-    map: memmap2::Mmap,
+    file: fs::File,
     /// Where the tensor data starts (after the header).
     data_start: usize,
     tensors: HashMap<String, safetensors::tensor::TensorInfo>,
@@ -333,12 +335,15 @@ impl TensorFile {
         let f = fs::File::open(path).map_err(|e| io_err(path, e))?;
         // SAFETY: checkpoints are written to a .tmp directory and renamed
         // into place, never changed afterwards.
+        // The mapping checks the header against the file's size and is
+        // dropped; it reads only the header's pages.
         let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| io_err(path, e))?;
         let bad = |e: safetensors::SafeTensorError| {
             io_err(path, format!("not a valid safetensors file ({e})"))
         };
         safetensors::SafeTensors::deserialize(&map).map_err(bad)?;
         let (n, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(bad)?;
+        drop(map);
         let tensors = meta
             .tensors()
             .into_iter()
@@ -346,7 +351,7 @@ impl TensorFile {
             .collect();
         Ok(TensorFile {
             path: path.to_path_buf(),
-            map,
+            file: f,
             data_start: 8 + n,
             tensors,
         })
@@ -357,14 +362,63 @@ impl TensorFile {
         self.tensors.keys().cloned().collect()
     }
 
+    /// Whether the file holds tensor `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// How many values tensor `name` holds, if the file has it.
+    pub fn numel(&self, name: &str) -> Option<usize> {
+        self.tensors.get(name).map(|i| i.shape.iter().product())
+    }
+
+    /// Values [start, end) of f32 tensor `name` (flat, row-major), if the
+    /// file has it: only those bytes of the mapped file are read, so a rank
+    /// that needs a shard touches only the shard.
+    pub fn range(&self, name: &str, start: usize, end: usize) -> Result<Option<Vec<f32>>> {
+        let Some(info) = self.tensors.get(name) else {
+            return Ok(None);
+        };
+        let numel: usize = info.shape.iter().product();
+        if info.dtype != Dtype::F32 || start > end || end > numel {
+            return Err(io_err(
+                &self.path,
+                format!(
+                    "tensor {name} is {:?} of {numel} values; values {start}..{end} of an F32 tensor were asked for",
+                    info.dtype
+                ),
+            ));
+        }
+        let bytes = self.read_at(
+            self.data_start + info.data_offsets.0 + 4 * start,
+            4 * (end - start),
+        )?;
+        Ok(Some(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        ))
+    }
+
+    /// `len` bytes of the file from byte `at`.
+    fn read_at(&self, at: usize, len: usize) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut buf, at as u64)
+            .map_err(|e| io_err(&self.path, e))?;
+        Ok(buf)
+    }
+
     /// Tensor `name` (f32), if the file has it.
     pub fn get(&self, name: &str) -> Result<Option<HostTensor>> {
         let Some(info) = self.tensors.get(name) else {
             return Ok(None);
         };
         let (start, end) = info.data_offsets;
-        let bytes = &self.map[self.data_start + start..self.data_start + end];
-        let view = TensorView::new(info.dtype, info.shape.clone(), bytes)
+        let bytes = self.read_at(self.data_start + start, end - start)?;
+        let view = TensorView::new(info.dtype, info.shape.clone(), &bytes)
             .map_err(|e| io_err(&self.path, format!("tensor {name}: {e}")))?;
         Ok(Some(host_tensor(&self.path, name, &view)?))
     }
@@ -509,6 +563,20 @@ mod tests {
             assert_eq!(names, ["a", "b.bias", "b.w"]);
             assert_eq!(f.get("b.w").unwrap().as_ref(), Some(&t["b.w"]));
             assert!(f.get("nope").unwrap().is_none());
+            // A shard's part of a tensor: only those values.
+            let w = &t["b.w"].data;
+            assert_eq!(f.numel("b.w"), Some(w.len()));
+            assert_eq!(
+                f.range("b.w", 1, w.len() - 1).unwrap().unwrap(),
+                w[1..w.len() - 1]
+            );
+            assert_eq!(f.range("b.w", 2, 2).unwrap().unwrap(), Vec::<f32>::new());
+            assert!(f.range("nope", 0, 1).unwrap().is_none());
+            let err = f.range("b.w", 0, w.len() + 1).unwrap_err().to_string();
+            assert!(
+                err.contains("tensor b.w") && err.contains(&format!("0..{}", w.len() + 1)),
+                "{err}"
+            );
         }
         let cut = dir.join("cut.safetensors");
         fs::write(&cut, &want[..want.len() - 3]).unwrap();

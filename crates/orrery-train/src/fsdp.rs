@@ -19,6 +19,7 @@ use orrery_dist::Collective;
 use orrery_model::named::{cast_params, layout, load_flat, named_grads, visit_named};
 use orrery_model::{like, Dit, DitBlock, DitConfig, DitEmbed, DitInput, FinalLayer, Stem};
 
+use crate::checkpoint::TensorFile;
 use crate::optim::{flat, host, FlatMap};
 use crate::{Result, TrainError};
 
@@ -67,6 +68,36 @@ pub(crate) struct Fsdp<B: Backend> {
     comm_bytes: Cell<usize>,
 }
 
+/// The parameter names and shapes of a unit of `kind`, in module order
+/// (from shapes alone: nothing is drawn or allocated).
+fn unit_layout<B: Backend>(
+    cfg: &DitConfig,
+    kind: UnitKind,
+    device: &B::Device,
+) -> Vec<(String, Vec<usize>)> {
+    match kind {
+        UnitKind::Embed => layout(&DitEmbed::<B>::new(cfg, device)),
+        UnitKind::Block(_) => layout(&DitBlock::<B>::new(cfg, device)),
+        UnitKind::Final => layout(&cfg.final_layer::<B>(device)),
+    }
+}
+
+/// A fresh unit of `kind`, flattened in module order: its parameters are
+/// drawn from the backend's RNG as they are read here.
+///
+/// # Shapes
+/// -> [L]
+fn unit_values<B: Backend>(cfg: &DitConfig, kind: UnitKind, device: &B::Device) -> Vec<f32> {
+    let mut values = Vec::new();
+    let mut push = |_: &str, _, _, t: Tensor<B, 1>| values.extend(host(t));
+    match kind {
+        UnitKind::Embed => visit_named(&DitEmbed::<B>::new(cfg, device), &mut push),
+        UnitKind::Block(_) => visit_named(&DitBlock::<B>::new(cfg, device), &mut push),
+        UnitKind::Final => visit_named(&cfg.final_layer::<B>(device), &mut push),
+    }
+    values
+}
+
 fn unit_prefix(kind: UnitKind) -> String {
     match kind {
         UnitKind::Embed => "embed".into(),
@@ -76,20 +107,29 @@ fn unit_prefix(kind: UnitKind) -> String {
 }
 
 impl<B: Backend> Fsdp<B> {
-    /// Shard `model` (identical on every rank) for `rank` of `size`. Checks
-    /// that the units cover the model's parameters exactly, in order.
+    /// Shard `model` (identical on every rank) for `rank` of `size`.
     pub fn new(model: &Dit<B>, rank: usize, size: usize, device: &B::Device) -> Result<Self> {
-        let cfg = model.config().clone();
+        let mut fsdp = Self::plan(model.config(), rank, size, device)?;
+        let mut values = BTreeMap::new();
+        visit_named(model, |name, _, _, t| {
+            values.insert(name.to_string(), t);
+        });
+        fsdp.params = fsdp.shard(|name| values.get(name).cloned())?;
+        Ok(fsdp)
+    }
+
+    /// The units of the model `cfg` describes and this rank's place in them,
+    /// with no parameters yet (fill them with [`Fsdp::init_params`] or
+    /// [`Fsdp::shard_file`]). Checks that the units cover the model's
+    /// parameters exactly, in order (from the shapes alone: nothing is
+    /// allocated).
+    pub fn plan(cfg: &DitConfig, rank: usize, size: usize, device: &B::Device) -> Result<Self> {
         let kinds = std::iter::once(UnitKind::Embed)
             .chain((0..cfg.depth).map(UnitKind::Block))
             .chain(std::iter::once(UnitKind::Final));
         let mut units = Vec::new();
         for kind in kinds {
-            let params = match kind {
-                UnitKind::Embed => layout(&DitEmbed::<B>::new(&cfg, device)),
-                UnitKind::Block(_) => layout(&DitBlock::<B>::new(&cfg, device)),
-                UnitKind::Final => layout(&cfg.final_layer::<B>(device)),
-            };
+            let params = unit_layout::<B>(cfg, kind, device);
             let len = params
                 .iter()
                 .map(|(_, s)| s.iter().product::<usize>())
@@ -101,29 +141,9 @@ impl<B: Backend> Fsdp<B> {
                 shard: len.div_ceil(size).max(1),
             });
         }
-        let mut whole = Vec::new();
-        let mut values = BTreeMap::new();
-        visit_named(model, |name, _, shape, t| {
-            whole.push((name.to_string(), shape));
-            values.insert(name.to_string(), t);
-        });
-        let units_names: Vec<(String, Vec<usize>)> = units
-            .iter()
-            .flat_map(|u| {
-                u.params
-                    .iter()
-                    .map(|(n, s)| (format!("{}.{n}", u.prefix), s.clone()))
-            })
-            .collect();
-        if units_names != whole {
-            return Err(TrainError::Config(format!(
-                "fsdp: the model's {} parameters do not split into units as expected (got {} in units); this is a bug",
-                whole.len(),
-                units_names.len()
-            )));
-        }
+        let whole = layout(&cfg.init::<B>(device)?);
         let mut fsdp = Fsdp {
-            cfg,
+            cfg: cfg.clone(),
             units,
             params: BTreeMap::new(),
             decay: BTreeMap::new(),
@@ -135,7 +155,13 @@ impl<B: Backend> Fsdp<B> {
             comm_s: Cell::new(0.0),
             comm_bytes: Cell::new(0),
         };
-        fsdp.params = fsdp.shard(|name| values.get(name).cloned())?;
+        if fsdp.named_layout("") != whole {
+            return Err(TrainError::Config(format!(
+                "fsdp: the model's {} parameters do not split into units as expected (got {} in units); this is a bug",
+                whole.len(),
+                fsdp.named_layout("").len()
+            )));
+        }
         for u in &fsdp.units {
             // This rank's window of the unit's flat vector, and each decayed
             // parameter's span in it.
@@ -155,6 +181,28 @@ impl<B: Backend> Fsdp<B> {
         Ok(fsdp)
     }
 
+    /// Initialise the parameters unit by unit, as [`DitConfig::init`] would
+    /// the whole model from the same seed (the backend's RNG draws in module
+    /// order either way), keeping only this rank's shard: one unit is whole
+    /// at a time. Each unit is broadcast from rank 0, so the ranks agree
+    /// whatever their RNGs did.
+    pub fn init_params(&mut self, comm: &dyn Collective) -> Result<()> {
+        let kinds = std::iter::once(UnitKind::Embed)
+            .chain((0..self.cfg.depth).map(UnitKind::Block))
+            .chain(std::iter::once(UnitKind::Final));
+        for (kind, u) in kinds.zip(&self.units) {
+            let mut whole = unit_values::<B>(&self.cfg, kind, &self.device);
+            if comm.size() > 1 {
+                comm.broadcast(&mut whole, 0)?;
+            }
+            whole.resize(u.shard * self.size, 0.0);
+            let mine = whole[self.rank * u.shard..(self.rank + 1) * u.shard].to_vec();
+            self.params
+                .insert(u.prefix.clone(), flat(mine, &self.device));
+        }
+        Ok(())
+    }
+
     /// 1 where weight decay applies in unit `prefix`'s shard, 0 elsewhere.
     ///
     /// # Shapes
@@ -170,40 +218,64 @@ impl<B: Backend> Fsdp<B> {
     }
 
     /// This rank's shard of every unit of a whole-model map (`full`: flat
-    /// tensors by parameter name; missing ones count as zeros). A tensor of
-    /// the wrong length (a damaged checkpoint) is an error naming it.
+    /// tensors by parameter name; missing ones count as zeros).
     ///
     /// # Shapes
     /// full(name) -> [numel]; returns prefix -> [k]
     pub fn shard(&self, full: impl Fn(&str) -> Option<Tensor<B, 1>>) -> Result<FlatMap<B>> {
-        self.shard_from(|name| Ok(full(name)))
+        self.shard_with(|name, n, lo, hi| {
+            Ok(full(name).map(|t| {
+                debug_assert_eq!(t.dims()[0], n);
+                host(t.narrow(0, lo, hi - lo))
+            }))
+        })
     }
 
-    /// [`Fsdp::shard`] from a source that can fail (a checkpoint file read
-    /// one tensor at a time).
-    pub fn shard_from(
+    /// This rank's shard of every unit, read from a checkpoint's tensor file
+    /// (tensor names: `prefix` and the parameter's name): only the shard's
+    /// values are read. Missing tensors count as zeros; a tensor of the wrong
+    /// size (a checkpoint of another model) is an error naming it.
+    ///
+    /// # Shapes
+    /// returns prefix -> [k]
+    pub fn shard_file(&self, file: &TensorFile, prefix: &str) -> Result<FlatMap<B>> {
+        // Every rank checks every size (from the header), not only those of
+        // the tensors its shards reach.
+        for (name, shape) in self.named_layout(prefix) {
+            let n: usize = shape.iter().product();
+            match file.numel(&name) {
+                Some(m) if m != n => return Err(TrainError::Checkpoint(format!(
+                    "{name} has {m} values but the model's parameter {shape:?} has {n}: the checkpoint does not fit this model; resume with the config it was trained with, or --resume never"
+                ))),
+                _ => {}
+            }
+        }
+        self.shard_with(|name, _, lo, hi| file.range(&format!("{prefix}{name}"), lo, hi))
+    }
+
+    /// This rank's shard of every unit from `part(name, n, lo, hi)`: values
+    /// [lo, hi) of the n-value parameter `name` (None: zeros).
+    fn shard_with(
         &self,
-        full: impl Fn(&str) -> Result<Option<Tensor<B, 1>>>,
+        part: impl Fn(&str, usize, usize, usize) -> Result<Option<Vec<f32>>>,
     ) -> Result<FlatMap<B>> {
         let mut out = FlatMap::new();
         for u in &self.units {
-            let mut v: Vec<f32> = Vec::with_capacity(u.shard * self.size);
+            // This rank's window of the unit's flat vector, padding included.
+            let (lo, hi) = (self.rank * u.shard, (self.rank + 1) * u.shard);
+            let mut mine = vec![0f32; u.shard];
+            let mut at = 0;
             for (name, shape) in &u.params {
                 let n: usize = shape.iter().product();
-                let full_name = format!("{}.{name}", u.prefix);
-                match full(&full_name)? {
-                    Some(t) if t.dims()[0] == n => v.extend(host(t)),
-                    Some(t) => {
-                        return Err(TrainError::Checkpoint(format!(
-                            "{full_name} has {} values but the model's parameter {shape:?} has {n}: the checkpoint's optimizer or EMA state does not fit this model; resume with the config it was trained with, or --resume never",
-                            t.dims()[0]
-                        )))
+                let (start, end) = (at.max(lo), (at + n).min(hi));
+                if start < end {
+                    let full_name = format!("{}.{name}", u.prefix);
+                    if let Some(v) = part(&full_name, n, start - at, end - at)? {
+                        mine[start - lo..end - lo].copy_from_slice(&v);
                     }
-                    None => v.extend(std::iter::repeat_n(0.0, n)),
                 }
+                at += n;
             }
-            v.resize(u.shard * self.size, 0.0);
-            let mine = v[self.rank * u.shard..(self.rank + 1) * u.shard].to_vec();
             out.insert(u.prefix.clone(), flat(mine, &self.device));
         }
         Ok(out)

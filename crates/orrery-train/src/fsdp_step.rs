@@ -520,6 +520,94 @@ mod tests {
         assert!(unit_n >= unit_1 && unit_n < unit_1 + 8 * n);
     }
 
+    /// Initialising unit by unit, keeping only a shard, gives every rank the
+    /// shard it would cut from the whole model built from the same seed (the
+    /// equivalence with one process rests on it), for both model variants.
+    #[test]
+    fn sharded_init_equals_sharding_the_whole_model() {
+        use burn::tensor::backend::Backend;
+        for variant in 0..2 {
+            let (cfg, _, _, _) = setup_with(|cfg| {
+                if variant == 1 {
+                    cfg.model.pos_embed = PosEmbed::Learned;
+                    cfg.model.num_classes = 3;
+                    cfg.model.mlp = MlpKind::Swiglu;
+                    cfg.model.history_frames = 1;
+                }
+            });
+            let device = Default::default();
+            // The backend's RNG is one per process: no other test may draw
+            // between a seed and the draws it is meant for.
+            let _seeded = crate::step::tests::seeded();
+            Flex::seed(&device, 7);
+            let whole = cfg.model.init::<Flex>(&device).unwrap();
+            for n in [1, 3] {
+                let cut: Vec<_> = (0..n)
+                    .map(|r| Fsdp::new(&whole, r, n, &device).unwrap())
+                    .collect();
+                for (r, cut) in cut.iter().enumerate() {
+                    Flex::seed(&device, 7);
+                    let mut fsdp = Fsdp::<Flex>::plan(&cfg.model, r, n, &device).unwrap();
+                    fsdp.init_params(&orrery_dist::SingleProcess).unwrap();
+                    for u in &fsdp.units {
+                        let host = |f: &Fsdp<Flex>| crate::optim::host(f.params[&u.prefix].clone());
+                        assert_eq!(
+                            host(&fsdp),
+                            host(cut),
+                            "variant {variant}, {} of rank {r} of {n}",
+                            u.prefix
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Resuming, each rank reads its shards straight from the checkpoint's
+    /// file: the same shards as cutting the whole model; a missing tensor
+    /// gives zeros, one of the wrong size an error naming it.
+    #[test]
+    fn shards_read_from_a_checkpoint_file_equal_shards_of_the_whole() {
+        use crate::checkpoint::{write_named, Pending, TensorFile, MODEL_FILE};
+        let (_, model, _, _) = setup_with(|_| {});
+        let device = Default::default();
+        let inner = model.valid();
+        let dir = std::env::temp_dir().join(format!("orrery-shard-file-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let pending = Pending::begin(&dir, 1, true).unwrap();
+        let mut named = to_host(&inner);
+        write_named(&pending, MODEL_FILE, &named).unwrap();
+        let file = TensorFile::open(&dir.join("step_00000001.tmp").join(MODEL_FILE)).unwrap();
+        for r in 0..3 {
+            let fsdp = Fsdp::new(&inner, r, 3, &device).unwrap();
+            let read = fsdp.shard_file(&file, "").unwrap();
+            for (prefix, t) in &fsdp.params {
+                let host = crate::optim::host;
+                assert_eq!(
+                    host(read[prefix].clone()),
+                    host(t.clone()),
+                    "{prefix} of rank {r}"
+                );
+            }
+            let none = fsdp.shard_file(&file, "exp_avg.").unwrap();
+            assert!(none
+                .values()
+                .all(|t| crate::optim::host(t.clone()).iter().all(|&v| v == 0.0)));
+        }
+        let qkv = "blocks.1.attn.qkv.weight";
+        named.get_mut(qkv).unwrap().data.pop();
+        named.get_mut(qkv).unwrap().shape = vec![named[qkv].data.len()];
+        write_named(&pending, MODEL_FILE, &named).unwrap();
+        let file = TensorFile::open(&dir.join("step_00000001.tmp").join(MODEL_FILE)).unwrap();
+        let fsdp = Fsdp::new(&inner, 1, 3, &device).unwrap();
+        let err = fsdp.shard_file(&file, "").unwrap_err().to_string();
+        assert!(
+            err.contains(qkv) && err.contains("does not fit this model"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     fn cfg_params<B: burn::tensor::backend::Backend>(m: &orrery_model::Dit<B>) -> usize {
         m.config().num_params()
     }

@@ -8,7 +8,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use orrery_diffusion::{Denoiser, TrainBatch};
 use orrery_dist::{Collective, World};
-use orrery_model::named::{map_named, to_host, HostTensor, NamedTensors};
+use orrery_model::named::{map_named, to_host, visit_named, HostTensor, NamedTensors};
 use orrery_model::Dit;
 
 use crate::checkpoint::{write_named, Pending, TensorFile, EMA_FILE, MODEL_FILE, OPTIM_FILE};
@@ -37,11 +37,16 @@ pub(crate) enum Weights<'a, B: AutodiffBackend> {
 
 /// Where a run's AdamW moments and EMA start from.
 pub(crate) enum StartState<'a, B: AutodiffBackend> {
-    /// Whole tensors by name (a fresh start: zero moments, EMA = weights).
+    /// A fresh start from the seeded initial weights: zero moments, EMA =
+    /// the weights. FSDP draws them unit by unit (never whole).
+    Fresh,
+    /// Whole tensors by name, for the model as given.
     Whole(AdamW<B::InnerBackend>, Ema<B::InnerBackend>),
     /// A checkpoint's files, read one tensor at a time: sharded, each rank
-    /// keeps only its shard of each.
+    /// keeps only its shard of each. DDP takes its weights from the model
+    /// as given (loaded by the trainer), FSDP its shards from `model`.
     Checkpoint {
+        model: &'a TensorFile,
         optim: &'a TensorFile,
         ema: &'a TensorFile,
         steps: u64,
@@ -59,15 +64,28 @@ fn read_flat<B: burn::tensor::backend::Backend>(
 }
 
 impl<B: AutodiffBackend> StartState<'_, B> {
-    /// Whole moments and EMA on `device` (DDP; every tensor read once).
-    fn whole(self, device: &B::Device) -> Result<(AdamW<B::InnerBackend>, Ema<B::InnerBackend>)> {
+    /// Whole moments and EMA on `device` for `model` (DDP; every tensor
+    /// read once).
+    fn whole(
+        self,
+        model: &Dit<B>,
+        device: &B::Device,
+    ) -> Result<(AdamW<B::InnerBackend>, Ema<B::InnerBackend>)> {
         let (optim, ema, steps, ema_updates) = match self {
+            StartState::Fresh => {
+                let mut w = BTreeMap::new();
+                visit_named(model, |name, _, _, flat| {
+                    w.insert(name.to_string(), flat.inner());
+                });
+                return Ok((AdamW::default(), Ema::new(w)));
+            }
             StartState::Whole(optim, ema) => return Ok((optim, ema)),
             StartState::Checkpoint {
                 optim,
                 ema,
                 steps,
                 ema_updates,
+                ..
             } => (optim, ema, steps, ema_updates),
         };
         let mut adam = AdamW {
@@ -99,20 +117,34 @@ impl<B: AutodiffBackend> Replica<B> {
         cfg: &TrainConfig,
         model: Dit<B>,
         world: &World,
+        comm: &dyn Collective,
         device: &B::Device,
         start: StartState<'_, B>,
     ) -> Result<(Self, AdamW<B::InnerBackend>, Ema<B::InnerBackend>)> {
         if cfg.parallel.strategy == Strategy::Ddp {
-            let (optim, ema) = start.whole(device)?;
+            let (optim, ema) = start.whole(&model, device)?;
             return Ok((Replica::Full(model), optim, ema));
         }
-        let inner = model.valid();
-        let mut fsdp = Fsdp::new(&inner, world.rank, world.size, device)?;
+        // The model's parameters are read (drawn, for a fresh model) only
+        // where its values are the start: a fresh or resumed FSDP rank
+        // never holds it whole.
+        let mut fsdp = match start {
+            StartState::Whole(..) => Fsdp::new(&model.valid(), world.rank, world.size, device)?,
+            _ => Fsdp::plan(model.config(), world.rank, world.size, device)?,
+        };
+        drop(model);
         fsdp.gather_bf16 = cfg.parallel.gather_dtype == GatherDtype::Bf16;
         fsdp.compute_bf16 = cfg.run.precision == crate::config::Precision::Bf16;
-        drop(inner);
-        drop(model);
         let (sharded_optim, sharded_ema) = match start {
+            StartState::Fresh => {
+                fsdp.init_params(comm)?;
+                let optim = AdamW {
+                    exp_avg: fsdp.shard(|_| None)?,
+                    exp_avg_sq: fsdp.shard(|_| None)?,
+                    steps: 0,
+                };
+                (optim, Ema::new(fsdp.params.clone()))
+            }
             StartState::Whole(optim, ema) => {
                 let sharded_optim = AdamW {
                     exp_avg: fsdp.shard(|n| optim.exp_avg.get(n).cloned())?,
@@ -130,14 +162,25 @@ impl<B: AutodiffBackend> Replica<B> {
                 (sharded_optim, sharded_ema)
             }
             StartState::Checkpoint {
+                model,
                 optim,
                 ema,
                 steps,
                 ema_updates,
             } => {
-                let read = |file: &TensorFile, prefix: &'static str| {
-                    fsdp.shard_from(|n| read_flat(file, &format!("{prefix}{n}"), device))
-                };
+                let read = |file: &TensorFile, prefix: &str| fsdp.shard_file(file, prefix);
+                // Every weight must be there (moments and EMA may be absent).
+                let missing = fsdp
+                    .named_layout("")
+                    .into_iter()
+                    .find(|(n, _)| !model.contains(n));
+                if let Some((name, _)) = missing {
+                    return Err(crate::TrainError::Checkpoint(format!(
+                        "{} has no tensor {name}: the checkpoint does not fit this model; resume with the config it was trained with, or --resume never",
+                        crate::checkpoint::MODEL_FILE
+                    )));
+                }
+                let params = read(model, "")?;
                 let sharded_optim = AdamW {
                     exp_avg: read(optim, "exp_avg.")?,
                     exp_avg_sq: read(optim, "exp_avg_sq.")?,
@@ -145,6 +188,7 @@ impl<B: AutodiffBackend> Replica<B> {
                 };
                 let mut sharded_ema = Ema::new(read(ema, "")?);
                 sharded_ema.updates = ema_updates;
+                fsdp.params = params;
                 (sharded_optim, sharded_ema)
             }
         };

@@ -202,6 +202,13 @@ pub(crate) mod tests {
         setup_with(|_| {})
     }
 
+    /// Held from seeding the backend's RNG (one per process) until the
+    /// draws it is meant for are done, so parallel tests do not interleave.
+    pub(crate) fn seeded() -> std::sync::MutexGuard<'static, ()> {
+        static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        SEEDED.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// A small world model, its config changed by `edit`, and one batch of 8 clips.
     pub(crate) fn setup_with(
         edit: impl FnOnce(&mut TrainConfig),
@@ -232,8 +239,13 @@ pub(crate) mod tests {
             .unwrap()
             .next_batch();
         let device = Default::default();
+        let seeded = seeded();
         AB::seed(&device, 0);
         let model: Dit<AB> = cfg.model.init(&device).unwrap();
+        // Draw every weight now, in module order: a lazy parameter is drawn
+        // when first read, and copies made before that draw their own.
+        orrery_model::named::visit_named(&model, |_, _, _, _| {});
+        drop(seeded);
         let shapes = param_shapes(&model);
         (cfg, model, shapes, batch)
     }

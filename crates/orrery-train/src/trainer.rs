@@ -14,13 +14,12 @@ use orrery_model::named::{load_host, map_named, visit_named};
 use orrery_model::{Dit, DitConfig, DitInput};
 
 use crate::checkpoint::{self, TensorFile, TrainerState};
-use crate::config::TrainConfig;
+use crate::config::{Strategy, TrainConfig};
 use crate::eval::{
     heldout_batch, heldout_loss, next_frame_eval, with_foreign_context, with_other_last_action,
     NextFrameEval,
 };
 use crate::feed::{open_data, Feed};
-use crate::optim::{AdamW, Ema};
 use crate::replica::{Replica, StartState, Weights};
 use crate::tensorboard::EventWriter;
 use crate::{Result, TrainError};
@@ -151,11 +150,7 @@ pub(crate) fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
 
 /// The shape of every named parameter.
 pub(crate) fn param_shapes<B: Backend>(model: &Dit<B>) -> BTreeMap<String, Vec<usize>> {
-    let mut shapes = BTreeMap::new();
-    visit_named(model, |name, _, shape, _| {
-        shapes.insert(name.to_string(), shape);
-    });
-    shapes
+    orrery_model::named::layout(model).into_iter().collect()
 }
 
 /// This process's place among the ranks and its collective backend, after
@@ -249,7 +244,10 @@ fn train_ranks<B: AutodiffBackend>(
     let ckpt_dir = run_dir.join("checkpoints");
 
     B::seed(&device, cfg.run.seed);
+    // Lazy: each parameter is drawn from the seeded RNG when first read,
+    // which for FSDP happens one unit at a time (never the whole model).
     let mut model: Dit<B> = cfg.model.init(&device)?;
+    let sharded = cfg.parallel.strategy == Strategy::Fsdp;
     let shapes = param_shapes(&model);
     let from = match &opts.resume {
         Resume::Never => None,
@@ -263,7 +261,7 @@ fn train_ranks<B: AutodiffBackend>(
     let (mut step, mut cursor) = (0u64, Cursor::default());
     // A checkpoint's AdamW and EMA files, read one tensor at a time when the
     // replica is made (sharded, each rank keeps only its shards).
-    let mut resumed: Option<(TensorFile, TensorFile, u64)> = None;
+    let mut resumed: Option<(TensorFile, TensorFile, TensorFile, u64)> = None;
     if let Some(dir) = &from {
         let state = checkpoint::load_state(dir)?;
         if state.config.model != cfg.model {
@@ -272,10 +270,13 @@ fn train_ranks<B: AutodiffBackend>(
                 dir.display()
             )));
         }
-        let weights = checkpoint::read_safetensors(&dir.join(checkpoint::MODEL_FILE))?;
-        model = load_host(model, &weights, &device)?;
-        drop(weights);
+        let weights = TensorFile::open(&dir.join(checkpoint::MODEL_FILE))?;
+        if !sharded {
+            let whole = checkpoint::read_safetensors(&dir.join(checkpoint::MODEL_FILE))?;
+            model = load_host(model, &whole, &device)?;
+        }
         resumed = Some((
+            weights,
             TensorFile::open(&dir.join(checkpoint::OPTIM_FILE))?,
             TensorFile::open(&dir.join(checkpoint::EMA_FILE))?,
             state.ema_updates,
@@ -297,12 +298,15 @@ fn train_ranks<B: AutodiffBackend>(
                 run_dir.display()
             )));
         }
-        let mut w = BTreeMap::new();
-        visit_named(&model, |name, _, _, flat| {
-            w.insert(name.to_string(), flat.inner());
-        });
-        crate::ddp::broadcast_from_rank0(comm, &mut w)?;
-        model = map_named(model, |name, _, _| Tensor::from_inner(w[name].clone()));
+        if !sharded {
+            // Identical weights on every rank (FSDP broadcasts unit by unit).
+            let mut w = BTreeMap::new();
+            visit_named(&model, |name, _, _, flat| {
+                w.insert(name.to_string(), flat.inner());
+            });
+            crate::ddp::broadcast_from_rank0(comm, &mut w)?;
+            model = map_named(model, |name, _, _| Tensor::from_inner(w[name].clone()));
+        }
         say(format!(
             "data parallel over {} ranks ({}, started by {}): {} clips per rank per step",
             comm.size(),
@@ -312,21 +316,17 @@ fn train_ranks<B: AutodiffBackend>(
         ));
     }
     let start = match &resumed {
-        Some((optim, ema, ema_updates)) => StartState::Checkpoint {
+        Some((model, optim, ema, ema_updates)) => StartState::Checkpoint {
+            model,
             optim,
             ema,
             steps: step,
             ema_updates: *ema_updates,
         },
-        None => {
-            let mut w = BTreeMap::new();
-            visit_named(&model, |name, _, _, flat| {
-                w.insert(name.to_string(), flat.inner());
-            });
-            StartState::Whole(AdamW::default(), Ema::new(w))
-        }
+        None => StartState::Fresh,
     };
-    let (mut replica, mut optim, mut ema) = Replica::new(&cfg, model, &world, &device, start)?;
+    let (mut replica, mut optim, mut ema) =
+        Replica::new(&cfg, model, &world, comm, &device, start)?;
     drop(resumed);
     if let Replica::Sharded(fsdp) = &replica {
         let (state, unit) = fsdp.state_bytes();
