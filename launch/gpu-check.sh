@@ -34,7 +34,10 @@ mkdir -p "$out"
 log=$out/log.txt
 deadline=${DEADLINE:-500}
 # Seconds a stage may take: at most $1, and no more than is left.
-lim() { local left=$((deadline - SECONDS)); echo $(( left < $1 ? left : $1 )); }
+# (At least 1: `timeout 0` would mean no limit at all.)
+lim() { local left=$((deadline - SECONDS)); left=$(( left < $1 ? left : $1 )); echo $(( left < 1 ? 1 : left )); }
+# Nothing from an earlier call on a warm machine may stand in for this one's results.
+rm -rf /tmp/one /tmp/two /tmp/fsdp1 /tmp/nccl2 /tmp/gpu-* /tmp/rollout_*
 stamp() { while IFS= read -r l; do printf '%4ds %s\n' $SECONDS "$l"; done; }
 bin=/tmp/orrery-bin/orrery
 mkdir -p /tmp/orrery-bin && gunzip -c "$gz" > $bin && chmod +x $bin
@@ -68,7 +71,12 @@ mkdir -p "$ORRERY_KERNEL_CACHE"
 # A cache brought back from an earlier session (the kernels.tgz.* parts
 # this script writes) saves the first process minutes of compiling.
 if ls .gpu/kernels.tgz.* >/dev/null 2>&1; then
-  cat .gpu/kernels.tgz.* | tar xzf - -C "$ORRERY_KERNEL_CACHE" && echo "kernel cache: $(du -sh "$ORRERY_KERNEL_CACHE" | cut -f1) from .gpu" | tee -a "$log"
+  if cat .gpu/kernels.tgz.* | gzip -t 2>/dev/null; then
+    cat .gpu/kernels.tgz.* | tar xzf - -C "$ORRERY_KERNEL_CACHE"
+    echo "kernel cache: $(du -sh "$ORRERY_KERNEL_CACHE" | cut -f1) from .gpu" | tee -a "$log"
+  else
+    echo "kernel cache: .gpu/kernels.tgz.* is not one whole archive (parts missing or left from another): not used" | tee -a "$log"
+  fi
 fi
 echo "CUBECL_AUTOTUNE_LEVEL=$CUBECL_AUTOTUNE_LEVEL ORRERY_KERNEL_CACHE=$ORRERY_KERNEL_CACHE" | tee -a "$log"
 data=/tmp/qs; rm -rf $data
@@ -125,8 +133,19 @@ for stage in $stages; do
       done ;;
   esac
 done
-# The kernel cache comes back in parts of at most 15 MB (the device tool's
-# limit per file), to be carried in .gpu/ next time.
-(cd "$ORRERY_KERNEL_CACHE" && tar czf - .) | split -b 15M - "$out/kernels.tgz."
-ls -la "$out"/kernels.tgz.* | tee -a "$log"
+# The kernel cache comes back in parts of at most 15 MB (the device tool
+# takes back 8 files of at most 16 MiB, 64 MiB in all; the other outputs use
+# up to 5), to be carried in .gpu/ next time (remove the old parts first).
+# Without the driver's cache (nv/) if all of it would not fit in 3 parts.
+tgz=/tmp/kernels.tgz
+(cd "$ORRERY_KERNEL_CACHE" && tar czf $tgz .)
+if (( $(stat -c %s $tgz) > 45000000 )); then
+  (cd "$ORRERY_KERNEL_CACHE" && tar czf $tgz --exclude=./nv .)
+fi
+if (( $(stat -c %s $tgz) <= 45000000 )); then
+  split -b 15M $tgz "$out/kernels.tgz."
+  ls -la "$out"/kernels.tgz.* | tee -a "$log"
+else
+  echo "kernel cache: $(stat -c %s $tgz) bytes compressed, too large to bring back" | tee -a "$log"
+fi
 echo "done at ${SECONDS}s" | tee -a "$log"

@@ -6,12 +6,15 @@
 //! cubecl caches compiled kernels (PTX) only when its config names a place,
 //! and its default names none; it keeps autotune results under the nearest
 //! cargo project's `target/` (else `~/.cache/cubecl`). orrery puts both in
-//! one directory: `ORRERY_KERNEL_CACHE` if set (`off` turns the kernel cache
-//! off), else `$XDG_CACHE_HOME/orrery/kernels`, else
-//! `~/.cache/orrery/kernels`. A `cubecl.toml` (or `burn.toml`) in the working
-//! directory or above wins: then cubecl's own settings apply. The caches are
-//! cubecl's own: keyed by kernel and cubecl version, append-only and locked
-//! for many processes.
+//! one directory per GPU architecture (`sm_90`, ...: cubecl's cache keys
+//! do not name it, and a cache may be shared by nodes with different GPUs)
+//! under `ORRERY_KERNEL_CACHE` if set (`off` turns the cache off), else
+//! `$XDG_CACHE_HOME/orrery/kernels`, else `~/.cache/orrery/kernels`. A
+//! `cubecl.toml`, or a `burn.toml` with a `[cubecl]` section, in the working
+//! directory or above wins: then cubecl's own settings apply. A directory
+//! that cannot be written leaves the cache off, with a warning. The caches
+//! are cubecl's own: keyed by kernel and cubecl version, append-only and
+//! locked for many processes.
 
 use std::path::PathBuf;
 
@@ -29,21 +32,48 @@ pub fn cache_dir(var: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
 }
 
 /// Whether a cubecl config file is in `dir` or above (cubecl reads the
-/// first it finds).
+/// first it finds; a `burn.toml` counts when it has a `[cubecl]` section).
 pub fn config_file_above(dir: &std::path::Path) -> bool {
     dir.ancestors().any(|d| {
-        ["cubecl.toml", "CubeCL.toml", "burn.toml", "Burn.toml"]
+        ["cubecl.toml", "CubeCL.toml"]
             .iter()
             .any(|f| d.join(f).is_file())
+            || ["burn.toml", "Burn.toml"]
+                .iter()
+                .any(|f| std::fs::read_to_string(d.join(f)).is_ok_and(|t| t.contains("[cubecl")))
     })
 }
 
-/// Point cubecl's kernel and autotune caches at [`cache_dir`] unless a
-/// cubecl config file is in charge; call before the first CUDA device is
-/// made (later calls do nothing, as does a call after cubecl has read its
-/// config).
+/// Whether files can be created in `dir` (made if missing).
+pub fn writable(dir: &std::path::Path) -> bool {
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    let ok = std::fs::create_dir_all(dir).is_ok() && std::fs::write(&probe, b"").is_ok();
+    let _ = std::fs::remove_file(probe);
+    ok
+}
+
+/// The compute capability of GPU `ordinal` as cubecl compiles for it
+/// (`sm_90`), if the driver answers.
 #[cfg(feature = "cuda")]
-pub(crate) fn install() {
+fn gpu_arch(ordinal: usize) -> Option<String> {
+    use cudarc::driver::{result, sys};
+    // SAFETY: only checks whether libcuda loads (cudarc panics on use otherwise).
+    if !unsafe { sys::is_culib_present() } || result::init().is_err() {
+        return None;
+    }
+    let dev = result::device::get(ordinal as i32).ok()?;
+    let attr = |a| unsafe { result::device::get_attribute(dev, a) }.ok();
+    let major = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+    let minor = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+    Some(format!("sm_{major}{minor}"))
+}
+
+/// Point cubecl's kernel and autotune caches at [`cache_dir`]'s folder for
+/// GPU `ordinal`'s architecture, unless a cubecl config file is in charge;
+/// call before the first CUDA device is made (later calls do nothing, as
+/// does a call after cubecl has read its config).
+#[cfg(feature = "cuda")]
+pub(crate) fn install(ordinal: usize) {
     use cubecl::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -51,9 +81,18 @@ pub(crate) fn install() {
         if config_file_above(&cwd) {
             return;
         }
-        let Some(dir) = cache_dir(|k| std::env::var(k).ok()) else {
+        let (Some(root), Some(arch)) = (cache_dir(|k| std::env::var(k).ok()), gpu_arch(ordinal))
+        else {
             return;
         };
+        let dir = root.join(arch);
+        if !writable(&dir) {
+            eprintln!(
+                "warning: cannot write the kernel cache {}: GPU kernels will be compiled again by every process (set ORRERY_KERNEL_CACHE to a writable directory, or to off)",
+                dir.display()
+            );
+            return;
+        }
         let mut state = CubeClRuntimeConfig::storage().lock();
         if state.is_some() {
             return;
@@ -113,12 +152,20 @@ mod tests {
         let root = std::env::temp_dir().join(format!("orrery-kernels-{}", std::process::id()));
         let deep = root.join("a").join("b");
         std::fs::create_dir_all(&deep).unwrap();
+        // Without one, only what is above the temporary directory counts.
+        let outside = super::config_file_above(&std::env::temp_dir());
         std::fs::write(root.join("cubecl.toml"), "").unwrap();
         assert!(super::config_file_above(&deep));
         std::fs::remove_file(root.join("cubecl.toml")).unwrap();
-        // Without it, only what is above the temporary directory counts.
-        let outside = super::config_file_above(&std::env::temp_dir());
         assert_eq!(super::config_file_above(&deep), outside);
+        // A burn.toml counts only with a [cubecl] section.
+        std::fs::write(root.join("burn.toml"), "[other]\n").unwrap();
+        assert_eq!(super::config_file_above(&deep), outside);
+        std::fs::write(root.join("burn.toml"), "[cubecl.compilation]\n").unwrap();
+        assert!(super::config_file_above(&deep));
+        assert!(super::writable(&deep.join("new")));
+        std::fs::write(root.join("file"), "").unwrap();
+        assert!(!super::writable(&root.join("file").join("below")));
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -47,13 +47,14 @@ macro_rules! with_backend {
 #[cfg(feature = "cuda")]
 pub(crate) fn cuda_ordinal(world: &orrery_dist::World) -> usize {
     use cudarc::driver::{result, sys};
-    kernels::install();
     // SAFETY: only checks whether libcuda loads (cudarc panics on use otherwise).
     if !unsafe { sys::is_culib_present() } || result::init().is_err() {
         return 0;
     }
     let count = result::device::get_count().unwrap_or(1).max(1) as usize;
-    world.local_rank % count
+    let ordinal = world.local_rank % count;
+    kernels::install(ordinal);
+    ordinal
 }
 
 pub mod bench;

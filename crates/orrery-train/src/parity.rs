@@ -286,7 +286,7 @@ pub fn gpu_backends(
     use burn::backend::Autodiff;
     type Fused = Autodiff<burn::backend::Cuda<f32, i32>>;
     type Plain = Autodiff<burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>>;
-    crate::kernels::install();
+    crate::kernels::install(0);
     let (cpu, init, batches) = reference(cfg, steps)?;
     let device = Default::default();
     let mut report = |phase: Phase, t: &Trace| progress(&cpu, phase, t);

@@ -122,6 +122,10 @@ impl<B: AutodiffBackend> Replica<B> {
         start: StartState<'_, B>,
     ) -> Result<(Self, AdamW<B::InnerBackend>, Ema<B::InnerBackend>)> {
         if cfg.parallel.strategy == Strategy::Ddp {
+            // Draw every weight now, in module order: a lazy parameter is
+            // drawn when first read, and each copy made before that (a bf16
+            // cast, a micro-batch's graph) would draw its own.
+            visit_named(&model, |_, _, _, _| {});
             let (optim, ema) = start.whole(&model, device)?;
             return Ok((Replica::Full(model), optim, ema));
         }
