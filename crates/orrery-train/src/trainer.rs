@@ -199,6 +199,27 @@ fn connect_nccl(_: &TrainConfig, _: &World, _: &dyn Collective, _: Duration) -> 
     Ok(())
 }
 
+/// Keep only the JSON lines of `path` whose `"step"` passes `keep`, and open
+/// it for appending (created if missing).
+fn keep_lines(path: &Path, keep: impl Fn(u64) -> bool) -> Result<std::fs::File> {
+    let kept: String = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(&keep)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(path, kept).map_err(io(path))?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(io(path))
+}
+
 /// Train on backend `B` (autodiff) and device.
 pub fn train_on<B: AutodiffBackend>(
     cfg: TrainConfig,
@@ -368,42 +389,19 @@ fn train_ranks<B: AutodiffBackend>(
     let mut tb = main
         .then(|| EventWriter::create(&run_dir.join("tensorboard")).map_err(io(run_dir)))
         .transpose()?;
+    // Lines of steps after the checkpoint this run starts from are dropped
+    // (a run that died after them will take those steps again; a fresh run
+    // in an old run directory starts both files afresh). metrics.jsonl: one
+    // line per logging step, numbered by the steps done.
     let metrics_path = run_dir.join("metrics.jsonl");
     let mut metrics = main
-        .then(|| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&metrics_path)
-                .map_err(io(&metrics_path))
-        })
+        .then(|| keep_lines(&metrics_path, |s| s <= step))
         .transpose()?;
-    // The data order: per step, the clip ids of the whole global batch.
-    // Lines of steps after the checkpoint this run resumes from are dropped
-    // (a run that died after them will take those steps again).
+    // The data order: per step (0-based), the clip ids of the whole global batch.
     let samples_path = run_dir.join("samples.jsonl");
-    let mut samples = if main {
-        let kept: String = std::fs::read_to_string(&samples_path)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
-                    .and_then(|v| v["step"].as_u64())
-                    .is_some_and(|s| s < step)
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
-        std::fs::write(&samples_path, kept).map_err(io(&samples_path))?;
-        Some(
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(&samples_path)
-                .map_err(io(&samples_path))?,
-        )
-    } else {
-        None
-    };
+    let mut samples = main
+        .then(|| keep_lines(&samples_path, |s| s < step))
+        .transpose()?;
 
     let start_step = step;
     let heldout_start = replica.eval(Weights::Online, comm, |m| heldout_loss(&cfg, m, &heldout))?;
@@ -577,4 +575,36 @@ fn train_ranks<B: AutodiffBackend>(
         seconds_per_step: run_start.elapsed().as_secs_f64() / steps_run as f64,
         checkpoint: last_ckpt,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_lines;
+    use std::io::Write;
+
+    /// A run keeps the log lines of the steps before its start and appends
+    /// after them; lines of later steps (or unreadable ones) go.
+    #[test]
+    fn log_lines_after_the_start_step_are_dropped() {
+        let path = std::env::temp_dir().join(format!("orrery-keep-{}.jsonl", std::process::id()));
+        std::fs::write(
+            &path,
+            "{\"step\":1}\n{\"step\":2}\nnot json\n{\"step\":3}\n",
+        )
+        .unwrap();
+        let mut f = keep_lines(&path, |s| s <= 2).unwrap();
+        writeln!(f, "{{\"step\":3,\"new\":true}}").unwrap();
+        drop(f);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"step\":1}\n{\"step\":2}\n{\"step\":3,\"new\":true}\n"
+        );
+        // A fresh start (step 0) empties it; a missing file is created.
+        drop(keep_lines(&path, |s| s <= 0).unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+        std::fs::remove_file(&path).unwrap();
+        drop(keep_lines(&path, |_| true).unwrap());
+        assert!(path.is_file());
+        std::fs::remove_file(&path).unwrap();
+    }
 }
