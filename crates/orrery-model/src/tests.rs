@@ -334,8 +334,11 @@ fn bf16_weights_compute_close_to_f32_and_return_f32() {
             .into_scalar();
         let norm: f32 = full.powf_scalar(2.0).sum().sqrt().into_scalar();
         let rel = diff / norm;
+        // Over 80 draws of weights and inputs (tests draw from the one RNG
+        // of the process, in parallel, so the values vary run to run): at
+        // most 0.034. A wrong cast or an f32 path would give about 1 or 0.
         assert!(
-            rel > 1e-5 && rel < 3e-2,
+            rel > 1e-5 && rel < 6e-2,
             "bf16 vs f32 relative difference {rel}"
         );
     }
