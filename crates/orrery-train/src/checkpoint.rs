@@ -12,12 +12,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use orrery_data::Cursor;
-use orrery_model::named::{HostTensor, NamedTensors};
+use orrery_model::named::NamedTensors;
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
 use crate::{Result, TrainError};
+
+pub use crate::tensor_file::{read_safetensors, TensorFile};
 
 /// File of the model weights.
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -45,7 +47,7 @@ pub struct TrainerState {
     pub version: String,
 }
 
-fn io_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
+pub(crate) fn io_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
     TrainError::Checkpoint(format!("{}: {e}", path.display()))
 }
 
@@ -71,38 +73,6 @@ pub fn to_safetensors(
         .map_err(|e| TrainError::Checkpoint(format!("encoding tensors: {e}")))?;
     safetensors::serialize(views, Some(metadata))
         .map_err(|e| TrainError::Checkpoint(format!("encoding tensors: {e}")))
-}
-
-/// Decode a safetensors file (f32 tensors).
-pub fn read_safetensors(path: &Path) -> Result<NamedTensors> {
-    let bytes = fs::read(path).map_err(|e| io_err(path, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| io_err(path, format!("not a valid safetensors file ({e})")))?;
-    let mut out = NamedTensors::new();
-    for (name, view) in st.tensors() {
-        let t = host_tensor(path, &name, &view)?;
-        out.insert(name, t);
-    }
-    Ok(out)
-}
-
-/// An f32 tensor of file `path` copied to the host; another type is an error.
-fn host_tensor(path: &Path, name: &str, view: &TensorView<'_>) -> Result<HostTensor> {
-    if view.dtype() != Dtype::F32 {
-        return Err(io_err(
-            path,
-            format!("tensor {name} is {:?}, expected F32", view.dtype()),
-        ));
-    }
-    let data = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    Ok(HostTensor {
-        shape: view.shape().to_vec(),
-        data,
-    })
 }
 
 /// A safetensors file of f32 tensors written one tensor at a time: the
@@ -316,114 +286,6 @@ pub fn write_named(pending: &Pending, file: &str, tensors: &NamedTensors) -> Res
     sink.finish()
 }
 
-/// A checkpoint's tensor file opened for reading one tensor (or part of
-/// one) at a time, header parsed once: for resuming, where reading every
-/// tensor whole on every rank would cost several times the model. Values
-/// are read with positioned reads, not through a mapping, so what was read
-/// does not stay in the process's memory.
-pub struct TensorFile {
-    path: PathBuf,
-    file: fs::File,
-    /// Where the tensor data starts (after the header).
-    data_start: usize,
-    tensors: HashMap<String, safetensors::tensor::TensorInfo>,
-}
-
-impl TensorFile {
-    /// Open `path` and check it (header and sizes).
-    pub fn open(path: &Path) -> Result<Self> {
-        let f = fs::File::open(path).map_err(|e| io_err(path, e))?;
-        // SAFETY: checkpoints are written to a .tmp directory and renamed
-        // into place, never changed afterwards.
-        // The mapping checks the header against the file's size and is
-        // dropped; it reads only the header's pages.
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| io_err(path, e))?;
-        let bad = |e: safetensors::SafeTensorError| {
-            io_err(path, format!("not a valid safetensors file ({e})"))
-        };
-        safetensors::SafeTensors::deserialize(&map).map_err(bad)?;
-        let (n, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(bad)?;
-        drop(map);
-        let tensors = meta
-            .tensors()
-            .into_iter()
-            .map(|(name, info)| (name, info.clone()))
-            .collect();
-        Ok(TensorFile {
-            path: path.to_path_buf(),
-            file: f,
-            data_start: 8 + n,
-            tensors,
-        })
-    }
-
-    /// The tensor names in the file.
-    pub fn names(&self) -> Vec<String> {
-        self.tensors.keys().cloned().collect()
-    }
-
-    /// Whether the file holds tensor `name`.
-    pub fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
-    }
-
-    /// How many values tensor `name` holds, if the file has it.
-    pub fn numel(&self, name: &str) -> Option<usize> {
-        self.tensors.get(name).map(|i| i.shape.iter().product())
-    }
-
-    /// Values [start, end) of f32 tensor `name` (flat, row-major), if the
-    /// file has it: only those bytes of the mapped file are read, so a rank
-    /// that needs a shard touches only the shard.
-    pub fn range(&self, name: &str, start: usize, end: usize) -> Result<Option<Vec<f32>>> {
-        let Some(info) = self.tensors.get(name) else {
-            return Ok(None);
-        };
-        let numel: usize = info.shape.iter().product();
-        if info.dtype != Dtype::F32 || start > end || end > numel {
-            return Err(io_err(
-                &self.path,
-                format!(
-                    "tensor {name} is {:?} of {numel} values; values {start}..{end} of an F32 tensor were asked for",
-                    info.dtype
-                ),
-            ));
-        }
-        let bytes = self.read_at(
-            self.data_start + info.data_offsets.0 + 4 * start,
-            4 * (end - start),
-        )?;
-        Ok(Some(
-            bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-        ))
-    }
-
-    /// `len` bytes of the file from byte `at`.
-    fn read_at(&self, at: usize, len: usize) -> Result<Vec<u8>> {
-        use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; len];
-        self.file
-            .read_exact_at(&mut buf, at as u64)
-            .map_err(|e| io_err(&self.path, e))?;
-        Ok(buf)
-    }
-
-    /// Tensor `name` (f32), if the file has it.
-    pub fn get(&self, name: &str) -> Result<Option<HostTensor>> {
-        let Some(info) = self.tensors.get(name) else {
-            return Ok(None);
-        };
-        let (start, end) = info.data_offsets;
-        let bytes = self.read_at(self.data_start + start, end - start)?;
-        let view = TensorView::new(info.dtype, info.shape.clone(), &bytes)
-            .map_err(|e| io_err(&self.path, format!("tensor {name}: {e}")))?;
-        Ok(Some(host_tensor(&self.path, name, &view)?))
-    }
-}
-
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = fs::File::create(path).map_err(|e| io_err(path, e))?;
     f.write_all(bytes).map_err(|e| io_err(path, e))?;
@@ -491,6 +353,7 @@ pub fn load_state(dir: &Path) -> Result<TrainerState> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use orrery_model::named::HostTensor;
 
     fn tensors() -> NamedTensors {
         [("b.w", vec![2, 3]), ("a", vec![5]), ("b.bias", vec![0])]

@@ -16,19 +16,38 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor};
 use orrery_diffusion::{Cond, Denoiser, DiffusionError};
 use orrery_dist::Collective;
-use orrery_model::named::{cast_params, layout, load_flat, named_grads, visit_named};
-use orrery_model::{like, Dit, DitBlock, DitConfig, DitEmbed, DitInput, FinalLayer, Stem};
+use orrery_model::named::{cast_params, layout, load_flat, named_grads};
+use orrery_model::{like, DitBlock, DitConfig, DitEmbed, DitInput, FinalLayer, Stem};
 
-use crate::checkpoint::TensorFile;
 use crate::optim::{flat, host, FlatMap};
 use crate::{Result, TrainError};
 
 /// Which part of the DiT a unit is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum UnitKind {
+pub(crate) enum UnitKind {
     Embed,
     Block(usize),
     Final,
+}
+
+/// The units of a DiT of `depth` blocks, in the order they run (and in
+/// which their parameters come in the whole model).
+pub(crate) fn unit_kinds(depth: usize) -> impl Iterator<Item = UnitKind> {
+    std::iter::once(UnitKind::Embed)
+        .chain((0..depth).map(UnitKind::Block))
+        .chain(std::iter::once(UnitKind::Final))
+}
+
+/// The part of a parameter that falls in this rank's shard of its unit.
+pub(crate) struct Piece<'a> {
+    /// The parameter's name in the whole model and its shape.
+    pub name: String,
+    pub shape: &'a [usize],
+    /// Values [from, to) of the flat parameter...
+    pub from: usize,
+    pub to: usize,
+    /// ...go to position `at` of the shard.
+    pub at: usize,
 }
 
 /// One unit's flat layout.
@@ -82,23 +101,7 @@ fn unit_layout<B: Backend>(
     }
 }
 
-/// A fresh unit of `kind`, flattened in module order: its parameters are
-/// drawn from the backend's RNG as they are read here.
-///
-/// # Shapes
-/// -> [L]
-fn unit_values<B: Backend>(cfg: &DitConfig, kind: UnitKind, device: &B::Device) -> Vec<f32> {
-    let mut values = Vec::new();
-    let mut push = |_: &str, _, _, t: Tensor<B, 1>| values.extend(host(t));
-    match kind {
-        UnitKind::Embed => visit_named(&DitEmbed::<B>::new(cfg, device), &mut push),
-        UnitKind::Block(_) => visit_named(&DitBlock::<B>::new(cfg, device), &mut push),
-        UnitKind::Final => visit_named(&cfg.final_layer::<B>(device), &mut push),
-    }
-    values
-}
-
-fn unit_prefix(kind: UnitKind) -> String {
+pub(crate) fn unit_prefix(kind: UnitKind) -> String {
     match kind {
         UnitKind::Embed => "embed".into(),
         UnitKind::Block(i) => format!("blocks.{i}"),
@@ -107,28 +110,14 @@ fn unit_prefix(kind: UnitKind) -> String {
 }
 
 impl<B: Backend> Fsdp<B> {
-    /// Shard `model` (identical on every rank) for `rank` of `size`.
-    pub fn new(model: &Dit<B>, rank: usize, size: usize, device: &B::Device) -> Result<Self> {
-        let mut fsdp = Self::plan(model.config(), rank, size, device)?;
-        let mut values = BTreeMap::new();
-        visit_named(model, |name, _, _, t| {
-            values.insert(name.to_string(), t);
-        });
-        fsdp.params = fsdp.shard(|name| values.get(name).cloned())?;
-        Ok(fsdp)
-    }
-
     /// The units of the model `cfg` describes and this rank's place in them,
     /// with no parameters yet (fill them with [`Fsdp::init_params`] or
     /// [`Fsdp::shard_file`]). Checks that the units cover the model's
     /// parameters exactly, in order (from the shapes alone: nothing is
     /// allocated).
     pub fn plan(cfg: &DitConfig, rank: usize, size: usize, device: &B::Device) -> Result<Self> {
-        let kinds = std::iter::once(UnitKind::Embed)
-            .chain((0..cfg.depth).map(UnitKind::Block))
-            .chain(std::iter::once(UnitKind::Final));
         let mut units = Vec::new();
-        for kind in kinds {
+        for kind in unit_kinds(cfg.depth) {
             let params = unit_layout::<B>(cfg, kind, device);
             let len = params
                 .iter()
@@ -163,44 +152,38 @@ impl<B: Backend> Fsdp<B> {
             )));
         }
         for u in &fsdp.units {
-            // This rank's window of the unit's flat vector, and each decayed
-            // parameter's span in it.
-            let (lo, hi) = (rank * u.shard, (rank + 1) * u.shard);
-            let mut at = 0;
-            let mut ranges = Vec::new();
-            for (name, shape) in &u.params {
-                let n: usize = shape.iter().product();
-                let (start, end) = (at.max(lo), (at + n).min(hi));
-                if start < end && DitConfig::decays(&format!("{}.{name}", u.prefix), shape) {
-                    ranges.push((start - lo, end - lo));
-                }
-                at += n;
-            }
+            let ranges = fsdp
+                .pieces(u)
+                .into_iter()
+                .filter(|p| DitConfig::decays(&p.name, p.shape))
+                .map(|p| (p.at, p.at + p.to - p.from))
+                .collect();
             fsdp.decay.insert(u.prefix.clone(), ranges);
         }
         Ok(fsdp)
     }
 
-    /// Initialise the parameters unit by unit, as [`DitConfig::init`] would
-    /// the whole model from the same seed (the backend's RNG draws in module
-    /// order either way), keeping only this rank's shard: one unit is whole
-    /// at a time. Each unit is broadcast from rank 0, so the ranks agree
-    /// whatever their RNGs did.
-    pub fn init_params(&mut self, comm: &dyn Collective) -> Result<()> {
-        let kinds = std::iter::once(UnitKind::Embed)
-            .chain((0..self.cfg.depth).map(UnitKind::Block))
-            .chain(std::iter::once(UnitKind::Final));
-        for (kind, u) in kinds.zip(&self.units) {
-            let mut whole = unit_values::<B>(&self.cfg, kind, &self.device);
-            if comm.size() > 1 {
-                comm.broadcast(&mut whole, 0)?;
+    /// The parts of unit `u`'s parameters in this rank's window of its flat
+    /// vector, [rank k, (rank + 1) k), in order (padding has none).
+    pub fn pieces<'a>(&self, u: &'a Unit) -> Vec<Piece<'a>> {
+        let (lo, hi) = (self.rank * u.shard, (self.rank + 1) * u.shard);
+        let mut at = 0;
+        let mut out = Vec::new();
+        for (name, shape) in &u.params {
+            let n: usize = shape.iter().product();
+            let (start, end) = (at.max(lo), (at + n).min(hi));
+            if start < end {
+                out.push(Piece {
+                    name: format!("{}.{name}", u.prefix),
+                    shape,
+                    from: start - at,
+                    to: end - at,
+                    at: start - lo,
+                });
             }
-            whole.resize(u.shard * self.size, 0.0);
-            let mine = whole[self.rank * u.shard..(self.rank + 1) * u.shard].to_vec();
-            self.params
-                .insert(u.prefix.clone(), flat(mine, &self.device));
+            at += n;
         }
-        Ok(())
+        out
     }
 
     /// 1 where weight decay applies in unit `prefix`'s shard, 0 elsewhere.
@@ -215,70 +198,6 @@ impl<B: Backend> Fsdp<B> {
             mask[start..end].fill(1.0);
         }
         flat(mask, &self.device)
-    }
-
-    /// This rank's shard of every unit of a whole-model map (`full`: flat
-    /// tensors by parameter name; missing ones count as zeros).
-    ///
-    /// # Shapes
-    /// full(name) -> [numel]; returns prefix -> [k]
-    pub fn shard(&self, full: impl Fn(&str) -> Option<Tensor<B, 1>>) -> Result<FlatMap<B>> {
-        self.shard_with(|name, n, lo, hi| {
-            Ok(full(name).map(|t| {
-                debug_assert_eq!(t.dims()[0], n);
-                host(t.narrow(0, lo, hi - lo))
-            }))
-        })
-    }
-
-    /// This rank's shard of every unit, read from a checkpoint's tensor file
-    /// (tensor names: `prefix` and the parameter's name): only the shard's
-    /// values are read. Missing tensors count as zeros; a tensor of the wrong
-    /// size (a checkpoint of another model) is an error naming it.
-    ///
-    /// # Shapes
-    /// returns prefix -> [k]
-    pub fn shard_file(&self, file: &TensorFile, prefix: &str) -> Result<FlatMap<B>> {
-        // Every rank checks every size (from the header), not only those of
-        // the tensors its shards reach.
-        for (name, shape) in self.named_layout(prefix) {
-            let n: usize = shape.iter().product();
-            match file.numel(&name) {
-                Some(m) if m != n => return Err(TrainError::Checkpoint(format!(
-                    "{name} has {m} values but the model's parameter {shape:?} has {n}: the checkpoint does not fit this model; resume with the config it was trained with, or --resume never"
-                ))),
-                _ => {}
-            }
-        }
-        self.shard_with(|name, _, lo, hi| file.range(&format!("{prefix}{name}"), lo, hi))
-    }
-
-    /// This rank's shard of every unit from `part(name, n, lo, hi)`: values
-    /// [lo, hi) of the n-value parameter `name` (None: zeros).
-    fn shard_with(
-        &self,
-        part: impl Fn(&str, usize, usize, usize) -> Result<Option<Vec<f32>>>,
-    ) -> Result<FlatMap<B>> {
-        let mut out = FlatMap::new();
-        for u in &self.units {
-            // This rank's window of the unit's flat vector, padding included.
-            let (lo, hi) = (self.rank * u.shard, (self.rank + 1) * u.shard);
-            let mut mine = vec![0f32; u.shard];
-            let mut at = 0;
-            for (name, shape) in &u.params {
-                let n: usize = shape.iter().product();
-                let (start, end) = (at.max(lo), (at + n).min(hi));
-                if start < end {
-                    let full_name = format!("{}.{name}", u.prefix);
-                    if let Some(v) = part(&full_name, n, start - at, end - at)? {
-                        mine[start - lo..end - lo].copy_from_slice(&v);
-                    }
-                }
-                at += n;
-            }
-            out.insert(u.prefix.clone(), flat(mine, &self.device));
-        }
-        Ok(out)
     }
 
     /// Unit `u` of `shards` whole on every rank (all_gather), padding included.

@@ -65,6 +65,7 @@ mod eval;
 pub mod export;
 mod feed;
 mod fsdp;
+mod fsdp_shard;
 mod fsdp_step;
 pub mod generate;
 mod geometry;
@@ -101,8 +102,10 @@ mod nccl {
 mod overrides;
 pub mod parity;
 mod replica;
+mod runlog;
 pub mod sample;
 mod step;
+mod tensor_file;
 pub mod tensorboard;
 mod trainer;
 

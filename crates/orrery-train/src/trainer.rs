@@ -21,6 +21,7 @@ use crate::eval::{
 };
 use crate::feed::{open_data, Feed};
 use crate::replica::{Replica, StartState, Weights};
+use crate::runlog::keep_lines;
 use crate::tensorboard::EventWriter;
 use crate::{Result, TrainError};
 
@@ -199,27 +200,6 @@ fn connect_nccl(_: &TrainConfig, _: &World, _: &dyn Collective, _: Duration) -> 
     Ok(())
 }
 
-/// Keep only the JSON lines of `path` whose `"step"` passes `keep`, and open
-/// it for appending (created if missing).
-fn keep_lines(path: &Path, keep: impl Fn(u64) -> bool) -> Result<std::fs::File> {
-    let kept: String = std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(&keep)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(path, kept).map_err(io(path))?;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .map_err(io(path))
-}
-
 /// Train on backend `B` (autodiff) and device.
 pub fn train_on<B: AutodiffBackend>(
     cfg: TrainConfig,
@@ -291,10 +271,10 @@ fn train_ranks<B: AutodiffBackend>(
                 dir.display()
             )));
         }
+        // DDP loads the weights whole; FSDP ranks read their shards later.
         let weights = TensorFile::open(&dir.join(checkpoint::MODEL_FILE))?;
         if !sharded {
-            let whole = checkpoint::read_safetensors(&dir.join(checkpoint::MODEL_FILE))?;
-            model = load_host(model, &whole, &device)?;
+            model = load_host(model, &weights.read_all()?, &device)?;
         }
         resumed = Some((
             weights,
@@ -575,36 +555,4 @@ fn train_ranks<B: AutodiffBackend>(
         seconds_per_step: run_start.elapsed().as_secs_f64() / steps_run as f64,
         checkpoint: last_ckpt,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::keep_lines;
-    use std::io::Write;
-
-    /// A run keeps the log lines of the steps before its start and appends
-    /// after them; lines of later steps (or unreadable ones) go.
-    #[test]
-    fn log_lines_after_the_start_step_are_dropped() {
-        let path = std::env::temp_dir().join(format!("orrery-keep-{}.jsonl", std::process::id()));
-        std::fs::write(
-            &path,
-            "{\"step\":1}\n{\"step\":2}\nnot json\n{\"step\":3}\n",
-        )
-        .unwrap();
-        let mut f = keep_lines(&path, |s| s <= 2).unwrap();
-        writeln!(f, "{{\"step\":3,\"new\":true}}").unwrap();
-        drop(f);
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            "{\"step\":1}\n{\"step\":2}\n{\"step\":3,\"new\":true}\n"
-        );
-        // A fresh start (step 0) empties it; a missing file is created.
-        drop(keep_lines(&path, |s| s <= 0).unwrap());
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
-        std::fs::remove_file(&path).unwrap();
-        drop(keep_lines(&path, |_| true).unwrap());
-        assert!(path.is_file());
-        std::fs::remove_file(&path).unwrap();
-    }
 }

@@ -1,0 +1,131 @@
+//! Reading a checkpoint's safetensors files: one tensor, or the part of one
+//! that a rank's shard needs, at a time.
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use orrery_model::named::{HostTensor, NamedTensors};
+use safetensors::tensor::{Dtype, TensorInfo};
+
+use crate::checkpoint::io_err;
+use crate::Result;
+
+/// Every tensor of a safetensors file of f32 tensors.
+pub fn read_safetensors(path: &Path) -> Result<NamedTensors> {
+    TensorFile::open(path)?.read_all()
+}
+
+/// A checkpoint's tensor file opened for reading one tensor (or part of
+/// one) at a time, header parsed once: for resuming, where reading every
+/// tensor whole on every rank would cost several times the model. Values
+/// are read with positioned reads, not through a mapping, so what was read
+/// does not stay in the process's memory.
+pub struct TensorFile {
+    path: PathBuf,
+    file: fs::File,
+    /// Where the tensor data starts (after the header).
+    data_start: usize,
+    tensors: HashMap<String, TensorInfo>,
+}
+
+impl TensorFile {
+    /// Open `path` and check it (header and sizes).
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = fs::File::open(path).map_err(|e| io_err(path, e))?;
+        // The safetensors crate checks the header against the whole file's
+        // size, so it gets a mapping (dropped here; only the header's pages
+        // are read). SAFETY: checkpoints are written to a .tmp directory and
+        // renamed into place, never changed afterwards.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_err(path, e))?;
+        let bad = |e: safetensors::SafeTensorError| {
+            io_err(path, format!("not a valid safetensors file ({e})"))
+        };
+        safetensors::SafeTensors::deserialize(&map).map_err(bad)?;
+        let (n, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(bad)?;
+        drop(map);
+        let tensors = meta
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| (name, info.clone()))
+            .collect();
+        Ok(TensorFile {
+            path: path.to_path_buf(),
+            file,
+            data_start: 8 + n,
+            tensors,
+        })
+    }
+
+    /// The tensor names in the file.
+    pub fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+
+    /// Whether the file holds tensor `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// How many values tensor `name` holds, if the file has it.
+    pub fn numel(&self, name: &str) -> Option<usize> {
+        self.tensors.get(name).map(|i| i.shape.iter().product())
+    }
+
+    /// Every tensor, whole, by name.
+    pub fn read_all(&self) -> Result<NamedTensors> {
+        let mut out = NamedTensors::new();
+        for name in self.names() {
+            let t = self.get(&name)?.expect("a listed tensor");
+            out.insert(name, t);
+        }
+        Ok(out)
+    }
+
+    /// Tensor `name` (f32), if the file has it.
+    pub fn get(&self, name: &str) -> Result<Option<HostTensor>> {
+        let (Some(info), Some(n)) = (self.tensors.get(name), self.numel(name)) else {
+            return Ok(None);
+        };
+        Ok(self.range(name, 0, n)?.map(|data| HostTensor {
+            shape: info.shape.clone(),
+            data,
+        }))
+    }
+
+    /// Values [start, end) of f32 tensor `name` (flat, row-major), if the
+    /// file has it: only those bytes are read, so a rank that needs a shard
+    /// reads only the shard.
+    ///
+    /// # Shapes
+    /// -> [end - start]
+    pub fn range(&self, name: &str, start: usize, end: usize) -> Result<Option<Vec<f32>>> {
+        let Some(info) = self.tensors.get(name) else {
+            return Ok(None);
+        };
+        if info.dtype != Dtype::F32 {
+            return Err(io_err(
+                &self.path,
+                format!("tensor {name} is {:?}, expected F32", info.dtype),
+            ));
+        }
+        let numel: usize = info.shape.iter().product();
+        if start > end || end > numel {
+            return Err(io_err(
+                &self.path,
+                format!("tensor {name} has {numel} values; values {start}..{end} were asked for"),
+            ));
+        }
+        use std::os::unix::fs::FileExt;
+        let mut bytes = vec![0u8; 4 * (end - start)];
+        let at = self.data_start + info.data_offsets.0 + 4 * start;
+        self.file
+            .read_exact_at(&mut bytes, at as u64)
+            .map_err(|e| io_err(&self.path, e))?;
+        Ok(Some(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        ))
+    }
+}
