@@ -486,13 +486,18 @@ fn requeue_mid_run(dir: &Path, sbatch: &Path, conf: &Path) -> Result<String, Str
     let latest = dir.join("requeued/checkpoints/latest");
     wait("a first checkpoint", 120, Box::new(|| latest.is_file()))?;
     run("scontrol", &["requeue", &id])?;
+    let requeued_at = std::time::Instant::now();
     let job = format!("JobId={id}");
     let state = || run("scontrol", &["show", "job", &id]).unwrap_or_default();
+    // Not in the same seconds as the requeue: slurmd refuses a credential
+    // issued then as revoked ("Job credential revoked", the job fails),
+    // which is what Slurm's two-minute hold of requeued jobs avoids.
     wait(
         "the requeued job to become pending",
         60,
         Box::new(|| {
-            state().contains("JobState=PENDING")
+            requeued_at.elapsed().as_secs() >= 3
+                && state().contains("JobState=PENDING")
                 && run("scontrol", &["update", &job, "StartTime=now"]).is_ok()
         }),
     )?;
