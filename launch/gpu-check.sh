@@ -9,17 +9,21 @@
 #   share   2 ranks on the one GPU (MPI sums) vs 1 process: same weights?
 #   fsdp1   FSDP on one rank with its gathers and reduce_scatters over NCCL
 #           vs the one-process run: same weights?
-#   parity  CPU vs CUDA (fused, then not): ops, first gradients, PARITY_STEPS steps
+#   parity  CPU vs CUDA (unfused, then fused): ops, first gradients, PARITY_STEPS steps
+#   lockstep the CPU trains LOCKSTEP_STEPS (800) steps; at each, CUDA (unfused,
+#           then fused) computes the same step's gradients from the CPU's
+#           weights, twice: the steps where the GPU's gradient is wrong
 #   nccl2   2 ranks on the one GPU over NCCL (NCCL refuses: the message)
 #   bench   step time f32 vs bf16
 # Output: $OUTDIR/log.txt (every stage, lines stamped with seconds since the
-# start), parity.md, metrics.jsonl, rollout_<precision>.gif, and the kernel
+# start), parity.md, lockstep.md, metrics.jsonl, rollout_<precision>.gif, and the kernel
 # cache as kernels.tgz.aa, .ab, ...: compiled kernels go to
 # ORRERY_KERNEL_CACHE (default /tmp/orrery-kernels), so only the first
 # process compiles each kernel; copy the parts into .gpu/ to start the next
 # session's call with them (a cold first step compiles for minutes).
 # Settings (environment): DEADLINE, STEPS, PRECISIONS, TRAIN_S, SHARE_STEPS,
-# PARITY_S, PARITY_STEPS, STRATEGY (ddp | fsdp for every stage's runs),
+# PARITY_S, PARITY_STEPS, LOCKSTEP_S, LOCKSTEP_STEPS, FUSION (true: training
+# runs use fused kernels; run.fusion), STRATEGY (ddp | fsdp for every stage's runs),
 # SAMPLE=0 (no rollouts), LOG_EVERY (train: 5, so the stamps show when the
 # first steps end), DEVICE (cpu: try the script without a GPU).
 # PARALLEL=1: each argument is a group of stages ("share fsdp1"), and the
@@ -90,7 +94,7 @@ fi
 echo "CUBECL_AUTOTUNE_LEVEL=$CUBECL_AUTOTUNE_LEVEL ORRERY_KERNEL_CACHE=$ORRERY_KERNEL_CACHE" | tee -a "$log"
 data=/tmp/qs; rm -rf $data
 $bin data synth --out $data --clips 512 --frames 16 --size 16 16 > /dev/null
-q="configs/quickstart.toml --set run.device=${DEVICE:-cuda} --set data.url=$data --set parallel.strategy=${STRATEGY:-ddp}"
+q="configs/quickstart.toml --set run.device=${DEVICE:-cuda} --set data.url=$data --set parallel.strategy=${STRATEGY:-ddp} --set run.fusion=${FUSION:-false}"
 mpi2="mpirun --oversubscribe -n 2 -x LD_LIBRARY_PATH -x PATH"
 compare_py='
 import sys, glob, numpy as np
@@ -136,6 +140,8 @@ for stage in "$@"; do
       python3 -c "$compare_py" /tmp/one /tmp/fsdp1 2>&1 | tee -a "$log" ;;
     parity)
       timeout $(lim ${PARITY_S:-400}) $bin bench parity $q --steps ${PARITY_STEPS:-20} 2>&1 | stamp | tee "$out/parity.md" | tail -40 ;;
+    lockstep)
+      timeout $(lim ${LOCKSTEP_S:-400}) $bin bench parity $q --lockstep --steps ${LOCKSTEP_STEPS:-800} 2>&1 | stamp | tee "$out/lockstep.md" | tail -30 ;;
     nccl2)
       timeout $(lim 90) $mpi2 $bin train $q --set run.steps=4 --set parallel.comm=nccl --set logging.eval_every=1000 \
         --run-dir /tmp/nccl2 --resume never 2>&1 | stamp | tail -5 | tee -a "$log" ;;
@@ -160,16 +166,17 @@ else
   # shellcheck disable=SC2086
   run_stages "$log" $stages
 fi
-# The kernel cache comes back in parts of at most 15 MB (the device tool
+# The kernel cache comes back in parts of at most 15 MiB (the device tool
 # takes back 8 files of at most 16 MiB, 64 MiB in all; the other outputs use
-# up to 5), to be carried in .gpu/ next time (remove the old parts first).
-# Without the driver's cache (nv/) if all of it would not fit in 3 parts.
+# up to 6, so 2 parts), to be carried in .gpu/ next time (remove the old
+# parts first). Without the driver's cache (nv/) if all of it would not fit.
 tgz=/tmp/kernels.tgz
+fits=$((2 * 15 * 1024 * 1024))
 (cd "$ORRERY_KERNEL_CACHE" && tar czf $tgz .)
-if (( $(stat -c %s $tgz) > 45000000 )); then
+if (( $(stat -c %s $tgz) > fits )); then
   (cd "$ORRERY_KERNEL_CACHE" && tar czf $tgz --exclude=./nv .)
 fi
-if (( $(stat -c %s $tgz) <= 45000000 )); then
+if (( $(stat -c %s $tgz) <= fits )); then
   split -b 15M $tgz "$out/kernels.tgz."
   ls -la "$out"/kernels.tgz.* | tee -a "$log"
 else

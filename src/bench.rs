@@ -63,6 +63,12 @@ pub enum BenchCommand {
         /// Rows of each section to print (the worst first).
         #[arg(long, default_value_t = 8)]
         top: usize,
+        /// Instead: train --steps steps on the CPU and, at every step,
+        /// compute the same step's gradients on the GPU from the CPU's
+        /// weights (twice), so the runs cannot drift apart: shows the steps
+        /// where the GPU's gradient is wrong, and whether it repeats itself.
+        #[arg(long)]
+        lockstep: bool,
     },
     /// Bandwidth of all_reduce, all_gather and reduce_scatter next to raw MPI
     /// (run under `orrery launch -n N`, N >= 2).
@@ -156,7 +162,14 @@ pub fn run_bench(cmd: BenchCommand) -> Result<()> {
             set,
             steps,
             top,
-        } => return run_bench_parity(&config, &set, steps, top),
+            lockstep,
+        } => {
+            return if lockstep {
+                run_bench_lockstep(&config, &set, steps)
+            } else {
+                run_bench_parity(&config, &set, steps, top)
+            }
+        }
         BenchCommand::Step {
             config,
             set,
@@ -335,6 +348,61 @@ fn run_bench_parity(
         let _ = std::io::stdout().flush();
     })?;
     Ok(())
+}
+
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn run_bench_lockstep(config: &std::path::Path, set: &[String], steps: usize) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    use orrery_train::parity::gpu_lockstep as lockstep;
+    #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+    use orrery_train::parity::wgpu_lockstep as lockstep;
+    use std::io::Write;
+    let cfg = TrainConfig::load(config, set)?;
+    let start = std::time::Instant::now();
+    println!(
+        "reference: cpu (flex) training {steps} steps of {}; each step's gradients again on the GPU from the CPU's weights, twice",
+        config.display()
+    );
+    // Every `every`-th step, and each step whose gradient is off by over 1%.
+    let every = (steps / 40).max(1);
+    let (mut worst, mut off, mut repeat) = ((0usize, 0f64), 0usize, 0f64);
+    lockstep(&cfg, steps, &mut |backend, r| {
+        if r.step == 0 {
+            println!("\n## {backend} from the CPU's weights at every step: relative L2 difference of the whole gradient\n");
+            println!("| step | loss cpu | loss gpu | grad norm cpu | grad norm gpu | grad rel. diff | worst parameter | its rel. diff | gpu twice: rel. diff | s in |");
+            println!("|---|---|---|---|---|---|---|---|---|---|");
+            (worst, off, repeat) = ((0, 0.0), 0, 0.0);
+        }
+        let bad = !(r.grad_rel <= 1e-2);
+        off += bad as usize;
+        if !(r.grad_rel <= worst.1) {
+            worst = (r.step, r.grad_rel);
+        }
+        if !(r.repeat_rel <= repeat) {
+            repeat = r.repeat_rel;
+        }
+        let last = r.step + 1 == steps.max(1);
+        if bad || r.step % every == 0 || last {
+            println!(
+                "| {} | {:.5} | {:.5} | {:.4} | {:.4} | {:.2e} | {} | {:.2e} | {:.2e} | {:.1} |",
+                r.step, r.loss.0, r.loss.1, r.norm.0, r.norm.1, r.grad_rel, r.worst.0, r.worst.1,
+                r.repeat_rel, start.elapsed().as_secs_f64()
+            );
+        }
+        if last {
+            println!(
+                "\n{backend}: largest gradient difference {:.2e} at step {}; {off} of {} steps over 1e-2; largest difference between two GPU evaluations {repeat:.2e}",
+                worst.1, worst.0, steps.max(1)
+            );
+        }
+        let _ = std::io::stdout().flush();
+    })?;
+    Ok(())
+}
+
+#[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+fn run_bench_lockstep(_: &std::path::Path, _: &[String], _: usize) -> Result<()> {
+    run_bench_parity(&std::path::PathBuf::new(), &[], 0, 0)
 }
 
 #[cfg(not(any(feature = "cuda", feature = "wgpu")))]

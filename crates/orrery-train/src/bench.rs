@@ -57,7 +57,7 @@ impl StepBench {
 
 /// Run `warmup + steps` training steps of `cfg` and time the last `steps`.
 pub fn bench_step(cfg: &TrainConfig, steps: usize, warmup: usize) -> Result<StepBench> {
-    with_backend!(cfg.run.device, |AB, device| bench_on::<AB>(
+    with_backend!(cfg.run, |AB, device| bench_on::<AB>(
         cfg, steps, warmup, device
     ))
 }

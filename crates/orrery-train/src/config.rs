@@ -59,6 +59,15 @@ pub struct RunConfig {
     /// weights, gradients, AdamW and EMA; the forward and backward run on a
     /// bf16 cast of the weights, with norms, softmax and the loss in f32).
     pub precision: Precision,
+    /// CUDA only: run burn's fused kernels (element-wise chains fused with
+    /// each other, into reductions and into matmuls). Off by default: on an
+    /// H200 (2026-11-27) the fused backward of attention gave input
+    /// gradients 112% off the CPU's and the quickstart diverged, while the
+    /// unfused CUDA kernels track the CPU over 20 steps (BENCHMARKS.md,
+    /// "fused kernels pinned").
+    /// Check a build with `orrery bench parity` before turning it on.
+    /// Ignored on the CPU, which has no kernel fusion.
+    pub fusion: bool,
 }
 
 /// Training compute precision.
@@ -79,6 +88,7 @@ impl Default for RunConfig {
             steps: 1000,
             device: Device::Cpu,
             precision: Precision::F32,
+            fusion: false,
         }
     }
 }
@@ -568,6 +578,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a preset"), "{err}");
+    }
+
+    #[test]
+    fn kernel_fusion_is_off_unless_asked_for() {
+        let cfg = parse("", &[]).unwrap();
+        assert!(!cfg.run.fusion);
+        assert!(parse("", &["run.fusion=true"]).unwrap().run.fusion);
+        // A config saved before the key existed (a checkpoint's) still loads.
+        let saved = toml::to_string(&cfg).unwrap();
+        assert!(saved.contains("fusion = false"), "{saved}");
+        let old = parse(&saved.replace("fusion = false\n", ""), &[]).unwrap();
+        assert_eq!(old, cfg);
+        let err = parse("", &["run.fusion=\"yes\""]).unwrap_err().to_string();
+        assert!(err.contains("fusion"), "{err}");
     }
 
     #[test]

@@ -16,22 +16,28 @@
 //! ```
 #![deny(missing_docs)]
 
-/// Run `$body` with `$B` bound to the autodiff backend for `$device`
-/// (a [`config::Device`]) and `$dev` to its device handle.
+/// Run `$body` with `$B` bound to the autodiff backend for `$run` (a
+/// [`config::RunConfig`]: its device, and on CUDA whether kernels are fused)
+/// and `$dev` to its device handle.
 macro_rules! with_backend {
-    ($device:expr, |$B:ident, $dev:ident| $body:expr) => {{
-        match $device {
+    ($run:expr, |$B:ident, $dev:ident| $body:expr) => {{
+        let run: &crate::config::RunConfig = &$run;
+        match run.device {
             crate::config::Device::Cpu => {
                 type $B = burn::backend::Autodiff<burn::backend::Flex>;
                 let $dev = Default::default();
                 $body
             }
             #[cfg(feature = "cuda")]
+            crate::config::Device::Cuda if run.fusion => {
+                type $B = burn::backend::Autodiff<crate::CudaFused>;
+                let $dev = crate::cuda_device()?;
+                $body
+            }
+            #[cfg(feature = "cuda")]
             crate::config::Device::Cuda => {
-                type $B = burn::backend::Autodiff<burn::backend::Cuda<f32, i32>>;
-                let $dev = burn::backend::cuda::CudaDevice::new(crate::cuda_ordinal(
-                    &orrery_dist::World::from_env().unwrap_or_else(|_| orrery_dist::World::single()),
-                ));
+                type $B = burn::backend::Autodiff<crate::CudaPlain>;
+                let $dev = crate::cuda_device()?;
                 $body
             }
             #[cfg(not(feature = "cuda"))]
@@ -42,19 +48,43 @@ macro_rules! with_backend {
     }};
 }
 
-/// The GPU of this rank: its rank on the node modulo the GPUs visible
-/// (ranks beyond the count share GPUs; NCCL then refuses, MPI works).
+/// burn's CUDA backend with kernel fusion (`run.fusion = true`).
 #[cfg(feature = "cuda")]
-pub(crate) fn cuda_ordinal(world: &orrery_dist::World) -> usize {
+pub(crate) type CudaFused = burn::backend::Cuda<f32, i32>;
+/// burn's CUDA backend without fusion: each op its own cubecl kernel (the default).
+#[cfg(feature = "cuda")]
+pub(crate) type CudaPlain = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+
+/// The GPU of this rank: its rank on the node modulo the GPUs visible
+/// (ranks beyond the count share GPUs; NCCL then refuses, MPI works). An
+/// error, not cudarc's panic, when there is no driver or no GPU.
+#[cfg(feature = "cuda")]
+pub(crate) fn cuda_ordinal(world: &orrery_dist::World) -> std::result::Result<usize, String> {
     use cudarc::driver::{result, sys};
+    let no_gpu = |why: String| {
+        format!("run.device = \"cuda\", but {why}: on a machine without a GPU set run.device = \"cpu\"")
+    };
     // SAFETY: only checks whether libcuda loads (cudarc panics on use otherwise).
-    if !unsafe { sys::is_culib_present() } || result::init().is_err() {
-        return 0;
+    if !unsafe { sys::is_culib_present() } {
+        return Err(no_gpu("the CUDA driver library (libcuda.so) is not on this machine".into()));
     }
-    let count = result::device::get_count().unwrap_or(1).max(1) as usize;
+    result::init().map_err(|e| no_gpu(format!("the CUDA driver did not start ({e:?})")))?;
+    let count = result::device::get_count().unwrap_or(0).max(0) as usize;
+    if count == 0 {
+        return Err(no_gpu("the CUDA driver sees no GPU".into()));
+    }
     let ordinal = world.local_rank % count;
     kernels::install(ordinal);
-    ordinal
+    Ok(ordinal)
+}
+
+/// This rank's CUDA device ([`cuda_ordinal`]).
+#[cfg(feature = "cuda")]
+pub(crate) fn cuda_device() -> Result<burn::backend::cuda::CudaDevice> {
+    let world = orrery_dist::World::from_env().unwrap_or_else(|_| orrery_dist::World::single());
+    cuda_ordinal(&world)
+        .map(burn::backend::cuda::CudaDevice::new)
+        .map_err(TrainError::Config)
 }
 
 pub mod bench;
@@ -71,6 +101,7 @@ pub mod generate;
 mod geometry;
 pub mod heap;
 pub mod kernels;
+pub mod lockstep;
 pub mod media;
 #[cfg(feature = "cuda")]
 pub mod nccl;

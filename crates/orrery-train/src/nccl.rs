@@ -4,13 +4,14 @@
 //! and broadcast over the bootstrap collective (MPI).
 //!
 //! burn owns the buffers; we take the device pointers of contiguous flat
-//! tensors (fusion resolved, so their kernels have run), wait for burn's
+//! tensors of either CUDA backend (fused tensors resolved first, so their
+//! kernels have run), wait for burn's
 //! stream, run NCCL on our own stream and wait for it with a deadline, then
 //! hand the tensors back. Nothing overlaps yet: the step waits for each call.
 //!
 //! cudarc panics when a library is missing, so [`Nccl::connect`] checks for
 //! libcuda and libnccl first and says what to install.
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::ffi::c_void;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -21,9 +22,7 @@ use cudarc::driver::{result as drv, sys as dsys};
 use cudarc::nccl::{result as nccl, sys};
 use orrery_dist::Collective;
 
-/// The CUDA backend training runs on (fused), and its inner cube backend.
-type Fused = burn::backend::Cuda<f32, i32>;
-type Cube = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+use crate::{CudaFused as Fused, CudaPlain as Cube};
 
 /// One rank's NCCL communicator and the stream its calls run on.
 pub struct Nccl {
@@ -120,7 +119,7 @@ impl Nccl {
     ///
     /// # Shapes
     /// t: [m] -> [m]
-    pub fn all_reduce_sum(&self, t: Tensor<Fused, 1>) -> Result<Tensor<Fused, 1>, String> {
+    pub fn all_reduce_sum<B: Backend>(&self, t: Tensor<B, 1>) -> Result<Tensor<B, 1>, String> {
         let n = t.dims()[0];
         with_buffer(&t, "all_reduce", |ptr, dtype| {
             // SAFETY: ptr holds n values of dtype on this device, alive during the call.
@@ -145,7 +144,7 @@ impl Nccl {
     ///
     /// # Shapes
     /// local: [k] -> [n k]
-    pub fn all_gather(&self, local: Tensor<Fused, 1>) -> Result<Tensor<Fused, 1>, String> {
+    pub fn all_gather<B: Backend>(&self, local: Tensor<B, 1>) -> Result<Tensor<B, 1>, String> {
         let k = local.dims()[0];
         let out = local.zeros_like().repeat_dim(0, self.size);
         with_buffer(&local, "all_gather", |send, dtype| {
@@ -172,7 +171,7 @@ impl Nccl {
     ///
     /// # Shapes
     /// full: [n k] -> [k]
-    pub fn reduce_scatter_sum(&self, full: Tensor<Fused, 1>) -> Result<Tensor<Fused, 1>, String> {
+    pub fn reduce_scatter_sum<B: Backend>(&self, full: Tensor<B, 1>) -> Result<Tensor<B, 1>, String> {
         let m = full.dims()[0];
         if m % self.size != 0 {
             return Err(format!(
@@ -241,17 +240,36 @@ impl Nccl {
     }
 }
 
+/// The CUDA buffer of `t` when it lives on one of orrery's CUDA backends
+/// (fused or not): a fused tensor's pending kernels run first.
+fn cube_tensor<B: Backend>(
+    t: &Tensor<B, 1>,
+) -> Option<burn_cubecl::tensor::CubeTensor<cubecl::cuda::CudaRuntime>> {
+    let any: &dyn Any = t;
+    if let Some(t) = any.downcast_ref::<Tensor<Fused, 1>>() {
+        let prim = t.clone().into_primitive().tensor();
+        return Some(prim.client.clone().resolve_tensor_float::<Cube>(prim));
+    }
+    any.downcast_ref::<Tensor<Cube, 1>>()
+        .map(|t| t.clone().into_primitive().tensor())
+}
+
+/// Whether `B` is one of orrery's CUDA backends (NCCL can take its tensors).
+fn is_cuda<B: Backend>() -> bool {
+    let t = TypeId::of::<B>();
+    t == TypeId::of::<Fused>() || t == TypeId::of::<Cube>()
+}
+
 /// Run `f` with the device pointer and NCCL type of flat tensor `t`: its
-/// pending fused kernels run first, and burn's stream is waited for.
-fn with_buffer<T>(
-    t: &Tensor<Fused, 1>,
+/// pending kernels run first, and burn's stream is waited for.
+fn with_buffer<B: Backend, T>(
+    t: &Tensor<B, 1>,
     op: &str,
     f: impl FnOnce(*mut c_void, sys::ncclDataType_t) -> Result<T, String>,
 ) -> Result<T, String> {
-    let prim = t.clone().into_primitive().tensor();
-    // Runs the pending fused kernels and gives the buffer.
-    let cube: burn_cubecl::tensor::CubeTensor<cubecl::cuda::CudaRuntime> =
-        prim.client.clone().resolve_tensor_float::<Cube>(prim);
+    let Some(cube) = cube_tensor(t) else {
+        return Err(format!("NCCL {op} needs tensors on the CUDA backend"));
+    };
     if !cube.is_contiguous() {
         return Err(format!("NCCL {op} needs contiguous tensors"));
     }
@@ -288,22 +306,15 @@ pub(crate) fn device_collectives() -> bool {
     NCCL.get().is_some()
 }
 
-/// Run `op` on the device when NCCL is installed and `t` lives on the CUDA
+/// Run `op` on the device when NCCL is installed and `t` lives on a CUDA
 /// backend; otherwise hand `t` back unchanged (`Err`) for the host path.
 fn on_device<B: Backend>(
     t: Tensor<B, 1>,
-    op: impl FnOnce(&Nccl, Tensor<Fused, 1>) -> Result<Tensor<Fused, 1>, String>,
+    op: impl FnOnce(&Nccl, Tensor<B, 1>) -> Result<Tensor<B, 1>, String>,
 ) -> Result<Result<Tensor<B, 1>, String>, Tensor<B, 1>> {
-    let Some(comm) = NCCL.get() else {
-        return Err(t);
-    };
-    let boxed: Box<dyn Any> = Box::new(t);
-    match boxed.downcast::<Tensor<Fused, 1>>() {
-        Ok(cuda) => Ok(op(comm, *cuda).map(|out| {
-            let back: Box<dyn Any> = Box::new(out);
-            *back.downcast::<Tensor<B, 1>>().expect("same type")
-        })),
-        Err(other) => Err(*other.downcast::<Tensor<B, 1>>().expect("same type")),
+    match NCCL.get() {
+        Some(comm) if is_cuda::<B>() => Ok(op(comm, t)),
+        _ => Err(t),
     }
 }
 
@@ -341,7 +352,7 @@ pub fn bench(
     timeout: Duration,
 ) -> Result<Vec<(&'static str, usize, f64, f64)>, String> {
     let world = orrery_dist::World::from_env().unwrap_or_else(|_| orrery_dist::World::single());
-    let ordinal = crate::cuda_ordinal(&world);
+    let ordinal = crate::cuda_ordinal(&world)?;
     let comm = Nccl::connect(boot, ordinal, timeout)?;
     let device = burn::backend::cuda::CudaDevice::new(ordinal);
     let (r, p) = (comm.rank(), comm.size());
@@ -357,8 +368,8 @@ pub fn bench(
             let mut times = Vec::new();
             let mut worst = 0f64;
             for _ in 0..iters.max(1) {
-                let t = crate::optim::flat::<Fused>(values.clone(), &device);
-                Fused::sync(&device).map_err(|e| err("sync", e))?;
+                let t = crate::optim::flat::<Cube>(values.clone(), &device);
+                Cube::sync(&device).map_err(|e| err("sync", e))?;
                 let start = Instant::now();
                 let out = match op {
                     "all_reduce" => comm.all_reduce_sum(t)?,

@@ -135,6 +135,21 @@ fn op_checks<B: AutodiffBackend>(device: &B::Device) -> Vec<(String, Vec<f32>, V
             )
             .matmul(y)
         }),
+        // The parts of attention's backward, to tell which fused pattern
+        // goes wrong when the whole does (fused CUDA, H200, 2026-11-27).
+        ("scaled scores (q k^T * c)", |x, y| {
+            let e = x.dims()[3] as f64;
+            x.matmul(y.swap_dims(2, 3)) * (1.0 / e.sqrt())
+        }),
+        ("softmax of scaled scores", |x, y| {
+            let e = x.dims()[3] as f64;
+            softmax(x.matmul(y.swap_dims(2, 3)) * (1.0 / e.sqrt()), 3)
+        }),
+        ("softmax then matmul (p v)", |x, y| {
+            // p: [.., 16, 16] over the tokens, then p v: [.., 16, 32]
+            let n = x.dims()[2];
+            softmax(x.narrow(3, 0, n), 3).matmul(y)
+        }),
         ("layer norm", |x, _| {
             let mean = x.clone().mean_dim(3);
             let centered = x - mean;
@@ -257,7 +272,17 @@ pub fn trace<B: AutodiffBackend>(
 /// The reference (CPU) trace of `cfg` over its first `steps` batches, and
 /// what the other backends need to repeat it: the initial weights and the batches.
 pub fn reference(cfg: &TrainConfig, steps: usize) -> Result<(Trace, NamedTensors, Vec<Batch>)> {
-    type Cpu = burn::backend::Autodiff<burn::backend::Flex>;
+    let (init, batches) = inputs(cfg, steps)?;
+    let device = Default::default();
+    let cpu = trace::<Cpu>("cpu (flex)", cfg, &init, &batches, &device, &mut |_, _| {})?;
+    Ok((cpu, init, batches))
+}
+
+/// The CPU reference backend.
+type Cpu = burn::backend::Autodiff<burn::backend::Flex>;
+
+/// The initial weights (seeded on the CPU) and the first `steps` batches of `cfg`.
+fn inputs(cfg: &TrainConfig, steps: usize) -> Result<(NamedTensors, Vec<Batch>)> {
     let data = Dataset::open_with(&cfg.data.url, cfg.data.holdout_clips, cfg.data.max_bad_rows)?;
     let mut loader = Loader::new(
         &data.train,
@@ -271,12 +296,52 @@ pub fn reference(cfg: &TrainConfig, steps: usize) -> Result<(Trace, NamedTensors
     let device = Default::default();
     <Cpu as burn::tensor::backend::Backend>::seed(&device, cfg.run.seed);
     let init = to_host(&cfg.model.init::<Cpu>(&device)?);
-    let cpu = trace::<Cpu>("cpu (flex)", cfg, &init, &batches, &device, &mut |_, _| {})?;
-    Ok((cpu, init, batches))
+    Ok((init, batches))
 }
 
-/// The CPU reference, then each GPU backend of this binary (CUDA with
-/// kernel fusion, then without), reported through `progress` as they go.
+/// [`crate::lockstep::lockstep`] of each GPU backend of this binary (CUDA
+/// without kernel fusion, then with) against the CPU, `steps` steps each;
+/// `progress` sees the backend's name and each row.
+#[cfg(feature = "cuda")]
+pub fn gpu_lockstep(
+    cfg: &TrainConfig,
+    steps: usize,
+    progress: &mut dyn FnMut(&str, &crate::lockstep::LockRow),
+) -> Result<()> {
+    use burn::backend::Autodiff;
+    type Fused = Autodiff<crate::CudaFused>;
+    type Plain = Autodiff<crate::CudaPlain>;
+    let gpu = crate::cuda_device()?;
+    let (init, batches) = inputs(cfg, steps)?;
+    let cpu = Default::default();
+    let devices = (&cpu, &gpu);
+    crate::lockstep::lockstep::<Cpu, Plain>(cfg, &init, &batches, devices, &mut |r| {
+        progress("cuda (no fusion)", r)
+    })?;
+    crate::lockstep::lockstep::<Cpu, Fused>(cfg, &init, &batches, devices, &mut |r| {
+        progress("cuda (fusion)", r)
+    })?;
+    Ok(())
+}
+
+/// [`crate::lockstep::lockstep`] of burn's WebGPU backend (fused) against the CPU.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_lockstep(
+    cfg: &TrainConfig,
+    steps: usize,
+    progress: &mut dyn FnMut(&str, &crate::lockstep::LockRow),
+) -> Result<()> {
+    type Fused = burn::backend::Autodiff<burn::backend::Wgpu<f32, i32>>;
+    let (init, batches) = inputs(cfg, steps)?;
+    let (cpu, gpu) = (Default::default(), Default::default());
+    crate::lockstep::lockstep::<Cpu, Fused>(cfg, &init, &batches, (&cpu, &gpu), &mut |r| {
+        progress("wgpu (fusion)", r)
+    })?;
+    Ok(())
+}
+
+/// The CPU reference, then each GPU backend of this binary (CUDA without
+/// kernel fusion, training's default, then with), reported through `progress` as they go.
 #[cfg(feature = "cuda")]
 pub fn gpu_backends(
     cfg: &TrainConfig,
@@ -284,13 +349,11 @@ pub fn gpu_backends(
     progress: &mut dyn FnMut(&Trace, Phase, &Trace),
 ) -> Result<()> {
     use burn::backend::Autodiff;
-    type Fused = Autodiff<burn::backend::Cuda<f32, i32>>;
-    type Plain = Autodiff<burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>>;
-    crate::kernels::install(0);
+    type Fused = Autodiff<crate::CudaFused>;
+    type Plain = Autodiff<crate::CudaPlain>;
+    let device = crate::cuda_device()?;
     let (cpu, init, batches) = reference(cfg, steps)?;
-    let device = Default::default();
     let mut report = |phase: Phase, t: &Trace| progress(&cpu, phase, t);
-    trace::<Fused>("cuda (fusion)", cfg, &init, &batches, &device, &mut report)?;
     trace::<Plain>(
         "cuda (no fusion)",
         cfg,
@@ -299,6 +362,7 @@ pub fn gpu_backends(
         &device,
         &mut report,
     )?;
+    trace::<Fused>("cuda (fusion)", cfg, &init, &batches, &device, &mut report)?;
     Ok(())
 }
 

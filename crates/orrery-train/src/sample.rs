@@ -122,7 +122,7 @@ pub struct RolloutReport {
 pub fn sample(opts: &SampleOptions) -> Result<SampleReport> {
     let dir = checkpoint::resolve(&opts.checkpoint)?;
     let state = checkpoint::load_state(&dir)?;
-    with_backend!(state.config.run.device, |AB, device| sample_on::<
+    with_backend!(state.config.run, |AB, device| sample_on::<
         <AB as burn::tensor::backend::AutodiffBackend>::InnerBackend,
     >(
         opts, &dir, &state, device

@@ -76,17 +76,27 @@ pub(crate) fn clip_factor(cfg: &TrainConfig, step: u64, loss: f64, norm: f64) ->
     })
 }
 
-/// One optimizer step: loss, backward, clip, AdamW, EMA. Nothing is changed
-/// when the loss or gradient is not finite.
-pub(crate) fn train_step<B: AutodiffBackend>(
+/// One step's loss and every parameter's gradient: micro-batches
+/// accumulated, summed over ranks; what [`apply_step`] applies.
+pub(crate) struct StepGrads<B: Backend> {
+    /// The loss over the global batch.
+    pub loss: f64,
+    /// Each parameter's flat gradient, by name.
+    pub grads: BTreeMap<String, Tensor<B, 1>>,
+    /// Seconds spent in collectives.
+    pub comm_s: f64,
+    /// Bytes each rank sent into all_reduce (0 for one process).
+    pub comm_bytes: usize,
+}
+
+/// The loss and gradients of step `step` of `model` on `batch`.
+pub(crate) fn step_grads<B: AutodiffBackend>(
     cfg: &TrainConfig,
-    model: Dit<B>,
+    model: &Dit<B>,
     batch: &TrainBatch<B>,
     step: u64,
-    (optim, ema): (&mut AdamW<B::InnerBackend>, &mut Ema<B::InnerBackend>),
-    shapes: &BTreeMap<String, Vec<usize>>,
     comm: &dyn Collective,
-) -> Result<(Dit<B>, StepOut)> {
+) -> Result<StepGrads<B::InnerBackend>> {
     let obj = &cfg.objective;
     let (micro, plans, frames, mut comm_s) = plan_step(cfg, batch, step, comm)?;
     let mut loss_value = [0f32];
@@ -99,11 +109,11 @@ pub(crate) fn train_step<B: AutodiffBackend>(
         // gradient.
         let half = (cfg.run.precision == Precision::Bf16)
             .then(|| cast_params(model.clone(), burn::tensor::DType::BF16));
-        let net = half.as_ref().unwrap_or(&model);
+        let net = half.as_ref().unwrap_or(model);
         let loss = obj.loss_part(&denoiser(net), m, plan, frames)?;
         loss_value[0] += loss.clone().into_scalar().elem::<f32>();
-        let mut g = GradientsParams::from_grads(loss.backward(), &model);
-        for (name, g) in named_grads(&model, &mut g) {
+        let mut g = GradientsParams::from_grads(loss.backward(), model);
+        for (name, g) in named_grads(model, &mut g) {
             let sum = match grads.remove(&name) {
                 Some(acc) => acc + g,
                 None => g,
@@ -124,9 +134,32 @@ pub(crate) fn train_step<B: AutodiffBackend>(
     } else {
         0
     };
-    let loss_value = loss_value[0] as f64;
+    Ok(StepGrads {
+        loss: loss_value[0] as f64,
+        grads,
+        comm_s,
+        comm_bytes,
+    })
+}
+
+/// Clip `g`'s gradients, then AdamW and EMA: step `step` of `model`.
+/// Nothing is changed when the loss or gradient is not finite.
+pub(crate) fn apply_step<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    model: Dit<B>,
+    g: StepGrads<B::InnerBackend>,
+    step: u64,
+    (optim, ema): (&mut AdamW<B::InnerBackend>, &mut Ema<B::InnerBackend>),
+    shapes: &BTreeMap<String, Vec<usize>>,
+) -> Result<(Dit<B>, StepOut)> {
+    let StepGrads {
+        loss,
+        grads,
+        comm_s,
+        comm_bytes,
+    } = g;
     let norm = global_norm(&grads);
-    let clip = clip_factor(cfg, step, loss_value, norm)?;
+    let clip = clip_factor(cfg, step, loss, norm)?;
     let lr = learning_rate(&cfg.optim, step, cfg.run.steps);
     optim.begin_step();
     let model = map_named(model, |name, _, p| {
@@ -146,13 +179,28 @@ pub(crate) fn train_step<B: AutodiffBackend>(
     Ok((
         model,
         StepOut {
-            loss: loss_value,
+            loss,
             grad_norm: norm,
             lr,
             comm_s,
             comm_bytes,
         },
     ))
+}
+
+/// One optimizer step: loss, backward, clip, AdamW, EMA. Nothing is changed
+/// when the loss or gradient is not finite.
+pub(crate) fn train_step<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    model: Dit<B>,
+    batch: &TrainBatch<B>,
+    step: u64,
+    state: (&mut AdamW<B::InnerBackend>, &mut Ema<B::InnerBackend>),
+    shapes: &BTreeMap<String, Vec<usize>>,
+    comm: &dyn Collective,
+) -> Result<(Dit<B>, StepOut)> {
+    let g = step_grads(cfg, &model, batch, step, comm)?;
+    apply_step(cfg, model, g, step, state, shapes)
 }
 
 #[cfg(test)]

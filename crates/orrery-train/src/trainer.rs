@@ -77,7 +77,7 @@ pub struct TrainSummary {
 
 /// Train on the backend named by `cfg.run.device`.
 pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
-    with_backend!(cfg.run.device, |AB, device| train_on::<AB>(
+    with_backend!(cfg.run, |AB, device| train_on::<AB>(
         cfg, opts, device
     ))
 }
@@ -189,7 +189,8 @@ fn connect_nccl(
     if !wanted || crate::nccl::installed().is_some() {
         return Ok(());
     }
-    let nccl = crate::nccl::Nccl::connect(boot, crate::cuda_ordinal(world), timeout)
+    let nccl = crate::cuda_ordinal(world)
+        .and_then(|ordinal| crate::nccl::Nccl::connect(boot, ordinal, timeout))
         .map_err(|e| TrainError::Comm(format!("[rank {} of {}] {e}", world.rank, world.size)))?;
     crate::nccl::install(nccl);
     Ok(())
