@@ -42,7 +42,7 @@
 # the 'cuda' image).
 set -uo pipefail
 gz=$1; out=$2; shift 2
-stages=${*:-nccl1 train-f32 share fsdp1 train-bf16 parity}
+stages=${*:-nccl1 train-f32 lockstep share fsdp1 train-bf16 parity}
 mkdir -p "$out"
 log=$out/log.txt
 deadline=${DEADLINE:-500}
@@ -153,7 +153,7 @@ for stage in "$@"; do
 done
 }
 if [[ ${PARALLEL:-0} == 1 ]]; then
-  grps=("${@:-nccl1 train-f32 share fsdp1 train-bf16 parity}")
+  grps=("${@:-nccl1 train-f32 lockstep share fsdp1 train-bf16 parity}")
   for i in "${!grps[@]}"; do
     # shellcheck disable=SC2086  # a group's stages split on spaces
     run_stages /tmp/gpu-group$i.log ${grps[$i]} > /dev/null &
