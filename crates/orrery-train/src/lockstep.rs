@@ -31,9 +31,11 @@ pub struct LockRow {
     /// The gradient norm on each.
     pub norm: (f64, f64),
     /// ||g_other - g_ref|| / ||g_ref|| over every parameter at once (NaN if
-    /// either holds a non-finite value).
+    /// either holds a non-finite value, or a parameter is missing or of
+    /// another size).
     pub grad_rel: f64,
-    /// The parameter whose gradient differs most, and by how much (relative L2).
+    /// The parameter whose gradient differs most, and by how much (relative
+    /// L2; a parameter whose reference gradient is about 0 can top it).
     pub worst: (String, f64),
     /// The same relative difference between the other backend's two
     /// evaluations of this step (0 for a deterministic backend).
@@ -77,19 +79,39 @@ impl Rel {
     }
 }
 
-/// Each parameter's gradient of step `k` on backend `B` from weights `w`,
-/// as host vectors, with the loss.
-fn grads_on<B: AutodiffBackend>(
-    cfg: &TrainConfig,
-    model: &Dit<B>,
-    batch: &Batch,
-    k: usize,
-    device: &B::Device,
-) -> Result<(f64, BTreeMap<String, Vec<f32>>)> {
-    let batch = to_device::<B>(batch, &cfg.model, device);
-    let g = step_grads(cfg, model, &batch, k as u64, &SingleProcess)?;
-    let grads = g.grads.into_iter().map(|(n, t)| (n, host(t))).collect();
-    Ok((g.loss, grads))
+/// A step's loss and each parameter's gradient, on the host.
+type HostGrads = (f64, BTreeMap<String, Vec<f32>>);
+
+/// Another backend in [`lockstep`]: computes a step's gradients from the
+/// weights it is given.
+pub struct Evaluator<'a> {
+    /// The backend's name, for the report.
+    pub name: String,
+    eval: Box<dyn FnMut(&NamedTensors, &Batch, usize) -> Result<HostGrads> + 'a>,
+}
+
+impl<'a> Evaluator<'a> {
+    /// Backend `G` on `device`, for the model of `cfg`.
+    pub fn new<G: AutodiffBackend>(
+        name: &str,
+        cfg: &'a TrainConfig,
+        device: G::Device,
+    ) -> Result<Self> {
+        let mut model: Option<Dit<G>> = Some(cfg.model.init(&device)?);
+        let eval = move |weights: &NamedTensors, batch: &Batch, k: usize| -> Result<HostGrads> {
+            let m = load_host(model.take().expect("model"), weights, &device)?;
+            let on = to_device::<G>(batch, &cfg.model, &device);
+            let out = step_grads(cfg, &m, &on, k as u64, &SingleProcess);
+            model = Some(m);
+            let g = out?;
+            let grads = g.grads.into_iter().map(|(n, t)| (n, host(t))).collect();
+            Ok((g.loss, grads))
+        };
+        Ok(Self {
+            name: name.into(),
+            eval: Box::new(eval),
+        })
+    }
 }
 
 fn norm(grads: &BTreeMap<String, Vec<f32>>) -> f64 {
@@ -102,24 +124,23 @@ fn norm(grads: &BTreeMap<String, Vec<f32>>) -> f64 {
 }
 
 /// Train `batches.len()` steps of `cfg` from `init` on backend `R`; at each
-/// step, evaluate the same step on `G` from `R`'s weights (twice) and
-/// compare. `progress` sees each row as it is made.
-pub fn lockstep<R: AutodiffBackend, G: AutodiffBackend>(
+/// step, evaluate the same step on each of `others` from `R`'s weights
+/// (twice) and compare. `progress` sees each backend's name and row as it
+/// is made.
+pub fn lockstep<R: AutodiffBackend>(
     cfg: &TrainConfig,
     init: &NamedTensors,
     batches: &[Batch],
-    (rdev, gdev): (&R::Device, &G::Device),
-    progress: &mut dyn FnMut(&LockRow),
-) -> Result<Vec<LockRow>> {
+    rdev: &R::Device,
+    others: &mut [Evaluator<'_>],
+    progress: &mut dyn FnMut(&str, &LockRow),
+) -> Result<Vec<(String, LockRow)>> {
     let mut model: Dit<R> = load_host(cfg.model.init(rdev)?, init, rdev)?;
-    let mut other: Dit<G> = load_host(cfg.model.init(gdev)?, init, gdev)?;
     let shapes = param_shapes(&model);
     let (mut optim, mut ema) = (AdamW::default(), Ema::new(BTreeMap::new()));
     let mut rows = Vec::new();
     for (k, batch) in batches.iter().enumerate() {
-        if k > 0 {
-            other = load_host(other, &to_host(&model), gdev)?;
-        }
+        let weights = to_host(&model);
         let on_ref = to_device::<R>(batch, &cfg.model, rdev);
         let g = step_grads(cfg, &model, &on_ref, k as u64, &SingleProcess)?;
         let reference: BTreeMap<String, Vec<f32>> = g
@@ -127,34 +148,47 @@ pub fn lockstep<R: AutodiffBackend, G: AutodiffBackend>(
             .iter()
             .map(|(n, t)| (n.clone(), host(t.clone())))
             .collect();
-        let (loss, first) = grads_on(cfg, &other, batch, k, gdev)?;
-        let (_, second) = grads_on(cfg, &other, batch, k, gdev)?;
-        let (mut whole, mut repeat) = (Rel::new(), Rel::new());
-        let mut worst = (String::new(), -1.0);
-        for (name, r) in &reference {
-            let o = first.get(name).map(Vec::as_slice).unwrap_or(&[]);
-            whole.add(r, o);
-            let mut one = Rel::new();
-            one.add(r, o);
-            let v = one.value();
-            if v.is_nan() || v > worst.1 {
-                worst = (name.clone(), v);
-            }
-            repeat.add(o, second.get(name).map(Vec::as_slice).unwrap_or(&[]));
+        for other in others.iter_mut() {
+            let (loss, first) = (other.eval)(&weights, batch, k)?;
+            let (_, second) = (other.eval)(&weights, batch, k)?;
+            let row = compare(k, (g.loss, &reference), (loss, &first), &second);
+            progress(&other.name, &row);
+            rows.push((other.name.clone(), row));
         }
-        let row = LockRow {
-            step: k,
-            loss: (g.loss, loss),
-            norm: (norm(&reference), norm(&first)),
-            grad_rel: whole.value(),
-            worst,
-            repeat_rel: repeat.value(),
-        };
-        progress(&row);
-        rows.push(row);
         (model, _) = apply_step(cfg, model, g, k as u64, (&mut optim, &mut ema), &shapes)?;
     }
     Ok(rows)
+}
+
+/// Step `k`'s row: the other backend's first evaluation against the
+/// reference, and its second against its first.
+fn compare(
+    k: usize,
+    (ref_loss, reference): (f64, &BTreeMap<String, Vec<f32>>),
+    (loss, first): (f64, &BTreeMap<String, Vec<f32>>),
+    second: &BTreeMap<String, Vec<f32>>,
+) -> LockRow {
+    let (mut whole, mut repeat) = (Rel::new(), Rel::new());
+    let mut worst = (String::new(), -1.0);
+    for (name, r) in reference {
+        let o = first.get(name).map(Vec::as_slice).unwrap_or(&[]);
+        whole.add(r, o);
+        let mut one = Rel::new();
+        one.add(r, o);
+        let v = one.value();
+        if !(v <= worst.1) && !worst.1.is_nan() {
+            worst = (name.clone(), v);
+        }
+        repeat.add(o, second.get(name).map(Vec::as_slice).unwrap_or(&[]));
+    }
+    LockRow {
+        step: k,
+        loss: (ref_loss, loss),
+        norm: (norm(reference), norm(first)),
+        grad_rel: whole.value(),
+        worst,
+        repeat_rel: repeat.value(),
+    }
 }
 
 #[cfg(test)]
@@ -171,9 +205,16 @@ mod tests {
         let init = to_host(&model);
         let device = Default::default();
         let batches = vec![batch.clone(), batch.clone(), batch];
-        let rows = lockstep::<AB, AB>(&cfg, &init, &batches, (&device, &device), &mut |_| {})
+        let mut others = vec![
+            Evaluator::new::<AB>("a", &cfg, Default::default()).unwrap(),
+            Evaluator::new::<AB>("b", &cfg, Default::default()).unwrap(),
+        ];
+        let rows = lockstep::<AB>(&cfg, &init, &batches, &device, &mut others, &mut |_, _| {})
             .unwrap();
-        assert_eq!(rows.len(), 3);
+        assert_eq!(rows.len(), 6);
+        let names: Vec<&str> = rows.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a", "b", "a", "b", "a", "b"]);
+        let rows: Vec<LockRow> = rows.into_iter().step_by(2).map(|(_, r)| r).collect();
         // The reference's losses and norms are train_step's, step by step.
         let (mut optim, mut ema) = (AdamW::default(), Ema::new(BTreeMap::new()));
         let mut m = model;
@@ -199,6 +240,22 @@ mod tests {
         }
         // Later steps' gradients differ from the first's: the reference trained.
         assert_ne!(rows[0].norm.0, rows[2].norm.0);
+    }
+
+    #[test]
+    fn a_non_finite_gradient_is_the_worst_and_stays_so() {
+        let g = |a: f32, b: f32| -> BTreeMap<String, Vec<f32>> {
+            [("a".to_string(), vec![a]), ("b".to_string(), vec![b])].into()
+        };
+        let reference = g(1.0, 1.0);
+        let row = compare(3, (0.5, &reference), (0.5, &g(f32::NAN, 1.5)), &g(f32::NAN, 1.5));
+        assert_eq!(row.step, 3);
+        assert!(row.grad_rel.is_nan() && row.repeat_rel.is_nan());
+        assert_eq!(row.worst.0, "a");
+        assert!(row.worst.1.is_nan());
+        let row = compare(0, (0.5, &reference), (0.5, &g(1.0, 1.5)), &g(1.0, 1.5));
+        assert_eq!(row.worst.0, "b");
+        assert!((row.worst.1 - 0.5).abs() < 1e-12 && row.repeat_rel == 0.0);
     }
 
     #[test]

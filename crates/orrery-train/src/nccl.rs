@@ -352,7 +352,8 @@ pub fn bench(
     timeout: Duration,
 ) -> Result<Vec<(&'static str, usize, f64, f64)>, String> {
     let world = orrery_dist::World::from_env().unwrap_or_else(|_| orrery_dist::World::single());
-    let ordinal = crate::cuda_ordinal(&world)?;
+    let ordinal = crate::cuda_ordinal(&world)
+        .map_err(|why| format!("bench comm --nccl needs a CUDA GPU, but {why}"))?;
     let comm = Nccl::connect(boot, ordinal, timeout)?;
     let device = burn::backend::cuda::CudaDevice::new(ordinal);
     let (r, p) = (comm.rank(), comm.size());

@@ -135,21 +135,6 @@ fn op_checks<B: AutodiffBackend>(device: &B::Device) -> Vec<(String, Vec<f32>, V
             )
             .matmul(y)
         }),
-        // The parts of attention's backward, to tell which fused pattern
-        // goes wrong when the whole does (fused CUDA, H200, 2026-11-27).
-        ("scaled scores (q k^T * c)", |x, y| {
-            let e = x.dims()[3] as f64;
-            x.matmul(y.swap_dims(2, 3)) * (1.0 / e.sqrt())
-        }),
-        ("softmax of scaled scores", |x, y| {
-            let e = x.dims()[3] as f64;
-            softmax(x.matmul(y.swap_dims(2, 3)) * (1.0 / e.sqrt()), 3)
-        }),
-        ("softmax then matmul (p v)", |x, y| {
-            // p: [.., 16, 16] over the tokens, then p v: [.., 16, 32]
-            let n = x.dims()[2];
-            softmax(x.narrow(3, 0, n), 3).matmul(y)
-        }),
         ("layer norm", |x, _| {
             let mean = x.clone().mean_dim(3);
             let centered = x - mean;
@@ -175,6 +160,22 @@ fn op_checks<B: AutodiffBackend>(device: &B::Device) -> Vec<(String, Vec<f32>, V
             x.clone().sum_dim(2) * x.mean_dim(3)
         }),
         ("powf", |x, _| (x.abs() + 0.5).powf_scalar(1.5)),
+        // The parts of attention's backward, to tell which fused pattern
+        // goes wrong when the whole does (fused CUDA, H200, 2026-11-27);
+        // last, so the ops above keep their inputs (seeded by position).
+        ("scaled scores (q k^T * c)", |x, y| {
+            let e = x.dims()[3] as f64;
+            x.matmul(y.swap_dims(2, 3)) * (1.0 / e.sqrt())
+        }),
+        ("softmax of scaled scores", |x, y| {
+            let e = x.dims()[3] as f64;
+            softmax(x.matmul(y.swap_dims(2, 3)) * (1.0 / e.sqrt()), 3)
+        }),
+        ("softmax then matmul (p v)", |x, y| {
+            // p: [.., 16, 16] over the tokens, then p v: [.., 16, 32]
+            let n = x.dims()[2];
+            softmax(x.narrow(3, 0, n), 3).matmul(y)
+        }),
     ];
     let dims = [2, 4, 16, 32];
     let n: usize = dims.iter().product();
@@ -300,27 +301,25 @@ fn inputs(cfg: &TrainConfig, steps: usize) -> Result<(NamedTensors, Vec<Batch>)>
 }
 
 /// [`crate::lockstep::lockstep`] of each GPU backend of this binary (CUDA
-/// without kernel fusion, then with) against the CPU, `steps` steps each;
-/// `progress` sees the backend's name and each row.
+/// without kernel fusion, then with) against the CPU, `steps` steps; the
+/// CPU computes each step once for both. `progress` sees the backend's name
+/// and each row.
 #[cfg(feature = "cuda")]
 pub fn gpu_lockstep(
     cfg: &TrainConfig,
     steps: usize,
     progress: &mut dyn FnMut(&str, &crate::lockstep::LockRow),
 ) -> Result<()> {
+    use crate::lockstep::Evaluator;
     use burn::backend::Autodiff;
-    type Fused = Autodiff<crate::CudaFused>;
-    type Plain = Autodiff<crate::CudaPlain>;
-    let gpu = crate::cuda_device()?;
+    let gpu = crate::cuda_device("bench parity")?;
     let (init, batches) = inputs(cfg, steps)?;
+    let mut others = [
+        Evaluator::new::<Autodiff<crate::CudaPlain>>("cuda (no fusion)", cfg, gpu.clone())?,
+        Evaluator::new::<Autodiff<crate::CudaFused>>("cuda (fusion)", cfg, gpu)?,
+    ];
     let cpu = Default::default();
-    let devices = (&cpu, &gpu);
-    crate::lockstep::lockstep::<Cpu, Plain>(cfg, &init, &batches, devices, &mut |r| {
-        progress("cuda (no fusion)", r)
-    })?;
-    crate::lockstep::lockstep::<Cpu, Fused>(cfg, &init, &batches, devices, &mut |r| {
-        progress("cuda (fusion)", r)
-    })?;
+    crate::lockstep::lockstep::<Cpu>(cfg, &init, &batches, &cpu, &mut others, progress)?;
     Ok(())
 }
 
@@ -331,12 +330,12 @@ pub fn wgpu_lockstep(
     steps: usize,
     progress: &mut dyn FnMut(&str, &crate::lockstep::LockRow),
 ) -> Result<()> {
+    use crate::lockstep::Evaluator;
     type Fused = burn::backend::Autodiff<burn::backend::Wgpu<f32, i32>>;
     let (init, batches) = inputs(cfg, steps)?;
-    let (cpu, gpu) = (Default::default(), Default::default());
-    crate::lockstep::lockstep::<Cpu, Fused>(cfg, &init, &batches, (&cpu, &gpu), &mut |r| {
-        progress("wgpu (fusion)", r)
-    })?;
+    let mut others = [Evaluator::new::<Fused>("wgpu (fusion)", cfg, Default::default())?];
+    let cpu = Default::default();
+    crate::lockstep::lockstep::<Cpu>(cfg, &init, &batches, &cpu, &mut others, progress)?;
     Ok(())
 }
 
@@ -351,7 +350,7 @@ pub fn gpu_backends(
     use burn::backend::Autodiff;
     type Fused = Autodiff<crate::CudaFused>;
     type Plain = Autodiff<crate::CudaPlain>;
-    let device = crate::cuda_device()?;
+    let device = crate::cuda_device("bench parity")?;
     let (cpu, init, batches) = reference(cfg, steps)?;
     let mut report = |phase: Phase, t: &Trace| progress(&cpu, phase, t);
     trace::<Plain>(

@@ -190,6 +190,7 @@ fn connect_nccl(
         return Ok(());
     }
     let nccl = crate::cuda_ordinal(world)
+        .map_err(|why| format!("NCCL needs a CUDA GPU, but {why}"))
         .and_then(|ordinal| crate::nccl::Nccl::connect(boot, ordinal, timeout))
         .map_err(|e| TrainError::Comm(format!("[rank {} of {}] {e}", world.rank, world.size)))?;
     crate::nccl::install(nccl);
