@@ -143,7 +143,7 @@ for stage in "$@"; do
     parity)
       timeout $(lim ${PARITY_S:-400}) $bin bench parity $q --steps ${PARITY_STEPS:-20} 2>&1 | stamp | tee "$out/parity.md" | tail -40 ;;
     lockstep)
-      timeout $(lim ${LOCKSTEP_S:-480}) $bin bench parity $q --lockstep --steps ${LOCKSTEP_STEPS:-700} 2>&1 | stamp | tee "$out/lockstep.md" | tail -30 ;;
+      timeout $(lim ${LOCKSTEP_S:-480}) $bin bench parity $q --lockstep --steps ${LOCKSTEP_STEPS:-700} 2>&1 | stamp | tee "$out/lockstep.md" | tail -8 | tee -a "$log" ;;
     nccl2)
       timeout $(lim 90) $mpi2 $bin train $q --set run.steps=4 --set parallel.comm=nccl --set logging.eval_every=1000 \
         --run-dir /tmp/nccl2 --resume never 2>&1 | stamp | tail -5 | tee -a "$log" ;;
