@@ -66,8 +66,9 @@ pub enum BenchCommand {
         top: usize,
         /// Instead: train --steps steps on the CPU and, at every step,
         /// compute the same step's gradients on the GPU from the CPU's
-        /// weights (twice), so the runs cannot drift apart: shows the steps
-        /// where the GPU's gradient is wrong, and whether it repeats itself.
+        /// weights (twice), and applies the CPU's gradients with its own
+        /// AdamW, so the runs cannot drift apart: shows the steps where the
+        /// GPU's gradient or update is wrong, and whether it repeats itself.
         #[arg(long)]
         lockstep: bool,
     },
@@ -366,18 +367,20 @@ fn run_bench_lockstep(config: &std::path::Path, set: &[String], steps: usize) ->
         "reference: cpu (flex) training {steps} steps of {}; at each step, each GPU backend computes the step's gradients from the CPU's weights, twice\n",
         config.display()
     );
-    // Per backend: (step, largest difference), steps over 1e-2 or NaN, and
-    // the largest difference between two evaluations; NaN, once seen, stays.
-    let mut seen: BTreeMap<String, ((usize, f64), usize, f64)> = BTreeMap::new();
+    // Per backend: (step, largest gradient difference), steps over 1e-2 or
+    // NaN, the largest difference between two evaluations and the largest
+    // update difference; NaN, once seen, stays.
+    type Seen = BTreeMap<String, ((usize, f64), usize, f64, f64)>;
+    let mut seen = Seen::new();
     let worse = |v: f64, than: f64| !than.is_nan() && !(v <= than);
     // Every `every`-th step, each step whose gradient is off by over 1%, and
     // the summary now and then (a run cut short still says where it got).
     let every = (steps / 40).max(1);
-    let summary = |seen: &BTreeMap<String, ((usize, f64), usize, f64)>, upto: usize| {
+    let summary = |seen: &Seen, upto: usize| {
         println!();
-        for (name, ((at, worst), off, repeat)) in seen {
+        for (name, ((at, worst), off, repeat, update)) in seen {
             println!(
-                "{name}, steps 0..={upto}: largest gradient difference {worst:.2e} at step {at}; {off} steps over 1e-2 or NaN; largest difference between two GPU evaluations {repeat:.2e}"
+                "{name}, steps 0..={upto}: largest gradient difference {worst:.2e} at step {at}; {off} steps with gradient or update over 1e-2 or NaN; largest difference between two GPU evaluations {repeat:.2e}; largest update difference {update:.2e}"
             );
         }
         println!();
@@ -385,8 +388,8 @@ fn run_bench_lockstep(config: &std::path::Path, set: &[String], steps: usize) ->
     let mut current = 0;
     lockstep(&cfg, steps, &mut |backend, r| {
         if seen.is_empty() {
-            println!("| step | backend | loss cpu | loss gpu | grad norm cpu | grad norm gpu | grad rel. diff | worst parameter | its rel. diff | gpu twice: rel. diff | s in |");
-            println!("|---|---|---|---|---|---|---|---|---|---|---|");
+            println!("| step | backend | loss cpu | loss gpu | grad norm cpu | grad norm gpu | grad rel. diff | worst parameter | its rel. diff | gpu twice: rel. diff | update rel. diff | s in |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
         }
         if r.step != current {
             current = r.step;
@@ -394,8 +397,8 @@ fn run_bench_lockstep(config: &std::path::Path, set: &[String], steps: usize) ->
                 summary(&seen, current - 1);
             }
         }
-        let e = seen.entry(backend.to_string()).or_insert(((0, 0.0), 0, 0.0));
-        let bad = !(r.grad_rel <= 1e-2);
+        let e = seen.entry(backend.to_string()).or_insert(((0, 0.0), 0, 0.0, 0.0));
+        let bad = !(r.grad_rel <= 1e-2) || !(r.update_rel <= 1e-2);
         e.1 += bad as usize;
         if worse(r.grad_rel, e.0 .1) {
             e.0 = (r.step, r.grad_rel);
@@ -403,11 +406,14 @@ fn run_bench_lockstep(config: &std::path::Path, set: &[String], steps: usize) ->
         if worse(r.repeat_rel, e.2) {
             e.2 = r.repeat_rel;
         }
+        if worse(r.update_rel, e.3) {
+            e.3 = r.update_rel;
+        }
         if bad || r.step % every == 0 || r.step + 1 == steps {
             println!(
-                "| {} | {backend} | {:.5} | {:.5} | {:.4} | {:.4} | {:.2e} | {} | {:.2e} | {:.2e} | {:.1} |",
+                "| {} | {backend} | {:.5} | {:.5} | {:.4} | {:.4} | {:.2e} | {} | {:.2e} | {:.2e} | {:.2e} | {:.1} |",
                 r.step, r.loss.0, r.loss.1, r.norm.0, r.norm.1, r.grad_rel, r.worst.0, r.worst.1,
-                r.repeat_rel, start.elapsed().as_secs_f64()
+                r.repeat_rel, r.update_rel, start.elapsed().as_secs_f64()
             );
         }
         let _ = std::io::stdout().flush();

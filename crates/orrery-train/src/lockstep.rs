@@ -4,7 +4,10 @@
 //! now and then (a race, one shape, one buffer reused too early) shows as
 //! the steps where its gradient parts from the reference's; one that is
 //! merely less precise (TF32 matmuls) shows a small, steady difference. The
-//! second evaluation shows whether the backend repeats itself. Unlike
+//! second evaluation shows whether the backend repeats itself. Each step
+//! the other backend also applies the reference's gradients with its own
+//! clipping, AdamW and EMA state, and its update is compared with the
+//! reference's: a wrong optimizer kernel shows there. Unlike
 //! [`crate::parity::trace`], the two runs cannot drift apart: each step
 //! starts both from the same weights.
 use std::collections::BTreeMap;
@@ -16,8 +19,8 @@ use orrery_model::named::{load_host, to_host, NamedTensors};
 use orrery_model::Dit;
 
 use crate::config::TrainConfig;
-use crate::optim::{host, AdamW, Ema};
-use crate::step::{apply_step, step_grads};
+use crate::optim::{flat, host, AdamW, Ema};
+use crate::step::{apply_step, step_grads, StepGrads};
 use crate::trainer::{param_shapes, to_device};
 use crate::Result;
 
@@ -40,6 +43,10 @@ pub struct LockRow {
     /// The same relative difference between the other backend's two
     /// evaluations of this step (0 for a deterministic backend).
     pub repeat_rel: f64,
+    /// The other backend's update of the weights (clip, AdamW on its own
+    /// state, fed the reference's gradients) against the reference's:
+    /// ||dw_other - dw_ref|| / ||dw_ref||.
+    pub update_rel: f64,
 }
 
 /// Sums of squares for a relative L2 over many tensors.
@@ -82,12 +89,73 @@ impl Rel {
 /// A step's loss and each parameter's gradient, on the host.
 type HostGrads = (f64, BTreeMap<String, Vec<f32>>);
 
+/// What [`lockstep`] asks of another backend.
+trait Side {
+    /// Step `k`'s loss and gradients from `weights`.
+    fn grads(&mut self, weights: &NamedTensors, batch: &Batch, k: usize) -> Result<HostGrads>;
+    /// The weights after step `k` applies `grads` to `weights` with this
+    /// side's own optimizer state.
+    fn update(&mut self, weights: &NamedTensors, grads: &HostGrads, k: usize)
+        -> Result<NamedTensors>;
+}
+
+/// Backend `G`'s model and optimizer state.
+struct On<'a, G: AutodiffBackend> {
+    cfg: &'a TrainConfig,
+    device: G::Device,
+    model: Option<Dit<G>>,
+    shapes: BTreeMap<String, Vec<usize>>,
+    optim: AdamW<G::InnerBackend>,
+    ema: Ema<G::InnerBackend>,
+}
+
+impl<G: AutodiffBackend> On<'_, G> {
+    fn load(&mut self, weights: &NamedTensors) -> Result<Dit<G>> {
+        Ok(load_host(self.model.take().expect("model"), weights, &self.device)?)
+    }
+}
+
+impl<G: AutodiffBackend> Side for On<'_, G> {
+    fn grads(&mut self, weights: &NamedTensors, batch: &Batch, k: usize) -> Result<HostGrads> {
+        let m = self.load(weights)?;
+        let on = to_device::<G>(batch, &self.cfg.model, &self.device);
+        let out = step_grads(self.cfg, &m, &on, k as u64, &SingleProcess);
+        self.model = Some(m);
+        let g = out?;
+        let grads = g.grads.into_iter().map(|(n, t)| (n, host(t))).collect();
+        Ok((g.loss, grads))
+    }
+
+    fn update(
+        &mut self,
+        weights: &NamedTensors,
+        (loss, grads): &HostGrads,
+        k: usize,
+    ) -> Result<NamedTensors> {
+        let m = self.load(weights)?;
+        let g = StepGrads {
+            loss: *loss,
+            grads: grads
+                .iter()
+                .map(|(n, v)| (n.clone(), flat(v.clone(), &self.device)))
+                .collect(),
+            comm_s: 0.0,
+            comm_bytes: 0,
+        };
+        let state = (&mut self.optim, &mut self.ema);
+        let (next, _) = apply_step(self.cfg, m, g, k as u64, state, &self.shapes)?;
+        let out = to_host(&next);
+        self.model = Some(next);
+        Ok(out)
+    }
+}
+
 /// Another backend in [`lockstep`]: computes a step's gradients from the
-/// weights it is given.
+/// weights it is given, and applies given gradients with its own optimizer.
 pub struct Evaluator<'a> {
     /// The backend's name, for the report.
     pub name: String,
-    eval: Box<dyn FnMut(&NamedTensors, &Batch, usize) -> Result<HostGrads> + 'a>,
+    side: Box<dyn Side + 'a>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -97,19 +165,18 @@ impl<'a> Evaluator<'a> {
         cfg: &'a TrainConfig,
         device: G::Device,
     ) -> Result<Self> {
-        let mut model: Option<Dit<G>> = Some(cfg.model.init(&device)?);
-        let eval = move |weights: &NamedTensors, batch: &Batch, k: usize| -> Result<HostGrads> {
-            let m = load_host(model.take().expect("model"), weights, &device)?;
-            let on = to_device::<G>(batch, &cfg.model, &device);
-            let out = step_grads(cfg, &m, &on, k as u64, &SingleProcess);
-            model = Some(m);
-            let g = out?;
-            let grads = g.grads.into_iter().map(|(n, t)| (n, host(t))).collect();
-            Ok((g.loss, grads))
+        let model: Dit<G> = cfg.model.init(&device)?;
+        let side = On::<G> {
+            cfg,
+            shapes: param_shapes(&model),
+            model: Some(model),
+            device,
+            optim: AdamW::default(),
+            ema: Ema::new(BTreeMap::new()),
         };
         Ok(Self {
             name: name.into(),
-            eval: Box::new(eval),
+            side: Box::new(side),
         })
     }
 }
@@ -143,19 +210,27 @@ pub fn lockstep<R: AutodiffBackend>(
         let weights = to_host(&model);
         let on_ref = to_device::<R>(batch, &cfg.model, rdev);
         let g = step_grads(cfg, &model, &on_ref, k as u64, &SingleProcess)?;
-        let reference: BTreeMap<String, Vec<f32>> = g
-            .grads
-            .iter()
-            .map(|(n, t)| (n.clone(), host(t.clone())))
-            .collect();
+        let reference: HostGrads = (
+            g.loss,
+            g.grads
+                .iter()
+                .map(|(n, t)| (n.clone(), host(t.clone())))
+                .collect(),
+        );
+        let mut step_rows = Vec::new();
         for other in others.iter_mut() {
-            let (loss, first) = (other.eval)(&weights, batch, k)?;
-            let (_, second) = (other.eval)(&weights, batch, k)?;
-            let row = compare(k, (g.loss, &reference), (loss, &first), &second);
+            let (loss, first) = other.side.grads(&weights, batch, k)?;
+            let (_, second) = other.side.grads(&weights, batch, k)?;
+            step_rows.push(compare(k, (reference.0, &reference.1), (loss, &first), &second));
+        }
+        (model, _) = apply_step(cfg, model, g, k as u64, (&mut optim, &mut ema), &shapes)?;
+        let updated = to_host(&model);
+        for (other, mut row) in others.iter_mut().zip(step_rows) {
+            let theirs = other.side.update(&weights, &reference, k)?;
+            row.update_rel = update_rel(&weights, &updated, &theirs);
             progress(&other.name, &row);
             rows.push((other.name.clone(), row));
         }
-        (model, _) = apply_step(cfg, model, g, k as u64, (&mut optim, &mut ema), &shapes)?;
     }
     Ok(rows)
 }
@@ -188,7 +263,26 @@ fn compare(
         grad_rel: whole.value(),
         worst,
         repeat_rel: repeat.value(),
+        update_rel: f64::NAN,
     }
+}
+
+/// ||(theirs - before) - (reference - before)|| / ||reference - before||
+/// over every weight.
+fn update_rel(before: &NamedTensors, reference: &NamedTensors, theirs: &NamedTensors) -> f64 {
+    let mut rel = Rel::new();
+    for (name, b) in before {
+        let delta = |w: Option<&orrery_model::named::HostTensor>| -> Vec<f32> {
+            match w {
+                Some(w) if w.data.len() == b.data.len() => {
+                    w.data.iter().zip(&b.data).map(|(x, y)| x - y).collect()
+                }
+                _ => Vec::new(),
+            }
+        };
+        rel.add(&delta(reference.get(name)), &delta(theirs.get(name)));
+    }
+    rel.value()
 }
 
 #[cfg(test)]
@@ -236,6 +330,7 @@ mod tests {
             // The same backend from the same weights: the same numbers.
             assert_eq!(row.loss.0, row.loss.1, "{row:?}");
             assert!(row.grad_rel < 1e-6 && row.repeat_rel < 1e-6, "{row:?}");
+            assert!(row.update_rel < 1e-6, "{row:?}");
             assert!(row.norm.0 > 0.0);
         }
         // Later steps' gradients differ from the first's: the reference trained.
@@ -256,6 +351,22 @@ mod tests {
         let row = compare(0, (0.5, &reference), (0.5, &g(1.0, 1.5)), &g(1.0, 1.5));
         assert_eq!(row.worst.0, "b");
         assert!((row.worst.1 - 0.5).abs() < 1e-12 && row.repeat_rel == 0.0);
+    }
+
+    #[test]
+    fn update_rel_compares_the_changes_not_the_weights() {
+        let t = |v: Vec<f32>| orrery_model::named::HostTensor {
+            shape: vec![v.len()],
+            data: v,
+        };
+        let one = |v: Vec<f32>| -> NamedTensors { [("a".to_string(), t(v))].into() };
+        let before = one(vec![100.0, 100.0]);
+        let reference = one(vec![101.0, 100.0]);
+        assert_eq!(update_rel(&before, &reference, &reference), 0.0);
+        let r = update_rel(&before, &reference, &one(vec![101.0, 100.5]));
+        assert!((r - 0.5).abs() < 1e-12, "{r}");
+        assert!(update_rel(&before, &reference, &one(vec![101.0])).is_nan());
+        assert!(update_rel(&before, &reference, &one(vec![f32::NAN, 100.0])).is_nan());
     }
 
     #[test]
