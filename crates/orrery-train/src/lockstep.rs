@@ -338,6 +338,25 @@ mod tests {
     }
 
     #[test]
+    fn an_optimizer_that_steps_twice_as_far_shows_in_the_update_only() {
+        let (cfg, model, _, batch) = setup();
+        let init = to_host(&model);
+        let mut doubled = cfg.clone();
+        doubled.optim.lr *= 2.0;
+        let device = Default::default();
+        let mut others = vec![Evaluator::new::<AB>("lr x 2", &doubled, Default::default()).unwrap()];
+        let batches = vec![batch.clone(), batch];
+        let rows = lockstep::<AB>(&cfg, &init, &batches, &device, &mut others, &mut |_, _| {})
+            .unwrap();
+        for (_, row) in &rows {
+            // The gradients do not depend on the learning rate; AdamW's
+            // update is proportional to it (no weight decay here).
+            assert!(row.grad_rel < 1e-6, "{row:?}");
+            assert!((row.update_rel - 1.0).abs() < 1e-3, "{row:?}");
+        }
+    }
+
+    #[test]
     fn a_non_finite_gradient_is_the_worst_and_stays_so() {
         let g = |a: f32, b: f32| -> BTreeMap<String, Vec<f32>> {
             [("a".to_string(), vec![a]), ("b".to_string(), vec![b])].into()
