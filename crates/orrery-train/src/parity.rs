@@ -323,6 +323,17 @@ pub fn gpu_lockstep(
     Ok(())
 }
 
+/// WGSL has no bf16 (cubecl panics on it): an error first.
+#[cfg(feature = "wgpu")]
+fn no_bf16_on_wgpu(cfg: &TrainConfig) -> Result<()> {
+    if cfg.run.precision == crate::config::Precision::Bf16 {
+        return Err(crate::TrainError::Config(
+            "run.precision = \"bf16\": WebGPU (WGSL) has no bf16; compare in f32, or with the CUDA build".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// [`crate::lockstep::lockstep`] of burn's WebGPU backend (fused) against the CPU.
 #[cfg(feature = "wgpu")]
 pub fn wgpu_lockstep(
@@ -332,6 +343,7 @@ pub fn wgpu_lockstep(
 ) -> Result<()> {
     use crate::lockstep::Evaluator;
     type Fused = burn::backend::Autodiff<burn::backend::Wgpu<f32, i32>>;
+    no_bf16_on_wgpu(cfg)?;
     let (init, batches) = inputs(cfg, steps)?;
     let mut others = [Evaluator::new::<Fused>("wgpu (fusion)", cfg, Default::default())?];
     let cpu = Default::default();
@@ -375,6 +387,7 @@ pub fn wgpu_backends(
     progress: &mut dyn FnMut(&Trace, Phase, &Trace),
 ) -> Result<()> {
     type Fused = burn::backend::Autodiff<burn::backend::Wgpu<f32, i32>>;
+    no_bf16_on_wgpu(cfg)?;
     let (cpu, init, batches) = reference(cfg, steps)?;
     let device = Default::default();
     let mut report = |phase: Phase, t: &Trace| progress(&cpu, phase, t);
