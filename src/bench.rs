@@ -397,7 +397,9 @@ fn run_bench_lockstep(config: &std::path::Path, set: &[String], steps: usize) ->
                 summary(&seen, current - 1);
             }
         }
-        let e = seen.entry(backend.to_string()).or_insert(((0, 0.0), 0, 0.0, 0.0));
+        let e = seen
+            .entry(backend.to_string())
+            .or_insert(((0, 0.0), 0, 0.0, 0.0));
         let bad = !(r.grad_rel <= 1e-2) || !(r.update_rel <= 1e-2);
         e.1 += bad as usize;
         if worse(r.grad_rel, e.0 .1) {

@@ -95,8 +95,12 @@ trait Side {
     fn grads(&mut self, weights: &NamedTensors, batch: &Batch, k: usize) -> Result<HostGrads>;
     /// The weights after step `k` applies `grads` to `weights` with this
     /// side's own optimizer state.
-    fn update(&mut self, weights: &NamedTensors, grads: &HostGrads, k: usize)
-        -> Result<NamedTensors>;
+    fn update(
+        &mut self,
+        weights: &NamedTensors,
+        grads: &HostGrads,
+        k: usize,
+    ) -> Result<NamedTensors>;
 }
 
 /// Backend `G`'s model and optimizer state.
@@ -111,7 +115,11 @@ struct On<'a, G: AutodiffBackend> {
 
 impl<G: AutodiffBackend> On<'_, G> {
     fn load(&mut self, weights: &NamedTensors) -> Result<Dit<G>> {
-        Ok(load_host(self.model.take().expect("model"), weights, &self.device)?)
+        Ok(load_host(
+            self.model.take().expect("model"),
+            weights,
+            &self.device,
+        )?)
     }
 }
 
@@ -221,7 +229,12 @@ pub fn lockstep<R: AutodiffBackend>(
         for other in others.iter_mut() {
             let (loss, first) = other.side.grads(&weights, batch, k)?;
             let (_, second) = other.side.grads(&weights, batch, k)?;
-            step_rows.push(compare(k, (reference.0, &reference.1), (loss, &first), &second));
+            step_rows.push(compare(
+                k,
+                (reference.0, &reference.1),
+                (loss, &first),
+                &second,
+            ));
         }
         (model, _) = apply_step(cfg, model, g, k as u64, (&mut optim, &mut ema), &shapes)?;
         let updated = to_host(&model);
@@ -303,8 +316,8 @@ mod tests {
             Evaluator::new::<AB>("a", &cfg, Default::default()).unwrap(),
             Evaluator::new::<AB>("b", &cfg, Default::default()).unwrap(),
         ];
-        let rows = lockstep::<AB>(&cfg, &init, &batches, &device, &mut others, &mut |_, _| {})
-            .unwrap();
+        let rows =
+            lockstep::<AB>(&cfg, &init, &batches, &device, &mut others, &mut |_, _| {}).unwrap();
         assert_eq!(rows.len(), 6);
         let names: Vec<&str> = rows.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["a", "b", "a", "b", "a", "b"]);
@@ -326,7 +339,10 @@ mod tests {
             .unwrap();
             m = next;
             assert!((row.loss.0 - out.loss).abs() < 1e-6, "{row:?} vs {out:?}");
-            assert!((row.norm.0 - out.grad_norm).abs() < 1e-5 * out.grad_norm, "{row:?}");
+            assert!(
+                (row.norm.0 - out.grad_norm).abs() < 1e-5 * out.grad_norm,
+                "{row:?}"
+            );
             // The same backend from the same weights: the same numbers.
             assert_eq!(row.loss.0, row.loss.1, "{row:?}");
             assert!(row.grad_rel < 1e-6 && row.repeat_rel < 1e-6, "{row:?}");
@@ -344,10 +360,11 @@ mod tests {
         let mut doubled = cfg.clone();
         doubled.optim.lr *= 2.0;
         let device = Default::default();
-        let mut others = vec![Evaluator::new::<AB>("lr x 2", &doubled, Default::default()).unwrap()];
+        let mut others =
+            vec![Evaluator::new::<AB>("lr x 2", &doubled, Default::default()).unwrap()];
         let batches = vec![batch.clone(), batch];
-        let rows = lockstep::<AB>(&cfg, &init, &batches, &device, &mut others, &mut |_, _| {})
-            .unwrap();
+        let rows =
+            lockstep::<AB>(&cfg, &init, &batches, &device, &mut others, &mut |_, _| {}).unwrap();
         for (_, row) in &rows {
             // The gradients do not depend on the learning rate; AdamW's
             // update is proportional to it (no weight decay here).
@@ -362,7 +379,12 @@ mod tests {
             [("a".to_string(), vec![a]), ("b".to_string(), vec![b])].into()
         };
         let reference = g(1.0, 1.0);
-        let row = compare(3, (0.5, &reference), (0.5, &g(f32::NAN, 1.5)), &g(f32::NAN, 1.5));
+        let row = compare(
+            3,
+            (0.5, &reference),
+            (0.5, &g(f32::NAN, 1.5)),
+            &g(f32::NAN, 1.5),
+        );
         assert_eq!(row.step, 3);
         assert!(row.grad_rel.is_nan() && row.repeat_rel.is_nan());
         assert_eq!(row.worst.0, "a");

@@ -171,7 +171,10 @@ impl Nccl {
     ///
     /// # Shapes
     /// full: [n k] -> [k]
-    pub fn reduce_scatter_sum<B: Backend>(&self, full: Tensor<B, 1>) -> Result<Tensor<B, 1>, String> {
+    pub fn reduce_scatter_sum<B: Backend>(
+        &self,
+        full: Tensor<B, 1>,
+    ) -> Result<Tensor<B, 1>, String> {
         let m = full.dims()[0];
         if m % self.size != 0 {
             return Err(format!(

@@ -345,7 +345,11 @@ pub fn wgpu_lockstep(
     type Fused = burn::backend::Autodiff<burn::backend::Wgpu<f32, i32>>;
     no_bf16_on_wgpu(cfg)?;
     let (init, batches) = inputs(cfg, steps)?;
-    let mut others = [Evaluator::new::<Fused>("wgpu (fusion)", cfg, Default::default())?];
+    let mut others = [Evaluator::new::<Fused>(
+        "wgpu (fusion)",
+        cfg,
+        Default::default(),
+    )?];
     let cpu = Default::default();
     crate::lockstep::lockstep::<Cpu>(cfg, &init, &batches, &cpu, &mut others, progress)?;
     Ok(())

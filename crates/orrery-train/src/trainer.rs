@@ -77,9 +77,7 @@ pub struct TrainSummary {
 
 /// Train on the backend named by `cfg.run.device`.
 pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
-    with_backend!(cfg.run, |AB, device| train_on::<AB>(
-        cfg, opts, device
-    ))
+    with_backend!(cfg.run, |AB, device| train_on::<AB>(cfg, opts, device))
 }
 
 pub(crate) fn denoiser<B: Backend>(model: &Dit<B>) -> impl orrery_diffusion::Denoiser<B> + '_ {
