@@ -390,8 +390,13 @@ fn train_ranks<B: AutodiffBackend>(
             .map_err(io(run_dir))?;
     }
     let mut gains = NextFrameEval::default();
+    let on = match (cfg.run.device, cfg.run.fusion) {
+        (crate::config::Device::Cpu, _) => "",
+        (crate::config::Device::Cuda, false) => "; cuda, unfused kernels (run.fusion)",
+        (crate::config::Device::Cuda, true) => "; cuda, fused kernels (run.fusion)",
+    };
     say(format!(
-        "training {} params on {} clips ({} held out, {} skipped as too short), {} steps from step {step}; held-out loss {heldout_start:.4}",
+        "training {} params on {} clips ({} held out, {} skipped as too short), {} steps from step {step}; held-out loss {heldout_start:.4}{on}",
         cfg.model.num_params(),
         loader.clips(&data),
         data.holdout.len(),
