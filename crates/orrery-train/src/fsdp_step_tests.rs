@@ -84,16 +84,7 @@ fn fsdp_on_one_rank_takes_the_same_steps_as_the_whole_model() {
         };
         let mut moments = gather(&optim_s.exp_avg, "exp_avg.");
         moments.extend(gather(&optim_s.exp_avg_sq, "exp_avg_sq."));
-        let ema_whole: NamedTensors = ema
-            .weights
-            .iter()
-            .map(|(n, t)| {
-                (
-                    n.clone(),
-                    HostTensor::from_flat(t.clone(), shapes[n].clone()),
-                )
-            })
-            .collect();
+        let ema_whole = ema.to_host(&shapes);
         let diffs = [
             max_diff(&to_host(&model), &gather(&fsdp.params, "")),
             max_diff(&ema_whole, &gather(&ema_s.weights, "")),

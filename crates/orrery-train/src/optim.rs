@@ -206,6 +206,17 @@ impl<B: Backend> Ema<B> {
         };
         self.weights.insert(name.to_string(), next);
     }
+
+    /// Host copies of the averaged weights, under the parameters' names.
+    pub fn to_host(&self, shapes: &BTreeMap<String, Vec<usize>>) -> NamedTensors {
+        self.weights
+            .iter()
+            .map(|(name, t)| {
+                let shape = shapes[name].clone();
+                (name.clone(), HostTensor::from_flat(t.clone(), shape))
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

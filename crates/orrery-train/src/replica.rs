@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
 use orrery_diffusion::{Denoiser, TrainBatch};
 use orrery_dist::{Collective, World};
-use orrery_model::named::{map_named, to_host, visit_named, HostTensor, NamedTensors};
+use orrery_model::named::{map_named, to_host, visit_named};
 use orrery_model::Dit;
 
 use crate::checkpoint::{write_named, Pending, TensorFile, EMA_FILE, MODEL_FILE, OPTIM_FILE};
@@ -59,7 +60,7 @@ fn read_flat<B: burn::tensor::backend::Backend>(
     file: &TensorFile,
     name: &str,
     device: &B::Device,
-) -> Result<Option<burn::tensor::Tensor<B, 1>>> {
+) -> Result<Option<Tensor<B, 1>>> {
     Ok(file.get(name)?.map(|t| t.to_flat(device)))
 }
 
@@ -124,8 +125,18 @@ impl<B: AutodiffBackend> Replica<B> {
         if cfg.parallel.strategy == Strategy::Ddp {
             // Draw every weight now, in module order: a lazy parameter is
             // drawn when first read, and each copy made before that (a bf16
-            // cast, a micro-batch's graph) would draw its own.
-            visit_named(&model, |_, _, _, _| {});
+            // cast, a micro-batch's graph) would draw its own. Then every
+            // rank takes rank 0's (FSDP broadcasts unit by unit instead).
+            let mut w = BTreeMap::new();
+            visit_named(&model, |name, _, _, flat| {
+                w.insert(name.to_string(), flat.inner());
+            });
+            let model = if comm.size() > 1 {
+                crate::ddp::broadcast_from_rank0(comm, &mut w)?;
+                map_named(model, |name, _, _| Tensor::from_inner(w[name].clone()))
+            } else {
+                model
+            };
             let (optim, ema) = start.whole(&model, device)?;
             return Ok((Replica::Full(model), optim, ema));
         }
@@ -256,18 +267,8 @@ impl<B: AutodiffBackend> Replica<B> {
         match self {
             Replica::Full(_) if comm.rank() != 0 => Ok(()),
             Replica::Full(model) => {
-                let averaged: NamedTensors = ema
-                    .weights
-                    .iter()
-                    .map(|(n, t)| {
-                        (
-                            n.clone(),
-                            HostTensor::from_flat(t.clone(), shapes[n].clone()),
-                        )
-                    })
-                    .collect();
                 write_named(pending, MODEL_FILE, &to_host(model))?;
-                write_named(pending, EMA_FILE, &averaged)?;
+                write_named(pending, EMA_FILE, &ema.to_host(shapes))?;
                 write_named(pending, OPTIM_FILE, &optim.to_host(shapes))
             }
             Replica::Sharded(fsdp) => {

@@ -10,7 +10,7 @@ use burn::tensor::{Tensor, TensorData};
 use orrery_data::{Batch, Cursor};
 use orrery_diffusion::{Actions, Cond, DiffusionError, TrainBatch};
 use orrery_dist::{connect, Collective, World};
-use orrery_model::named::{load_host, map_named, visit_named};
+use orrery_model::named::load_host;
 use orrery_model::{Dit, DitConfig, DitInput};
 
 use crate::checkpoint::{self, TensorFile, TrainerState};
@@ -298,15 +298,6 @@ fn train_ranks<B: AutodiffBackend>(
                 world.rank,
                 run_dir.display()
             )));
-        }
-        if !sharded {
-            // Identical weights on every rank (FSDP broadcasts unit by unit).
-            let mut w = BTreeMap::new();
-            visit_named(&model, |name, _, _, flat| {
-                w.insert(name.to_string(), flat.inner());
-            });
-            crate::ddp::broadcast_from_rank0(comm, &mut w)?;
-            model = map_named(model, |name, _, _| Tensor::from_inner(w[name].clone()));
         }
         say(format!(
             "data parallel over {} ranks ({}, started by {}): {} clips per rank per step",
