@@ -120,10 +120,23 @@ for stage in "$@"; do
     train*)
       precs=${stage#train-}; [[ $precs == train ]] && precs=${PRECISIONS:-f32 bf16}
       for prec in $precs; do
-        timeout $(lim ${TRAIN_S:-170}) $bin train $q --set run.steps=${STEPS:-500} --set logging.every=${LOG_EVERY:-5} \
+        # cubecl logs each kernel it compiles and each autotune choice;
+        # every 30 s the log gets how many so far (a first step that takes
+        # minutes: compiling one kernel after another, or tuning?).
+        klog=/tmp/gpu-kernels-$prec.log; rm -f $klog
+        ( while sleep 30; do
+            printf '%4ds kernels compiled %s, autotune choices %s (%s)\n' $SECONDS \
+              "$(grep -c '\[Compiling kernel\]' $klog 2>/dev/null)" "$(grep -c 'Fastest result' $klog 2>/dev/null)" $prec
+          done >> "$log" ) &
+        mon=$!
+        ORRERY_KERNEL_LOG=$klog timeout $(lim ${TRAIN_S:-170}) $bin train $q --set run.steps=${STEPS:-500} --set logging.every=${LOG_EVERY:-5} \
           --set logging.eval_every=250 --set checkpoint.every=250 --set run.precision=$prec \
           --run-dir /tmp/gpu-$prec --resume never 2>&1 | stamp | tee -a "$log" | tail -4
         rc=${PIPESTATUS[0]}; echo "rc $rc" | tee -a "$log"
+        kill $mon 2>/dev/null
+        { echo "most compiled kernels ($prec): $(grep -c '\[Compiling kernel\]' $klog 2>/dev/null) in all"
+          grep -o '\[Compiling kernel\].*' $klog | sort | uniq -c | sort -rn | head -12
+          grep 'Fastest result' $klog | cut -c1-160 | tail -5; } 2>/dev/null | tee -a "$log"
         sed "s/^{/{\"precision\":\"$prec\",/" /tmp/gpu-$prec/metrics.jsonl > /tmp/gpu-metrics-$prec.jsonl 2>/dev/null
         [[ ${SAMPLE:-1} == 1 ]] && timeout $(lim 45) $bin sample --checkpoint /tmp/gpu-$prec --out /tmp/rollout_$prec.gif 2>&1 | tail -4 | stamp | tee -a "$log"
         cp /tmp/rollout_$prec.gif "$out/" 2>/dev/null

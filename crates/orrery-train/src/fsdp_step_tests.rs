@@ -7,7 +7,7 @@ use crate::trainer::to_device;
 use burn::backend::Flex;
 use burn::module::AutodiffModule;
 use orrery_dist::SingleProcess;
-use orrery_model::named::{to_host, HostTensor, NamedTensors};
+use orrery_model::named::{to_host, NamedTensors};
 use orrery_model::{AttentionMask, MlpKind, PosEmbed, QkNorm};
 use std::collections::BTreeMap;
 

@@ -14,7 +14,8 @@
 //! directory or above wins: then cubecl's own settings apply. A directory
 //! that cannot be written leaves the cache off, with a warning. The caches
 //! are cubecl's own: keyed by kernel and cubecl version, append-only and
-//! locked for many processes.
+//! locked for many processes. `ORRERY_KERNEL_LOG=FILE` makes cubecl write
+//! a line to FILE for each kernel it compiles and each autotune choice.
 
 use std::path::PathBuf;
 
@@ -69,28 +70,38 @@ fn gpu_arch(ordinal: usize) -> Option<String> {
 }
 
 /// Point cubecl's kernel and autotune caches at [`cache_dir`]'s folder for
-/// GPU `ordinal`'s architecture, unless a cubecl config file is in charge;
-/// call before the first CUDA device is made (later calls do nothing, as
-/// does a call after cubecl has read its config).
+/// GPU `ordinal`'s architecture, and its compile and autotune logs at
+/// `ORRERY_KERNEL_LOG` if set (a line per kernel compiled and per autotune
+/// choice: what a first step spends its minutes on), unless a cubecl config
+/// file is in charge; call before the first CUDA device is made (later calls
+/// do nothing, as does a call after cubecl has read its config).
 #[cfg(feature = "cuda")]
 pub(crate) fn install(ordinal: usize) {
-    use cubecl::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
+    use cubecl::config::{
+        autotune::AutotuneLogLevel, cache::CacheConfig, compilation::CompilationLogLevel,
+        CubeClRuntimeConfig, RuntimeConfig,
+    };
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let cwd = std::env::current_dir().unwrap_or_default();
         if config_file_above(&cwd) {
             return;
         }
-        let (Some(root), Some(arch)) = (cache_dir(|k| std::env::var(k).ok()), gpu_arch(ordinal))
-        else {
-            return;
-        };
-        let dir = root.join(arch);
-        if !writable(&dir) {
-            eprintln!(
-                "warning: cannot write the kernel cache {}: GPU kernels will be compiled again by every process (set ORRERY_KERNEL_CACHE to a writable directory, or to off)",
-                dir.display()
-            );
+        let cache = cache_dir(|k| std::env::var(k).ok())
+            .zip(gpu_arch(ordinal))
+            .map(|(root, arch)| root.join(arch))
+            .filter(|dir| {
+                let ok = writable(dir);
+                if !ok {
+                    eprintln!(
+                        "warning: cannot write the kernel cache {}: GPU kernels will be compiled again by every process (set ORRERY_KERNEL_CACHE to a writable directory, or to off)",
+                        dir.display()
+                    );
+                }
+                ok
+            });
+        let log = log_file(|k| std::env::var(k).ok());
+        if cache.is_none() && log.is_none() {
             return;
         }
         let mut state = CubeClRuntimeConfig::storage().lock();
@@ -98,10 +109,26 @@ pub(crate) fn install(ordinal: usize) {
             return;
         }
         let mut config = CubeClRuntimeConfig::default();
-        config.compilation.cache = Some(CacheConfig::File(dir.clone()));
-        config.autotune.cache = CacheConfig::File(dir);
+        if let Some(dir) = cache {
+            config.compilation.cache = Some(CacheConfig::File(dir.clone()));
+            config.autotune.cache = CacheConfig::File(dir);
+        }
+        if let Some(file) = log {
+            config.compilation.logger.level = CompilationLogLevel::Basic;
+            config.compilation.logger.file = Some(file.clone());
+            config.autotune.logger.level = AutotuneLogLevel::Minimal;
+            config.autotune.logger.file = Some(file);
+        }
         *state = Some(std::sync::Arc::new(config.override_from_env()));
     });
+}
+
+/// Where cubecl should log the kernels it compiles and its autotune
+/// choices: `ORRERY_KERNEL_LOG`, if set and not empty.
+pub fn log_file(var: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    var("ORRERY_KERNEL_LOG")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 #[cfg(test)]
@@ -145,6 +172,12 @@ mod tests {
             Some(PathBuf::from("/h/.cache/orrery/kernels"))
         );
         assert_eq!(cache_dir(env(&[])), None);
+        assert_eq!(super::log_file(env(&empty)), None);
+        let log = [("ORRERY_KERNEL_LOG", "/tmp/k.log")];
+        assert_eq!(
+            super::log_file(env(&log)),
+            Some(PathBuf::from("/tmp/k.log"))
+        );
     }
 
     #[test]
