@@ -53,6 +53,8 @@ deadline=${DEADLINE:-500}
 lim() { local left=$((deadline - SECONDS)); left=$(( left < $1 ? left : $1 )); echo $(( left < 1 ? 1 : left )); }
 # Nothing from an earlier call on a warm machine may stand in for this one's results.
 rm -rf /tmp/one /tmp/two /tmp/fsdp1 /tmp/nccl2 /tmp/gpu-* /tmp/rollout_*
+# How many lines of file $2 match $1 (0 if there is no such file).
+count() { local n; n=$(grep -c "$1" "$2" 2>/dev/null); echo "${n:-0}"; }
 stamp() { while IFS= read -r l; do printf '%4ds %s\n' $SECONDS "$l"; done; }
 bin=/tmp/orrery-bin/orrery
 mkdir -p /tmp/orrery-bin && gunzip -c "$gz" > $bin && chmod +x $bin
@@ -126,7 +128,7 @@ for stage in "$@"; do
         klog=/tmp/gpu-kernels-$prec.log; rm -f $klog
         ( while sleep 30; do
             printf '%4ds kernels compiled %s, autotune choices %s (%s)\n' $SECONDS \
-              "$(grep -c '\[Compiling kernel\]' $klog 2>/dev/null)" "$(grep -c 'Fastest result' $klog 2>/dev/null)" $prec
+              "$(count '\[Compiling kernel\]' $klog)" "$(count 'Fastest result' $klog)" $prec
           done >> "$log" ) &
         mon=$!
         ORRERY_KERNEL_LOG=$klog timeout $(lim ${TRAIN_S:-170}) $bin train $q --set run.steps=${STEPS:-500} --set logging.every=${LOG_EVERY:-5} \
@@ -134,7 +136,7 @@ for stage in "$@"; do
           --run-dir /tmp/gpu-$prec --resume never 2>&1 | stamp | tee -a "$log" | tail -4
         rc=${PIPESTATUS[0]}; echo "rc $rc" | tee -a "$log"
         kill $mon 2>/dev/null
-        { echo "most compiled kernels ($prec): $(grep -c '\[Compiling kernel\]' $klog 2>/dev/null) in all"
+        { echo "most compiled kernels ($prec): $(count '\[Compiling kernel\]' $klog) in all"
           grep -o '\[Compiling kernel\].*' $klog | sort | uniq -c | sort -rn | head -12
           grep 'Fastest result' $klog | cut -c1-160 | tail -5; } 2>/dev/null | tee -a "$log"
         sed "s/^{/{\"precision\":\"$prec\",/" /tmp/gpu-$prec/metrics.jsonl > /tmp/gpu-metrics-$prec.jsonl 2>/dev/null
