@@ -56,7 +56,7 @@ pub fn writable(dir: &std::path::Path) -> bool {
 /// The compute capability of GPU `ordinal` as cubecl compiles for it
 /// (`sm_90`), if the driver answers.
 #[cfg(feature = "cuda")]
-fn gpu_arch(ordinal: usize) -> Option<String> {
+pub(crate) fn gpu_arch(ordinal: usize) -> Option<String> {
     use cudarc::driver::{result, sys};
     // SAFETY: only checks whether libcuda loads (cudarc panics on use otherwise).
     if !unsafe { sys::is_culib_present() } || result::init().is_err() {
@@ -70,13 +70,14 @@ fn gpu_arch(ordinal: usize) -> Option<String> {
 }
 
 /// Point cubecl's kernel and autotune caches at [`cache_dir`]'s folder for
-/// GPU `ordinal`'s architecture, and its compile and autotune logs at
-/// `ORRERY_KERNEL_LOG` if set (a line per kernel compiled and per autotune
-/// choice: what a first step spends its minutes on), unless a cubecl config
-/// file is in charge; call before the first CUDA device is made (later calls
-/// do nothing, as does a call after cubecl has read its config).
-#[cfg(feature = "cuda")]
-pub(crate) fn install(ordinal: usize) {
+/// GPU architecture `arch` (CUDA; None: no cache, as for WebGPU), and its
+/// compile and autotune logs at `ORRERY_KERNEL_LOG` if set (a line per
+/// kernel compiled and per autotune choice: what a first step spends its
+/// minutes on), unless a cubecl config file is in charge; call before the
+/// first GPU device is made (later calls do nothing, as does a call after
+/// cubecl has read its config).
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub(crate) fn install(arch: Option<String>) {
     use cubecl::config::{
         autotune::AutotuneLogLevel, cache::CacheConfig, compilation::CompilationLogLevel,
         CubeClRuntimeConfig, RuntimeConfig,
@@ -88,7 +89,7 @@ pub(crate) fn install(ordinal: usize) {
             return;
         }
         let cache = cache_dir(|k| std::env::var(k).ok())
-            .zip(gpu_arch(ordinal))
+            .zip(arch)
             .map(|(root, arch)| root.join(arch))
             .filter(|dir| {
                 let ok = writable(dir);

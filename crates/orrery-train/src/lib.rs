@@ -72,7 +72,7 @@ pub(crate) fn cuda_ordinal(world: &orrery_dist::World) -> std::result::Result<us
         return Err("the CUDA driver sees no GPU".into());
     }
     let ordinal = world.local_rank % count as usize;
-    kernels::install(ordinal);
+    kernels::install(kernels::gpu_arch(ordinal));
     Ok(ordinal)
 }
 

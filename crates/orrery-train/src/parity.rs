@@ -344,6 +344,7 @@ pub fn wgpu_lockstep(
     use crate::lockstep::Evaluator;
     type Fused = burn::backend::Autodiff<burn::backend::Wgpu<f32, i32>>;
     no_bf16_on_wgpu(cfg)?;
+    crate::kernels::install(None);
     let (init, batches) = inputs(cfg, steps)?;
     let mut others = [Evaluator::new::<Fused>(
         "wgpu (fusion)",
@@ -392,6 +393,7 @@ pub fn wgpu_backends(
 ) -> Result<()> {
     type Fused = burn::backend::Autodiff<burn::backend::Wgpu<f32, i32>>;
     no_bf16_on_wgpu(cfg)?;
+    crate::kernels::install(None);
     let (cpu, init, batches) = reference(cfg, steps)?;
     let device = Default::default();
     let mut report = |phase: Phase, t: &Trace| progress(&cpu, phase, t);
