@@ -23,10 +23,12 @@ pub(super) fn small(attention: AttentionMask) -> DitConfig {
 }
 
 /// The most a frame's output may change when the changed input is outside
-/// its receptive field. Not 0: flex splits its multithreaded reductions by
-/// load, so two calls on the same values may round differently (CI saw
-/// 1.9e-6 on outputs of order 3). A frame that does see the change moves by
-/// more than 1e-3.
+/// its receptive field. Not 0: once, in CI, such a frame moved by 1.9e-6
+/// (outputs of order 3), a few float roundings, so two forward passes on
+/// flex are not always bit-identical in frames the change cannot reach.
+/// Not reproduced here (200 inputs, runs under load: always 0), so the
+/// cause is not pinned (candidates: flex's multithreaded or SIMD paths).
+/// A frame that does see the change moves by more than 1e-3.
 pub(super) const UNSEEN: f32 = 2e-5;
 
 /// adaLN-Zero makes a fresh model output exactly zero; perturb every weight so
