@@ -1,5 +1,4 @@
 //! `orrery bench step`: time the training step of a config on its device.
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
@@ -7,7 +6,6 @@ use orrery_data::{Cursor, Dataset, Loader};
 use orrery_model::Dit;
 
 use crate::config::TrainConfig;
-use crate::optim::{AdamW, Ema};
 use crate::replica::{Replica, StartState};
 use crate::trainer::{join_world, param_shapes, to_device};
 use crate::Result;
@@ -74,9 +72,14 @@ fn bench_on<B: AutodiffBackend>(
     let model: Dit<B> = cfg.model.init(&device)?;
     let shapes = param_shapes(&model);
     let params = model.param_count();
-    let fresh = StartState::Whole(AdamW::default(), Ema::new(BTreeMap::new()));
-    let (mut replica, mut optim, mut ema) =
-        Replica::new(cfg, model, &world, comm.as_ref(), &device, fresh)?;
+    let (mut replica, mut optim, mut ema) = Replica::new(
+        cfg,
+        model,
+        &world,
+        comm.as_ref(),
+        &device,
+        StartState::Fresh,
+    )?;
     let mut loader = Loader::new(
         &data.train,
         cfg.run.seed,

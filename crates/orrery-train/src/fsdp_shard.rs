@@ -1,14 +1,12 @@
 //! Where an FSDP rank's shards come from: drawn unit by unit from the
-//! seeded RNG (a fresh run), cut from a whole model, or read from a
-//! checkpoint's file (a resumed run). Only [`Fsdp::new`] ever holds the
-//! whole model, for a caller that already has it.
-use std::collections::BTreeMap;
-
+//! seeded RNG (a fresh run or `bench step`), or read from a checkpoint's
+//! file (a resumed run); tests also cut them from a whole model
+//! (`Fsdp::new`).
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use orrery_dist::Collective;
 use orrery_model::named::visit_named;
-use orrery_model::{Dit, DitBlock, DitConfig, DitEmbed};
+use orrery_model::{DitBlock, DitConfig, DitEmbed};
 
 use crate::checkpoint::TensorFile;
 use crate::fsdp::{unit_kinds, Fsdp, UnitKind};
@@ -31,18 +29,27 @@ fn unit_values<B: Backend>(cfg: &DitConfig, kind: UnitKind, device: &B::Device) 
     values
 }
 
+#[cfg(test)]
 impl<B: Backend> Fsdp<B> {
-    /// Shard `model` (identical on every rank) for `rank` of `size`.
-    pub fn new(model: &Dit<B>, rank: usize, size: usize, device: &B::Device) -> Result<Self> {
+    /// Shard `model` (identical on every rank) for `rank` of `size`: the
+    /// tests' way to compare with a whole model (training never holds one).
+    pub fn new(
+        model: &orrery_model::Dit<B>,
+        rank: usize,
+        size: usize,
+        device: &B::Device,
+    ) -> Result<Self> {
         let mut fsdp = Self::plan(model.config(), rank, size, device)?;
-        let mut values = BTreeMap::new();
+        let mut values = std::collections::BTreeMap::new();
         visit_named(model, |name, _, _, t| {
             values.insert(name.to_string(), t);
         });
         fsdp.params = fsdp.shard(|name| values.get(name).cloned())?;
         Ok(fsdp)
     }
+}
 
+impl<B: Backend> Fsdp<B> {
     /// Initialise the parameters unit by unit, as [`DitConfig::init`] would
     /// the whole model from the same seed (the backend's RNG draws in module
     /// order either way), keeping only this rank's shard: one unit is whole

@@ -20,6 +20,7 @@ use orrery_model::Dit;
 
 use crate::config::TrainConfig;
 use crate::optim::{flat, host, AdamW, Ema};
+use crate::parity::{rel_l2, Rel};
 use crate::step::{apply_step, step_grads, StepGrads};
 use crate::trainer::{param_shapes, to_device};
 use crate::Result;
@@ -47,43 +48,6 @@ pub struct LockRow {
     /// state, fed the reference's gradients) against the reference's:
     /// ||dw_other - dw_ref|| / ||dw_ref||.
     pub update_rel: f64,
-}
-
-/// Sums of squares for a relative L2 over many tensors.
-#[derive(Default)]
-struct Rel {
-    num: f64,
-    den: f64,
-    finite: bool,
-}
-
-impl Rel {
-    fn new() -> Self {
-        Self {
-            finite: true,
-            ..Self::default()
-        }
-    }
-
-    fn add(&mut self, reference: &[f32], other: &[f32]) {
-        if reference.len() != other.len() {
-            self.finite = false;
-            return;
-        }
-        for (x, y) in reference.iter().zip(other) {
-            self.finite &= x.is_finite() && y.is_finite();
-            self.num += (*y as f64 - *x as f64).powi(2);
-            self.den += (*x as f64).powi(2);
-        }
-    }
-
-    fn value(&self) -> f64 {
-        if self.finite {
-            (self.num / self.den.max(1e-300)).sqrt()
-        } else {
-            f64::NAN
-        }
-    }
 }
 
 /// A step's loss and each parameter's gradient, on the host.
@@ -261,9 +225,7 @@ fn compare(
     for (name, r) in reference {
         let o = first.get(name).map(Vec::as_slice).unwrap_or(&[]);
         whole.add(r, o);
-        let mut one = Rel::new();
-        one.add(r, o);
-        let v = one.value();
+        let v = rel_l2(r, o);
         if !(v <= worst.1) && !worst.1.is_nan() {
             worst = (name.clone(), v);
         }
@@ -408,17 +370,5 @@ mod tests {
         assert!((r - 0.5).abs() < 1e-12, "{r}");
         assert!(update_rel(&before, &reference, &one(vec![101.0])).is_nan());
         assert!(update_rel(&before, &reference, &one(vec![f32::NAN, 100.0])).is_nan());
-    }
-
-    #[test]
-    fn rel_flags_mismatches_and_non_finite_values() {
-        let mut r = Rel::new();
-        r.add(&[3.0, 4.0], &[3.0, 4.5]);
-        assert!((r.value() - 0.1).abs() < 1e-12);
-        r.add(&[1.0], &[f32::NAN]);
-        assert!(r.value().is_nan());
-        let mut r = Rel::new();
-        r.add(&[1.0, 2.0], &[1.0]);
-        assert!(r.value().is_nan());
     }
 }

@@ -50,18 +50,51 @@ pub struct Diff {
     pub rel: f64,
 }
 
+/// A relative L2 difference over many tensors at once:
+/// ||other - reference|| / ||reference|| over every pair added; NaN if any
+/// value is not finite or a pair's lengths differ.
+#[derive(Default)]
+pub(crate) struct Rel {
+    num: f64,
+    den: f64,
+    finite: bool,
+}
+
+impl Rel {
+    pub(crate) fn new() -> Self {
+        Self {
+            finite: true,
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn add(&mut self, reference: &[f32], other: &[f32]) {
+        if reference.len() != other.len() {
+            self.finite = false;
+            return;
+        }
+        for (x, y) in reference.iter().zip(other) {
+            self.finite &= x.is_finite() && y.is_finite();
+            self.num += (*y as f64 - *x as f64).powi(2);
+            self.den += (*x as f64).powi(2);
+        }
+    }
+
+    pub(crate) fn value(&self) -> f64 {
+        if self.finite {
+            (self.num / self.den.max(1e-300)).sqrt()
+        } else {
+            f64::NAN
+        }
+    }
+}
+
 /// ||b - a|| / ||a||, in f64; NaN if either holds a NaN or Inf, or the
 /// lengths differ.
 pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    if a.len() != b.len() || a.iter().chain(b).any(|x| !x.is_finite()) {
-        return f64::NAN;
-    }
-    let (mut num, mut den) = (0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        num += (*y as f64 - *x as f64).powi(2);
-        den += (*x as f64).powi(2);
-    }
-    (num / den.max(1e-300)).sqrt()
+    let mut rel = Rel::new();
+    rel.add(a, b);
+    rel.value()
 }
 
 /// Compare `other` with `reference`: every op, the first loss, every
@@ -443,6 +476,18 @@ mod tests {
         };
         assert!(worst("step 0 grad") > 1e-4, "{}", worst("step 0 grad"));
         assert!(worst("op") < 1e-6, "ops do not depend on the weights");
+    }
+
+    #[test]
+    fn rel_flags_mismatches_and_non_finite_values() {
+        let mut r = Rel::new();
+        r.add(&[3.0, 4.0], &[3.0, 4.5]);
+        assert!((r.value() - 0.1).abs() < 1e-12);
+        r.add(&[1.0], &[f32::NAN]);
+        assert!(r.value().is_nan());
+        let mut r = Rel::new();
+        r.add(&[1.0, 2.0], &[1.0]);
+        assert!(r.value().is_nan());
     }
 
     #[test]

@@ -37,12 +37,10 @@ pub(crate) enum Weights<'a, B: AutodiffBackend> {
 }
 
 /// Where a run's AdamW moments and EMA start from.
-pub(crate) enum StartState<'a, B: AutodiffBackend> {
+pub(crate) enum StartState<'a> {
     /// A fresh start from the seeded initial weights: zero moments, EMA =
     /// the weights. FSDP draws them unit by unit (never whole).
     Fresh,
-    /// Whole tensors by name, for the model as given.
-    Whole(AdamW<B::InnerBackend>, Ema<B::InnerBackend>),
     /// A checkpoint's files, read one tensor at a time: sharded, each rank
     /// keeps only its shard of each. DDP takes its weights from the model
     /// as given (loaded by the trainer), FSDP its shards from `model`.
@@ -64,23 +62,16 @@ fn read_flat<B: burn::tensor::backend::Backend>(
     Ok(file.get(name)?.map(|t| t.to_flat(device)))
 }
 
-impl<B: AutodiffBackend> StartState<'_, B> {
-    /// Whole moments and EMA on `device` for `model` (DDP; every tensor
-    /// read once).
-    fn whole(
+impl StartState<'_> {
+    /// Whole moments and EMA on `device` (DDP; every tensor read once);
+    /// `weights` (the model's, flat, by name) start a fresh EMA.
+    fn whole<B: AutodiffBackend>(
         self,
-        model: &Dit<B>,
+        weights: BTreeMap<String, Tensor<B::InnerBackend, 1>>,
         device: &B::Device,
     ) -> Result<(AdamW<B::InnerBackend>, Ema<B::InnerBackend>)> {
         let (optim, ema, steps, ema_updates) = match self {
-            StartState::Fresh => {
-                let mut w = BTreeMap::new();
-                visit_named(model, |name, _, _, flat| {
-                    w.insert(name.to_string(), flat.inner());
-                });
-                return Ok((AdamW::default(), Ema::new(w)));
-            }
-            StartState::Whole(optim, ema) => return Ok((optim, ema)),
+            StartState::Fresh => return Ok((AdamW::default(), Ema::new(weights))),
             StartState::Checkpoint {
                 optim,
                 ema,
@@ -120,7 +111,7 @@ impl<B: AutodiffBackend> Replica<B> {
         world: &World,
         comm: &dyn Collective,
         device: &B::Device,
-        start: StartState<'_, B>,
+        start: StartState<'_>,
     ) -> Result<(Self, AdamW<B::InnerBackend>, Ema<B::InnerBackend>)> {
         if cfg.parallel.strategy == Strategy::Ddp {
             // Draw every weight now, in module order: a lazy parameter is
@@ -137,16 +128,12 @@ impl<B: AutodiffBackend> Replica<B> {
             } else {
                 model
             };
-            let (optim, ema) = start.whole(&model, device)?;
+            let (optim, ema) = start.whole::<B>(w, device)?;
             return Ok((Replica::Full(model), optim, ema));
         }
-        // The model's parameters are read (drawn, for a fresh model) only
-        // where its values are the start: a fresh or resumed FSDP rank
-        // never holds it whole.
-        let mut fsdp = match start {
-            StartState::Whole(..) => Fsdp::new(&model.valid(), world.rank, world.size, device)?,
-            _ => Fsdp::plan(model.config(), world.rank, world.size, device)?,
-        };
+        // A fresh or resumed FSDP rank never holds the model whole: its
+        // shards are drawn unit by unit, or read from the checkpoint.
+        let mut fsdp = Fsdp::plan(model.config(), world.rank, world.size, device)?;
         drop(model);
         fsdp.gather_bf16 = cfg.parallel.gather_dtype == GatherDtype::Bf16;
         fsdp.compute_bf16 = cfg.run.precision == crate::config::Precision::Bf16;
@@ -159,22 +146,6 @@ impl<B: AutodiffBackend> Replica<B> {
                     steps: 0,
                 };
                 (optim, Ema::new(fsdp.params.clone()))
-            }
-            StartState::Whole(optim, ema) => {
-                let sharded_optim = AdamW {
-                    exp_avg: fsdp.shard(|n| optim.exp_avg.get(n).cloned())?,
-                    exp_avg_sq: fsdp.shard(|n| optim.exp_avg_sq.get(n).cloned())?,
-                    steps: optim.steps,
-                };
-                // An empty EMA (bench step) stays empty: its first update
-                // takes the weights, as in DDP.
-                let mut sharded_ema = Ema::new(if ema.weights.is_empty() {
-                    Default::default()
-                } else {
-                    fsdp.shard(|n| ema.weights.get(n).cloned())?
-                });
-                sharded_ema.updates = ema.updates;
-                (sharded_optim, sharded_ema)
             }
             StartState::Checkpoint {
                 model,

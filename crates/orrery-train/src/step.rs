@@ -348,10 +348,8 @@ pub(crate) mod tests {
         assert!(half[29].0 < 0.5 * half[0].0, "bf16 loss {:?}", half);
     }
 
-    /// Under bf16, two micro-batches of 4 give the gradient of one of 8:
-    /// each micro-batch's backward reaches the f32 weights.
     /// A model whose weights are not drawn yet (parameters are lazy) takes
-    /// DDP steps in bf16, as `bench step` gives it: a bf16 copy of an undrawn
+    /// DDP steps in bf16, as training and `bench step` give it: a bf16 copy of an undrawn
     /// weight would draw values of its own, and the gradients would be
     /// looked for on weights the step never used.
     #[test]
@@ -362,10 +360,16 @@ pub(crate) mod tests {
         cfg.run.precision = Precision::Bf16;
         let device = Default::default();
         let model: Dit<AB> = cfg.model.init(&device).unwrap();
-        let fresh = StartState::Whole(AdamW::default(), Ema::new(BTreeMap::new()));
         let world = orrery_dist::World::single();
-        let (replica, mut optim, mut ema) =
-            Replica::new(&cfg, model, &world, &SingleProcess, &device, fresh).unwrap();
+        let (replica, mut optim, mut ema) = Replica::new(
+            &cfg,
+            model,
+            &world,
+            &SingleProcess,
+            &device,
+            StartState::Fresh,
+        )
+        .unwrap();
         let batch = to_device::<AB>(&batch, &cfg.model, &device);
         let state = (&mut optim, &mut ema);
         let (_, out) = replica
@@ -374,6 +378,8 @@ pub(crate) mod tests {
         assert!(out.loss.is_finite() && out.grad_norm > 0.0, "{out:?}");
     }
 
+    /// Under bf16, two micro-batches of 4 give the gradient of one of 8:
+    /// each micro-batch's backward reaches the f32 weights.
     #[test]
     fn bf16_micro_batches_add_up_to_the_whole_batch() {
         let norms: Vec<f64> = [8, 4]
