@@ -66,7 +66,7 @@ pub enum BenchCommand {
         top: usize,
         /// Instead: train --steps steps on the CPU and, at every step,
         /// compute the same step's gradients on the GPU from the CPU's
-        /// weights (twice), and applies the CPU's gradients with its own
+        /// weights (twice), and apply the CPU's gradients with its own
         /// AdamW, so the runs cannot drift apart: shows the steps where the
         /// GPU's gradient or update is wrong, and whether it repeats itself.
         #[arg(long)]
