@@ -73,6 +73,25 @@ pub enum DataCommand {
     },
 }
 
+/// A dataset is written into a location of its own: files already there
+/// would mix with the new ones (two seeds' clips, or duplicate clip ids).
+fn refuse_existing_dataset(out: &str) -> Result<()> {
+    if !out.contains("://") {
+        if let Ok(m) = std::fs::metadata(out) {
+            if !m.is_dir() {
+                bail!("--out {out} exists and is not a folder: name a new folder");
+            }
+        }
+    }
+    let found = orrery_data::store::count_parquet(out)?;
+    if found > 0 {
+        bail!(
+            "--out {out} already holds {found} .parquet file(s); new files would mix with them into one dataset: choose a new --out, or remove the old files first"
+        );
+    }
+    Ok(())
+}
+
 pub fn run_data(cmd: DataCommand) -> Result<()> {
     match cmd {
         DataCommand::Synth {
@@ -95,6 +114,10 @@ pub fn run_data(cmd: DataCommand) -> Result<()> {
             if let Err(e) = cfg.validate() {
                 bail!("orrery data synth: {e}");
             }
+            if clips_per_file == 0 {
+                bail!("--clips-per-file 0: each file holds at least 1 clip (default 128)");
+            }
+            refuse_existing_dataset(&out)?;
             let files = orrery_data::store::write_dataset(
                 &out,
                 &render_clips(&cfg),
@@ -113,6 +136,13 @@ pub fn run_data(cmd: DataCommand) -> Result<()> {
             if !(shard_mb > 0.0 && shard_mb.is_finite()) {
                 bail!("--shard-mb {shard_mb} must be positive");
             }
+            if !scale.is_finite() || scale == 0.0 {
+                bail!("--scale {scale}: the latent scale must be a finite, non-zero number");
+            }
+            if !shift.is_finite() {
+                bail!("--shift {shift}: the latent shift must be a finite number");
+            }
+            refuse_existing_dataset(&out)?;
             let r = orrery_data::import::import(&orrery_data::import::ImportOptions {
                 from,
                 out: out.clone(),
@@ -152,6 +182,9 @@ pub fn run_data(cmd: DataCommand) -> Result<()> {
             );
         }
         DataCommand::Index { url, cache } => {
+            if let Some(c) = &cache {
+                orrery_train::paths::output_file(c, "--cache")?;
+            }
             let (index, stats) = orrery_data::index::load_or_build(&url, cache.as_deref())?;
             println!(
                 "{url}: {} file(s), {} row groups, {} rows, {:.1} MB",
@@ -160,10 +193,13 @@ pub fn run_data(cmd: DataCommand) -> Result<()> {
                 index.rows(),
                 index.bytes() as f64 / 1e6
             );
+            let loc = orrery_data::store::parse(&url)?;
             for f in &index.files {
                 println!(
                     "  {}  {} bytes  row groups {:?}",
-                    f.path, f.size, f.row_groups
+                    loc.shown(&f.path.as_str().into()),
+                    f.size,
+                    f.row_groups
                 );
             }
             println!(

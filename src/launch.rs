@@ -37,7 +37,7 @@ pub fn run_launch(args: LaunchArgs) -> Result<()> {
     cmd.arg("-n").arg(args.ranks.to_string());
     if let Some(h) = &args.hostfile {
         cmd.arg("--hostfile").arg(h);
-    } else {
+    } else if args.ranks > 1 {
         // One machine: OpenMPI counts physical cores as slots, so more ranks
         // than that (hyper-threads, tests) needs --oversubscribe.
         cmd.arg("--oversubscribe");

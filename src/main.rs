@@ -9,6 +9,7 @@ use orrery_diffusion::Sampler;
 mod bench;
 mod data;
 mod launch;
+mod signals;
 
 // mimalloc, counting tensor-sized allocations for `bench step`'s heap figures.
 #[global_allocator]
@@ -77,6 +78,11 @@ struct TrainArgs {
     /// Stop after this many steps in this invocation, with a checkpoint (run.steps still sets the schedule).
     #[arg(long)]
     stop_after: Option<u64>,
+    /// Start afresh in a run directory that holds another run's checkpoints:
+    /// that run's checkpoints and records are moved aside into
+    /// <run dir>/replaced-<time>/, never deleted.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(Args)]
@@ -87,22 +93,22 @@ struct SampleArgs {
     /// Output: a .gif (a .png strip is written beside it) or a .png.
     #[arg(long)]
     out: PathBuf,
-    /// Frames to generate after the context.
+    /// World models: frames to generate after the context [default: the run's sample.frames].
     #[arg(long)]
     frames: Option<usize>,
-    /// Sampler steps per generated frame.
+    /// Sampler steps per generated frame [default: the run's sample.steps].
     #[arg(long)]
     steps: Option<usize>,
-    /// Sampler: euler, heun, ddim, ddpm or euler_maruyama (default: the run's sample.sampler).
+    /// Sampler: euler, heun, ddim, ddpm or euler_maruyama [default: the run's sample.sampler].
     #[arg(long)]
     sampler: Option<String>,
-    /// DDIM's eta (with --sampler ddim).
-    #[arg(long, default_value_t = 0.0)]
-    eta: f64,
-    /// Classifier-free guidance scale on the actions or labels (default: the run's sample.guidance).
+    /// DDIM's eta, 0 (deterministic) to 1 (with --sampler ddim) [default: 0].
+    #[arg(long)]
+    eta: Option<f64>,
+    /// Classifier-free guidance scale on the actions or labels (1 = none) [default: the run's sample.guidance].
     #[arg(long)]
     guidance: Option<f64>,
-    /// Models without actions: samples per class (or in all, unconditional); default sample.clips.
+    /// Models without actions: samples per class (or in all, unconditional) [default: the run's sample.clips].
     #[arg(long)]
     per_class: Option<usize>,
     /// Seed of the sampling noise.
@@ -133,27 +139,39 @@ fn run_train(args: TrainArgs) -> Result<()> {
     let run_dir = args
         .run_dir
         .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.run.name));
+    if args.overwrite && args.resume == "auto" {
+        bail!("--overwrite starts a new run in place of the old one: use it with --resume never (or --resume CHECKPOINT of another run); --resume auto continues the old run");
+    }
     let resume = match args.resume.as_str() {
         "auto" => Resume::Auto,
         "never" => Resume::Never,
         path => Resume::From(PathBuf::from(path)),
     };
     let world_model = cfg.model.has_actions();
+    signals::report_interruptions(&run_dir);
     let s = train(
         cfg,
         RunOptions {
             run_dir: run_dir.clone(),
             resume,
             stop_after: args.stop_after,
+            overwrite: args.overwrite,
         },
     )?;
     if s.rank != 0 {
         return Ok(());
     }
-    println!(
-        "trained steps {}..{} in {:.3} s/step",
-        s.start_step, s.end_step, s.seconds_per_step
-    );
+    if s.end_step > s.start_step {
+        println!(
+            "trained steps {}..{} in {:.3} s/step",
+            s.start_step, s.end_step, s.seconds_per_step
+        );
+    } else {
+        println!(
+            "the run had already reached step {} (run.steps): nothing to train; raise run.steps to train on",
+            s.end_step
+        );
+    }
     println!(
         "held-out loss: {:.4} at step {} -> {:.4} at step {} (EMA weights: {:.4})",
         s.heldout_loss_start, s.start_step, s.heldout_loss_end, s.end_step, s.heldout_loss_ema
@@ -174,6 +192,9 @@ fn run_train(args: TrainArgs) -> Result<()> {
 }
 
 fn run_sample(args: SampleArgs) -> Result<()> {
+    if args.eta.is_some() && args.sampler.as_deref() != Some("ddim") {
+        bail!("--eta is DDIM's noise level: use it with --sampler ddim (or leave it out)");
+    }
     let opts = SampleOptions {
         checkpoint: args.checkpoint,
         out: args.out,
@@ -182,7 +203,7 @@ fn run_sample(args: SampleArgs) -> Result<()> {
         sampler: args
             .sampler
             .as_deref()
-            .map(|name| parse_sampler(name, args.eta))
+            .map(|name| parse_sampler(name, args.eta.unwrap_or(0.0)))
             .transpose()?,
         guidance: args.guidance,
         per_class: args.per_class,
@@ -233,6 +254,14 @@ fn run_sample(args: SampleArgs) -> Result<()> {
         .with_context(|| format!("writing {}", json.display()))?;
     for o in r.outputs.iter().chain([&json]) {
         println!("wrote {}", o.display());
+    }
+    let shown = r.clips.min(orrery_train::sample::SHOWN_CLIPS);
+    if shown < r.clips {
+        println!(
+            "the pictures show the first {shown} of the {} clips; the scores and {} cover all of them",
+            r.clips,
+            json.display()
+        );
     }
     Ok(())
 }
@@ -304,6 +333,12 @@ fn log_store_retries() {
 }
 
 fn main() -> ExitCode {
+    // A closed pipe (`orrery data inspect DIR | head -1`) ends the command
+    // quietly, as it does `cat`, instead of panicking in println!.
+    // SAFETY: restores the default action of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     log_store_retries();
     let cli = Cli::parse();
     let result = match cli.command {

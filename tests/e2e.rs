@@ -20,6 +20,11 @@ mod data;
 #[path = "e2e/s3.rs"]
 mod s3;
 
+/// What a new user runs into: output paths, run-directory reuse, closed
+/// pipes, inspect/train agreement, sample's arguments.
+#[path = "e2e/front_door.rs"]
+mod front_door;
+
 fn orrery(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_orrery"))
         .args(args)
@@ -167,7 +172,13 @@ fn train_sample_export_and_python_reads_everything() {
         .join("checkpoints/step_00000003/trainer_state.json")
         .is_file());
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    assert_eq!(metrics.lines().count(), 3, "{metrics}");
+    // Steps 0 (held-out loss before training), 2, 3 (evaluation), 4, 6.
+    assert_eq!(metrics.lines().count(), 5, "{metrics}");
+    assert_eq!(
+        metrics.lines().filter(|l| l.contains("\"loss\"")).count(),
+        3,
+        "{metrics}"
+    );
 
     let sample = ok(orrery(
         &["sample", "--checkpoint", "run", "--out", "out/rollout.gif"],

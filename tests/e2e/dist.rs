@@ -45,11 +45,7 @@ pub(super) fn losses(dir: &Path, run: &str) -> Vec<f64> {
     std::fs::read_to_string(dir.join(run).join("metrics.jsonl"))
         .unwrap()
         .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
-                .as_f64()
-                .unwrap()
-        })
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
         .collect()
 }
 

@@ -404,3 +404,45 @@ fn store_faults_are_retried_or_reported_never_hung() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The two store mistakes a user makes first get one sentence saying what
+/// to change: no credentials, and an http endpoint without allow_http.
+#[test]
+fn missing_credentials_and_plain_http_say_what_to_change() {
+    let dir = super::scratch("s3msg");
+    let run = |url: &str, creds: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orrery"));
+        cmd.args(["data", "inspect", url]).current_dir(&dir);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("AWS_") {
+                cmd.env_remove(k);
+            }
+        }
+        if creds {
+            cmd.env("AWS_ACCESS_KEY_ID", "testing")
+                .env("AWS_SECRET_ACCESS_KEY", "testing");
+        }
+        // The instance metadata service, where the SDK looks last for
+        // credentials, is a closed local port here: refused at once.
+        cmd.env("AWS_METADATA_ENDPOINT", "http://127.0.0.1:9")
+            .env("AWS_REGION", "us-east-1");
+        cmd.output().unwrap()
+    };
+    let e = super::user_error(
+        run(
+            "s3://bucket/data?endpoint=http://127.0.0.1:9&allow_http=true&retries=0",
+            false,
+        ),
+        "no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+    );
+    assert!(e.lines().count() <= 3, "one message, not a chain:\n{e}");
+    let e = super::user_error(
+        run(
+            "s3://bucket/data?endpoint=http://127.0.0.1:9&retries=0",
+            true,
+        ),
+        "add allow_http=true to the URL query",
+    );
+    assert!(e.lines().count() <= 3, "one message, not a chain:\n{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -61,9 +61,23 @@ def main():
         if tag not in tags["scalars"]:
             fail(f"TensorBoard has no scalar {tag}; has {tags['scalars']}")
     losses = {e.step: e.value for e in acc.Scalars("train/loss")}
+    # metrics.jsonl and TensorBoard hold the same scalars at the same steps.
+    group = {"loss": "train", "lr": "train", "grad_norm": "train"}
+    perf = ("samples_per_s", "model_tflops_per_s", "step_time_s", "data_wait_frac")
     for m in metrics:
-        if abs(losses[m["step"]] - m["loss"]) > 1e-5 * max(1.0, abs(m["loss"])):
-            fail(f"step {m['step']}: TensorBoard loss {losses[m['step']]} != metrics.jsonl {m['loss']}")
+        for key, value in m.items():
+            if key == "step":
+                continue
+            tag = f"{group.get(key, 'perf' if key in perf else 'eval')}/{key}"
+            if tag not in tags["scalars"]:
+                fail(f"metrics.jsonl has {key} but TensorBoard has no {tag}")
+            tb = {e.step: e.value for e in acc.Scalars(tag)}
+            if m["step"] not in tb or abs(tb[m["step"]] - value) > 1e-5 * max(1.0, abs(value)):
+                fail(f"step {m['step']}: TensorBoard {tag} {tb.get(m['step'])} != metrics.jsonl {key} {value}")
+    if metrics[0] != {"step": 0, "heldout_loss": metrics[0].get("heldout_loss")}:
+        fail(f"metrics.jsonl's first line is not the step-0 held-out loss: {metrics[0]}")
+    if "heldout_loss_ema" not in metrics[-1]:
+        fail(f"metrics.jsonl's last line lacks heldout_loss_ema: {metrics[-1]}")
     summary["scalar_steps"] = sorted(losses)
     images = tags["images"]
     if "rollout/real_above_generated" not in images:

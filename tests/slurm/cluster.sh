@@ -33,15 +33,18 @@ if [[ $cmd == stop ]]; then
   exit 0
 fi
 
-if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
-  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge
-  else
-    echo "cluster.sh: install slurm-wlm and munge" >&2
-    exit 1
-  fi
-fi
+# Debian packages, checked by name (launch/packages.sh).
+# shellcheck source=launch/packages.sh
+. "$(dirname "$0")/../../launch/packages.sh"
+slurm_packages=(
+  slurmctld     # the controller
+  slurmd        # the node daemon, one per fake node
+  slurm-client  # sinfo, srun, sbatch
+  munge         # the authentication daemon Slurm's auth/munge talks to
+  util-linux    # unshare, for each slurmd's private mount namespace
+)
+mapfile -t missing < <(missing_packages "${slurm_packages[@]}")
+install_packages cluster.sh "${missing[@]}"
 stop
 mkdir -p "$dir/state" "$dir/spool"
 cpus=$(nproc)

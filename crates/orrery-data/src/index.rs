@@ -105,7 +105,7 @@ pub async fn footer(
     size: u64,
 ) -> Result<(parquet::file::metadata::ParquetMetaData, u64)> {
     let bad = |reason: String| DataError::Schema {
-        file: path.to_string(),
+        file: loc.shown(path),
         reason,
     };
     if size < 12 {

@@ -17,6 +17,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod agree;
 pub mod import;
 pub mod index;
 mod loader;
@@ -50,6 +51,15 @@ pub enum DataError {
         /// The store's error.
         #[source]
         source: object_store::Error,
+    },
+    /// The object store refused for a reason the user can fix (no
+    /// credentials, an http endpoint without allow_http).
+    #[error("{url}: {hint}")]
+    Access {
+        /// Where.
+        url: String,
+        /// What is wrong and what to change, with the store's own words.
+        hint: String,
     },
     /// No Parquet files where some were expected.
     #[error("no .parquet files found under {url}: check data.url, or create a dataset with `orrery data synth --out {url}`")]

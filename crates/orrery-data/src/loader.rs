@@ -65,45 +65,13 @@ impl Dataset {
             Ok::<_, DataError>((clips, meta.unwrap_or_default(), files.len(), bad))
         })?;
         clips.sort_by(|a, b| a.id.cmp(&b.id));
-        if let Some(w) = clips.windows(2).find(|w| w[0].id == w[1].id) {
-            return Err(DataError::Geometry(format!(
-                "clip id {} appears twice under {url}",
-                w[0].id
-            )));
-        }
-        if let Some(first) = clips.first() {
-            if let Some(c) = clips.iter().find(|c| c.shape[1..] != first.shape[1..]) {
-                return Err(DataError::Geometry(format!(
-                    "clip {} has latent shape {:?} but clip {} has {:?}: all clips need the same [C, H, W]",
-                    c.id, c.shape, first.id, first.shape
-                )));
-            }
-        }
-        if let Some(first) = clips.first() {
-            let width = |c: &Clip| c.action_values.as_ref().map(|a| a.len() / c.shape[0]);
-            if let Some(c) = clips.iter().find(|c| {
-                c.actions.is_some() != first.actions.is_some() || width(c) != width(first)
-            }) {
-                return Err(DataError::Geometry(format!(
-                    "clip {} and clip {} disagree on actions (ids: {} vs {}, continuous width: {:?} vs {:?}): all clips of {url} need the same kind",
-                    first.id, c.id, first.actions.is_some(), c.actions.is_some(), width(first), width(c)
-                )));
-            }
-            if let Some(c) = clips
+        crate::agree::check(
+            &mut clips
                 .iter()
-                .find(|c| c.label.is_some() != first.label.is_some())
-            {
-                let (with, without) = if c.label.is_some() {
-                    (c, first)
-                } else {
-                    (first, c)
-                };
-                return Err(DataError::Geometry(format!(
-                    "clip {} has a label but clip {} has none: label every clip of {url} or none",
-                    with.id, without.id
-                )));
-            }
-        }
+                .map(crate::agree::Summary::of)
+                .collect::<Vec<_>>(),
+            url,
+        )?;
         if holdout >= clips.len() {
             return Err(DataError::Geometry(format!(
                 "{url} has {} clips, not enough to hold out {holdout}: lower data.holdout_clips or add clips",

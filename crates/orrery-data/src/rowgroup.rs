@@ -107,7 +107,7 @@ pub async fn read_row_groups(
     footer: &Arc<ParquetMetaData>,
     rgs: std::ops::Range<usize>,
 ) -> Result<(Vec<RowGroupRead>, u64)> {
-    let file = path.to_string();
+    let file = loc.shown(path);
     let bad = |reason: String| DataError::Schema {
         file: file.clone(),
         reason,

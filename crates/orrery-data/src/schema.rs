@@ -329,9 +329,12 @@ where
     }
     let num = |k: &str, default: f64| -> Result<f64> {
         get(k)
-            .map(|v| {
-                v.parse::<f64>()
-                    .map_err(|_| schema_err(format!("metadata {k} = {v:?} is not a number")))
+            .map(|v| match v.parse::<f64>() {
+                Ok(x) if x.is_finite() => Ok(x),
+                Ok(_) => Err(schema_err(format!(
+                    "metadata {k} = {v:?} is not a finite number (every latent would become NaN): rewrite the dataset with a finite value"
+                ))),
+                Err(_) => Err(schema_err(format!("metadata {k} = {v:?} is not a number"))),
             })
             .unwrap_or(Ok(default))
     };

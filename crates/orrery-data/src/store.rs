@@ -102,7 +102,58 @@ fn cloud(parsed: &Url, bad: &dyn Fn(String) -> DataError) -> Result<Arc<dyn Obje
                 b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
             }
         };
-    built.map_err(|e| bad(format!("cannot set up the store: {e}")))
+    built.map_err(|e| match access_hint(parsed.as_str(), &e) {
+        Some(hint) => bad(hint),
+        None => bad(format!("cannot set up the store: {e}")),
+    })
+}
+
+/// The whole chain of an error, one cause after another.
+fn chain_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cur = c.source();
+    }
+    text
+}
+
+/// A sentence saying what to change, for the store errors a user causes
+/// and can fix: no credentials (the SDK chain ends at the instance metadata
+/// service) and a plain-http endpoint without `allow_http`.
+pub(crate) fn access_hint(url: &str, e: &object_store::Error) -> Option<String> {
+    let text = chain_text(e);
+    let innermost = text.rsplit(": ").next().unwrap_or(&text).trim().to_string();
+    if text.contains("URL scheme is not allowed") || text.contains("builder error for url (http://")
+    {
+        return Some(format!(
+            "the endpoint uses plain http, which is refused by default: add allow_http=true to the URL query (e.g. {url}{}allow_http=true) or set AWS_ALLOW_HTTP=true (object_store said: {innermost})",
+            if url.contains('?') { "&" } else { "?" }
+        ));
+    }
+    let imds = text.contains("169.254.169.254") || text.contains("latest/api/token");
+    let gcp_meta = text.contains("metadata.google.internal")
+        || text.contains("169.254.169.254/computeMetadata");
+    if imds
+        || gcp_meta
+        || text.contains("Missing credentials")
+        || text.contains("NoCredentialProviders")
+    {
+        let how = if url.starts_with("gs://") {
+            "set GOOGLE_SERVICE_ACCOUNT (a service-account key file) or GOOGLE_APPLICATION_CREDENTIALS"
+        } else if url.starts_with("az://") || url.starts_with("abfs") || url.starts_with("azure://")
+        {
+            "set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or a SAS token)"
+        } else {
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_WEB_IDENTITY_TOKEN_FILE), or add skip_signature=true to the URL for a public bucket"
+        };
+        return Some(format!(
+            "no credentials found: {how}; without them the store asked this machine's instance metadata service, which gave none (object_store said: {innermost})"
+        ));
+    }
+    None
 }
 
 /// Parse a data URL: a plain path, `file://`, `memory://`, `s3://bucket/prefix`,
@@ -174,7 +225,7 @@ pub(crate) async fn read_files(loc: &Location, paths: &[Path]) -> Vec<FileRead> 
                     }
                 }
             };
-            let (file, n) = (path.to_string(), bytes.len());
+            let (file, n) = (loc.shown(path), bytes.len());
             let name = file.clone();
             let part = tokio::task::spawn_blocking(move || {
                 crate::schema::read_parquet_lenient(&bytes, &file)
@@ -202,10 +253,35 @@ pub(crate) fn runtime() -> tokio::runtime::Runtime {
 }
 
 impl Location {
+    /// An object's path as the user would write it: the URL they gave
+    /// (without its query) followed by the path below the prefix, so a
+    /// local `/data/x` shows as `/data/x/part-00000.parquet`, not as the
+    /// store's `data/x/part-00000.parquet`.
+    pub fn shown(&self, path: &Path) -> String {
+        let base = self.url.split('?').next().unwrap_or(&self.url);
+        match path.prefix_match(&self.prefix) {
+            Some(parts) => {
+                let rest: Vec<String> = parts.map(|p| p.as_ref().to_string()).collect();
+                if rest.is_empty() {
+                    base.to_string()
+                } else {
+                    format!("{}/{}", base.trim_end_matches('/'), rest.join("/"))
+                }
+            }
+            None => path.to_string(),
+        }
+    }
+
     fn store_err(&self, source: object_store::Error) -> DataError {
-        DataError::Store {
-            url: self.url.clone(),
-            source,
+        match access_hint(&self.url, &source) {
+            Some(hint) => DataError::Access {
+                url: self.url.clone(),
+                hint,
+            },
+            None => DataError::Store {
+                url: self.url.clone(),
+                source,
+            },
         }
     }
 
@@ -274,6 +350,23 @@ impl Location {
     }
 }
 
+/// The number of `.parquet` files under `url` (0 when there are none, or
+/// the location does not exist yet).
+pub fn count_parquet(url: &str) -> Result<usize> {
+    let loc = parse(url)?;
+    runtime().block_on(async {
+        match loc.list_parquet_meta().await {
+            Ok(files) => Ok(files.len()),
+            Err(DataError::Empty { .. }) => Ok(0),
+            Err(DataError::Store {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => Ok(0),
+            Err(e) => Err(e),
+        }
+    })
+}
+
 /// Write clips as Parquet shards `part-NNNNN.parquet` of at most
 /// `clips_per_file` rows under `url`. Returns the paths written.
 pub fn write_dataset(
@@ -326,7 +419,7 @@ pub fn validate(url: &str) -> Result<Vec<(String, String)>> {
     runtime().block_on(async {
         let mut problems = Vec::new();
         for path in loc.list_parquet().await? {
-            let file = path.to_string();
+            let file = loc.shown(&path);
             let found = match loc.get(&path).await {
                 Err(e) => vec![e.to_string()],
                 Ok(bytes) => match crate::schema::read_parquet_lenient(&bytes, &file) {
@@ -345,14 +438,16 @@ pub fn inspect(url: &str) -> Result<Vec<FileReport>> {
     let loc = parse(url)?;
     runtime().block_on(async {
         let mut out = Vec::new();
+        let mut summaries = Vec::new();
         for path in loc.list_parquet().await? {
             let bytes = loc.get(&path).await?;
-            let part = crate::schema::read_parquet(&bytes, path.as_ref())?;
+            let part = crate::schema::read_parquet(&bytes, &loc.shown(&path))?;
+            summaries.extend(part.clips.iter().map(crate::agree::Summary::of));
             let mut shapes: Vec<[usize; 4]> = part.clips.iter().map(|c| c.shape).collect();
             shapes.sort();
             shapes.dedup();
             out.push(FileReport {
-                path: path.to_string(),
+                path: loc.shown(&path),
                 bytes: bytes.len(),
                 clips: part.clips.len(),
                 shapes,
@@ -362,6 +457,8 @@ pub fn inspect(url: &str) -> Result<Vec<FileReport>> {
                 meta: part.meta,
             });
         }
+        // What training checks across files, too.
+        crate::agree::check(&mut summaries, url)?;
         Ok(out)
     })
 }

@@ -268,7 +268,7 @@ impl Pending {
         write_synced(&latest_tmp, format!("{}\n", self.name).as_bytes())?;
         fs::rename(&latest_tmp, self.dir.join("latest"))
             .map_err(|e| io_err(&self.dir.join("latest"), e))?;
-        prune(&self.dir, keep)?;
+        prune(&self.dir, keep, state.step)?;
         Ok(done)
     }
 }
@@ -297,49 +297,89 @@ pub fn step_dir_name(step: u64) -> String {
     format!("step_{step:08}")
 }
 
-fn prune(dir: &Path, keep: usize) -> Result<()> {
-    let mut steps: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(|e| io_err(dir, e))?
+/// The step of a finished checkpoint folder's name (`step_00000042`), or
+/// None for anything else (`.tmp` and `.old` folders, other files).
+fn step_of(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("step_")?;
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// The complete checkpoints (with a state file) under a checkpoints/
+/// directory, by step, oldest first. Empty when the directory is missing.
+pub fn complete_checkpoints(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(u64, PathBuf)> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_dir()
-                && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                    n.starts_with("step_") && !n.ends_with(".tmp") && !n.ends_with(".old")
-                })
+        .filter_map(|p| {
+            let step = step_of(p.file_name()?.to_str()?)?;
+            p.join(STATE_FILE).is_file().then_some((step, p))
         })
         .collect();
-    steps.sort();
-    let excess = steps.len().saturating_sub(keep);
-    for old in &steps[..excess] {
+    found.sort();
+    found
+}
+
+/// Remove the oldest checkpoints at or before `step` (the one just
+/// written) beyond `keep`. Checkpoints of later steps (left by a run that
+/// this one resumed from an earlier step) are never pruned: they are not
+/// this run's to delete, and this run replaces them as it reaches them.
+fn prune(dir: &Path, keep: usize, step: u64) -> Result<()> {
+    let mine: Vec<PathBuf> = complete_checkpoints(dir)
+        .into_iter()
+        .filter(|(s, _)| *s <= step)
+        .map(|(_, p)| p)
+        .collect();
+    let excess = mine.len().saturating_sub(keep);
+    for old in &mine[..excess] {
         fs::remove_dir_all(old).map_err(|e| io_err(old, e))?;
     }
     Ok(())
 }
 
 /// Find the checkpoint a path names: a checkpoint directory, a run's
-/// checkpoints/ directory or a run directory (both via `latest`).
+/// checkpoints/ directory or a run directory (both via `latest`, or, when
+/// `latest` is missing, the newest complete `step_*` folder).
 pub fn resolve(path: &Path) -> Result<PathBuf> {
     if path.join(STATE_FILE).is_file() {
         return Ok(path.to_path_buf());
     }
     for dir in [path.join("checkpoints"), path.to_path_buf()] {
-        let latest = dir.join("latest");
-        if latest.is_file() {
-            let name = fs::read_to_string(&latest).map_err(|e| io_err(&latest, e))?;
-            let ckpt = dir.join(name.trim());
-            if ckpt.join(STATE_FILE).is_file() {
-                return Ok(ckpt);
-            }
-            return Err(io_err(
-                &latest,
-                format!("points at {}, which holds no checkpoint", ckpt.display()),
-            ));
+        if let Some(found) = newest(&dir)? {
+            return Ok(found);
         }
     }
     Err(TrainError::Checkpoint(format!(
         "{} is not a checkpoint, a checkpoints/ directory or a run directory with checkpoints",
         path.display()
     )))
+}
+
+/// The newest checkpoint of a checkpoints/ directory: the one `latest`
+/// names, or without `latest` the complete `step_*` folder of the highest
+/// step (a crash between the rename of a checkpoint and the write of
+/// `latest`, or a `latest` removed by hand). None when it holds none.
+pub fn newest(dir: &Path) -> Result<Option<PathBuf>> {
+    let latest = dir.join("latest");
+    if latest.is_file() {
+        let name = fs::read_to_string(&latest).map_err(|e| io_err(&latest, e))?;
+        let ckpt = dir.join(name.trim());
+        if ckpt.join(STATE_FILE).is_file() {
+            return Ok(Some(ckpt));
+        }
+        return Err(io_err(
+            &latest,
+            format!(
+                "points at {}, which holds no checkpoint; remove {} to use the newest complete step_* folder",
+                ckpt.display(),
+                latest.display()
+            ),
+        ));
+    }
+    Ok(complete_checkpoints(dir).pop().map(|(_, p)| p))
 }
 
 /// Read only the trainer state of a checkpoint directory.

@@ -346,8 +346,10 @@ impl Default for SampleConfig {
 }
 
 /// Fill `model.hidden`, `depth`, `heads` (and `patch_size`) from
-/// `model.preset` where the config does not set them itself.
-fn resolve_preset(value: &mut toml::Table) -> Result<()> {
+/// `model.preset`. A preset in the file fills what the file leaves out; a
+/// preset given with `--set` (`from_cli`) also replaces the file's values
+/// of those keys, but not the ones given with `--set` (`cli_keys`).
+fn resolve_preset(value: &mut toml::Table, from_cli: bool, cli_keys: &[String]) -> Result<()> {
     let Some(toml::Value::Table(model)) = value.get_mut("model") else {
         return Ok(());
     };
@@ -364,7 +366,14 @@ fn resolve_preset(value: &mut toml::Table) -> Result<()> {
     let mut fill = vec![("hidden", p.hidden), ("depth", p.depth), ("heads", p.heads)];
     fill.extend(p.patch_size.map(|ps| ("patch_size", ps)));
     for (key, v) in fill {
-        model.entry(key).or_insert(toml::Value::Integer(v as i64));
+        let v = toml::Value::Integer(v as i64);
+        if from_cli && !cli_keys.iter().any(|k| k == &format!("model.{key}")) {
+            // `--set model.preset=...` wins over the file's own values (a
+            // command-line override is the newest word), not over --set's.
+            model.insert(key.into(), v);
+        } else {
+            model.entry(key).or_insert(v);
+        }
     }
     Ok(())
 }
@@ -391,8 +400,19 @@ impl TrainConfig {
         for o in overrides {
             crate::overrides::apply(&mut value, &defaults, o)?;
         }
-        resolve_preset(&mut value)?;
-        let cfg: TrainConfig = crate::overrides::deserialize(value, origin)?;
+        crate::overrides::bare_variants(&mut value, &defaults);
+        let cli_keys: Vec<String> = overrides
+            .iter()
+            .filter_map(|o| o.split_once('=').map(|(k, _)| k.trim().to_string()))
+            .collect();
+        let preset_from_cli = cli_keys.iter().any(|k| k == "model.preset");
+        resolve_preset(&mut value, preset_from_cli, &cli_keys)?;
+        let from = crate::overrides::Origin {
+            name: origin,
+            text,
+            overrides,
+        };
+        let cfg: TrainConfig = crate::overrides::deserialize(value, &from)?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -73,3 +73,164 @@ fn guidance_needs_each_condition_trained_with_dropout() {
     )
     .unwrap();
 }
+
+#[test]
+fn a_preset_from_the_command_line_replaces_the_files_sizes() {
+    let file =
+        "[model]\nheight = 32\nwidth = 32\nhidden = 128\ndepth = 4\nheads = 4\npatch_size = 4\n";
+    let m = parse(file, &["model.preset=\"S/2\""]).unwrap().model;
+    assert_eq!((m.hidden, m.depth, m.heads, m.patch_size), (384, 12, 6, 2));
+    // Keys given with --set still win over the preset.
+    let m = parse(file, &["model.preset=\"S/2\"", "model.depth=3"])
+        .unwrap()
+        .model;
+    assert_eq!((m.hidden, m.depth), (384, 3));
+}
+
+#[test]
+fn messages_name_the_line_or_the_override() {
+    let err = parse("[run]\nname = \"x\"\n[model]\nhidden = \"big\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("test.toml line 4: bad value for model.hidden"),
+        "{err}"
+    );
+    assert!(!err.contains('\n'), "one line: {err}");
+    let err = parse("[model]\nhidden = 64\n", &["model.hidden=big"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("--set model.hidden=big: bad value for model.hidden"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tagged_tables_take_the_bare_variant_name() {
+    for (text, set) in [
+        ("[objective]\nweighting = \"none\"\n", vec![]),
+        ("", vec!["objective.weighting=none"]),
+    ] {
+        let cfg = parse(text, &set).unwrap();
+        let again = parse("[objective]\nweighting = { kind = \"none\" }\n", &[]).unwrap();
+        assert_eq!(
+            cfg.objective.weighting, again.objective.weighting,
+            "{text} {set:?}"
+        );
+    }
+    let cfg = parse("", &["sample.sampler=heun", "objective.timesteps=uniform"]).unwrap();
+    assert_eq!(cfg.sample.sampler, Sampler::Heun);
+}
+
+#[test]
+fn unknown_keys_are_named_in_full_with_their_section_only() {
+    let err = parse("[model]\nhiden = 3\n", &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("unknown config key model.hiden; did you mean model.hidden?"),
+        "{err}"
+    );
+    let valid = err
+        .split("valid keys here: ")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(')');
+    assert!(valid.ends_with("preset"), "{err}");
+    assert!(!valid.split(", ").any(|k| k == "model"), "{err}");
+    let err = parse(
+        "[objective]\nweighting = { kind = \"min_snr\", gama = 5.0 }\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("objective.weighting.gama; did you mean objective.weighting.gamma? (valid keys here: gamma)"),
+        "{err}"
+    );
+    assert!(err.starts_with("test.toml line 2"), "{err}");
+}
+
+/// docs/config.md documents every key the parser accepts, and no key it
+/// does not: rows are `| `key` | `value` | meaning |`, and a variant's own
+/// field says `with kind = "name"`.
+#[test]
+fn every_config_key_is_documented_and_every_documented_key_exists() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/config.md");
+    let doc = std::fs::read_to_string(path).expect("docs/config.md");
+    let mut documented = std::collections::BTreeMap::<String, Vec<(String, String)>>::new();
+    for line in doc.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() < 4 || !cells[1].starts_with('`') {
+            continue;
+        }
+        let key = cells[1].trim_matches('`').to_string();
+        let value = cells[2].trim_matches('`').to_string();
+        let kind = cells[3]
+            .split("with kind = \"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("")
+            .to_string();
+        documented.entry(key).or_default().push((value, kind));
+    }
+    let mut defaults = Vec::new();
+    fn leaves(prefix: &str, t: &toml::Table, out: &mut Vec<String>) {
+        for (k, v) in t {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                toml::Value::Table(inner) => leaves(&key, inner, out),
+                _ => out.push(key),
+            }
+        }
+    }
+    leaves(
+        "",
+        &toml::Table::try_from(TrainConfig::default()).unwrap(),
+        &mut defaults,
+    );
+    defaults.push("model.preset".into());
+    let missing: Vec<&String> = defaults
+        .iter()
+        .filter(|k| !documented.contains_key(*k))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "keys missing from docs/config.md: {missing:?}"
+    );
+    // Variant fields: parse each variant with its documented fields.
+    let mut variants = std::collections::BTreeMap::<(String, String), Vec<(String, String)>>::new();
+    for (key, rows) in &documented {
+        if defaults.contains(key) {
+            continue;
+        }
+        for (value, kind) in rows {
+            assert!(!kind.is_empty(), "{key} is documented but is no config key (nor a variant's field with kind = \"...\")");
+            let (parent, field) = key.rsplit_once('.').unwrap();
+            variants
+                .entry((parent.to_string(), kind.clone()))
+                .or_default()
+                .push((field.to_string(), value.clone()));
+        }
+    }
+    assert!(
+        !variants.is_empty(),
+        "no variant field rows found: is the table format still parsed?"
+    );
+    for ((parent, kind), fields) in &variants {
+        let mut text = format!("[{parent}]\nkind = \"{kind}\"\n");
+        for (f, v) in fields {
+            text.push_str(&format!("{f} = {v}\n"));
+        }
+        if let Err(e) = parse(&text, &[]) {
+            let e = e.to_string();
+            assert!(
+                !e.contains("unknown") && !e.contains("bad value"),
+                "{text}: {e}"
+            );
+        }
+    }
+}

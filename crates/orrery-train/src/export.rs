@@ -8,6 +8,7 @@ use crate::Result;
 /// Write the (EMA or online) weights of the checkpoint at `from` to `out`, with
 /// the model config as JSON in the file's metadata (`orrery.model_config`).
 pub fn export(from: &Path, ema: bool, out: &Path) -> Result<(PathBuf, usize)> {
+    crate::paths::output_file(out, "--out")?;
     let dir = checkpoint::resolve(from)?;
     let state = checkpoint::load_state(&dir)?;
     let tensors = read_safetensors(&dir.join(if ema { EMA_FILE } else { MODEL_FILE }))?;

@@ -7,7 +7,7 @@ use orrery_data::{Batch, Cursor, Dataset, Loader};
 use orrery_dist::World;
 
 use crate::config::TrainConfig;
-use crate::Result;
+use crate::{Result, TrainError};
 
 /// Where batches come from: the clips in memory, or streamed row groups.
 pub(crate) enum Feed<'a> {
@@ -87,12 +87,14 @@ pub(crate) fn open_data(
     let d = &cfg.data;
     if !d.streaming {
         return Ok((
-            Dataset::open_with(&d.url, d.holdout_clips, d.max_bad_rows)?,
+            Dataset::open_with(&d.url, d.holdout_clips, d.max_bad_rows)
+                .map_err(|e| no_data_hint(cfg, e))?,
             None,
         ));
     }
     let (index, _, footers) =
-        orrery_data::index::load_or_build_keeping_footers(&d.url, None, KEEP_FOOTERS)?;
+        orrery_data::index::load_or_build_keeping_footers(&d.url, None, KEEP_FOOTERS)
+            .map_err(|e| no_data_hint(cfg, e))?;
     let files = index.files.len();
     let stream_cfg = StreamConfig {
         buffer: d.shuffle_buffer,
@@ -117,4 +119,28 @@ pub(crate) fn open_data(
         bad_rows: Vec::new(),
     };
     Ok((data, Some(stream)))
+}
+
+/// An empty dataset location: say how to make data this config trains on,
+/// with the model's frame size (the synthetic world's frames are its
+/// latents) and clips longer than model.frames for the random crops.
+fn no_data_hint(cfg: &TrainConfig, e: orrery_data::DataError) -> TrainError {
+    let url = match &e {
+        orrery_data::DataError::Empty { url } => url.clone(),
+        _ => return e.into(),
+    };
+    let m = &cfg.model;
+    let clips = 512.max(cfg.data.global_batch + cfg.data.holdout_clips);
+    let frames = 16.max(m.frames.max(cfg.sample.context + cfg.sample.frames));
+    let synth = if m.channels == 3 {
+        format!(
+            "; to try orrery on the embedded synthetic world, make it with `orrery data synth --out {url} --clips {clips} --frames {frames} --size {} {}`",
+            m.height, m.width
+        )
+    } else {
+        String::new()
+    };
+    TrainError::Config(format!(
+        "no .parquet files found under {url} (data.url): check data.url{synth}"
+    ))
 }

@@ -96,8 +96,11 @@ pub(crate) fn check_geometry(cfg: &TrainConfig, data: &Dataset) -> Result<()> {
     };
     if data.holdout.iter().all(|c| c.shape[0] < m.frames.max(need)) {
         return Err(TrainError::Config(format!(
-            "no held-out clip has {} frames: raise data.holdout_clips or use longer clips",
-            m.frames.max(need)
+            "no held-out clip has {} frames (model.frames = {}{}): lower model.frames{}, raise data.holdout_clips, or use longer clips",
+            m.frames.max(need),
+            m.frames,
+            if m.has_actions() { format!(", a rollout needs sample.context + 1 = {need}") } else { String::new() },
+            if m.has_actions() { " or sample.context" } else { "" }
         )));
     }
     Ok(())

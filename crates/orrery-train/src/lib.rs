@@ -11,7 +11,7 @@
 //! ```no_run
 //! use orrery_train::{train, RunOptions, Resume, TrainConfig};
 //! let cfg = TrainConfig::load("configs/quickstart.toml".as_ref(), &["run.steps=10".into()]).unwrap();
-//! let summary = train(cfg, RunOptions { run_dir: "runs/demo".into(), resume: Resume::Auto, stop_after: None }).unwrap();
+//! let summary = train(cfg, RunOptions { run_dir: "runs/demo".into(), resume: Resume::Auto, stop_after: None, overwrite: false }).unwrap();
 //! println!("held-out loss {} -> {}", summary.heldout_loss_start, summary.heldout_loss_end);
 //! ```
 #![deny(missing_docs)]
@@ -102,6 +102,7 @@ pub mod heap;
 pub mod kernels;
 pub mod lockstep;
 pub mod media;
+pub mod metrics;
 #[cfg(feature = "cuda")]
 pub mod nccl;
 pub mod optim;
@@ -131,7 +132,9 @@ mod nccl {
 }
 mod overrides;
 pub mod parity;
+pub mod paths;
 mod replica;
+mod rundir;
 mod runlog;
 pub mod sample;
 mod step;

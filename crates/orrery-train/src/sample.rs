@@ -120,6 +120,7 @@ pub struct RolloutReport {
 /// Roll out (world models) or generate from (other models) a checkpoint on
 /// the run's device and write pictures.
 pub fn sample(opts: &SampleOptions) -> Result<SampleReport> {
+    check_options(opts)?;
     let dir = checkpoint::resolve(&opts.checkpoint)?;
     let state = checkpoint::load_state(&dir)?;
     with_backend!(state.config.run, |AB, device| sample_on::<
@@ -127,6 +128,47 @@ pub fn sample(opts: &SampleOptions) -> Result<SampleReport> {
     >(
         opts, &dir, &state, device
     ))
+}
+
+/// Pictures shown per output: the first clips of the rollout.
+pub const SHOWN_CLIPS: usize = 4;
+
+/// The checks that need no checkpoint: the output's kind and place, and
+/// counts that must be positive. Done before anything runs, so that a typo
+/// does not cost a whole rollout.
+fn check_options(opts: &SampleOptions) -> Result<()> {
+    let ext = opts
+        .out
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    if !matches!(ext.as_deref(), Some("gif" | "png")) {
+        return Err(TrainError::Config(format!(
+            "--out {}: orrery sample writes a .gif (animated, with a .png strip beside it) or a .png; name the file with one of those extensions",
+            opts.out.display()
+        )));
+    }
+    if opts.frames == Some(0) {
+        return Err(TrainError::Config(
+            "--frames 0: generate at least 1 frame after the context".into(),
+        ));
+    }
+    if opts.steps == Some(0) {
+        return Err(TrainError::Config(
+            "--steps 0: the sampler needs at least 1 step per frame".into(),
+        ));
+    }
+    if opts.per_class == Some(0) {
+        return Err(TrainError::Config("--per-class must be at least 1".into()));
+    }
+    crate::paths::output_file(&opts.out, "--out")?;
+    for beside in ["png", "json", "safetensors"] {
+        let p = opts.out.with_extension(beside);
+        if p != opts.out {
+            crate::paths::output_file(&p, "--out (the file beside it)")?;
+        }
+    }
+    Ok(())
 }
 
 fn sample_on<B: Backend>(
@@ -140,6 +182,12 @@ fn sample_on<B: Backend>(
     let model = load_host(cfg.model.init::<B>(&device)?, &weights, &device)?;
     let m = &cfg.model;
     if !m.has_actions() {
+        if opts.frames.is_some() {
+            return Err(TrainError::Config(format!(
+                "--frames is for world models, which roll out frames after a context; this model has no actions and generates whole samples of model.frames = {} frames: leave --frames out",
+                m.frames
+            )));
+        }
         let dims = [1, m.frames, m.channels, m.height, m.width];
         let sampler = sampler_config(cfg, opts, dims)?;
         let report = crate::generate::generate_samples(opts, state, &model, sampler, &device)?;
@@ -323,7 +371,7 @@ fn write_pictures<'a>(
     gen_frame: impl Fn(usize, usize) -> &'a [f32],
 ) -> Result<(Vec<PathBuf>, Rgb)> {
     let scale = (128 / h.max(w)).max(1);
-    let shown = clips.len().min(4);
+    let shown = clips.len().min(SHOWN_CLIPS);
     let real = |i: usize, f: usize| Rgb::from_frame(clips[i].frame(f), h, w, scale);
     let generated = |i: usize, f: usize| {
         if f < k {

@@ -20,6 +20,7 @@ use crate::eval::{
     NextFrameEval,
 };
 use crate::feed::{open_data, Feed};
+use crate::metrics::MetricsLine;
 use crate::replica::{Replica, StartState, Weights};
 use crate::runlog::keep_lines;
 use crate::tensorboard::EventWriter;
@@ -46,6 +47,9 @@ pub struct RunOptions {
     /// Stop (with a checkpoint) after this many steps in this invocation,
     /// e.g. to fit a scheduler's time limit; `run.steps` still sets the schedule.
     pub stop_after: Option<u64>,
+    /// Start afresh even where the run directory holds another run's
+    /// checkpoints, moving them aside (`replaced-<time>/`).
+    pub overwrite: bool,
 }
 
 /// What a finished run reports.
@@ -226,6 +230,8 @@ fn train_ranks<B: AutodiffBackend>(
             eprintln!("{msg}");
         }
     };
+    let run_dir = &opts.run_dir;
+    let from = crate::rundir::start_checkpoint(&opts, main)?;
     let (data, stream) = open_data(&cfg, &world)?;
     crate::geometry::check_geometry(&cfg, &data)?;
     if !data.bad_rows.is_empty() {
@@ -236,12 +242,6 @@ fn train_ranks<B: AutodiffBackend>(
             data.bad_rows[0]
         ));
     }
-    let run_dir = &opts.run_dir;
-    if main {
-        std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
-        let resolved = toml::to_string(&cfg).expect("config serializes");
-        std::fs::write(run_dir.join("config.toml"), resolved).map_err(io(run_dir))?;
-    }
     let ckpt_dir = run_dir.join("checkpoints");
 
     B::seed(&device, cfg.run.seed);
@@ -250,15 +250,6 @@ fn train_ranks<B: AutodiffBackend>(
     let mut model: Dit<B> = cfg.model.init(&device)?;
     let sharded = cfg.parallel.strategy == Strategy::Fsdp;
     let shapes = param_shapes(&model);
-    let from = match &opts.resume {
-        Resume::Never => None,
-        Resume::Auto => ckpt_dir
-            .join("latest")
-            .is_file()
-            .then(|| checkpoint::resolve(&ckpt_dir))
-            .transpose()?,
-        Resume::From(p) => Some(checkpoint::resolve(p)?),
-    };
     let (mut step, mut cursor) = (0u64, Cursor::default());
     // A checkpoint's AdamW and EMA files, read one tensor at a time when the
     // replica is made (sharded, each rank keeps only its shards).
@@ -270,6 +261,13 @@ fn train_ranks<B: AutodiffBackend>(
                 "checkpoint {} was trained with a different [model] section; resume with the same model config or use --resume never",
                 dir.display()
             )));
+        }
+        let changed = crate::rundir::config_changes(&state.config, &cfg)?;
+        if !changed.is_empty() {
+            say(format!(
+                "resuming with a changed config: {}",
+                changed.join(", ")
+            ));
         }
         // DDP loads the weights whole; FSDP ranks read their shards later.
         let weights = TensorFile::open(&dir.join(checkpoint::MODEL_FILE))?;
@@ -284,6 +282,13 @@ fn train_ranks<B: AutodiffBackend>(
         ));
         (step, cursor) = (state.step, state.cursor);
         say(format!("resuming from {} at step {step}", dir.display()));
+    }
+    // Written once the resume checks passed: a refused resume leaves the
+    // run directory as it was.
+    if main {
+        std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
+        let resolved = toml::to_string(&cfg).expect("config serializes");
+        std::fs::write(run_dir.join("config.toml"), resolved).map_err(io(run_dir))?;
     }
     if comm.size() > 1 {
         // Every rank must have resumed from the same checkpoint (a shared
@@ -368,17 +373,36 @@ fn train_ranks<B: AutodiffBackend>(
     let mut metrics = main
         .then(|| keep_lines(&metrics_path, |s| s <= step))
         .transpose()?;
-    // The data order: per step (0-based), the clip ids of the whole global batch.
+    // The data order: per step k (1-based, as metrics.jsonl counts), the
+    // clip ids of the global batch that step k trained on.
     let samples_path = run_dir.join("samples.jsonl");
     let mut samples = main
-        .then(|| keep_lines(&samples_path, |s| s < step))
+        .then(|| keep_lines(&samples_path, |s| s <= step))
         .transpose()?;
+    // One line to metrics.jsonl and the same scalars to TensorBoard.
+    let mut log = |line: &MetricsLine| -> Result<()> {
+        if let Some(tb) = tb.as_mut() {
+            for (tag, value) in line.scalars() {
+                tb.scalar(tag, line.step, value).map_err(io(run_dir))?;
+            }
+            tb.flush().map_err(io(run_dir))?;
+        }
+        if let Some(m) = metrics.as_mut() {
+            let json = serde_json::to_string(line).expect("metrics serialize");
+            writeln!(m, "{json}").map_err(io(&metrics_path))?;
+        }
+        Ok(())
+    };
 
     let start_step = step;
     let heldout_start = replica.eval(Weights::Online, comm, |m| heldout_loss(&cfg, m, &heldout))?;
-    if let Some(tb) = tb.as_mut() {
-        tb.scalar("eval/heldout_loss", step, heldout_start)
-            .map_err(io(run_dir))?;
+    if step == 0 {
+        // A resumed run keeps the line its checkpoint's step already has.
+        log(&MetricsLine {
+            step,
+            heldout_loss: Some(heldout_start),
+            ..Default::default()
+        })?;
     }
     let mut gains = NextFrameEval::default();
     let on = match (cfg.run.device, cfg.run.fusion) {
@@ -404,6 +428,7 @@ fn train_ranks<B: AutodiffBackend>(
     let run_start = Instant::now();
     let mut last_ckpt = from.clone().unwrap_or_default();
     let mut last_heldout = heldout_start;
+    let mut heldout_ema = None;
     let stop_at = opts
         .stop_after
         .map_or(cfg.run.steps, |n| (step + n).min(cfg.run.steps));
@@ -412,7 +437,7 @@ fn train_ranks<B: AutodiffBackend>(
         let batch = to_device::<B>(&loader.next_batch()?, &cfg.model, &device);
         if let Some(f) = samples.as_mut() {
             let mut line = serde_json::json!({
-                "step": step,
+                "step": step + 1,
                 "epoch": loader.cursor().epoch,
             });
             match &loader {
@@ -433,69 +458,48 @@ fn train_ranks<B: AutodiffBackend>(
         bar.set_message(format!("loss {loss_value:.4}"));
 
         let eval_now = step % cfg.logging.eval_every == 0 || step == stop_at;
+        let mut line = MetricsLine {
+            step,
+            ..Default::default()
+        };
         if eval_now {
             last_heldout =
                 replica.eval(Weights::Online, comm, |m| heldout_loss(&cfg, m, &heldout))?;
+            line.heldout_loss = Some(last_heldout);
             // Next-frame gains only mean something for world models.
             if cfg.model.has_actions() {
                 gains = replica.eval(Weights::Online, comm, |m| {
                     next_frame_eval(&cfg, m, &heldout, &foreign, &other_action)
                 })?;
+                line.next_frame_loss = Some(gains.loss);
+                line.context_gain = Some(gains.context_gain);
+                line.action_gain = Some(gains.action_gain);
             }
-            for (tag, value) in [
-                ("eval/heldout_loss", last_heldout),
-                ("eval/next_frame_loss", gains.loss),
-                ("eval/context_gain", gains.context_gain),
-                ("eval/action_gain", gains.action_gain),
-            ] {
-                if let Some(tb) = tb.as_mut() {
-                    tb.scalar(tag, step, value).map_err(io(run_dir))?;
-                }
-            }
+        }
+        if step == stop_at {
+            heldout_ema = Some(replica.eval(Weights::Ema(&ema), comm, |m| {
+                heldout_loss(&cfg, m, &heldout)
+            })?);
+            line.heldout_loss_ema = heldout_ema;
         }
         if step % cfg.logging.every == 0 || step == stop_at {
             let secs = window_start.elapsed().as_secs_f64();
-            let line = serde_json::json!({
-                "step": step,
-                "loss": window_loss / window_n as f64,
-                "lr": lr,
-                "grad_norm": norm,
-                "samples_per_s": (window_n as f64 * cfg.data.global_batch as f64) / secs,
-                // Model FLOP/s from the FLOPs count; divide by the device's
-                // peak for MFU.
-                "tflops_per_s": window_n as f64 * cfg.data.global_batch as f64
-                    * cfg.model.train_flops_per_sample(cfg.model.frames) / secs / 1e12,
-                "step_time_s": secs / window_n as f64,
-                "data_wait_frac": data_wait.as_secs_f64() / secs,
-                "heldout_loss": if eval_now { Some(last_heldout) } else { None },
-                "context_gain": if eval_now { Some(gains.context_gain) } else { None },
-                "action_gain": if eval_now { Some(gains.action_gain) } else { None },
-            });
-            for (tag, key) in [
-                ("train/loss", "loss"),
-                ("train/lr", "lr"),
-                ("train/grad_norm", "grad_norm"),
-                ("perf/samples_per_s", "samples_per_s"),
-                ("perf/model_tflops_per_s", "tflops_per_s"),
-                ("perf/step_time_s", "step_time_s"),
-                ("perf/data_wait_frac", "data_wait_frac"),
-            ] {
-                if let Some(tb) = tb.as_mut() {
-                    tb.scalar(tag, step, line[key].as_f64().unwrap_or(f64::NAN))
-                        .map_err(io(run_dir))?;
-                }
-            }
-            if let Some(tb) = tb.as_mut() {
-                tb.flush().map_err(io(run_dir))?;
-            }
-            if let Some(m) = metrics.as_mut() {
-                writeln!(m, "{line}").map_err(io(&metrics_path))?;
-            }
+            let samples = window_n as f64 * cfg.data.global_batch as f64;
+            line.loss = Some(window_loss / window_n as f64);
+            line.lr = Some(lr);
+            line.grad_norm = Some(norm);
+            line.samples_per_s = Some(samples / secs);
+            // Model FLOP/s from the FLOPs count; divide by the device's
+            // peak for MFU.
+            line.model_tflops_per_s =
+                Some(samples * cfg.model.train_flops_per_sample(cfg.model.frames) / secs / 1e12);
+            line.step_time_s = Some(secs / window_n as f64);
+            line.data_wait_frac = Some(data_wait.as_secs_f64() / secs);
             bar.suspend(|| {
                 say(format!(
                     "step {step:>6}  loss {:.4}  lr {lr:.2e}  grad_norm {norm:.3}  {:.1} samples/s{}",
-                    line["loss"].as_f64().unwrap_or(f64::NAN),
-                    line["samples_per_s"].as_f64().unwrap_or(0.0),
+                    window_loss / window_n as f64,
+                    samples / secs,
                     if eval_now && cfg.model.has_actions() {
                         format!(
                             "  held-out {last_heldout:.4}  gain: context {:+.4} action {:+.4}",
@@ -510,6 +514,9 @@ fn train_ranks<B: AutodiffBackend>(
             });
             (window_loss, window_n, data_wait, window_start) =
                 (0.0, 0, Duration::ZERO, Instant::now());
+        }
+        if !line.is_empty() {
+            log(&line)?;
         }
         if step % cfg.checkpoint.every == 0 || step == stop_at {
             // Rank 0 writes whole tensors; sharded, every rank helps gather them.
@@ -527,15 +534,16 @@ fn train_ranks<B: AutodiffBackend>(
         }
     }
     bar.finish_and_clear();
-    let heldout_end = replica.eval(Weights::Online, comm, |m| heldout_loss(&cfg, m, &heldout))?;
-    let heldout_ema = replica.eval(Weights::Ema(&ema), comm, |m| {
-        heldout_loss(&cfg, m, &heldout)
-    })?;
-    if let Some(tb) = tb.as_mut() {
-        tb.scalar("eval/heldout_loss_ema", step, heldout_ema)
-            .map_err(io(run_dir))?;
-        tb.flush().map_err(io(run_dir))?;
-    }
+    // The last step evaluated both; a run with no step left evaluates here.
+    let (heldout_end, heldout_ema) = match heldout_ema {
+        Some(ema_loss) => (last_heldout, ema_loss),
+        None => (
+            replica.eval(Weights::Online, comm, |m| heldout_loss(&cfg, m, &heldout))?,
+            replica.eval(Weights::Ema(&ema), comm, |m| {
+                heldout_loss(&cfg, m, &heldout)
+            })?,
+        ),
+    };
     // Nobody leaves before rank 0 has written the last checkpoint.
     comm.barrier()?;
     let steps_run = (step - start_step).max(1);

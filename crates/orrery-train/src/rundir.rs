@@ -1,0 +1,179 @@
+//! Where a run starts: which checkpoint to resume from, what to do with a
+//! run directory that holds another run, and which config changes a resume
+//! may carry.
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint;
+use crate::config::TrainConfig;
+use crate::trainer::{Resume, RunOptions};
+use crate::{Result, TrainError};
+
+/// The checkpoint to resume from (None: start fresh), after applying the
+/// run directory rules. A fresh start (or a resume from a checkpoint of
+/// another run directory) in a directory that already holds complete
+/// checkpoints is refused unless `overwrite`, which moves the old run
+/// aside on the `main` rank; nothing is deleted.
+pub(crate) fn start_checkpoint(opts: &RunOptions, main: bool) -> Result<Option<PathBuf>> {
+    let run_dir = &opts.run_dir;
+    if run_dir.exists() && !run_dir.is_dir() {
+        return Err(TrainError::Config(format!(
+            "--run-dir {} exists and is not a directory: name a folder",
+            run_dir.display()
+        )));
+    }
+    let ckpt_dir = run_dir.join("checkpoints");
+    let from = match &opts.resume {
+        Resume::Never => None,
+        Resume::Auto => {
+            let found = checkpoint::newest(&ckpt_dir)?;
+            if found.is_some() && !ckpt_dir.join("latest").is_file() && main {
+                eprintln!(
+                    "{} has no `latest`: resuming from the newest complete checkpoint",
+                    ckpt_dir.display()
+                );
+            }
+            found
+        }
+        Resume::From(p) => Some(checkpoint::resolve(p)?),
+    };
+    let own = |p: &Path| {
+        let canon = |q: &Path| std::fs::canonicalize(q).ok();
+        canon(p.parent().unwrap_or(p)) == canon(&ckpt_dir)
+    };
+    if from.as_deref().is_some_and(own) {
+        return Ok(from);
+    }
+    let Some((step, _)) = checkpoint::complete_checkpoints(&ckpt_dir).pop() else {
+        return Ok(from);
+    };
+    if !opts.overwrite {
+        return Err(TrainError::Config(format!(
+            "run directory {} holds the checkpoints of another run (newest: step {step}), which a new run here would mix with its own: continue that run with --resume auto, choose another --run-dir, or add --overwrite to move the old run aside into {}/replaced-<time>/",
+            run_dir.display(),
+            run_dir.display()
+        )));
+    }
+    if main {
+        move_aside(run_dir)?;
+    }
+    Ok(from)
+}
+
+/// Move a run's checkpoints and records into `<run_dir>/replaced-<unix time>/`.
+fn move_aside(run_dir: &Path) -> Result<()> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aside = run_dir.join(format!("replaced-{secs}"));
+    let mut n = 1;
+    while aside.exists() {
+        aside = run_dir.join(format!("replaced-{secs}-{n}"));
+        n += 1;
+    }
+    std::fs::create_dir_all(&aside).map_err(crate::trainer::io(&aside))?;
+    for name in [
+        "checkpoints",
+        "metrics.jsonl",
+        "samples.jsonl",
+        "tensorboard",
+        "config.toml",
+        "fsdp.json",
+    ] {
+        let from = run_dir.join(name);
+        if from.exists() {
+            let to = aside.join(name);
+            std::fs::rename(&from, &to).map_err(crate::trainer::io(&to))?;
+        }
+    }
+    eprintln!(
+        "--overwrite: moved the old run's checkpoints and records to {}",
+        aside.display()
+    );
+    Ok(())
+}
+
+/// Keys whose change breaks a resume: the data order and the data cursor
+/// are defined by them, so the resumed run would not continue the same
+/// sequence of batches. (A changed [model] is refused before this.)
+const FIXED: [(&str, &str); 5] = [
+    ("run.seed", "it seeds the data order"),
+    ("data.global_batch", "the data cursor counts global batches"),
+    (
+        "data.holdout_clips",
+        "it decides which clips are trained on",
+    ),
+    ("data.streaming", "it changes the data order"),
+    ("data.shuffle_buffer", "it changes the streaming data order"),
+];
+
+/// The keys that differ between the checkpoint's config and this run's,
+/// as `key: old -> new` lines; an error naming the keys a resume cannot
+/// change.
+pub(crate) fn config_changes(old: &TrainConfig, new: &TrainConfig) -> Result<Vec<String>> {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    flatten("", &toml::Value::try_from(old).expect("config"), &mut a);
+    flatten("", &toml::Value::try_from(new).expect("config"), &mut b);
+    let a: std::collections::BTreeMap<_, _> = a.into_iter().collect();
+    let b: std::collections::BTreeMap<_, _> = b.into_iter().collect();
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let none = "(unset)".to_string();
+    let mut changed = Vec::new();
+    let mut refused = Vec::new();
+    for k in keys {
+        let (x, y) = (a.get(k).unwrap_or(&none), b.get(k).unwrap_or(&none));
+        if x == y {
+            continue;
+        }
+        match FIXED.iter().find(|(f, _)| f == k) {
+            Some((_, why)) => refused.push(format!("{k} ({x} -> {y}: {why})")),
+            None => changed.push(format!("{k}: {x} -> {y}")),
+        }
+    }
+    if !refused.is_empty() {
+        return Err(TrainError::Config(format!(
+            "a resume cannot change {}: set it back to the checkpoint's value, or start a new run (--resume never in another --run-dir)",
+            refused.join(", ")
+        )));
+    }
+    Ok(changed)
+}
+
+fn flatten(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_changes_are_listed_and_cursor_changes_refused() {
+        let old = TrainConfig::default();
+        let mut new = old.clone();
+        assert!(config_changes(&old, &new).unwrap().is_empty());
+        new.optim.lr *= 0.5;
+        new.run.steps += 10;
+        let changed = config_changes(&old, &new).unwrap();
+        assert_eq!(changed.len(), 2, "{changed:?}");
+        assert!(
+            changed.iter().any(|c| c.starts_with("optim.lr: ")),
+            "{changed:?}"
+        );
+        new.data.global_batch *= 2;
+        let err = config_changes(&old, &new).unwrap_err().to_string();
+        assert!(err.contains("data.global_batch (16 -> 32"), "{err}");
+        assert!(!err.contains("optim.lr"), "{err}");
+    }
+}

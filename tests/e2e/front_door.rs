@@ -1,0 +1,466 @@
+//! A new user's first hour: every class of rough edge found by trying the
+//! README's commands with tiny inputs and the usual mistakes.
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use super::{ok, orrery, tiny_dir, user_error};
+
+/// No path the user names is replaced when it is not a regular file, and
+/// missing parent folders are made.
+#[test]
+fn writes_to_special_or_missing_paths() {
+    let dir = tiny_dir("paths");
+    ok(orrery(
+        &[
+            "train",
+            "tiny.toml",
+            "--run-dir",
+            "run",
+            "--set",
+            "run.steps=3",
+        ],
+        &dir,
+    ));
+    for dev in ["/dev/null", "/dev/full"] {
+        user_error(
+            orrery(&["ckpt", "export", "run", "--out", dev], &dir),
+            "is a character device, not a regular file",
+        );
+        use std::os::unix::fs::FileTypeExt;
+        let kind = std::fs::metadata(dev).unwrap().file_type();
+        assert!(kind.is_char_device(), "{dev} is still a device");
+    }
+    std::fs::create_dir_all(dir.join("adir.gif")).unwrap();
+    user_error(
+        orrery(
+            &["sample", "--checkpoint", "run", "--out", "adir.gif"],
+            &dir,
+        ),
+        "is a directory",
+    );
+    user_error(
+        orrery(&["ckpt", "export", "run", "--out", "run"], &dir),
+        "is a directory",
+    );
+    let out = ok(orrery(
+        &["ckpt", "export", "run", "--out", "exp/deep/m.safetensors"],
+        &dir,
+    ));
+    assert!(out.contains("wrote"), "{out}");
+    assert!(dir.join("exp/deep/m.safetensors").is_file());
+    ok(orrery(
+        &["sample", "--checkpoint", "run", "--out", "pics/a/r.png"],
+        &dir,
+    ));
+    assert!(dir.join("pics/a/r.png").is_file());
+    std::fs::write(dir.join("afile"), b"x").unwrap();
+    user_error(
+        orrery(
+            &[
+                "data", "synth", "--out", "afile", "--clips", "2", "--frames", "2",
+            ],
+            &dir,
+        ),
+        "not a folder",
+    );
+    user_error(
+        orrery(&["train", "tiny.toml", "--run-dir", "afile"], &dir),
+        "not a directory",
+    );
+    user_error(
+        orrery(&["data", "index", "data", "--cache", "/dev/null"], &dir),
+        "not a regular file",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A fresh run never mixes with, or prunes, another run's checkpoints; a
+/// missing `latest` falls back to the newest complete checkpoint; a resume
+/// names the config keys it changes and refuses the ones it cannot take.
+#[test]
+fn run_directory_reuse_and_pruning() {
+    let dir = tiny_dir("reuse");
+    let steps = |n: u32| format!("run.steps={n}");
+    ok(orrery(
+        &[
+            "train",
+            "tiny.toml",
+            "--run-dir",
+            "run",
+            "--set",
+            &steps(5),
+            "--set",
+            "checkpoint.every=1",
+        ],
+        &dir,
+    ));
+    let e = user_error(
+        orrery(
+            &[
+                "train",
+                "tiny.toml",
+                "--run-dir",
+                "run",
+                "--resume",
+                "never",
+            ],
+            &dir,
+        ),
+        "holds the checkpoints of another run (newest: step 5)",
+    );
+    assert!(e.contains("--overwrite"), "{e}");
+    let listing = |p: &str| {
+        let mut v: Vec<String> = std::fs::read_dir(dir.join(p))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        listing("run/checkpoints"),
+        ["latest", "step_00000004", "step_00000005"]
+    );
+    user_error(
+        orrery(
+            &["train", "tiny.toml", "--run-dir", "run", "--overwrite"],
+            &dir,
+        ),
+        "use it with --resume never",
+    );
+    ok(orrery(
+        &[
+            "train",
+            "tiny.toml",
+            "--run-dir",
+            "run",
+            "--resume",
+            "never",
+            "--overwrite",
+            "--set",
+            &steps(3),
+            "--set",
+            "checkpoint.every=1",
+        ],
+        &dir,
+    ));
+    assert_eq!(
+        listing("run/checkpoints"),
+        ["latest", "step_00000002", "step_00000003"]
+    );
+    let aside: Vec<String> = listing("run")
+        .into_iter()
+        .filter(|n| n.starts_with("replaced-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{:?}", listing("run"));
+    assert_eq!(
+        listing(&format!("run/{}/checkpoints", aside[0])),
+        ["latest", "step_00000004", "step_00000005"],
+        "the old run is kept whole"
+    );
+
+    // Resuming from an earlier step: pruning keeps `keep` checkpoints up to
+    // the step written and never touches later ones (here a stand-in for
+    // a checkpoint of the trajectory the resume abandons).
+    copy_dir(
+        &dir.join("run/checkpoints/step_00000003"),
+        &dir.join("run/checkpoints/step_00000007"),
+    );
+    ok(orrery(
+        &[
+            "train",
+            "tiny.toml",
+            "--run-dir",
+            "run",
+            "--resume",
+            "run/checkpoints/step_00000002",
+            "--set",
+            &steps(6),
+            "--set",
+            "checkpoint.keep=1",
+            "--stop-after",
+            "1",
+        ],
+        &dir,
+    ));
+    assert_eq!(
+        listing("run/checkpoints"),
+        ["latest", "step_00000003", "step_00000007"]
+    );
+    std::fs::remove_dir_all(dir.join("run/checkpoints/step_00000007")).unwrap();
+
+    // Without `latest`: the newest complete checkpoint, for train, sample and export.
+    std::fs::remove_file(dir.join("run/checkpoints/latest")).unwrap();
+    std::fs::create_dir_all(dir.join("run/checkpoints/step_00000009.tmp")).unwrap();
+    ok(orrery(
+        &["ckpt", "export", "run", "--out", "m.safetensors"],
+        &dir,
+    ));
+    let out = ok(orrery(
+        &[
+            "train",
+            "tiny.toml",
+            "--run-dir",
+            "run",
+            "--set",
+            &steps(4),
+            "--set",
+            "optim.lr=0.0005",
+        ],
+        &dir,
+    ));
+    assert!(out.contains("has no `latest`"), "{out}");
+    assert!(
+        out.contains("resuming from") && out.contains("at step 3"),
+        "{out}"
+    );
+    assert!(
+        out.contains("resuming with a changed config: ") && out.contains("optim.lr: "),
+        "{out}"
+    );
+    let e = user_error(
+        orrery(
+            &[
+                "train",
+                "tiny.toml",
+                "--run-dir",
+                "run",
+                "--set",
+                &steps(6),
+                "--set",
+                "data.global_batch=8",
+            ],
+            &dir,
+        ),
+        "a resume cannot change data.global_batch (4 -> 8",
+    );
+    assert!(!e.contains("optim.lr"), "{e}");
+    // The refused resume left the run's config as it was.
+    let cfg = std::fs::read_to_string(dir.join("run/config.toml")).unwrap();
+    assert!(cfg.contains("global_batch = 4"), "{cfg}");
+    // A finished run says so instead of `trained steps 4..4`.
+    let out = ok(orrery(
+        &[
+            "train",
+            "tiny.toml",
+            "--run-dir",
+            "run",
+            "--set",
+            &steps(4),
+            "--set",
+            "optim.lr=0.0005",
+        ],
+        &dir,
+    ));
+    assert!(out.contains("had already reached step 4"), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A closed pipe ends a command quietly.
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    let dir = tiny_dir("pipe");
+    for args in [
+        vec!["weights", "tiny.toml", "--bins", "20000"],
+        vec!["data", "inspect", "data"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_orrery"))
+            .args(&args)
+            .current_dir(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the reading end at once, as `| head -0` does.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let se = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !se.contains("panicked") && !se.contains("Broken pipe"),
+            "{args:?}: {se}"
+        );
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            out.status.success() || out.status.signal() == Some(13),
+            "{args:?}: {:?}",
+            out.status
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// What training refuses, `data inspect` and `data import` refuse too, and
+/// `data synth` does not mix two datasets in one folder.
+#[test]
+fn inspect_refuses_what_train_refuses() {
+    let dir = tiny_dir("agree");
+    let e = user_error(
+        orrery(
+            &[
+                "data", "synth", "--out", "data", "--clips", "4", "--frames", "6", "--size", "16",
+                "16", "--seed", "1",
+            ],
+            &dir,
+        ),
+        "already holds 3 .parquet file(s)",
+    );
+    assert!(e.contains("choose a new --out"), "{e}");
+    user_error(
+        orrery(
+            &["data", "synth", "--out", "other", "--clips-per-file", "0"],
+            &dir,
+        ),
+        "--clips-per-file 0",
+    );
+    // The same clip ids twice: a copy of one file under another name.
+    std::fs::copy(
+        dir.join("data/part-00000.parquet"),
+        dir.join("data/part-00009.parquet"),
+    )
+    .unwrap();
+    let train = user_error(
+        orrery(&["train", "tiny.toml", "--run-dir", "r"], &dir),
+        "appears twice",
+    );
+    let inspect = user_error(orrery(&["data", "inspect", "data"], &dir), "appears twice");
+    assert!(
+        train.contains("clip id synth-000000") && inspect.contains("clip id synth-000000"),
+        "{inspect}"
+    );
+    user_error(
+        orrery(
+            &[
+                "data", "import", "--from", ".", "--out", "imp", "--scale", "nan",
+            ],
+            &dir,
+        ),
+        "--scale NaN",
+    );
+    user_error(
+        orrery(
+            &[
+                "data", "import", "--from", ".", "--out", "imp", "--shift", "inf",
+            ],
+            &dir,
+        ),
+        "--shift inf",
+    );
+    // Paths print as the user gave them: absolute stays absolute.
+    std::fs::remove_file(dir.join("data/part-00009.parquet")).unwrap();
+    let abs = dir.join("data");
+    let out = ok(orrery(&["data", "inspect", abs.to_str().unwrap()], &dir));
+    assert!(
+        out.contains(&format!("{}/part-00000.parquet", abs.display())),
+        "{out}"
+    );
+    // The missing-data hint makes data the config trains on.
+    let e = user_error(
+        orrery(&["train", "tiny.toml", "--set", "data.url=nothing"], &dir),
+        "no .parquet files found",
+    );
+    assert!(
+        e.contains("--size 16 16") && e.contains("--frames 16"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `orrery sample` checks its arguments before any rollout.
+#[test]
+fn sample_checks_its_arguments() {
+    let dir = tiny_dir("samplearg");
+    ok(orrery(
+        &[
+            "train",
+            "tiny.toml",
+            "--run-dir",
+            "run",
+            "--set",
+            "run.steps=2",
+        ],
+        &dir,
+    ));
+    let s = |extra: &[&str]| {
+        let mut a = vec!["sample", "--checkpoint", "run"];
+        a.extend_from_slice(extra);
+        orrery(&a, &dir)
+    };
+    user_error(s(&["--out", "a.mp4"]), "a .gif");
+    assert!(
+        !dir.join("a.png").exists(),
+        "nothing written for a refused --out"
+    );
+    user_error(s(&["--out", "a.gif", "--frames", "0"]), "--frames 0");
+    user_error(s(&["--out", "a.gif", "--steps", "0"]), "--steps 0");
+    user_error(
+        s(&["--out", "a.gif", "--eta", "0.5"]),
+        "use it with --sampler ddim",
+    );
+    user_error(
+        s(&["--out", "/proc/none/a.gif"]),
+        "cannot create its folder",
+    );
+    let out = ok(s(&["--out", "b.gif", "--sampler", "ddim", "--eta", "0.5"]));
+    assert!(out.contains("wrote"), "{out}");
+    let help = ok(orrery(&["sample", "--help"], &dir));
+    assert!(
+        help.contains("[default: the run's sample.frames]"),
+        "{help}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// launch/setup.sh decides by Debian package name: on an image that ships
+/// libclang-cpp14 (whose libclang-cpp.so.14 fooled a file glob) but not
+/// libclang-dev, it installs libclang-dev.
+#[test]
+fn setup_checks_packages_by_name() {
+    let dir = super::scratch("setup");
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let fake = |installed: &str| {
+        // dpkg-query -W -f=FORMAT NAME: "ii " for the installed names.
+        let script = format!(
+            "#!/bin/sh\nfor p in {installed}; do [ \"$p\" = \"$4\" ] || [ \"$p\" = \"$3\" ] && {{ printf 'ii '; exit 0; }}; done\necho \"dpkg-query: no packages found matching $3\" >&2\nexit 1\n"
+        );
+        let path = bin.join("dpkg-query");
+        std::fs::write(&path, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let setup = Path::new(env!("CARGO_MANIFEST_DIR")).join("launch/setup.sh");
+    let run = || {
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+        let out = Command::new("bash")
+            .arg(&setup)
+            .arg("--print")
+            .env("PATH", path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let image = "build-essential pkg-config openmpi-bin libopenmpi-dev libclang-cpp14 libclang1-14";
+    fake(image);
+    assert_eq!(run(), "libclang-dev\n");
+    fake(&format!("{image} libclang-dev"));
+    assert_eq!(run(), "");
+    fake("");
+    assert_eq!(
+        run(),
+        "build-essential\npkg-config\nopenmpi-bin\nlibopenmpi-dev\nlibclang-dev\n"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
