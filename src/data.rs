@@ -30,6 +30,9 @@ pub enum DataCommand {
         /// Write continuous (dx, dy) actions (`actions`, A = 2) instead of action ids.
         #[arg(long)]
         continuous_actions: bool,
+        /// Replace a dataset already at --out: delete its .parquet files first.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Convert a folder of per-clip latent files (NAME.npy with optional
     /// NAME.actions.npy, or NAME.safetensors with latents / action_ids /
@@ -50,6 +53,9 @@ pub enum DataCommand {
         /// Latent shift for the metadata.
         #[arg(long, default_value_t = 0.0)]
         shift: f64,
+        /// Replace a dataset already at --out: delete its .parquet files first.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Show a dataset's files, schema and shapes, reading and checking every row.
     Inspect {
@@ -75,7 +81,7 @@ pub enum DataCommand {
 
 /// A dataset is written into a location of its own: files already there
 /// would mix with the new ones (two seeds' clips, or duplicate clip ids).
-fn refuse_existing_dataset(out: &str) -> Result<()> {
+fn refuse_existing_dataset(out: &str, overwrite: bool) -> Result<()> {
     if !out.contains("://") {
         if let Ok(m) = std::fs::metadata(out) {
             if !m.is_dir() {
@@ -83,10 +89,17 @@ fn refuse_existing_dataset(out: &str) -> Result<()> {
             }
         }
     }
+    if overwrite {
+        let gone = orrery_data::store::remove_parquet(out)?;
+        if gone > 0 {
+            eprintln!("--overwrite: deleted the {gone} .parquet file(s) under {out}");
+        }
+        return Ok(());
+    }
     let found = orrery_data::store::count_parquet(out)?;
     if found > 0 {
         bail!(
-            "--out {out} already holds {found} .parquet file(s); new files would mix with them into one dataset: choose a new --out, or remove the old files first"
+            "--out {out} already holds {found} .parquet file(s); new files would mix with them into one dataset: choose a new --out, or add --overwrite to replace them"
         );
     }
     Ok(())
@@ -102,6 +115,7 @@ pub fn run_data(cmd: DataCommand) -> Result<()> {
             seed,
             clips_per_file,
             continuous_actions,
+            overwrite,
         } => {
             let cfg = SynthConfig {
                 clips,
@@ -117,7 +131,7 @@ pub fn run_data(cmd: DataCommand) -> Result<()> {
             if clips_per_file == 0 {
                 bail!("--clips-per-file 0: each file holds at least 1 clip (default 128)");
             }
-            refuse_existing_dataset(&out)?;
+            refuse_existing_dataset(&out, overwrite)?;
             let files = orrery_data::store::write_dataset(
                 &out,
                 &render_clips(&cfg),
@@ -132,6 +146,7 @@ pub fn run_data(cmd: DataCommand) -> Result<()> {
             shard_mb,
             scale,
             shift,
+            overwrite,
         } => {
             if !(shard_mb > 0.0 && shard_mb.is_finite()) {
                 bail!("--shard-mb {shard_mb} must be positive");
@@ -142,7 +157,7 @@ pub fn run_data(cmd: DataCommand) -> Result<()> {
             if !shift.is_finite() {
                 bail!("--shift {shift}: the latent shift must be a finite number");
             }
-            refuse_existing_dataset(&out)?;
+            refuse_existing_dataset(&out, overwrite)?;
             let r = orrery_data::import::import(&orrery_data::import::ImportOptions {
                 from,
                 out: out.clone(),

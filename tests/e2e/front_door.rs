@@ -304,7 +304,7 @@ fn inspect_refuses_what_train_refuses() {
         ),
         "already holds 3 .parquet file(s)",
     );
-    assert!(e.contains("choose a new --out"), "{e}");
+    assert!(e.contains("choose a new --out, or add --overwrite"), "{e}");
     user_error(
         orrery(
             &["data", "synth", "--out", "other", "--clips-per-file", "0"],
@@ -462,5 +462,71 @@ fn setup_checks_packages_by_name() {
         run(),
         "build-essential\npkg-config\nopenmpi-bin\nlibopenmpi-dev\nlibclang-dev\n"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A checkpoint that does not match the model is refused at resume, for
+/// the model, EMA and optimizer files, under DDP and FSDP: a missing, an
+/// extra, a reshaped or a float16 tensor. The error names the file and the
+/// tensor; nothing panics and nothing is read as zeros.
+#[test]
+fn a_checkpoint_that_does_not_match_the_model_is_refused() {
+    let dir = tiny_dir("badckpt");
+    ok(orrery(
+        &[
+            "train",
+            "tiny.toml",
+            "--run-dir",
+            "good",
+            "--set",
+            "run.steps=3",
+        ],
+        &dir,
+    ));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/tamper.py");
+    for file in [
+        "model.safetensors",
+        "ema.safetensors",
+        "optimizer.safetensors",
+    ] {
+        for case in ["missing", "extra", "shape", "dtype"] {
+            let run = dir.join(format!("bad-{file}-{case}"));
+            let _ = std::fs::remove_dir_all(&run);
+            std::fs::create_dir_all(run.join("checkpoints")).unwrap();
+            copy_dir(
+                &dir.join("good/checkpoints/step_00000003"),
+                &run.join("checkpoints/step_00000003"),
+            );
+            let target = run.join("checkpoints/step_00000003").join(file);
+            let tensor = super::python(&[script.to_str().unwrap(), target.to_str().unwrap(), case]);
+            let tensor = if case == "extra" {
+                "not.a.parameter"
+            } else {
+                tensor.trim()
+            };
+            for strategy in ["ddp", "fsdp"] {
+                let e = user_error(
+                    orrery(
+                        &[
+                            "train",
+                            "tiny.toml",
+                            "--run-dir",
+                            run.to_str().unwrap(),
+                            "--set",
+                            "run.steps=4",
+                            "--set",
+                            &format!("parallel.strategy={strategy}"),
+                        ],
+                        &dir,
+                    ),
+                    "does not match the model of this config",
+                );
+                assert!(
+                    e.contains(file) && e.contains(&format!("tensor {tensor} ")),
+                    "{file} {case} {strategy}: {e}"
+                );
+            }
+        }
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -151,9 +151,32 @@ fn train_from_s3_equals_train_from_a_local_copy() {
         again.contains("footers read: 0 file(s), 0 bytes") && again.contains("cache: 3"),
         "{again}"
     );
+    // A dataset is not written over another (the files would mix), unless
+    // --overwrite deletes the old files first.
     let args = synth_with("s3://orrery-data/indexed", "7", "9");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ok(orrery_s3(&moto, &args, &dir));
+    user_error(
+        orrery_s3(&moto, &args, &dir),
+        "already holds 3 .parquet file(s)",
+    );
+    let rewrite = synth_with("s3://orrery-data/rewrite", "7", "9");
+    let mut rewrite: Vec<&str> = rewrite.iter().map(String::as_str).collect();
+    ok(orrery_s3(&moto, &rewrite, &dir));
+    user_error(
+        orrery_s3(&moto, &rewrite, &dir),
+        "add --overwrite to replace them",
+    );
+    rewrite.push("--overwrite");
+    let out = ok(orrery_s3(&moto, &rewrite, &dir));
+    assert!(out.contains("deleted the 1 .parquet file(s)"), "{out}");
+    // Rewrite one file of the indexed dataset in place (an object PUT).
+    python(&[
+        "-c",
+        &format!(
+            "import boto3; boto3.client('s3', endpoint_url='{ep}', aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1').copy_object(Bucket='orrery-data', Key='indexed/part-00000.parquet', CopySource={{'Bucket': 'orrery-data', 'Key': 'rewrite/part-00000.parquet'}})",
+            ep = moto.endpoint()
+        ),
+    ]);
     let third = index();
     assert!(
         third.contains("3 file(s), 3 row groups, 21 rows"),

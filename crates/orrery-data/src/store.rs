@@ -367,6 +367,27 @@ pub fn count_parquet(url: &str) -> Result<usize> {
     })
 }
 
+/// Delete every `.parquet` file under `url` (to write a dataset anew in
+/// its place). Returns how many were deleted.
+pub fn remove_parquet(url: &str) -> Result<usize> {
+    let loc = parse(url)?;
+    runtime().block_on(async {
+        let files = match loc.list_parquet().await {
+            Ok(files) => files,
+            Err(DataError::Empty { .. }) => return Ok(0),
+            Err(DataError::Store {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        for path in &files {
+            loc.store.delete(path).await.map_err(|e| loc.store_err(e))?;
+        }
+        Ok(files.len())
+    })
+}
+
 /// Write clips as Parquet shards `part-NNNNN.parquet` of at most
 /// `clips_per_file` rows under `url`. Returns the paths written.
 pub fn write_dataset(

@@ -292,6 +292,33 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     f.sync_all().map_err(|e| io_err(path, e))
 }
 
+/// Check an optimizer file against the model's parameters: the AdamW
+/// moments `exp_avg.<name>` and `exp_avg_sq.<name>` of each, with its
+/// shape. A parameter may lack both (it has had no gradient yet: its
+/// moments start at zero, as on a fresh start), not one of the two.
+pub fn expect_optimizer_layout(
+    file: &TensorFile,
+    shapes: &std::collections::BTreeMap<String, Vec<usize>>,
+) -> Result<()> {
+    let layout: std::collections::BTreeMap<String, Vec<usize>> = shapes
+        .iter()
+        .flat_map(|(n, s)| {
+            [
+                (format!("exp_avg.{n}"), s.clone()),
+                (format!("exp_avg_sq.{n}"), s.clone()),
+            ]
+        })
+        .collect();
+    let pair = |key: &str| {
+        let name = key
+            .strip_prefix("exp_avg_sq.")
+            .or_else(|| key.strip_prefix("exp_avg."))
+            .unwrap_or(key);
+        !file.contains(&format!("exp_avg.{name}")) && !file.contains(&format!("exp_avg_sq.{name}"))
+    };
+    file.expect_layout(&layout, pair)
+}
+
 /// Name of a step's directory.
 pub fn step_dir_name(step: u64) -> String {
     format!("step_{step:08}")

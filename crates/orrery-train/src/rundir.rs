@@ -15,7 +15,7 @@ use crate::{Result, TrainError};
 /// aside on the `main` rank; nothing is deleted.
 pub(crate) fn start_checkpoint(opts: &RunOptions, main: bool) -> Result<Option<PathBuf>> {
     let run_dir = &opts.run_dir;
-    if run_dir.exists() && !run_dir.is_dir() {
+    if main && run_dir.exists() && !run_dir.is_dir() {
         return Err(TrainError::Config(format!(
             "--run-dir {} exists and is not a directory: name a folder",
             run_dir.display()
@@ -40,7 +40,9 @@ pub(crate) fn start_checkpoint(opts: &RunOptions, main: bool) -> Result<Option<P
         let canon = |q: &Path| std::fs::canonicalize(q).ok();
         canon(p.parent().unwrap_or(p)) == canon(&ckpt_dir)
     };
-    if from.as_deref().is_some_and(own) {
+    // Rank 0 alone judges the directory (the others would only repeat its
+    // message, interleaved) and moves an old run aside; its error ends the job.
+    if !main || from.as_deref().is_some_and(own) {
         return Ok(from);
     }
     let Some((step, _)) = checkpoint::complete_checkpoints(&ckpt_dir).pop() else {

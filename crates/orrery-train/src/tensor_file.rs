@@ -1,6 +1,6 @@
 //! Reading a checkpoint's safetensors files: one tensor, or the part of one
 //! that a rank's shard needs, at a time.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -8,7 +8,7 @@ use orrery_model::named::{HostTensor, NamedTensors};
 use safetensors::tensor::{Dtype, TensorInfo};
 
 use crate::checkpoint::io_err;
-use crate::Result;
+use crate::{Result, TrainError};
 
 /// Every tensor of a safetensors file of f32 tensors.
 pub fn read_safetensors(path: &Path) -> Result<NamedTensors> {
@@ -54,6 +54,55 @@ impl TensorFile {
             data_start: 8 + n,
             tensors,
         })
+    }
+
+    /// Check that the file holds exactly the tensors of `layout` (name ->
+    /// shape), as f32: none missing (unless `optional` says it may be),
+    /// none extra, no other shape or dtype. The error names the file and
+    /// the first tensors that differ, so a foreign or mismatched checkpoint
+    /// is refused at resume instead of panicking or reading zeros later.
+    pub fn expect_layout(
+        &self,
+        layout: &BTreeMap<String, Vec<usize>>,
+        optional: impl Fn(&str) -> bool,
+    ) -> Result<()> {
+        let mut problems = Vec::new();
+        for (name, shape) in layout {
+            match self.tensors.get(name) {
+                None if optional(name) => {}
+                None => problems.push(format!("tensor {name} is missing")),
+                Some(info) if info.dtype != Dtype::F32 => {
+                    problems.push(format!("tensor {name} is {:?}, expected F32", info.dtype))
+                }
+                Some(info) if &info.shape != shape => problems.push(format!(
+                    "tensor {name} has shape {:?}, the model expects {shape:?}",
+                    info.shape
+                )),
+                Some(_) => {}
+            }
+        }
+        let mut extra: Vec<&String> = self
+            .tensors
+            .keys()
+            .filter(|n| !layout.contains_key(*n))
+            .collect();
+        extra.sort();
+        problems.extend(
+            extra
+                .into_iter()
+                .map(|n| format!("tensor {n} is not in this model")),
+        );
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let shown: Vec<String> = problems.iter().take(6).cloned().collect();
+        Err(TrainError::Checkpoint(format!(
+            "{} does not match the model of this config ({} problem(s): {}{}): resume from a checkpoint of this model, or start afresh with --resume never",
+            self.path.display(),
+            problems.len(),
+            shown.join("; "),
+            if problems.len() > shown.len() { "; ..." } else { "" }
+        )))
     }
 
     /// The tensor names in the file.

@@ -269,17 +269,19 @@ fn train_ranks<B: AutodiffBackend>(
                 changed.join(", ")
             ));
         }
-        // DDP loads the weights whole; FSDP ranks read their shards later.
+        // Every file must hold this model's tensors and nothing else, so that
+        // nothing later reads a missing tensor as zeros or panics on a name.
         let weights = TensorFile::open(&dir.join(checkpoint::MODEL_FILE))?;
+        let optim_file = TensorFile::open(&dir.join(checkpoint::OPTIM_FILE))?;
+        let ema_file = TensorFile::open(&dir.join(checkpoint::EMA_FILE))?;
+        weights.expect_layout(&shapes, |_| false)?;
+        ema_file.expect_layout(&shapes, |_| false)?;
+        checkpoint::expect_optimizer_layout(&optim_file, &shapes)?;
+        // DDP loads the weights whole; FSDP ranks read their shards later.
         if !sharded {
             model = load_host(model, &weights.read_all()?, &device)?;
         }
-        resumed = Some((
-            weights,
-            TensorFile::open(&dir.join(checkpoint::OPTIM_FILE))?,
-            TensorFile::open(&dir.join(checkpoint::EMA_FILE))?,
-            state.ema_updates,
-        ));
+        resumed = Some((weights, optim_file, ema_file, state.ema_updates));
         (step, cursor) = (state.step, state.cursor);
         say(format!("resuming from {} at step {step}", dir.display()));
     }
