@@ -143,7 +143,8 @@ pub mod tensorboard;
 mod trainer;
 
 pub use config::TrainConfig;
-pub use trainer::{train, train_on, Resume, RunOptions, TrainSummary};
+pub use rundir::{Resume, RunOptions};
+pub use trainer::{train, train_on, TrainSummary};
 
 /// Errors of a run; each says what to change.
 #[derive(Debug, thiserror::Error)]

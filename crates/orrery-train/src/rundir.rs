@@ -5,8 +5,33 @@ use std::path::{Path, PathBuf};
 
 use crate::checkpoint;
 use crate::config::TrainConfig;
-use crate::trainer::{Resume, RunOptions};
 use crate::{Result, TrainError};
+
+/// Where to resume from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resume {
+    /// The run directory's latest checkpoint, if any.
+    Auto,
+    /// Start fresh.
+    Never,
+    /// A checkpoint, checkpoints/ or run directory.
+    From(PathBuf),
+}
+
+/// Run-time options that are not part of the experiment.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Where everything is written.
+    pub run_dir: PathBuf,
+    /// Resume policy.
+    pub resume: Resume,
+    /// Stop (with a checkpoint) after this many steps in this invocation,
+    /// e.g. to fit a scheduler's time limit; `run.steps` still sets the schedule.
+    pub stop_after: Option<u64>,
+    /// Start afresh even where the run directory holds another run's
+    /// checkpoints, moving them aside (`replaced-<time>/`).
+    pub overwrite: bool,
+}
 
 /// The checkpoint to resume from (None: start fresh), after applying the
 /// run directory rules. A fresh start (or a resume from a checkpoint of
@@ -61,6 +86,10 @@ pub(crate) fn start_checkpoint(opts: &RunOptions, main: bool) -> Result<Option<P
     Ok(from)
 }
 
+fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
+    move |e| TrainError::Io(format!("{}: {e}", path.display()))
+}
+
 /// Move a run's checkpoints and records into `<run_dir>/replaced-<unix time>/`.
 fn move_aside(run_dir: &Path) -> Result<()> {
     let secs = std::time::SystemTime::now()
@@ -72,7 +101,7 @@ fn move_aside(run_dir: &Path) -> Result<()> {
         aside = run_dir.join(format!("replaced-{secs}-{n}"));
         n += 1;
     }
-    std::fs::create_dir_all(&aside).map_err(crate::trainer::io(&aside))?;
+    std::fs::create_dir_all(&aside).map_err(io(&aside))?;
     for name in [
         "checkpoints",
         "metrics.jsonl",
@@ -84,7 +113,7 @@ fn move_aside(run_dir: &Path) -> Result<()> {
         let from = run_dir.join(name);
         if from.exists() {
             let to = aside.join(name);
-            std::fs::rename(&from, &to).map_err(crate::trainer::io(&to))?;
+            std::fs::rename(&from, &to).map_err(io(&to))?;
         }
     }
     eprintln!(

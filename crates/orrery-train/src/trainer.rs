@@ -22,35 +22,10 @@ use crate::eval::{
 use crate::feed::{open_data, Feed};
 use crate::metrics::MetricsLine;
 use crate::replica::{Replica, StartState, Weights};
+use crate::rundir::{Resume, RunOptions};
 use crate::runlog::keep_lines;
 use crate::tensorboard::EventWriter;
 use crate::{Result, TrainError};
-
-/// Where to resume from.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Resume {
-    /// The run directory's latest checkpoint, if any.
-    Auto,
-    /// Start fresh.
-    Never,
-    /// A checkpoint, checkpoints/ or run directory.
-    From(PathBuf),
-}
-
-/// Run-time options that are not part of the experiment.
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    /// Where everything is written.
-    pub run_dir: PathBuf,
-    /// Resume policy.
-    pub resume: Resume,
-    /// Stop (with a checkpoint) after this many steps in this invocation,
-    /// e.g. to fit a scheduler's time limit; `run.steps` still sets the schedule.
-    pub stop_after: Option<u64>,
-    /// Start afresh even where the run directory holds another run's
-    /// checkpoints, moving them aside (`replaced-<time>/`).
-    pub overwrite: bool,
-}
 
 /// What a finished run reports.
 #[derive(Debug, Clone, PartialEq)]
