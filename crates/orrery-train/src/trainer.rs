@@ -22,7 +22,7 @@ use crate::eval::{
 use crate::feed::{open_data, Feed};
 use crate::metrics::MetricsLine;
 use crate::replica::{Replica, StartState, Weights};
-use crate::rundir::{Resume, RunOptions};
+use crate::rundir::RunOptions;
 use crate::runlog::keep_lines;
 use crate::tensorboard::EventWriter;
 use crate::{Result, TrainError};
