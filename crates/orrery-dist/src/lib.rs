@@ -19,6 +19,7 @@
 mod bench;
 mod collective;
 mod deadline;
+mod threads;
 
 #[cfg(feature = "mpi")]
 pub use bench::bench_collectives;
@@ -30,6 +31,7 @@ pub use collective::{
     abort_on_error, all_reduce_sum_bucketed, connect, self_test, Collective, SingleProcess,
 };
 pub use deadline::Deadline;
+pub use threads::ThreadComm;
 
 /// Errors from discovering the world.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,312 @@
+//! Ranks as threads of one process, exchanging buffers through shared
+//! memory: the DDP and FSDP equivalence tests run on 1-4 ranks as unit
+//! tests, without mpirun. Sums are taken in rank order, so every rank gets
+//! bit-identical results. A rank that fails or aborts wakes the others with
+//! an error instead of leaving them waiting; a rank that never arrives ends
+//! the wait after a timeout. Letters: n = world size, k = elements per rank.
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::{Collective, DistError};
+
+/// A meeting point for all ranks, reusable (generations), that can be
+/// broken by one rank (abort) and gives up after `timeout`.
+struct Gate {
+    state: Mutex<GateState>,
+    cv: Condvar,
+    size: usize,
+    timeout: Duration,
+}
+
+struct GateState {
+    arrived: usize,
+    generation: u64,
+    broken: Option<String>,
+}
+
+impl Gate {
+    fn wait(&self, rank: usize) -> Result<(), DistError> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(why) = &s.broken {
+            return Err(DistError::Backend(why.clone()));
+        }
+        let generation = s.generation;
+        s.arrived += 1;
+        if s.arrived == self.size {
+            s.arrived = 0;
+            s.generation += 1;
+            self.cv.notify_all();
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.timeout;
+        while s.generation == generation {
+            if let Some(why) = &s.broken {
+                return Err(DistError::Backend(why.clone()));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let why = format!(
+                    "rank {rank} waited {:?} for the other ranks at a collective",
+                    self.timeout
+                );
+                s.broken = Some(why.clone());
+                self.cv.notify_all();
+                return Err(DistError::Backend(why));
+            }
+            s = self
+                .cv
+                .wait_timeout(s, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    fn break_with(&self, why: String) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.broken.get_or_insert(why);
+        self.cv.notify_all();
+    }
+}
+
+struct Shared {
+    /// Each rank's contribution to the collective in progress.
+    slots: Mutex<Vec<Vec<f32>>>,
+    gate: Gate,
+}
+
+/// One rank of a world of threads ([`ThreadComm::world`]).
+#[derive(Clone)]
+pub struct ThreadComm {
+    rank: usize,
+    shared: Arc<Shared>,
+}
+
+impl ThreadComm {
+    /// The `n` ranks of one world, rank order; give one to each thread.
+    /// A collective gives up with an error after `timeout` without peers.
+    pub fn world(n: usize, timeout: Duration) -> Vec<ThreadComm> {
+        let shared = Arc::new(Shared {
+            slots: Mutex::new(vec![Vec::new(); n]),
+            gate: Gate {
+                state: Mutex::new(GateState {
+                    arrived: 0,
+                    generation: 0,
+                    broken: None,
+                }),
+                cv: Condvar::new(),
+                size: n,
+                timeout,
+            },
+        });
+        (0..n)
+            .map(|rank| ThreadComm {
+                rank,
+                shared: shared.clone(),
+            })
+            .collect()
+    }
+
+    /// Tell the other ranks that this one failed: their next (or current)
+    /// collective returns an error naming it.
+    pub fn fail(&self, why: &str) {
+        self.shared
+            .gate
+            .break_with(format!("rank {} failed: {why}", self.rank));
+    }
+
+    /// Put this rank's `buf` in its slot, wait for every rank's, read them
+    /// all with `read`, and wait again before anyone writes the next one.
+    fn exchange<T>(
+        &self,
+        buf: &[f32],
+        read: impl FnOnce(&[Vec<f32>]) -> T,
+    ) -> Result<T, DistError> {
+        self.shared.slots.lock().unwrap_or_else(|p| p.into_inner())[self.rank] = buf.to_vec();
+        self.shared.gate.wait(self.rank)?;
+        let out = read(&self.shared.slots.lock().unwrap_or_else(|p| p.into_inner()));
+        self.shared.gate.wait(self.rank)?;
+        Ok(out)
+    }
+
+    fn same_lengths(op: &str, slots: &[Vec<f32>]) -> Result<usize, DistError> {
+        let k = slots[0].len();
+        match slots.iter().position(|s| s.len() != k) {
+            Some(r) => Err(DistError::Shape(format!(
+                "{op}: rank 0 gave {k} elements but rank {r} gave {}",
+                slots[r].len()
+            ))),
+            None => Ok(k),
+        }
+    }
+}
+
+impl Collective for ThreadComm {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn size(&self) -> usize {
+        self.shared.gate.size
+    }
+    fn name(&self) -> &'static str {
+        "threads"
+    }
+    fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<(), DistError> {
+        let sum = self.exchange(buf, |slots| {
+            let k = Self::same_lengths("all_reduce_sum", slots)?;
+            let mut sum = vec![0.0f32; k];
+            for s in slots {
+                sum.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+            }
+            Ok::<_, DistError>(sum)
+        })??;
+        buf.copy_from_slice(&sum);
+        Ok(())
+    }
+    fn all_gather(&self, local: &[f32], out: &mut [f32]) -> Result<(), DistError> {
+        let n = self.size();
+        let all = self.exchange(local, |slots| {
+            Self::same_lengths("all_gather", slots)?;
+            Ok::<_, DistError>(slots.concat())
+        })??;
+        if all.len() != out.len() {
+            return Err(DistError::Shape(format!(
+                "all_gather: the full buffer has {} elements, but {n} ranks x {} per rank = {}",
+                out.len(),
+                local.len(),
+                all.len()
+            )));
+        }
+        out.copy_from_slice(&all);
+        Ok(())
+    }
+    fn reduce_scatter_sum(&self, full: &[f32], out: &mut [f32]) -> Result<(), DistError> {
+        let (n, k, rank) = (self.size(), out.len(), self.rank);
+        let block = self.exchange(full, |slots| {
+            let len = Self::same_lengths("reduce_scatter", slots)?;
+            if len != n * k {
+                return Err(DistError::Shape(format!(
+                    "reduce_scatter: the full buffer has {len} elements, but {n} ranks x {k} per rank = {}",
+                    n * k
+                )));
+            }
+            let mut sum = vec![0.0f32; k];
+            for s in slots {
+                sum.iter_mut()
+                    .zip(&s[rank * k..(rank + 1) * k])
+                    .for_each(|(a, b)| *a += b);
+            }
+            Ok(sum)
+        })??;
+        out.copy_from_slice(&block);
+        Ok(())
+    }
+    fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<(), DistError> {
+        if root >= self.size() {
+            return Err(DistError::Shape(format!(
+                "broadcast from rank {root} in a world of {}",
+                self.size()
+            )));
+        }
+        let from_root = self.exchange(buf, |slots| slots[root].clone())?;
+        if from_root.len() != buf.len() {
+            return Err(DistError::Shape(format!(
+                "broadcast: rank {root} sent {} elements, rank {} expects {}",
+                from_root.len(),
+                self.rank,
+                buf.len()
+            )));
+        }
+        buf.copy_from_slice(&from_root);
+        Ok(())
+    }
+    fn barrier(&self) -> Result<(), DistError> {
+        self.shared.gate.wait(self.rank)
+    }
+    fn abort(&self, code: i32) -> ! {
+        self.fail(&format!("aborted with code {code}"));
+        panic!(
+            "rank {} aborted the thread world with code {code}",
+            self.rank
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Run `f` on every rank of a world of `n` threads; results by rank.
+    fn on_ranks<T: Send>(n: usize, f: impl Fn(&ThreadComm) -> T + Sync) -> Vec<T> {
+        let comms = ThreadComm::world(n, Duration::from_secs(20));
+        std::thread::scope(|s| {
+            let handles: Vec<_> = comms.iter().map(|c| s.spawn(|| f(c))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    #[test]
+    fn collectives_match_their_definitions() {
+        for n in 1..=4 {
+            let out = on_ranks(n, |c| {
+                let r = c.rank() as f32;
+                let mut sum = vec![r, 10.0 * r, 1.0];
+                c.all_reduce_sum(&mut sum).unwrap();
+                let mut gathered = vec![0.0; 2 * n];
+                c.all_gather(&[r, -r], &mut gathered).unwrap();
+                let full: Vec<f32> = (0..2 * n).map(|i| i as f32 + r).collect();
+                let mut block = vec![0.0; 2];
+                c.reduce_scatter_sum(&full, &mut block).unwrap();
+                let mut b = vec![r; 3];
+                c.broadcast(&mut b, n - 1).unwrap();
+                c.barrier().unwrap();
+                (sum, gathered, block, b)
+            });
+            let total: f32 = (0..n).map(|r| r as f32).sum();
+            for (rank, (sum, gathered, block, b)) in out.into_iter().enumerate() {
+                assert_eq!(sum, vec![total, 10.0 * total, n as f32]);
+                let want: Vec<f32> = (0..n).flat_map(|r| [r as f32, -(r as f32)]).collect();
+                assert_eq!(gathered, want);
+                let want: Vec<f32> = (0..2)
+                    .map(|i| n as f32 * (2 * rank + i) as f32 + total)
+                    .collect();
+                assert_eq!(block, want, "rank {rank} of {n}");
+                assert_eq!(b, vec![(n - 1) as f32; 3]);
+            }
+        }
+    }
+
+    #[test]
+    fn threads_pass_the_self_test_that_mpi_ranks_run() {
+        for n in 1..=4 {
+            for r in on_ranks(n, |c| crate::self_test(c)) {
+                r.unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_rank_or_a_missing_one_ends_the_others_wait() {
+        let out = on_ranks(3, |c| {
+            if c.rank() == 1 {
+                c.fail("bad batch");
+                return "failed".to_string();
+            }
+            c.barrier().unwrap_err().to_string()
+        });
+        assert_eq!(out[1], "failed");
+        assert!(out[0].contains("rank 1 failed: bad batch"), "{}", out[0]);
+        let comms = ThreadComm::world(2, Duration::from_millis(50));
+        let err = comms[0].barrier().unwrap_err().to_string();
+        assert!(err.contains("waited"), "{err}");
+        let out = on_ranks(2, |c| {
+            let mut buf = vec![0.0; 2 + c.rank()];
+            c.all_reduce_sum(&mut buf).unwrap_err().to_string()
+        });
+        assert!(
+            out[0].contains("rank 0 gave 2 elements but rank 1 gave 3"),
+            "{}",
+            out[0]
+        );
+    }
+}
