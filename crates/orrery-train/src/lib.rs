@@ -131,6 +131,8 @@ mod nccl {
     }
 }
 mod overrides;
+#[cfg(test)]
+mod parallel_tests;
 pub mod parity;
 pub mod paths;
 mod replica;
