@@ -1,4 +1,4 @@
-//! DDP and FSDP on 1, 2, 3 and 4 ranks run as threads of one process
+//! DDP and FSDP on 1, 2 and 4 ranks (divisors of the batch of 8) run as threads of one process
 //! (`ThreadComm`) against one process taking the same steps on the whole
 //! global batch: the model, EMA and AdamW moments agree after three steps
 //! with clipping and weight decay on. The mpirun end-to-end tests check the
