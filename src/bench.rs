@@ -355,9 +355,9 @@ fn run_bench_parity(
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 fn run_bench_lockstep(config: &std::path::Path, set: &[String], steps: usize) -> Result<()> {
     #[cfg(feature = "cuda")]
-    use orrery_train::parity::gpu_lockstep as lockstep;
+    use orrery_train::lockstep::gpu_lockstep as lockstep;
     #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
-    use orrery_train::parity::wgpu_lockstep as lockstep;
+    use orrery_train::lockstep::wgpu_lockstep as lockstep;
     use std::collections::BTreeMap;
     use std::io::Write;
     let cfg = TrainConfig::load(config, set)?;

@@ -4,8 +4,8 @@ use burn::module::{Module, Param, ParamId};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer};
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
-use crate::dit::{attention_bias, frame_mask, patchify, sincos, stack_history, unpatchify};
 use crate::layers::{ActionMlp, TimestepEmbedder};
+use crate::tokens::{attention_bias, frame_mask, patchify, sincos, stack_history, unpatchify};
 use crate::{DitConfig, DitInput, ModelError, PosEmbed, Result};
 
 /// Everything before the first block, as its own module: FSDP gathers,
@@ -183,7 +183,7 @@ impl<B: Backend> DitEmbed<B> {
         }; // [g, s, d]
         let x = match pos {
             Some(pos) => {
-                let pos = crate::layers::like(pos, x.dtype());
+                let pos = crate::cast::like(pos, x.dtype());
                 x + pos.unsqueeze_dim::<4>(0)
             }
             None => x,

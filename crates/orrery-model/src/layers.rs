@@ -7,21 +7,11 @@ use burn::tensor::activation::softmax;
 use burn::tensor::activation::{gelu_approximate, silu};
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
+use crate::cast::like;
 use crate::{MlpKind, QkNorm};
 
 /// Width of the sinusoidal timestep features.
 pub const FREQ_DIM: usize = 128;
-
-/// `x` in `dtype` (a no-op when it already is). Mixed precision: the
-/// weights set the compute type, and constants (position tables, masks,
-/// timestep features) follow the activations they meet.
-pub fn like<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
-    if x.dtype() == dtype {
-        x
-    } else {
-        x.cast(dtype)
-    }
-}
 
 /// LayerNorm over the last dim without affine parameters (adaLN supplies
 /// them), computed in f32 whatever the activations' type (as autocast does).

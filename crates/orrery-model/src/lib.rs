@@ -29,6 +29,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod cast;
 mod config;
 mod count;
 mod dit;
@@ -36,11 +37,13 @@ mod embed;
 mod layers;
 pub mod named;
 pub mod rope;
+mod tokens;
 
+pub use cast::like;
 pub use config::{AttentionMask, DitConfig, MlpKind, PosEmbed, Preset, QkNorm};
 pub use dit::{Dit, DitInput};
 pub use embed::{DitEmbed, Stem};
-pub use layers::{like, DitBlock, FinalLayer};
+pub use layers::{DitBlock, FinalLayer};
 
 /// Errors from building or running a model.
 #[derive(Debug, thiserror::Error)]

@@ -120,7 +120,7 @@ struct CastMapper(burn::tensor::DType);
 impl<B: Backend> ModuleMapper<B> for CastMapper {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let dtype = self.0;
-        param.map(|t| crate::layers::like(t, dtype))
+        param.map(|t| crate::cast::like(t, dtype))
     }
 }
 

@@ -77,8 +77,8 @@ pub fn tables<B: Backend>(
 pub fn apply<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 4> {
     let e = x.dims()[3];
     let (cos, sin) = (
-        &crate::layers::like(cos.clone(), x.dtype()),
-        &crate::layers::like(sin.clone(), x.dtype()),
+        &crate::cast::like(cos.clone(), x.dtype()),
+        &crate::cast::like(sin.clone(), x.dtype()),
     );
     let x1 = x.clone().narrow(3, 0, e / 2); // [b, k, n, e/2]
     let x2 = x.narrow(3, e / 2, e / 2);

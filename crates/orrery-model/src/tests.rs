@@ -2,8 +2,8 @@
 use burn::backend::Flex;
 use burn::tensor::{backend::Backend, Distribution, Int, Tensor, TensorData};
 
-use crate::dit::{patchify, unpatchify};
 use crate::named::{load_host, map_named, to_host};
+use crate::tokens::{patchify, unpatchify};
 use crate::{AttentionMask, Dit, DitConfig, DitInput};
 
 pub(super) type B = Flex;
@@ -160,7 +160,7 @@ fn stack_history_shifts_frames_back_with_zero_padding() {
         ),
         &device,
     );
-    let y = crate::dit::stack_history(x, 2); // [1, 4, 3, 1, 1]
+    let y = crate::tokens::stack_history(x, 2); // [1, 4, 3, 1, 1]
     assert_eq!(y.dims(), [1, 4, 3, 1, 1]);
     let v = y.into_data().into_vec::<f32>().unwrap();
     // Per frame: (itself, previous, the one before).

@@ -6,8 +6,9 @@ use orrery_data::{Cursor, Dataset, Loader};
 use orrery_model::Dit;
 
 use crate::config::TrainConfig;
+use crate::glue::{param_shapes, to_device};
 use crate::replica::{Replica, StartState};
-use crate::trainer::{join_world, param_shapes, to_device};
+use crate::trainer::join_world;
 use crate::Result;
 
 /// Timings of a step benchmark.

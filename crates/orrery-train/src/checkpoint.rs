@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::TrainConfig;
 use crate::{Result, TrainError};
 
+pub(crate) use crate::tensor_file::io_err;
 pub use crate::tensor_file::{read_safetensors, TensorFile};
 
 /// File of the model weights.
@@ -45,10 +46,6 @@ pub struct TrainerState {
     pub world_size: usize,
     /// orrery version that wrote it.
     pub version: String,
-}
-
-pub(crate) fn io_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
-    TrainError::Checkpoint(format!("{}: {e}", path.display()))
 }
 
 /// Encode named tensors as safetensors bytes, with string metadata.

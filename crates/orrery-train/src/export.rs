@@ -26,7 +26,7 @@ pub fn export(from: &Path, ema: bool, out: &Path) -> Result<(PathBuf, usize)> {
     ]);
     let bytes = to_safetensors(&tensors, meta)?;
     let tmp = out.with_extension("safetensors.tmp");
-    std::fs::write(&tmp, &bytes).map_err(crate::trainer::io(&tmp))?;
-    std::fs::rename(&tmp, out).map_err(crate::trainer::io(out))?;
+    std::fs::write(&tmp, &bytes).map_err(crate::io(&tmp))?;
+    std::fs::rename(&tmp, out).map_err(crate::io(out))?;
     Ok((dir, tensors.len()))
 }

@@ -539,7 +539,7 @@ impl<B: Backend> Denoiser<B> for ShardedDenoiser<'_, B> {
             let f = self.fsdp;
             let (stem, mut xs) = f.trunk(
                 self.shards,
-                crate::trainer::dit_input(x_t, t, cond),
+                crate::glue::dit_input(x_t, t, cond),
                 (false, false),
                 self.comm,
             )?;

@@ -193,7 +193,7 @@ pub(crate) fn fsdp_step<B: AutodiffBackend>(
         let model = |x_t: Tensor<B, 5>, t: Tensor<B, 2>, cond: Cond<B>| {
             forward(
                 fsdp,
-                crate::trainer::dit_input(x_t, t, cond),
+                crate::glue::dit_input(x_t, t, cond),
                 comm,
                 &device,
                 &tape,

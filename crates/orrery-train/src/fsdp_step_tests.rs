@@ -1,9 +1,9 @@
 //! FSDP steps against the whole-model steps, sharded initialisation and
 //! reads, bf16 compute and gathers.
 use super::*;
+use crate::glue::to_device;
 use crate::step::tests::{run_steps, setup_with, AB};
 use crate::step::train_step;
-use crate::trainer::to_device;
 use burn::backend::Flex;
 use burn::module::AutodiffModule;
 use orrery_dist::SingleProcess;

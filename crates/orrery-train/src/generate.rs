@@ -14,9 +14,9 @@ use orrery_model::Dit;
 use serde::Serialize;
 
 use crate::checkpoint::{to_safetensors, TrainerState};
+use crate::glue::denoiser;
+use crate::io;
 use crate::media::{grid, Rgb};
-use crate::sample::SampleOptions;
-use crate::trainer::{denoiser, io};
 use crate::{Result, TrainError};
 
 /// Samples generated per model call (bounds memory).
@@ -41,9 +41,20 @@ pub struct GenerateReport {
     pub outputs: Vec<PathBuf>,
 }
 
+/// What `orrery sample` asks of a generation: where to write, how many
+/// samples per class (default: the run's sample.clips), the noise seed.
+pub struct GenerateOptions<'a> {
+    /// The output file (its extension is replaced by .png and .safetensors).
+    pub out: &'a Path,
+    /// Samples per class, or in all for unconditional models.
+    pub per_class: Option<usize>,
+    /// Seed of the sampling noise.
+    pub seed: u64,
+}
+
 /// Generate `per_class` samples for every class (or unconditionally).
 pub(crate) fn generate_samples<B: Backend>(
-    opts: &SampleOptions,
+    opts: &GenerateOptions,
     state: &TrainerState,
     model: &Dit<B>,
     sampler: SamplerConfig,
@@ -76,7 +87,7 @@ pub(crate) fn generate_samples<B: Backend>(
         sampler.sampler,
         sampler.guidance
     );
-    let bar = crate::sample::progress_bar(n as u64, 0);
+    let bar = crate::progress::progress_bar(n as u64, 0);
     let mut values = Vec::with_capacity(n * sample_len);
     for (chunk, ids) in labels.chunks(CHUNK).enumerate() {
         let b = ids.len();
@@ -103,7 +114,7 @@ pub(crate) fn generate_samples<B: Backend>(
         bar.inc(b as u64);
     }
     bar.finish_and_clear();
-    let outputs = write(&opts.out, &values, &labels, per_class, dims, state.step)?;
+    let outputs = write(opts.out, &values, &labels, per_class, dims, state.step)?;
     Ok(GenerateReport {
         samples: n,
         per_class,

@@ -98,6 +98,7 @@ mod fsdp_shard;
 mod fsdp_step;
 pub mod generate;
 mod geometry;
+mod glue;
 pub mod heap;
 pub mod kernels;
 pub mod lockstep;
@@ -135,6 +136,7 @@ mod overrides;
 mod parallel_tests;
 pub mod parity;
 pub mod paths;
+pub mod progress;
 mod replica;
 mod rundir;
 mod runlog;
@@ -183,6 +185,11 @@ pub enum TrainError {
         /// Which quantity.
         what: String,
     },
+}
+
+/// Map an I/O error to one that names the path.
+pub(crate) fn io(path: &std::path::Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
+    move |e| TrainError::Io(format!("{}: {e}", path.display()))
 }
 
 /// Result alias for this crate.

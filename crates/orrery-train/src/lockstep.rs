@@ -19,10 +19,12 @@ use orrery_model::named::{load_host, to_host, NamedTensors};
 use orrery_model::Dit;
 
 use crate::config::TrainConfig;
+use crate::glue::{param_shapes, to_device};
 use crate::optim::{flat, host, AdamW, Ema};
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+use crate::parity::Cpu;
 use crate::parity::{rel_l2, Rel};
 use crate::step::{apply_step, step_grads, StepGrads};
-use crate::trainer::{param_shapes, to_device};
 use crate::Result;
 
 /// One step of [`lockstep`].
@@ -258,6 +260,49 @@ fn update_rel(before: &NamedTensors, reference: &NamedTensors, theirs: &NamedTen
         rel.add(&delta(reference.get(name)), &delta(theirs.get(name)));
     }
     rel.value()
+}
+
+/// [`lockstep`] of each GPU backend of this binary (CUDA
+/// without kernel fusion, then with) against the CPU, `steps` steps; the
+/// CPU computes each step once for both. `progress` sees the backend's name
+/// and each row.
+#[cfg(feature = "cuda")]
+pub fn gpu_lockstep(
+    cfg: &TrainConfig,
+    steps: usize,
+    progress: &mut dyn FnMut(&str, &LockRow),
+) -> Result<()> {
+    use burn::backend::Autodiff;
+    let gpu = crate::cuda_device("bench parity")?;
+    let (init, batches) = crate::parity::inputs(cfg, steps)?;
+    let mut others = [
+        Evaluator::new::<Autodiff<crate::CudaPlain>>("cuda (no fusion)", cfg, gpu.clone())?,
+        Evaluator::new::<Autodiff<crate::CudaFused>>("cuda (fusion)", cfg, gpu)?,
+    ];
+    let cpu = Default::default();
+    lockstep::<Cpu>(cfg, &init, &batches, &cpu, &mut others, progress)?;
+    Ok(())
+}
+
+/// [`lockstep`] of burn's WebGPU backend (fused) against the CPU.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_lockstep(
+    cfg: &TrainConfig,
+    steps: usize,
+    progress: &mut dyn FnMut(&str, &LockRow),
+) -> Result<()> {
+    type Fused = burn::backend::Autodiff<burn::backend::Wgpu<f32, i32>>;
+    crate::parity::no_bf16_on_wgpu(cfg)?;
+    crate::kernels::install(None);
+    let (init, batches) = crate::parity::inputs(cfg, steps)?;
+    let mut others = [Evaluator::new::<Fused>(
+        "wgpu (fusion)",
+        cfg,
+        Default::default(),
+    )?];
+    let cpu = Default::default();
+    lockstep::<Cpu>(cfg, &init, &batches, &cpu, &mut others, progress)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,10 +15,10 @@ use orrery_model::named::{to_host, NamedTensors};
 
 use crate::fsdp::Fsdp;
 use crate::fsdp_step::fsdp_step;
+use crate::glue::to_device;
 use crate::optim::{AdamW, Ema};
 use crate::step::tests::{run_steps, setup_with, AB};
 use crate::step::train_step;
-use crate::trainer::to_device;
 
 /// Rank `rank`'s share of the global batch of 8 clips that `setup_with` uses.
 fn rank_batch(rank: usize, n: usize) -> Batch {

@@ -18,9 +18,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::TrainConfig;
+use crate::glue::{denoiser, param_shapes, to_device};
 use crate::optim::{host, AdamW, Ema};
 use crate::step::{plan_step, train_step};
-use crate::trainer::{denoiser, param_shapes, to_device};
 use crate::Result;
 
 /// What one backend computed.
@@ -313,10 +313,10 @@ pub fn reference(cfg: &TrainConfig, steps: usize) -> Result<(Trace, NamedTensors
 }
 
 /// The CPU reference backend.
-type Cpu = burn::backend::Autodiff<burn::backend::Flex>;
+pub(crate) type Cpu = burn::backend::Autodiff<burn::backend::Flex>;
 
 /// The initial weights (seeded on the CPU) and the first `steps` batches of `cfg`.
-fn inputs(cfg: &TrainConfig, steps: usize) -> Result<(NamedTensors, Vec<Batch>)> {
+pub(crate) fn inputs(cfg: &TrainConfig, steps: usize) -> Result<(NamedTensors, Vec<Batch>)> {
     let data = Dataset::open_with(&cfg.data.url, cfg.data.holdout_clips, cfg.data.max_bad_rows)?;
     let mut loader = Loader::new(
         &data.train,
@@ -333,59 +333,14 @@ fn inputs(cfg: &TrainConfig, steps: usize) -> Result<(NamedTensors, Vec<Batch>)>
     Ok((init, batches))
 }
 
-/// [`crate::lockstep::lockstep`] of each GPU backend of this binary (CUDA
-/// without kernel fusion, then with) against the CPU, `steps` steps; the
-/// CPU computes each step once for both. `progress` sees the backend's name
-/// and each row.
-#[cfg(feature = "cuda")]
-pub fn gpu_lockstep(
-    cfg: &TrainConfig,
-    steps: usize,
-    progress: &mut dyn FnMut(&str, &crate::lockstep::LockRow),
-) -> Result<()> {
-    use crate::lockstep::Evaluator;
-    use burn::backend::Autodiff;
-    let gpu = crate::cuda_device("bench parity")?;
-    let (init, batches) = inputs(cfg, steps)?;
-    let mut others = [
-        Evaluator::new::<Autodiff<crate::CudaPlain>>("cuda (no fusion)", cfg, gpu.clone())?,
-        Evaluator::new::<Autodiff<crate::CudaFused>>("cuda (fusion)", cfg, gpu)?,
-    ];
-    let cpu = Default::default();
-    crate::lockstep::lockstep::<Cpu>(cfg, &init, &batches, &cpu, &mut others, progress)?;
-    Ok(())
-}
-
 /// WGSL has no bf16 (cubecl panics on it): an error first.
 #[cfg(feature = "wgpu")]
-fn no_bf16_on_wgpu(cfg: &TrainConfig) -> Result<()> {
+pub(crate) fn no_bf16_on_wgpu(cfg: &TrainConfig) -> Result<()> {
     if cfg.run.precision == crate::config::Precision::Bf16 {
         return Err(crate::TrainError::Config(
             "run.precision = \"bf16\": WebGPU (WGSL) has no bf16; compare in f32, or with the CUDA build".into(),
         ));
     }
-    Ok(())
-}
-
-/// [`crate::lockstep::lockstep`] of burn's WebGPU backend (fused) against the CPU.
-#[cfg(feature = "wgpu")]
-pub fn wgpu_lockstep(
-    cfg: &TrainConfig,
-    steps: usize,
-    progress: &mut dyn FnMut(&str, &crate::lockstep::LockRow),
-) -> Result<()> {
-    use crate::lockstep::Evaluator;
-    type Fused = burn::backend::Autodiff<burn::backend::Wgpu<f32, i32>>;
-    no_bf16_on_wgpu(cfg)?;
-    crate::kernels::install(None);
-    let (init, batches) = inputs(cfg, steps)?;
-    let mut others = [Evaluator::new::<Fused>(
-        "wgpu (fusion)",
-        cfg,
-        Default::default(),
-    )?];
-    let cpu = Default::default();
-    crate::lockstep::lockstep::<Cpu>(cfg, &init, &batches, &cpu, &mut others, progress)?;
     Ok(())
 }
 

@@ -16,9 +16,9 @@ use crate::checkpoint::{write_named, Pending, TensorFile, EMA_FILE, MODEL_FILE, 
 use crate::config::{GatherDtype, Strategy, TrainConfig};
 use crate::fsdp::Fsdp;
 use crate::fsdp_step::fsdp_step;
+use crate::glue::denoiser;
 use crate::optim::{AdamW, Ema};
 use crate::step::{train_step, StepOut};
-use crate::trainer::denoiser;
 use crate::Result;
 
 /// The model as this rank holds it.

@@ -2,7 +2,7 @@
 //! run keeps the lines of the steps before its start and appends after them.
 use std::path::Path;
 
-use crate::trainer::io;
+use crate::io;
 use crate::Result;
 
 /// Keep only the JSON lines of `path` whose `"step"` passes `keep`, and open

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use indicatif::{ProgressBar, ProgressStyle};
 use orrery_data::synth::locate_agent;
 use orrery_data::Clip;
 use orrery_diffusion::sample::{rollout, RolloutConfig, Sampler, SamplerConfig};
@@ -15,22 +14,10 @@ use orrery_model::named::load_host;
 use serde::Serialize;
 
 use crate::checkpoint::{self, read_safetensors, EMA_FILE, MODEL_FILE};
+use crate::glue::denoiser;
 use crate::media::{grid, write_gif, Rgb};
 use crate::tensorboard::EventWriter;
-use crate::trainer::denoiser;
 use crate::{Result, TrainError};
-
-/// A progress bar with ETA on stderr (hidden when stderr is not a terminal).
-pub fn progress_bar(len: u64, pos: u64) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} ETA {eta}  {msg}")
-            .expect("template")
-            .progress_chars("=> "),
-    );
-    bar.set_position(pos);
-    bar
-}
 
 /// Options of `orrery sample`.
 #[derive(Debug, Clone)]
@@ -190,7 +177,17 @@ fn sample_on<B: Backend>(
         }
         let dims = [1, m.frames, m.channels, m.height, m.width];
         let sampler = sampler_config(cfg, opts, dims)?;
-        let report = crate::generate::generate_samples(opts, state, &model, sampler, &device)?;
+        let report = crate::generate::generate_samples(
+            &crate::generate::GenerateOptions {
+                out: &opts.out,
+                per_class: opts.per_class,
+                seed: opts.seed,
+            },
+            state,
+            &model,
+            sampler,
+            &device,
+        )?;
         return Ok(SampleReport::Generate(report));
     }
     if opts.per_class.is_some() {
@@ -224,7 +221,7 @@ fn sample_on<B: Backend>(
         .collect();
     // The first k + m frames' actions of the same clips, ids or vectors.
     let host = crate::eval::heldout_batch(&data, k + m, cfg.sample.clips);
-    let on_device = crate::trainer::to_device::<B>(&host, &cfg.model, &device);
+    let on_device = crate::glue::to_device::<B>(&host, &cfg.model, &device);
     let Some(actions) = on_device.actions else {
         return Err(TrainError::Config(format!(
             "{} has no actions of the kind the model takes (action_ids for model.num_actions, actions for model.action_dim): rollouts need per-frame actions",
@@ -267,7 +264,7 @@ fn sample_on<B: Backend>(
         .map(|run| run.join("tensorboard"))
         .filter(|d| d.is_dir());
     if let Some(tb_dir) = tb_dir {
-        let io = |e| crate::trainer::io(&tb_dir)(e);
+        let io = |e| crate::io(&tb_dir)(e);
         let mut tb = EventWriter::create(&tb_dir).map_err(io)?;
         tb.image_png(
             "rollout/real_above_generated",
@@ -389,9 +386,9 @@ fn write_pictures<'a>(
     let strip = grid(&rows, k + m, 2);
     let png_path = out.with_extension("png");
     if let Some(parent) = png_path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(crate::trainer::io(parent))?;
+        std::fs::create_dir_all(parent).map_err(crate::io(parent))?;
     }
-    std::fs::write(&png_path, strip.to_png()?).map_err(crate::trainer::io(&png_path))?;
+    std::fs::write(&png_path, strip.to_png()?).map_err(crate::io(&png_path))?;
     let mut outputs = vec![png_path];
     if out.extension().is_some_and(|e| e == "gif") {
         // Animation: per clip a pair (real | generated), clips side by side.

@@ -12,8 +12,8 @@ use orrery_model::named::{cast_params, map_named, named_grads, visit_named};
 use orrery_model::{Dit, DitConfig};
 
 use crate::config::{Precision, TrainConfig};
+use crate::glue::denoiser;
 use crate::optim::{global_norm, learning_rate, AdamW, Ema};
-use crate::trainer::denoiser;
 use crate::{Result, TrainError};
 
 /// What one step reports.
@@ -207,7 +207,7 @@ pub(crate) fn train_step<B: AutodiffBackend>(
 pub(crate) mod tests {
     use super::*;
     use crate::config::Schedule;
-    use crate::trainer::{param_shapes, to_device};
+    use crate::glue::{param_shapes, to_device};
     use burn::backend::{Autodiff, Flex};
     use burn::tensor::backend::Backend;
     use orrery_data::synth::{render_clips, SynthConfig};

@@ -7,8 +7,12 @@ use std::path::{Path, PathBuf};
 use orrery_model::named::{HostTensor, NamedTensors};
 use safetensors::tensor::{Dtype, TensorInfo};
 
-use crate::checkpoint::io_err;
 use crate::{Result, TrainError};
+
+/// A checkpoint error that names the file.
+pub(crate) fn io_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Checkpoint(format!("{}: {e}", path.display()))
+}
 
 /// Every tensor of a safetensors file of f32 tensors.
 pub fn read_safetensors(path: &Path) -> Result<NamedTensors> {

@@ -1,17 +1,14 @@
 //! The training loop: a short loop over components (data, objective,
 //! optimizer, EMA, checkpoints, metrics). Letters: b batch, t frames.
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
-use orrery_data::{Batch, Cursor};
-use orrery_diffusion::{Actions, Cond, DiffusionError, TrainBatch};
+use burn::tensor::backend::AutodiffBackend;
+use orrery_data::Cursor;
 use orrery_dist::{connect, Collective, World};
 use orrery_model::named::load_host;
-use orrery_model::{Dit, DitConfig, DitInput};
+use orrery_model::Dit;
 
 use crate::checkpoint::{self, TensorFile, TrainerState};
 use crate::config::{Strategy, TrainConfig};
@@ -20,12 +17,13 @@ use crate::eval::{
     NextFrameEval,
 };
 use crate::feed::{open_data, Feed};
+use crate::glue::{param_shapes, to_device};
 use crate::metrics::MetricsLine;
 use crate::replica::{Replica, StartState, Weights};
 use crate::rundir::RunOptions;
 use crate::runlog::keep_lines;
 use crate::tensorboard::EventWriter;
-use crate::{Result, TrainError};
+use crate::{io, Result, TrainError};
 
 /// What a finished run reports.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,78 +55,6 @@ pub struct TrainSummary {
 /// Train on the backend named by `cfg.run.device`.
 pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
     with_backend!(cfg.run, |AB, device| train_on::<AB>(cfg, opts, device))
-}
-
-pub(crate) fn denoiser<B: Backend>(model: &Dit<B>) -> impl orrery_diffusion::Denoiser<B> + '_ {
-    move |x_t: Tensor<B, 5>, t: Tensor<B, 2>, cond: Cond<B>| {
-        model
-            .forward(dit_input(x_t, t, cond))
-            .map_err(|e| DiffusionError::Denoiser(e.to_string()))
-    }
-}
-
-/// The model input for noisy latents under conditions.
-pub(crate) fn dit_input<B: Backend>(
-    x_t: Tensor<B, 5>,
-    t: Tensor<B, 2>,
-    cond: Cond<B>,
-) -> DitInput<B> {
-    let mut input = DitInput::unconditional(x_t, t);
-    input.labels = cond.labels;
-    match cond.actions {
-        None => {}
-        Some(Actions::Ids(ids)) => input.actions = Some(ids),
-        Some(Actions::Values { values, keep }) => {
-            input.action_values = Some(values);
-            input.action_keep = Some(keep);
-        }
-    }
-    input
-}
-
-/// A host batch on the device, with the model's null ids (one past its
-/// actions and its classes).
-pub(crate) fn to_device<B: Backend>(
-    batch: &Batch,
-    model: &DitConfig,
-    device: &B::Device,
-) -> TrainBatch<B> {
-    let [b, t, ..] = batch.dims;
-    TrainBatch {
-        latents: Tensor::from_data(TensorData::new(batch.latents.clone(), batch.dims), device),
-        actions: match (&batch.actions, &batch.action_values) {
-            (Some(ids), _) if model.num_actions > 0 => Some(Actions::Ids(Tensor::from_data(
-                TensorData::new(ids.clone(), [b, t]),
-                device,
-            ))),
-            (_, Some(v)) if model.action_dim > 0 => Some(Actions::Values {
-                values: Tensor::from_data(
-                    TensorData::new(v.clone(), [b, t, model.action_dim]),
-                    device,
-                ),
-                keep: Tensor::ones([b, t], device),
-            }),
-            _ => None,
-        },
-        null_action: model.num_actions as i64,
-        labels: batch
-            .labels
-            .as_ref()
-            .filter(|_| model.num_classes > 0)
-            .map(|l| Tensor::from_data(TensorData::new(l.clone(), [b]), device)),
-        null_label: model.num_classes as i64,
-        sample_ids: batch.sample_ids.clone(),
-    }
-}
-
-/// Map an I/O error to one that names the path.
-pub(crate) fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
-    move |e| TrainError::Io(format!("{}: {e}", path.display()))
-}
-
-/// The shape of every named parameter.
-pub(crate) fn param_shapes<B: Backend>(model: &Dit<B>) -> BTreeMap<String, Vec<usize>> {
-    orrery_model::named::layout(model).into_iter().collect()
 }
 
 /// This process's place among the ranks and its collective backend, after
@@ -396,7 +322,7 @@ fn train_ranks<B: AutodiffBackend>(
         cfg.run.steps
     ));
     let bar = if main {
-        crate::sample::progress_bar(cfg.run.steps, step)
+        crate::progress::progress_bar(cfg.run.steps, step)
     } else {
         indicatif::ProgressBar::hidden()
     };
