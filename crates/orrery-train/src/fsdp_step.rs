@@ -21,8 +21,9 @@ use orrery_model::{DitBlock, DitEmbed, DitInput, FinalLayer, Stem};
 
 use crate::config::TrainConfig;
 use crate::fsdp::{unit_grads, Fsdp};
-use crate::optim::{learning_rate, AdamW, Ema, FlatMap};
+use crate::optim::{AdamW, Ema, FlatMap};
 use crate::step::StepOut;
+use crate::update::{update, Decay, ParamGrad};
 use crate::{Result, TrainError};
 
 /// What the forward pass keeps for the backward pass.
@@ -220,25 +221,28 @@ pub(crate) fn fsdp_step<B: AutodiffBackend>(
     let (unit_s, unit_bytes) = fsdp.take_comm();
     let loss_value = totals[0] as f64;
     let norm = (totals[1] as f64).sqrt();
-    let clip = crate::step::clip_factor(cfg, step, loss_value, norm)?;
-    let lr = learning_rate(&cfg.optim, step, cfg.run.steps);
-    optim.begin_step();
-    for unit in &fsdp.units {
-        let key = &unit.prefix;
-        let p = fsdp.params.remove(key).expect("unit");
-        let g = acc.remove(key).expect("unit") * clip;
-        let next = if cfg.optim.weight_decay > 0.0 {
-            optim.update_masked(&cfg.optim, lr, key, p, g, fsdp.decay_mask(key))
+    let keys: Vec<String> = fsdp.units.iter().map(|u| u.prefix.clone()).collect();
+    let mut params = Vec::with_capacity(keys.len());
+    for key in keys {
+        let decay = if cfg.optim.weight_decay > 0.0 {
+            Decay::Mask(fsdp.decay_mask(&key))
         } else {
-            optim.update(&cfg.optim, lr, key, p, g, false)
+            Decay::No
         };
-        fsdp.params.insert(key.clone(), next);
+        let (Some(value), Some(grad)) = (fsdp.params.remove(&key), acc.remove(&key)) else {
+            return Err(TrainError::Internal(format!(
+                "fsdp unit {key} has no shard or no gradient"
+            )));
+        };
+        params.push(ParamGrad {
+            name: key,
+            value,
+            grad,
+            decay,
+        });
     }
-    let d = ema.decay(cfg.ema.decay);
-    for (key, p) in &fsdp.params {
-        ema.update(d, key, p.clone());
-    }
-    ema.updates += 1;
+    let (next, lr) = update(cfg, step, (loss_value, norm), (optim, ema), params)?;
+    fsdp.params.extend(next);
     Ok(StepOut {
         loss: loss_value,
         grad_norm: norm,

@@ -145,6 +145,7 @@ mod step;
 mod tensor_file;
 pub mod tensorboard;
 mod trainer;
+mod update;
 
 pub use config::TrainConfig;
 pub use rundir::{Resume, RunOptions};
@@ -177,6 +178,9 @@ pub enum TrainError {
     /// Other I/O.
     #[error("{0}")]
     Io(String),
+    /// A broken invariant of orrery itself, not of the user's input.
+    #[error("internal error (a bug in orrery; please report it): {0}")]
+    Internal(String),
     /// Training diverged or the data holds non-finite values.
     #[error("non-finite {what} at step {step}: the run stopped before writing anything from this step; lower optim.lr, check the data with `orrery data inspect`, or resume from the last checkpoint")]
     NonFinite {

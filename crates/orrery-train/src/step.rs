@@ -13,7 +13,8 @@ use orrery_model::{Dit, DitConfig};
 
 use crate::config::{Precision, TrainConfig};
 use crate::glue::denoiser;
-use crate::optim::{global_norm, learning_rate, AdamW, Ema};
+use crate::optim::{global_norm, AdamW, Ema};
+use crate::update::{update, Decay, ParamGrad};
 use crate::{Result, TrainError};
 
 /// What one step reports.
@@ -57,23 +58,6 @@ pub(crate) fn plan_step<B: Backend>(
     let t_comm = Instant::now();
     comm.all_reduce_sum(&mut frames)?;
     Ok((micro, plans, frames[0], t_comm.elapsed().as_secs_f64()))
-}
-
-/// The factor that clips the gradient to `optim.grad_clip` (1 when under
-/// it); an error, before anything is updated, when the loss or the global
-/// gradient norm is not finite.
-pub(crate) fn clip_factor(cfg: &TrainConfig, step: u64, loss: f64, norm: f64) -> Result<f64> {
-    if !loss.is_finite() || !norm.is_finite() {
-        return Err(TrainError::NonFinite {
-            step,
-            what: format!("loss ({loss}) or gradient norm ({norm})"),
-        });
-    }
-    Ok(if cfg.optim.grad_clip > 0.0 && norm > cfg.optim.grad_clip {
-        cfg.optim.grad_clip / norm
-    } else {
-        1.0
-    })
 }
 
 /// One step's loss and every parameter's gradient: micro-batches
@@ -154,28 +138,35 @@ pub(crate) fn apply_step<B: AutodiffBackend>(
 ) -> Result<(Dit<B>, StepOut)> {
     let StepGrads {
         loss,
-        grads,
+        mut grads,
         comm_s,
         comm_bytes,
     } = g;
     let norm = global_norm(&grads);
-    let clip = clip_factor(cfg, step, loss, norm)?;
-    let lr = learning_rate(&cfg.optim, step, cfg.run.steps);
-    optim.begin_step();
-    let model = map_named(model, |name, _, p| {
-        let decay = DitConfig::decays(name, &shapes[name]);
-        Tensor::from_inner(optim.update(
-            &cfg.optim,
-            lr,
-            name,
-            p.inner(),
-            grads[name].clone() * clip,
-            decay,
-        ))
+    let mut params = Vec::new();
+    visit_named(&model, |name, _, _, flat| {
+        let decays = shapes.get(name).is_some_and(|s| DitConfig::decays(name, s));
+        params.push((name.to_string(), flat.inner(), decays));
     });
-    let d = ema.decay(cfg.ema.decay);
-    visit_named(&model, |name, _, _, flat| ema.update(d, name, flat.inner()));
-    ema.updates += 1;
+    let params = params
+        .into_iter()
+        .map(|(name, value, decays)| {
+            let grad = grads
+                .remove(&name)
+                .ok_or_else(|| TrainError::Internal(format!("parameter {name} got no gradient")))?;
+            let decay = if decays { Decay::Yes } else { Decay::No };
+            Ok(ParamGrad {
+                name,
+                value,
+                grad,
+                decay,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (mut next, lr) = update(cfg, step, (loss, norm), (optim, ema), params)?;
+    let model = map_named(model, |name, _, _| {
+        Tensor::from_inner(next.remove(name).expect("every parameter was updated"))
+    });
     Ok((
         model,
         StepOut {
