@@ -20,6 +20,18 @@ pub trait Collective {
     fn reduce_scatter_sum(&self, full: &[f32], out: &mut [f32]) -> Result<(), DistError>;
     /// Copy `root`'s buffer to every rank, in place.
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<(), DistError>;
+    /// Copy `root`'s bytes to every rank, in place: for values that are not
+    /// f32 (steps, ids, flags), sent exactly.
+    fn broadcast_bytes(&self, buf: &mut [u8], root: usize) -> Result<(), DistError>;
+    /// Copy `root`'s u64 values to every rank, in place, exactly.
+    fn broadcast_u64(&self, buf: &mut [u64], root: usize) -> Result<(), DistError> {
+        let mut bytes: Vec<u8> = buf.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.broadcast_bytes(&mut bytes, root)?;
+        for (v, b) in buf.iter_mut().zip(bytes.chunks_exact(8)) {
+            *v = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+        }
+        Ok(())
+    }
     /// Wait until every rank gets here.
     fn barrier(&self) -> Result<(), DistError>;
     /// End the whole job now with `code` (MPI_Abort): for a rank that fails
@@ -105,6 +117,9 @@ impl Collective for SingleProcess {
         }
         Ok(())
     }
+    fn broadcast_bytes(&self, _buf: &mut [u8], root: usize) -> Result<(), DistError> {
+        self.broadcast(&mut [], root)
+    }
     fn barrier(&self) -> Result<(), DistError> {
         Ok(())
     }
@@ -176,6 +191,18 @@ impl Collective for Mpi {
         Ok(())
     }
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<(), DistError> {
+        use mpi::collective::Root;
+        use mpi::topology::Communicator;
+        if root >= self.size() {
+            return Err(DistError::Shape(format!(
+                "broadcast from rank {root} in a world of {}",
+                self.size()
+            )));
+        }
+        self.world.process_at_rank(root as i32).broadcast_into(buf);
+        Ok(())
+    }
+    fn broadcast_bytes(&self, buf: &mut [u8], root: usize) -> Result<(), DistError> {
         use mpi::collective::Root;
         use mpi::topology::Communicator;
         if root >= self.size() {
@@ -283,6 +310,15 @@ pub fn self_test(comm: &dyn Collective) -> Result<String, DistError> {
     if b != vec![root as f32; k] {
         return fail("broadcast", &b, &vec![root as f32; k]);
     }
+    // u64 values f32 cannot hold exactly (a step count past 2^24).
+    let mut steps = [(r as u64) << 40 | 0xABCD, u64::MAX - r as u64];
+    comm.broadcast_u64(&mut steps, root)?;
+    let want = [(root as u64) << 40 | 0xABCD, u64::MAX - root as u64];
+    if steps != want {
+        return Err(DistError::Backend(format!(
+            "rank {r}: broadcast_u64 gave {steps:?}, expected {want:?}"
+        )));
+    }
     let mut big: Vec<f32> = (0..1000).map(|i| (i * (r + 1)) as f32).collect();
     all_reduce_sum_bucketed(comm, &mut big, 64)?;
     let tri = (n * (n + 1) / 2) as f32;
@@ -292,7 +328,7 @@ pub fn self_test(comm: &dyn Collective) -> Result<String, DistError> {
     }
     comm.barrier()?;
     Ok(format!(
-        "rank {r} of {n} ({}): all_reduce, all_gather, reduce_scatter, broadcast, bucketed all_reduce and barrier ok",
+        "rank {r} of {n} ({}): all_reduce, all_gather, reduce_scatter, broadcast (f32 and u64), bucketed all_reduce and barrier ok",
         comm.name()
     ))
 }

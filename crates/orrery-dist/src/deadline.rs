@@ -245,6 +245,9 @@ impl Collective for Deadline {
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<(), DistError> {
         self.watch("broadcast", |c| c.broadcast(buf, root))
     }
+    fn broadcast_bytes(&self, buf: &mut [u8], root: usize) -> Result<(), DistError> {
+        self.watch("broadcast", |c| c.broadcast_bytes(buf, root))
+    }
     fn barrier(&self) -> Result<(), DistError> {
         self.watch("barrier", |c| c.barrier())
     }

@@ -220,6 +220,15 @@ impl Collective for ThreadComm {
         buf.copy_from_slice(&from_root);
         Ok(())
     }
+    fn broadcast_bytes(&self, buf: &mut [u8], root: usize) -> Result<(), DistError> {
+        // Bytes travel as f32 slots holding one byte each: exact, and small.
+        let mut as_f32: Vec<f32> = buf.iter().map(|&b| b as f32).collect();
+        self.broadcast(&mut as_f32, root)?;
+        for (b, v) in buf.iter_mut().zip(as_f32) {
+            *b = v as u8;
+        }
+        Ok(())
+    }
     fn barrier(&self) -> Result<(), DistError> {
         self.shared.gate.wait(self.rank)
     }
@@ -259,6 +268,12 @@ mod tests {
                 c.reduce_scatter_sum(&full, &mut block).unwrap();
                 let mut b = vec![r; 3];
                 c.broadcast(&mut b, n - 1).unwrap();
+                let mut steps = [c.rank() as u64 * (1 << 40) + 7, u64::MAX - c.rank() as u64];
+                c.broadcast_u64(&mut steps, n - 1).unwrap();
+                assert_eq!(
+                    steps,
+                    [(n as u64 - 1) * (1 << 40) + 7, u64::MAX - (n as u64 - 1)]
+                );
                 c.barrier().unwrap();
                 (sum, gathered, block, b)
             });

@@ -195,11 +195,10 @@ fn train_ranks<B: AutodiffBackend>(
     }
     if comm.size() > 1 {
         // Every rank must have resumed from the same checkpoint (a shared
-        // run directory): compare the step with rank 0's, sent exactly as
-        // two 24-bit halves.
-        let mut s0 = [(step >> 24) as f32, (step & 0xFF_FFFF) as f32];
-        comm.broadcast(&mut s0, 0)?;
-        let step0 = ((s0[0] as u64) << 24) | s0[1] as u64;
+        // run directory): compare the step with rank 0's.
+        let mut s0 = [step];
+        comm.broadcast_u64(&mut s0, 0)?;
+        let step0 = s0[0];
         if step0 != step {
             return Err(TrainError::Config(format!(
                 "rank {} resumed at step {step} but rank 0 at step {step0}: every rank must see the same run directory {} (a shared filesystem)",
