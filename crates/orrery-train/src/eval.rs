@@ -7,6 +7,7 @@ use orrery_data::{Batch, Dataset};
 use orrery_diffusion::{Denoiser, TrainBatch};
 
 use crate::config::TrainConfig;
+use crate::glue::to_device;
 use crate::Result;
 
 /// The first `frames` frames of up to `n` held-out clips, as one batch.
@@ -122,6 +123,30 @@ pub(crate) struct NextFrameEval {
     /// How much worse it gets with another action for the last frame (about
     /// 0: the model ignores its actions).
     pub action_gain: f64,
+}
+
+/// The held-out clips on the device, three ways: as they are, with
+/// another clip's context, and with another action for the last frame.
+pub(crate) struct HeldOut<B: Backend> {
+    /// The first model.frames frames of up to a global batch of held-out clips.
+    pub own: TrainBatch<B>,
+    /// The same with each clip's context frames taken from another clip.
+    pub foreign: TrainBatch<B>,
+    /// The same with another action for the last frame.
+    pub other_action: TrainBatch<B>,
+}
+
+impl<B: Backend> HeldOut<B> {
+    /// The held-out batches of `data` for `cfg`'s model, on `device`.
+    pub(crate) fn new(data: &Dataset, cfg: &TrainConfig, device: &B::Device) -> Self {
+        let m = &cfg.model;
+        let host = heldout_batch(data, m.frames, cfg.data.global_batch);
+        HeldOut {
+            own: to_device::<B>(&host, m, device),
+            foreign: to_device::<B>(&with_foreign_context(&host), m, device),
+            other_action: to_device::<B>(&with_other_last_action(&host, m.num_actions), m, device),
+        }
+    }
 }
 
 /// Next-frame loss with the true context and action, and with each replaced.

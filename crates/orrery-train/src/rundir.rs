@@ -108,7 +108,7 @@ fn move_aside(run_dir: &Path) -> Result<()> {
         "samples.jsonl",
         "tensorboard",
         "config.toml",
-        "fsdp.json",
+        "fsdp_memory.json",
     ] {
         let from = run_dir.join(name);
         if from.exists() {

@@ -1,0 +1,79 @@
+//! What a run records as it goes: metrics.jsonl and TensorBoard (the same
+//! scalars, from one [`MetricsLine`]) and samples.jsonl (the data order).
+//! Only rank 0 records; the other ranks hold an empty `Records`.
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::feed::Feed;
+use crate::io;
+use crate::metrics::MetricsLine;
+use crate::runlog::keep_lines;
+use crate::tensorboard::EventWriter;
+use crate::Result;
+
+/// The open record files of a run (rank 0), or none (other ranks).
+pub(crate) struct Records {
+    run_dir: PathBuf,
+    tb: Option<EventWriter>,
+    metrics: Option<File>,
+    samples: Option<File>,
+}
+
+impl Records {
+    /// Open the records of `run_dir` for a run starting at `step`: lines of
+    /// later steps are dropped (a run that died after them takes those
+    /// steps again; a fresh run starts both files afresh). Nothing is
+    /// opened unless `main`.
+    pub(crate) fn open(run_dir: &Path, main: bool, step: u64) -> Result<Self> {
+        let mut r = Records {
+            run_dir: run_dir.to_path_buf(),
+            tb: None,
+            metrics: None,
+            samples: None,
+        };
+        if main {
+            r.tb = Some(EventWriter::create(&run_dir.join("tensorboard")).map_err(io(run_dir))?);
+            r.metrics = Some(keep_lines(&run_dir.join("metrics.jsonl"), |s| s <= step)?);
+            // samples.jsonl: per step k (1-based, as metrics.jsonl counts),
+            // the clips of the global batch that step k trained on.
+            r.samples = Some(keep_lines(&run_dir.join("samples.jsonl"), |s| s <= step)?);
+        }
+        Ok(r)
+    }
+
+    /// One line to metrics.jsonl and the same scalars to TensorBoard.
+    pub(crate) fn log(&mut self, line: &MetricsLine) -> Result<()> {
+        if let Some(tb) = self.tb.as_mut() {
+            for (tag, value) in line.scalars() {
+                tb.scalar(tag, line.step, value)
+                    .map_err(io(&self.run_dir))?;
+            }
+            tb.flush().map_err(io(&self.run_dir))?;
+        }
+        if let Some(m) = self.metrics.as_mut() {
+            let json = serde_json::to_string(line).expect("metrics serialize");
+            let path = self.run_dir.join("metrics.jsonl");
+            writeln!(m, "{json}").map_err(io(&path))?;
+        }
+        Ok(())
+    }
+
+    /// The samples.jsonl line of step `step` (1-based): the epoch and the
+    /// global batch `loader` has just given.
+    pub(crate) fn batch(&mut self, step: u64, loader: &Feed) -> Result<()> {
+        let Some(f) = self.samples.as_mut() else {
+            return Ok(());
+        };
+        let mut line = serde_json::json!({
+            "step": step,
+            "epoch": loader.cursor().epoch,
+        });
+        match loader {
+            Feed::Memory(l) => line["ids"] = l.last_global_ids().into(),
+            Feed::Stream(l) => line["rows"] = l.last_global_rows().into(),
+        }
+        let path = self.run_dir.join("samples.jsonl");
+        writeln!(f, "{line}").map_err(io(&path))
+    }
+}
