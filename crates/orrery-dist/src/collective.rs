@@ -55,6 +55,16 @@ pub fn abort_on_error<T, E: std::fmt::Display>(
     }
 }
 
+/// A broadcast's root must be one of the ranks.
+pub(crate) fn check_root(root: usize, size: usize) -> Result<(), DistError> {
+    if root >= size {
+        return Err(DistError::Shape(format!(
+            "broadcast from rank {root} in a world of {size}"
+        )));
+    }
+    Ok(())
+}
+
 /// Check the lengths of a gather / scatter pair: `big` must be n times `small`.
 fn check_blocks(op: &'static str, small: usize, big: usize, n: usize) -> Result<(), DistError> {
     if big != small * n {
@@ -110,15 +120,10 @@ impl Collective for SingleProcess {
         Ok(())
     }
     fn broadcast(&self, _buf: &mut [f32], root: usize) -> Result<(), DistError> {
-        if root != 0 {
-            return Err(DistError::Shape(format!(
-                "broadcast from rank {root} in a world of 1"
-            )));
-        }
-        Ok(())
+        check_root(root, 1)
     }
     fn broadcast_bytes(&self, _buf: &mut [u8], root: usize) -> Result<(), DistError> {
-        self.broadcast(&mut [], root)
+        check_root(root, 1)
     }
     fn barrier(&self) -> Result<(), DistError> {
         Ok(())
@@ -152,6 +157,22 @@ impl Mpi {
             world,
             scratch: Default::default(),
         })
+    }
+}
+
+#[cfg(feature = "mpi")]
+impl Mpi {
+    /// MPI_Bcast of any plain element type from `root`.
+    fn broadcast_any<T: mpi::datatype::Equivalence>(
+        &self,
+        buf: &mut [T],
+        root: usize,
+    ) -> Result<(), DistError> {
+        use mpi::collective::Root;
+        use mpi::topology::Communicator;
+        check_root(root, self.size())?;
+        self.world.process_at_rank(root as i32).broadcast_into(buf);
+        Ok(())
     }
 }
 
@@ -191,28 +212,10 @@ impl Collective for Mpi {
         Ok(())
     }
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<(), DistError> {
-        use mpi::collective::Root;
-        use mpi::topology::Communicator;
-        if root >= self.size() {
-            return Err(DistError::Shape(format!(
-                "broadcast from rank {root} in a world of {}",
-                self.size()
-            )));
-        }
-        self.world.process_at_rank(root as i32).broadcast_into(buf);
-        Ok(())
+        self.broadcast_any(buf, root)
     }
     fn broadcast_bytes(&self, buf: &mut [u8], root: usize) -> Result<(), DistError> {
-        use mpi::collective::Root;
-        use mpi::topology::Communicator;
-        if root >= self.size() {
-            return Err(DistError::Shape(format!(
-                "broadcast from rank {root} in a world of {}",
-                self.size()
-            )));
-        }
-        self.world.process_at_rank(root as i32).broadcast_into(buf);
-        Ok(())
+        self.broadcast_any(buf, root)
     }
     fn barrier(&self) -> Result<(), DistError> {
         use mpi::collective::CommunicatorCollectives;

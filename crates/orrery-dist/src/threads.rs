@@ -202,12 +202,7 @@ impl Collective for ThreadComm {
         Ok(())
     }
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<(), DistError> {
-        if root >= self.size() {
-            return Err(DistError::Shape(format!(
-                "broadcast from rank {root} in a world of {}",
-                self.size()
-            )));
-        }
+        crate::collective::check_root(root, self.size())?;
         let from_root = self.exchange(buf, |slots| slots[root].clone())?;
         if from_root.len() != buf.len() {
             return Err(DistError::Shape(format!(

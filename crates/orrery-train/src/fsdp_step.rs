@@ -258,4 +258,4 @@ pub(crate) fn fsdp_step<B: AutodiffBackend>(
 
 #[cfg(test)]
 #[path = "fsdp_step_tests.rs"]
-mod tests;
+pub(crate) mod tests;

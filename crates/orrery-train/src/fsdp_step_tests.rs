@@ -11,7 +11,8 @@ use orrery_model::named::{to_host, NamedTensors};
 use orrery_model::{AttentionMask, MlpKind, PosEmbed, QkNorm};
 use std::collections::BTreeMap;
 
-fn max_diff(a: &NamedTensors, b: &NamedTensors) -> f32 {
+/// The largest difference between two sets of named tensors (same names and shapes).
+pub(crate) fn max_diff(a: &NamedTensors, b: &NamedTensors) -> f32 {
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     a.iter()
         .flat_map(|(n, t)| {

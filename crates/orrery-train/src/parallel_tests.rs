@@ -8,42 +8,16 @@ use std::time::Duration;
 
 use burn::backend::Flex;
 use burn::module::AutodiffModule;
-use orrery_data::synth::{render_clips, SynthConfig};
-use orrery_data::{Batch, Cursor, Loader};
 use orrery_dist::{Collective, ThreadComm};
-use orrery_model::named::{to_host, NamedTensors};
+use orrery_model::named::to_host;
 
 use crate::fsdp::Fsdp;
 use crate::fsdp_step::fsdp_step;
+use crate::fsdp_step::tests::max_diff;
 use crate::glue::to_device;
 use crate::optim::{AdamW, Ema};
-use crate::step::tests::{run_steps, setup_with, AB};
+use crate::step::tests::{rank_batch, run_steps, setup_with, AB};
 use crate::step::train_step;
-
-/// Rank `rank`'s share of the global batch of 8 clips that `setup_with` uses.
-fn rank_batch(rank: usize, n: usize) -> Batch {
-    let clips = render_clips(&SynthConfig {
-        clips: 8,
-        frames: 4,
-        height: 16,
-        width: 16,
-        seed: 1,
-        continuous_actions: false,
-    });
-    Loader::new(&clips, 0, 8, 4, (rank, n), Cursor::default())
-        .unwrap()
-        .next_batch()
-}
-
-fn max_diff(a: &NamedTensors, b: &NamedTensors) -> f32 {
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
-    a.iter()
-        .flat_map(|(n, t)| {
-            assert_eq!(t.shape, b[n].shape, "{n}");
-            t.data.iter().zip(&b[n].data).map(|(x, y)| (x - y).abs())
-        })
-        .fold(0.0, f32::max)
-}
 
 /// Run `f` on each rank of a world of `n` threads; results by rank.
 fn on_ranks<T: Send>(n: usize, f: impl Fn(&ThreadComm) -> T + Sync) -> Vec<T> {

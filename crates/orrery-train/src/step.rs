@@ -248,6 +248,22 @@ pub(crate) mod tests {
         SEEDED.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Rank `rank` of `n`'s share of the global batch of 8 clips that
+    /// [`setup_with`] trains on (the whole batch for rank 0 of 1).
+    pub(crate) fn rank_batch(rank: usize, n: usize) -> Batch {
+        let clips = render_clips(&SynthConfig {
+            clips: 8,
+            frames: 4,
+            height: 16,
+            width: 16,
+            seed: 1,
+            continuous_actions: false,
+        });
+        Loader::new(&clips, 0, 8, 4, (rank, n), Cursor::default())
+            .unwrap()
+            .next_batch()
+    }
+
     /// A small world model, its config changed by `edit`, and one batch of 8 clips.
     pub(crate) fn setup_with(
         edit: impl FnOnce(&mut TrainConfig),
@@ -266,17 +282,7 @@ pub(crate) mod tests {
         cfg.optim.schedule = Schedule::Constant;
         cfg.optim.lr = 3e-3;
         edit(&mut cfg);
-        let clips = render_clips(&SynthConfig {
-            clips: 8,
-            frames: 4,
-            height: 16,
-            width: 16,
-            seed: 1,
-            continuous_actions: false,
-        });
-        let batch = Loader::new(&clips, 0, 8, 4, (0, 1), Cursor::default())
-            .unwrap()
-            .next_batch();
+        let batch = rank_batch(0, 1);
         let device = Default::default();
         let seeded = seeded();
         AB::seed(&device, 0);
