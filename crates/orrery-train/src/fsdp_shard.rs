@@ -102,7 +102,7 @@ impl<B: Backend> Fsdp<B> {
                 _ => {}
             }
         }
-        self.shard_with(|name, _, lo, hi| file.range(&format!("{prefix}{name}"), lo, hi))
+        self.shard_with(|name, _, lo, hi| Ok(file.range(&format!("{prefix}{name}"), lo, hi)?))
     }
 
     /// This rank's shard of every unit from `part(name, n, from, to)`:

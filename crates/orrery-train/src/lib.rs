@@ -144,7 +144,6 @@ mod runlog;
 pub mod sample;
 mod start;
 mod step;
-mod tensor_file;
 pub mod tensorboard;
 mod trainer;
 mod update;
@@ -196,6 +195,12 @@ pub enum TrainError {
 /// Map an I/O error to one that names the path.
 pub(crate) fn io(path: &std::path::Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
     move |e| TrainError::Io(format!("{}: {e}", path.display()))
+}
+
+impl From<orrery_checkpoint::CheckpointError> for TrainError {
+    fn from(e: orrery_checkpoint::CheckpointError) -> Self {
+        TrainError::Checkpoint(e.0)
+    }
 }
 
 /// Result alias for this crate.

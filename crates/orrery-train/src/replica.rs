@@ -240,7 +240,7 @@ impl<B: AutodiffBackend> Replica<B> {
             Replica::Full(model) => {
                 write_named(pending, MODEL_FILE, &to_host(model))?;
                 write_named(pending, EMA_FILE, &ema.to_host(shapes))?;
-                write_named(pending, OPTIM_FILE, &optim.to_host(shapes))
+                Ok(write_named(pending, OPTIM_FILE, &optim.to_host(shapes))?)
             }
             Replica::Sharded(fsdp) => {
                 for (file, shards) in [(MODEL_FILE, &fsdp.params), (EMA_FILE, &ema.weights)] {
@@ -253,7 +253,7 @@ impl<B: AutodiffBackend> Replica<B> {
                 let mut sink = pending.file(OPTIM_FILE, &layout)?;
                 fsdp.write_gathered(&optim.exp_avg, "exp_avg.", &mut sink, comm)?;
                 fsdp.write_gathered(&optim.exp_avg_sq, "exp_avg_sq.", &mut sink, comm)?;
-                sink.finish()
+                Ok(sink.finish()?)
             }
         }
     }

@@ -390,5 +390,5 @@ fn write_checkpoint<B: AutodiffBackend>(
         world_size: world.size,
         version: env!("CARGO_PKG_VERSION").into(),
     };
-    pending.commit(&state, cfg.checkpoint.keep)
+    Ok(pending.commit(&state, state.step, cfg.checkpoint.keep)?)
 }

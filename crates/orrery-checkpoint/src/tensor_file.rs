@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use orrery_model::named::{HostTensor, NamedTensors};
 use safetensors::tensor::{Dtype, TensorInfo};
 
-use crate::{Result, TrainError};
+use crate::{CheckpointError, Result};
 
 /// A checkpoint error that names the file.
-pub(crate) fn io_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
-    TrainError::Checkpoint(format!("{}: {e}", path.display()))
+pub(crate) fn io_err(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
+    CheckpointError(format!("{}: {e}", path.display()))
 }
 
 /// Every tensor of a safetensors file of f32 tensors.
@@ -100,7 +100,7 @@ impl TensorFile {
             return Ok(());
         }
         let shown: Vec<String> = problems.iter().take(6).cloned().collect();
-        Err(TrainError::Checkpoint(format!(
+        Err(CheckpointError(format!(
             "{} does not match the model of this config ({} problem(s): {}{}): resume from a checkpoint of this model, or start afresh with --resume never",
             self.path.display(),
             problems.len(),
