@@ -88,7 +88,10 @@ pub(crate) fn cuda_device(what: &str) -> Result<burn::backend::cuda::CudaDevice>
 
 pub mod bench;
 pub mod checkpoint;
-pub mod config;
+/// The config tree (orrery-config).
+pub mod config {
+    pub use orrery_config::*;
+}
 mod ddp;
 mod eval;
 pub mod export;
@@ -131,7 +134,6 @@ mod nccl {
         Err(t)
     }
 }
-mod overrides;
 #[cfg(test)]
 mod parallel_tests;
 pub mod parity;
@@ -195,6 +197,12 @@ pub enum TrainError {
 /// Map an I/O error to one that names the path.
 pub(crate) fn io(path: &std::path::Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
     move |e| TrainError::Io(format!("{}: {e}", path.display()))
+}
+
+impl From<orrery_config::ConfigError> for TrainError {
+    fn from(e: orrery_config::ConfigError) -> Self {
+        TrainError::Config(e.0)
+    }
 }
 
 impl From<orrery_checkpoint::CheckpointError> for TrainError {

@@ -1,5 +1,5 @@
 //! `--set a.b=c` overrides and serde errors that name the key and suggest one.
-use crate::{Result, TrainError};
+use crate::{ConfigError, Result};
 
 fn suggest<'a>(key: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
     candidates
@@ -21,7 +21,7 @@ fn parse_value(raw: &str) -> toml::Value {
 /// (`defaults`, or the file itself for keys of non-default variants).
 pub fn apply(value: &mut toml::Table, defaults: &toml::Table, spec: &str) -> Result<()> {
     let (key, raw) = spec.split_once('=').ok_or_else(|| {
-        TrainError::Config(format!(
+        ConfigError(format!(
             "--set {spec:?} is not of the form key=value (e.g. --set optim.lr=3e-4)"
         ))
     })?;
@@ -49,7 +49,7 @@ pub fn apply(value: &mut toml::Table, defaults: &toml::Table, spec: &str) -> Res
                     )
                 })
                 .unwrap_or_default();
-            return Err(TrainError::Config(format!(
+            return Err(ConfigError(format!(
                 "--set {key}: there is no config key {path}{hint}"
             )));
         }
@@ -71,7 +71,7 @@ pub fn apply(value: &mut toml::Table, defaults: &toml::Table, spec: &str) -> Res
         node = match node.get_mut(*part) {
             Some(toml::Value::Table(t)) => t,
             _ => {
-                return Err(TrainError::Config(format!(
+                return Err(ConfigError(format!(
                     "--set {key}: {path} is a value, not a table"
                 )))
             }
@@ -215,13 +215,13 @@ pub fn deserialize<T: serde::de::DeserializeOwned>(
             let hint = suggest(field, expected.iter().copied())
                 .map(|s| format!("; did you mean {parent}{s}?"))
                 .unwrap_or_default();
-            return TrainError::Config(format!(
+            return ConfigError(format!(
                 "{}: unknown config key {full}{hint} (valid keys here: {})",
                 origin.blame(&full),
                 expected.join(", ")
             ));
         }
-        TrainError::Config(format!(
+        ConfigError(format!(
             "{}: bad value for {path}: {inner}",
             origin.blame(&path)
         ))

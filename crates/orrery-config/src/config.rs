@@ -5,7 +5,7 @@ use orrery_diffusion::{ObjectiveConfig, Sampler};
 use orrery_model::DitConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::{Result, TrainError};
+use crate::{ConfigError, Result};
 
 /// Everything a run needs, written resolved to `<run dir>/config.toml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
@@ -357,12 +357,12 @@ fn resolve_preset(value: &mut toml::Table, from_cli: bool, cli_keys: &[String]) 
         None => return Ok(()),
         Some(toml::Value::String(name)) => name.clone(),
         Some(other) => {
-            return Err(TrainError::Config(format!(
+            return Err(ConfigError(format!(
                 "model.preset = {other} must be a string such as \"XL/2\""
             )))
         }
     };
-    let p = orrery_model::Preset::named(&name).map_err(|e| TrainError::Config(e.to_string()))?;
+    let p = orrery_model::Preset::named(&name).map_err(|e| ConfigError(e.to_string()))?;
     let mut fill = vec![("hidden", p.hidden), ("depth", p.depth), ("heads", p.heads)];
     fill.extend(p.patch_size.map(|ps| ("patch_size", ps)));
     for (key, v) in fill {
@@ -381,16 +381,15 @@ fn resolve_preset(value: &mut toml::Table, from_cli: bool, cli_keys: &[String]) 
 impl TrainConfig {
     /// Load a TOML file, apply `key=value` overrides, and validate.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            TrainError::Config(format!("cannot read config file {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
         Self::from_toml(&text, &path.display().to_string(), overrides)
     }
 
     /// Parse TOML text (named `origin` in messages), apply overrides, validate.
     pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self> {
         let mut value: toml::Table = toml::from_str(text)
-            .map_err(|e| TrainError::Config(format!("{origin} is not valid TOML: {e}")))?;
+            .map_err(|e| ConfigError(format!("{origin} is not valid TOML: {e}")))?;
         let mut defaults =
             toml::Table::try_from(TrainConfig::default()).expect("defaults serialize");
         // Optional keys are absent from the serialized defaults; name them.
@@ -423,7 +422,7 @@ impl TrainConfig {
         if b % ranks != 0 {
             let lower = b / ranks * ranks;
             let higher = lower + ranks;
-            return Err(TrainError::Config(format!(
+            return Err(ConfigError(format!(
                 "data.global_batch = {b} does not split evenly over {ranks} ranks: set it to a multiple of {ranks} (e.g. {}{higher}) or run {} ranks",
                 if lower > 0 { format!("{lower} or ") } else { String::new() },
                 divisors_hint(b, ranks)
@@ -432,7 +431,7 @@ impl TrainConfig {
         let share = b / ranks;
         let m = self.data.micro_batch;
         if m > 0 && share % m != 0 {
-            return Err(TrainError::Config(format!(
+            return Err(ConfigError(format!(
                 "data.micro_batch = {m} does not divide the {share} clips each of the {ranks} ranks gets (data.global_batch = {b}): pick a divisor of {share}, or 0 for the whole share"
             )));
         }
@@ -441,13 +440,13 @@ impl TrainConfig {
 
     /// Check every section; messages name the key to change.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(TrainError::Config(m));
+        let bad = |m: String| Err(ConfigError(m));
         self.model
             .validate()
-            .map_err(|e| TrainError::Config(e.to_string()))?;
+            .map_err(|e| ConfigError(e.to_string()))?;
         self.objective
             .validate()
-            .map_err(|e| TrainError::Config(e.to_string()))?;
+            .map_err(|e| ConfigError(e.to_string()))?;
         if self.run.steps == 0 {
             return bad("run.steps must be at least 1".into());
         }
@@ -485,7 +484,7 @@ impl TrainConfig {
         }
         s.sampler
             .validate()
-            .map_err(|e| TrainError::Config(e.to_string()))?;
+            .map_err(|e| ConfigError(e.to_string()))?;
         if !(s.guidance.is_finite() && s.guidance >= 0.0) {
             return bad(format!(
                 "sample.guidance = {} must be >= 0 (1 = no guidance)",
