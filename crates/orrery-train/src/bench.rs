@@ -56,7 +56,7 @@ impl StepBench {
 
 /// Run `warmup + steps` training steps of `cfg` and time the last `steps`.
 pub fn bench_step(cfg: &TrainConfig, steps: usize, warmup: usize) -> Result<StepBench> {
-    with_backend!(cfg.run, |AB, device| bench_on::<AB>(
+    orrery_parallel::with_backend!(cfg.run, |AB, device| bench_on::<AB>(
         cfg, steps, warmup, device
     ))
 }

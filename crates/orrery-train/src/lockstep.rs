@@ -308,8 +308,8 @@ pub fn wgpu_lockstep(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::step::tests::setup;
     use crate::step::train_step;
+    use orrery_parallel::fixtures::setup;
 
     type AB = burn::backend::Autodiff<burn::backend::Flex>;
 

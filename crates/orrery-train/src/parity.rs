@@ -392,7 +392,7 @@ pub fn wgpu_backends(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::step::tests::setup;
+    use orrery_parallel::fixtures::setup;
 
     type AB = burn::backend::Autodiff<burn::backend::Flex>;
 

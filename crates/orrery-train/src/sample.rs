@@ -110,7 +110,7 @@ pub fn sample(opts: &SampleOptions) -> Result<SampleReport> {
     check_options(opts)?;
     let dir = checkpoint::resolve(&opts.checkpoint)?;
     let state = checkpoint::load_state(&dir)?;
-    with_backend!(state.config.run, |AB, device| sample_on::<
+    orrery_parallel::with_backend!(state.config.run, |AB, device| sample_on::<
         <AB as burn::tensor::backend::AutodiffBackend>::InnerBackend,
     >(
         opts, &dir, &state, device

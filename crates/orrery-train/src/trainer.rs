@@ -48,7 +48,7 @@ pub struct TrainSummary {
 
 /// Train on the backend named by `cfg.run.device`.
 pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
-    with_backend!(cfg.run, |AB, device| train_on::<AB>(cfg, opts, device))
+    orrery_parallel::with_backend!(cfg.run, |AB, device| train_on::<AB>(cfg, opts, device))
 }
 
 /// This process's place among the ranks and its collective backend, after

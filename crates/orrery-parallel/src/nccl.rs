@@ -305,7 +305,7 @@ pub fn installed() -> Option<&'static Nccl> {
 }
 
 /// Whether collectives may run on the device (NCCL is installed).
-pub(crate) fn device_collectives() -> bool {
+pub fn device_collectives() -> bool {
     NCCL.get().is_some()
 }
 
@@ -323,21 +323,21 @@ fn on_device<B: Backend>(
 
 /// [`Nccl::all_reduce_sum`] when NCCL is installed and `t` is a CUDA
 /// tensor; else `t` back for the host path.
-pub(crate) fn all_reduce_on_device<B: Backend>(
+pub fn all_reduce_on_device<B: Backend>(
     t: Tensor<B, 1>,
 ) -> Result<Result<Tensor<B, 1>, String>, Tensor<B, 1>> {
     on_device(t, |c, t| c.all_reduce_sum(t))
 }
 
 /// [`Nccl::all_gather`] when NCCL is installed and `t` is a CUDA tensor.
-pub(crate) fn all_gather_on_device<B: Backend>(
+pub fn all_gather_on_device<B: Backend>(
     t: Tensor<B, 1>,
 ) -> Result<Result<Tensor<B, 1>, String>, Tensor<B, 1>> {
     on_device(t, |c, t| c.all_gather(t))
 }
 
 /// [`Nccl::reduce_scatter_sum`] when NCCL is installed and `t` is a CUDA tensor.
-pub(crate) fn reduce_scatter_on_device<B: Backend>(
+pub fn reduce_scatter_on_device<B: Backend>(
     t: Tensor<B, 1>,
 ) -> Result<Result<Tensor<B, 1>, String>, Tensor<B, 1>> {
     on_device(t, |c, t| c.reduce_scatter_sum(t))

@@ -56,7 +56,7 @@ pub fn writable(dir: &std::path::Path) -> bool {
 /// The compute capability of GPU `ordinal` as cubecl compiles for it
 /// (`sm_90`), if the driver answers.
 #[cfg(feature = "cuda")]
-pub(crate) fn gpu_arch(ordinal: usize) -> Option<String> {
+pub fn gpu_arch(ordinal: usize) -> Option<String> {
     use cudarc::driver::{result, sys};
     // SAFETY: only checks whether libcuda loads (cudarc panics on use otherwise).
     if !unsafe { sys::is_culib_present() } || result::init().is_err() {
@@ -77,7 +77,7 @@ pub(crate) fn gpu_arch(ordinal: usize) -> Option<String> {
 /// first GPU device is made (later calls do nothing, as does a call after
 /// cubecl has read its config).
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
-pub(crate) fn install(arch: Option<String>) {
+pub fn install(arch: Option<String>) {
     use cubecl::config::{
         autotune::AutotuneLogLevel, cache::CacheConfig, compilation::CompilationLogLevel,
         CubeClRuntimeConfig, RuntimeConfig,

@@ -1,8 +1,8 @@
 //! FSDP steps against the whole-model steps, sharded initialisation and
 //! reads, bf16 compute and gathers.
 use super::*;
+use crate::fixtures::{run_steps, setup_with, AB};
 use crate::glue::to_device;
-use crate::step::tests::{run_steps, setup_with, AB};
 use crate::step::train_step;
 use burn::backend::Flex;
 use burn::module::AutodiffModule;
@@ -12,7 +12,7 @@ use orrery_model::{AttentionMask, MlpKind, PosEmbed, QkNorm};
 use std::collections::BTreeMap;
 
 /// The largest difference between two sets of named tensors (same names and shapes).
-pub(crate) fn max_diff(a: &NamedTensors, b: &NamedTensors) -> f32 {
+pub fn max_diff(a: &NamedTensors, b: &NamedTensors) -> f32 {
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     a.iter()
         .flat_map(|(n, t)| {
@@ -105,7 +105,7 @@ fn fsdp_on_one_rank_takes_the_same_steps_as_the_whole_model() {
 #[test]
 fn fsdp_bf16_compute_takes_the_whole_model_bf16_steps() {
     let (mut cfg, model, shapes, batch) = setup_with(|cfg| cfg.data.micro_batch = 4);
-    cfg.run.precision = crate::config::Precision::Bf16;
+    cfg.run.precision = orrery_config::Precision::Bf16;
     let device = Default::default();
     let batch = to_device::<AB>(&batch, &cfg.model, &device);
     let run_fsdp = |bf16: bool| {
@@ -275,7 +275,7 @@ fn sharded_init_equals_sharding_the_whole_model() {
         let device = Default::default();
         // The backend's RNG is one per process: no other test may draw
         // between a seed and the draws it is meant for.
-        let _seeded = crate::step::tests::seeded();
+        let _seeded = crate::fixtures::seeded();
         Flex::seed(&device, 7);
         let whole = cfg.model.init::<Flex>(&device).unwrap();
         for n in [1, 3] {
@@ -305,7 +305,7 @@ fn sharded_init_equals_sharding_the_whole_model() {
 /// gives zeros, one of the wrong size an error naming it.
 #[test]
 fn shards_read_from_a_checkpoint_file_equal_shards_of_the_whole() {
-    use crate::checkpoint::{write_named, Pending, TensorFile, MODEL_FILE};
+    use orrery_checkpoint::{write_named, Pending, TensorFile, MODEL_FILE};
     let (_, model, _, _) = setup_with(|_| {});
     let device = Default::default();
     let inner = model.valid();

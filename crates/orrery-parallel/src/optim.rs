@@ -7,18 +7,18 @@ use std::collections::BTreeMap;
 use burn::tensor::{backend::Backend, Tensor};
 use orrery_model::named::{HostTensor, NamedTensors};
 
-use crate::config::{OptimConfig, Schedule};
+use orrery_config::{OptimConfig, Schedule};
 
 /// Flat tensors by parameter name.
 pub type FlatMap<B> = BTreeMap<String, Tensor<B, 1>>;
 
 /// A flat tensor's values on the host.
-pub(crate) fn host<B: Backend>(t: Tensor<B, 1>) -> Vec<f32> {
+pub fn host<B: Backend>(t: Tensor<B, 1>) -> Vec<f32> {
     t.into_data().convert::<f32>().into_vec().expect("f32 data")
 }
 
 /// A flat tensor holding `v`.
-pub(crate) fn flat<B: Backend>(v: Vec<f32>, device: &B::Device) -> Tensor<B, 1> {
+pub fn flat<B: Backend>(v: Vec<f32>, device: &B::Device) -> Tensor<B, 1> {
     let n = v.len();
     Tensor::from_data(burn::tensor::TensorData::new(v, [n]), device)
 }

@@ -8,10 +8,10 @@ use orrery_dist::Collective;
 use orrery_model::named::visit_named;
 use orrery_model::{DitBlock, DitConfig, DitEmbed};
 
-use crate::checkpoint::TensorFile;
 use crate::fsdp::{unit_kinds, Fsdp, UnitKind};
 use crate::optim::{flat, host, FlatMap};
-use crate::{Result, TrainError};
+use crate::{Error, Result};
+use orrery_checkpoint::TensorFile;
 
 /// A fresh unit of `kind`, flattened in module order: its parameters are
 /// drawn from the backend's RNG as they are read here.
@@ -96,7 +96,7 @@ impl<B: Backend> Fsdp<B> {
         for (name, shape) in self.named_layout(prefix) {
             let n: usize = shape.iter().product();
             match file.numel(&name) {
-                Some(m) if m != n => return Err(TrainError::Checkpoint(format!(
+                Some(m) if m != n => return Err(Error::Checkpoint(format!(
                     "{name} has {m} values but the model's parameter {shape:?} has {n}: the checkpoint does not fit this model; resume with the config it was trained with, or --resume never"
                 ))),
                 _ => {}

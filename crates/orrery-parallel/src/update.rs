@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use crate::config::TrainConfig;
 use crate::optim::{learning_rate, AdamW, Ema};
-use crate::{Result, TrainError};
+use crate::{Error, Result};
+use orrery_config::TrainConfig;
 
 /// Which elements of a parameter take weight decay.
-pub(crate) enum Decay<B: Backend> {
+pub enum Decay<B: Backend> {
     /// None (norms, biases, embeddings).
     No,
     /// All of them.
@@ -26,7 +26,7 @@ pub(crate) enum Decay<B: Backend> {
 ///
 /// # Shapes
 /// value, grad, a decay mask: [k]
-pub(crate) struct ParamGrad<B: Backend> {
+pub struct ParamGrad<B: Backend> {
     /// Its name (a parameter's, or a unit's prefix).
     pub name: String,
     /// Its current value, flat.
@@ -40,9 +40,9 @@ pub(crate) struct ParamGrad<B: Backend> {
 /// The factor that clips the gradient to `optim.grad_clip` (1 when under
 /// it); an error, before anything is updated, when the loss or the global
 /// gradient norm is not finite.
-pub(crate) fn clip_factor(cfg: &TrainConfig, step: u64, loss: f64, norm: f64) -> Result<f64> {
+pub fn clip_factor(cfg: &TrainConfig, step: u64, loss: f64, norm: f64) -> Result<f64> {
     if !loss.is_finite() || !norm.is_finite() {
-        return Err(TrainError::NonFinite {
+        return Err(Error::NonFinite {
             step,
             what: format!("loss ({loss}) or gradient norm ({norm})"),
         });
@@ -58,7 +58,7 @@ pub(crate) fn clip_factor(cfg: &TrainConfig, step: u64, loss: f64, norm: f64) ->
 /// global gradient norm: clip, AdamW at the scheduled learning rate, EMA.
 /// Returns the new values by name and the learning rate. Nothing is
 /// changed when the loss or the norm is not finite.
-pub(crate) fn update<B: Backend>(
+pub fn update<B: Backend>(
     cfg: &TrainConfig,
     step: u64,
     (loss, norm): (f64, f64),

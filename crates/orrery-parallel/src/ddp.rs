@@ -17,7 +17,7 @@ use crate::Result;
 ///
 /// # Shapes
 /// grads: name -> [numel]; scalars: [k]
-pub(crate) fn sum_over_ranks<B: Backend>(
+pub fn sum_over_ranks<B: Backend>(
     comm: &dyn Collective,
     grads: &mut BTreeMap<String, Tensor<B, 1>>,
     scalars: &mut [f32],
@@ -35,7 +35,7 @@ pub(crate) fn sum_over_ranks<B: Backend>(
     let mut parts: Vec<Tensor<B, 1>> = grads.values().cloned().collect();
     parts.push(crate::optim::flat(scalars.to_vec(), &device));
     let sum = match crate::nccl::all_reduce_on_device(Tensor::cat(parts, 0)) {
-        Ok(sum) => sum.map_err(crate::TrainError::Comm)?,
+        Ok(sum) => sum.map_err(crate::Error::Comm)?,
         Err(whole) => {
             let mut v = host(whole);
             all_reduce_sum_bucketed(comm, &mut v, bucket_elems)?;
@@ -56,7 +56,7 @@ pub(crate) fn sum_over_ranks<B: Backend>(
 ///
 /// # Shapes
 /// latents [b, t, c, h, w] -> b / size x [size, t, c, h, w]
-pub(crate) fn micro_batches<B: Backend>(batch: &TrainBatch<B>, size: usize) -> Vec<TrainBatch<B>> {
+pub fn micro_batches<B: Backend>(batch: &TrainBatch<B>, size: usize) -> Vec<TrainBatch<B>> {
     let b = batch.sample_ids.len();
     if size == 0 || size >= b {
         return vec![batch.clone()];
@@ -82,7 +82,7 @@ pub(crate) fn micro_batches<B: Backend>(batch: &TrainBatch<B>, size: usize) -> V
 ///
 /// # Shapes
 /// weights: name -> [numel]
-pub(crate) fn broadcast_from_rank0<B: Backend>(
+pub fn broadcast_from_rank0<B: Backend>(
     comm: &dyn Collective,
     weights: &mut BTreeMap<String, Tensor<B, 1>>,
 ) -> Result<()> {

@@ -11,7 +11,7 @@ use orrery_diffusion::{Actions, Cond, DiffusionError, TrainBatch};
 use orrery_model::{Dit, DitConfig, DitInput};
 
 /// `model` as the objective's and the samplers' denoiser.
-pub(crate) fn denoiser<B: Backend>(model: &Dit<B>) -> impl orrery_diffusion::Denoiser<B> + '_ {
+pub fn denoiser<B: Backend>(model: &Dit<B>) -> impl orrery_diffusion::Denoiser<B> + '_ {
     move |x_t: Tensor<B, 5>, t: Tensor<B, 2>, cond: Cond<B>| {
         model
             .forward(dit_input(x_t, t, cond))
@@ -20,11 +20,7 @@ pub(crate) fn denoiser<B: Backend>(model: &Dit<B>) -> impl orrery_diffusion::Den
 }
 
 /// The model input for noisy latents under conditions.
-pub(crate) fn dit_input<B: Backend>(
-    x_t: Tensor<B, 5>,
-    t: Tensor<B, 2>,
-    cond: Cond<B>,
-) -> DitInput<B> {
+pub fn dit_input<B: Backend>(x_t: Tensor<B, 5>, t: Tensor<B, 2>, cond: Cond<B>) -> DitInput<B> {
     let mut input = DitInput::unconditional(x_t, t);
     input.labels = cond.labels;
     match cond.actions {
@@ -40,7 +36,7 @@ pub(crate) fn dit_input<B: Backend>(
 
 /// A host batch on the device, with the model's null ids (one past its
 /// actions and its classes).
-pub(crate) fn to_device<B: Backend>(
+pub fn to_device<B: Backend>(
     batch: &Batch,
     model: &DitConfig,
     device: &B::Device,
@@ -74,6 +70,6 @@ pub(crate) fn to_device<B: Backend>(
 }
 
 /// The shape of every named parameter.
-pub(crate) fn param_shapes<B: Backend>(model: &Dit<B>) -> BTreeMap<String, Vec<usize>> {
+pub fn param_shapes<B: Backend>(model: &Dit<B>) -> BTreeMap<String, Vec<usize>> {
     orrery_model::named::layout(model).into_iter().collect()
 }

@@ -20,31 +20,36 @@ use orrery_model::named::{cast_params, layout, load_flat, named_grads};
 use orrery_model::{like, DitBlock, DitConfig, DitEmbed, DitInput, FinalLayer, Stem};
 
 use crate::optim::{flat, host, FlatMap};
-use crate::{Result, TrainError};
+use crate::{Error, Result};
 
 /// Which part of the DiT a unit is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum UnitKind {
+pub enum UnitKind {
+    /// The patch, time, action and label embeddings.
     Embed,
+    /// Transformer block `i`.
     Block(usize),
+    /// The final adaLN layer and projection.
     Final,
 }
 
 /// The units of a DiT of `depth` blocks, in the order they run (and in
 /// which their parameters come in the whole model).
-pub(crate) fn unit_kinds(depth: usize) -> impl Iterator<Item = UnitKind> {
+pub fn unit_kinds(depth: usize) -> impl Iterator<Item = UnitKind> {
     std::iter::once(UnitKind::Embed)
         .chain((0..depth).map(UnitKind::Block))
         .chain(std::iter::once(UnitKind::Final))
 }
 
 /// The part of a parameter that falls in this rank's shard of its unit.
-pub(crate) struct Piece<'a> {
+pub struct Piece<'a> {
     /// The parameter's name in the whole model and its shape.
     pub name: String,
+    /// The parameter's shape.
     pub shape: &'a [usize],
     /// Values [from, to) of the flat parameter...
     pub from: usize,
+    /// End of the values (exclusive).
     pub to: usize,
     /// ...go to position `at` of the shard.
     pub at: usize,
@@ -52,7 +57,7 @@ pub(crate) struct Piece<'a> {
 
 /// One unit's flat layout.
 #[derive(Debug, Clone)]
-pub(crate) struct Unit {
+pub struct Unit {
     /// Name prefix of its parameters in the whole model (`blocks.3`), also
     /// its key in the shard maps.
     pub prefix: String,
@@ -65,16 +70,21 @@ pub(crate) struct Unit {
 }
 
 /// This rank's shards of the model, and how to gather units.
-pub(crate) struct Fsdp<B: Backend> {
+pub struct Fsdp<B: Backend> {
+    /// The model's config.
     pub cfg: DitConfig,
+    /// The units, in the order they run.
     pub units: Vec<Unit>,
     /// Parameter shards by unit prefix: [k].
     pub params: FlatMap<B>,
     /// Where AdamW's weight decay applies in each unit's shard, as
     /// [start, end) ranges by unit prefix (a mask would cost another shard).
     pub decay: BTreeMap<String, Vec<(usize, usize)>>,
+    /// This rank.
     pub rank: usize,
+    /// Number of ranks.
     pub size: usize,
+    /// Where the shards live.
     pub device: B::Device,
     /// Gather units for compute in bf16 (checkpoint gathers stay f32).
     pub gather_bf16: bool,
@@ -101,7 +111,8 @@ fn unit_layout<B: Backend>(
     }
 }
 
-pub(crate) fn unit_prefix(kind: UnitKind) -> String {
+/// The name prefix of a unit's parameters in the whole model (`blocks.3`).
+pub fn unit_prefix(kind: UnitKind) -> String {
     match kind {
         UnitKind::Embed => "embed".into(),
         UnitKind::Block(i) => format!("blocks.{i}"),
@@ -145,7 +156,7 @@ impl<B: Backend> Fsdp<B> {
             comm_bytes: Cell::new(0),
         };
         if fsdp.named_layout("") != whole {
-            return Err(TrainError::Config(format!(
+            return Err(Error::Config(format!(
                 "fsdp: the model's {} parameters do not split into units as expected (got {} in units); this is a bug",
                 whole.len(),
                 fsdp.named_layout("").len()
@@ -237,7 +248,7 @@ impl<B: Backend> Fsdp<B> {
             let t = Instant::now();
             // Err: not a CUDA tensor, so the host path below.
             if let Ok(full) = crate::nccl::all_gather_on_device(local) {
-                let full = full.map_err(TrainError::Comm)?;
+                let full = full.map_err(Error::Comm)?;
                 // bf16 moves 2 bytes a value: count k / 2 f32 slots.
                 self.count(t, if self.gather_bf16 { k.div_ceil(2) } else { k });
                 return Ok(like(full, DType::F32));
@@ -288,7 +299,7 @@ impl<B: Backend> Fsdp<B> {
                 pad => Tensor::cat(vec![grad, Tensor::zeros([pad], &self.device)], 0),
             };
             match crate::nccl::reduce_scatter_on_device(padded) {
-                Ok(mine) => mine.map_err(TrainError::Comm)?,
+                Ok(mine) => mine.map_err(Error::Comm)?,
                 Err(padded) => over_host(padded)?,
             }
         } else {
@@ -395,7 +406,7 @@ impl<B: Backend> Fsdp<B> {
         &self,
         shards: &FlatMap<B>,
         prefix: &str,
-        sink: &mut crate::checkpoint::TensorSink,
+        sink: &mut orrery_checkpoint::TensorSink,
         comm: &dyn Collective,
     ) -> Result<()> {
         for (u, unit) in self.units.iter().enumerate() {
@@ -494,7 +505,7 @@ impl<B: Backend> Fsdp<B> {
 ///
 /// # Shapes
 /// [k] -> [ceil(k / 2)]
-pub(crate) fn pack_bf16(values: &[f32]) -> Vec<f32> {
+pub fn pack_bf16(values: &[f32]) -> Vec<f32> {
     values
         .chunks(2)
         .map(|pair| {
@@ -509,7 +520,7 @@ pub(crate) fn pack_bf16(values: &[f32]) -> Vec<f32> {
 ///
 /// # Shapes
 /// [ceil(k / 2)] -> [k]
-pub(crate) fn unpack_bf16(packed: &[f32], k: usize) -> impl Iterator<Item = f32> + '_ {
+pub fn unpack_bf16(packed: &[f32], k: usize) -> impl Iterator<Item = f32> + '_ {
     (0..k).map(move |i| {
         let bits = packed[i / 2].to_bits();
         let half = if i % 2 == 0 {
@@ -522,7 +533,7 @@ pub(crate) fn unpack_bf16(packed: &[f32], k: usize) -> impl Iterator<Item = f32>
 }
 
 /// The sharded model as a [`Denoiser`], gathering unit by unit.
-pub(crate) struct ShardedDenoiser<'a, B: Backend> {
+pub struct ShardedDenoiser<'a, B: Backend> {
     fsdp: &'a Fsdp<B>,
     shards: &'a FlatMap<B>,
     comm: &'a dyn Collective,
@@ -556,7 +567,7 @@ impl<B: Backend> Denoiser<B> for ShardedDenoiser<'_, B> {
 ///
 /// # Shapes
 /// -> [L]
-pub(crate) fn unit_grads<I: Backend, B: AutodiffBackend<InnerBackend = I>, M: AutodiffModule<B>>(
+pub fn unit_grads<I: Backend, B: AutodiffBackend<InnerBackend = I>, M: AutodiffModule<B>>(
     unit: &Unit,
     module: &M,
     grads: B::Gradients,

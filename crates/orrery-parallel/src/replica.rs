@@ -12,17 +12,17 @@ use orrery_dist::{Collective, World};
 use orrery_model::named::{map_named, to_host, visit_named};
 use orrery_model::Dit;
 
-use crate::checkpoint::{write_named, Pending, TensorFile, EMA_FILE, MODEL_FILE, OPTIM_FILE};
-use crate::config::{GatherDtype, Strategy, TrainConfig};
 use crate::fsdp::Fsdp;
 use crate::fsdp_step::fsdp_step;
 use crate::glue::denoiser;
 use crate::optim::{AdamW, Ema};
 use crate::step::{train_step, StepOut};
 use crate::Result;
+use orrery_checkpoint::{write_named, Pending, TensorFile, EMA_FILE, MODEL_FILE, OPTIM_FILE};
+use orrery_config::{GatherDtype, Strategy, TrainConfig};
 
 /// The model as this rank holds it.
-pub(crate) enum Replica<B: AutodiffBackend> {
+pub enum Replica<B: AutodiffBackend> {
     /// Every parameter, on every rank.
     Full(Dit<B>),
     /// This rank's shard of every unit.
@@ -31,13 +31,15 @@ pub(crate) enum Replica<B: AutodiffBackend> {
 
 /// Which weights to evaluate.
 #[derive(Clone, Copy)]
-pub(crate) enum Weights<'a, B: AutodiffBackend> {
+pub enum Weights<'a, B: AutodiffBackend> {
+    /// The weights being trained.
     Online,
+    /// Their exponential moving average.
     Ema(&'a Ema<B::InnerBackend>),
 }
 
 /// Where a run's AdamW moments and EMA start from.
-pub(crate) enum StartState<'a> {
+pub enum StartState<'a> {
     /// A fresh start from the seeded initial weights: zero moments, EMA =
     /// the weights. FSDP draws them unit by unit (never whole).
     Fresh,
@@ -45,10 +47,15 @@ pub(crate) enum StartState<'a> {
     /// keeps only its shard of each. DDP takes its weights from the model
     /// as given (loaded by the trainer), FSDP its shards from `model`.
     Checkpoint {
+        /// The model weights file.
         model: &'a TensorFile,
+        /// The AdamW moments file.
         optim: &'a TensorFile,
+        /// The EMA weights file.
         ema: &'a TensorFile,
+        /// Optimizer steps taken.
         steps: u64,
+        /// EMA updates taken.
         ema_updates: u64,
     },
 }
@@ -136,7 +143,7 @@ impl<B: AutodiffBackend> Replica<B> {
         let mut fsdp = Fsdp::plan(model.config(), world.rank, world.size, device)?;
         drop(model);
         fsdp.gather_bf16 = cfg.parallel.gather_dtype == GatherDtype::Bf16;
-        fsdp.compute_bf16 = cfg.run.precision == crate::config::Precision::Bf16;
+        fsdp.compute_bf16 = cfg.run.precision == orrery_config::Precision::Bf16;
         let (sharded_optim, sharded_ema) = match start {
             StartState::Fresh => {
                 fsdp.init_params(comm)?;
@@ -161,9 +168,9 @@ impl<B: AutodiffBackend> Replica<B> {
                     .into_iter()
                     .find(|(n, _)| !model.contains(n));
                 if let Some((name, _)) = missing {
-                    return Err(crate::TrainError::Checkpoint(format!(
+                    return Err(crate::Error::Checkpoint(format!(
                         "{} has no tensor {name}: the checkpoint does not fit this model; resume with the config it was trained with, or --resume never",
-                        crate::checkpoint::MODEL_FILE
+                        orrery_checkpoint::MODEL_FILE
                     )));
                 }
                 let params = read(model, "")?;

@@ -11,15 +11,15 @@ use orrery_dist::Collective;
 use orrery_model::named::{cast_params, map_named, named_grads, visit_named};
 use orrery_model::{Dit, DitConfig};
 
-use crate::config::{Precision, TrainConfig};
 use crate::glue::denoiser;
 use crate::optim::{global_norm, AdamW, Ema};
 use crate::update::{update, Decay, ParamGrad};
-use crate::{Result, TrainError};
+use crate::{Error, Result};
+use orrery_config::{Precision, TrainConfig};
 
 /// What one step reports.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct StepOut {
+pub struct StepOut {
     /// Loss of the batch.
     pub loss: f64,
     /// Global gradient norm before clipping.
@@ -37,7 +37,7 @@ pub(crate) struct StepOut {
 /// seconds that sum took. The loss is a mean over the global batch's frames
 /// in the loss: each rank's (and micro-batch's) part is normalised by the
 /// global count, so the parts' gradients sum to the single-process gradient.
-pub(crate) fn plan_step<B: Backend>(
+pub fn plan_step<B: Backend>(
     cfg: &TrainConfig,
     batch: &TrainBatch<B>,
     step: u64,
@@ -62,7 +62,7 @@ pub(crate) fn plan_step<B: Backend>(
 
 /// One step's loss and every parameter's gradient: micro-batches
 /// accumulated, summed over ranks; what [`apply_step`] applies.
-pub(crate) struct StepGrads<B: Backend> {
+pub struct StepGrads<B: Backend> {
     /// The loss over the global batch.
     pub loss: f64,
     /// Each parameter's flat gradient, by name.
@@ -74,7 +74,7 @@ pub(crate) struct StepGrads<B: Backend> {
 }
 
 /// The loss and gradients of step `step` of `model` on `batch`.
-pub(crate) fn step_grads<B: AutodiffBackend>(
+pub fn step_grads<B: AutodiffBackend>(
     cfg: &TrainConfig,
     model: &Dit<B>,
     batch: &TrainBatch<B>,
@@ -128,7 +128,7 @@ pub(crate) fn step_grads<B: AutodiffBackend>(
 
 /// Clip `g`'s gradients, then AdamW and EMA: step `step` of `model`.
 /// Nothing is changed when the loss or gradient is not finite.
-pub(crate) fn apply_step<B: AutodiffBackend>(
+pub fn apply_step<B: AutodiffBackend>(
     cfg: &TrainConfig,
     model: Dit<B>,
     g: StepGrads<B::InnerBackend>,
@@ -153,7 +153,7 @@ pub(crate) fn apply_step<B: AutodiffBackend>(
         .map(|(name, value, decays)| {
             let grad = grads
                 .remove(&name)
-                .ok_or_else(|| TrainError::Internal(format!("parameter {name} got no gradient")))?;
+                .ok_or_else(|| Error::Internal(format!("parameter {name} got no gradient")))?;
             let decay = if decays { Decay::Yes } else { Decay::No };
             Ok(ParamGrad {
                 name,
@@ -181,7 +181,7 @@ pub(crate) fn apply_step<B: AutodiffBackend>(
 
 /// One optimizer step: loss, backward, clip, AdamW, EMA. Nothing is changed
 /// when the loss or gradient is not finite.
-pub(crate) fn train_step<B: AutodiffBackend>(
+pub fn train_step<B: AutodiffBackend>(
     cfg: &TrainConfig,
     model: Dit<B>,
     batch: &TrainBatch<B>,
@@ -195,105 +195,10 @@ pub(crate) fn train_step<B: AutodiffBackend>(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::config::Schedule;
-    use crate::glue::{param_shapes, to_device};
-    use burn::backend::{Autodiff, Flex};
-    use burn::tensor::backend::Backend;
-    use orrery_data::synth::{render_clips, SynthConfig};
-    use orrery_data::{Batch, Cursor, Loader};
-    use orrery_model::DitConfig;
-
-    pub(crate) type AB = Autodiff<Flex>;
-
-    /// Whole-model steps on `batch` with fresh AdamW and EMA, step i with
-    /// step key `keys[i]` (one key throughout: the same noise, so a fixed
-    /// batch can be fit). Returns the model, each step's (loss, gradient
-    /// norm), and the AdamW and EMA state.
-    pub(crate) fn run_steps(
-        cfg: &TrainConfig,
-        mut model: Dit<AB>,
-        shapes: &BTreeMap<String, Vec<usize>>,
-        batch: &TrainBatch<AB>,
-        keys: impl IntoIterator<Item = u64>,
-    ) -> (Dit<AB>, Vec<(f64, f64)>, AdamW<Flex>, Ema<Flex>) {
-        let (mut optim, mut ema) = (AdamW::default(), Ema::new(BTreeMap::new()));
-        let mut outs = Vec::new();
-        for key in keys {
-            let (next, out) = train_step(
-                cfg,
-                model,
-                batch,
-                key,
-                (&mut optim, &mut ema),
-                shapes,
-                &orrery_dist::SingleProcess,
-            )
-            .unwrap();
-            model = next;
-            outs.push((out.loss, out.grad_norm));
-        }
-        (model, outs, optim, ema)
-    }
-
-    pub(crate) fn setup() -> (TrainConfig, Dit<AB>, BTreeMap<String, Vec<usize>>, Batch) {
-        setup_with(|_| {})
-    }
-
-    /// Held from seeding the backend's RNG (one per process) until the
-    /// draws it is meant for are done, so parallel tests do not interleave.
-    pub(crate) fn seeded() -> std::sync::MutexGuard<'static, ()> {
-        static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        SEEDED.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Rank `rank` of `n`'s share of the global batch of 8 clips that
-    /// [`setup_with`] trains on (the whole batch for rank 0 of 1).
-    pub(crate) fn rank_batch(rank: usize, n: usize) -> Batch {
-        let clips = render_clips(&SynthConfig {
-            clips: 8,
-            frames: 4,
-            height: 16,
-            width: 16,
-            seed: 1,
-            continuous_actions: false,
-        });
-        Loader::new(&clips, 0, 8, 4, (rank, n), Cursor::default())
-            .unwrap()
-            .next_batch()
-    }
-
-    /// A small world model, its config changed by `edit`, and one batch of 8 clips.
-    pub(crate) fn setup_with(
-        edit: impl FnOnce(&mut TrainConfig),
-    ) -> (TrainConfig, Dit<AB>, BTreeMap<String, Vec<usize>>, Batch) {
-        let mut cfg = TrainConfig::default();
-        cfg.model = DitConfig {
-            frames: 4,
-            height: 16,
-            width: 16,
-            hidden: 64,
-            depth: 2,
-            heads: 2,
-            ..Default::default()
-        };
-        cfg.optim.warmup_steps = 0;
-        cfg.optim.schedule = Schedule::Constant;
-        cfg.optim.lr = 3e-3;
-        edit(&mut cfg);
-        let batch = rank_batch(0, 1);
-        let device = Default::default();
-        let seeded = seeded();
-        AB::seed(&device, 0);
-        let model: Dit<AB> = cfg.model.init(&device).unwrap();
-        // Draw every weight now, in module order: a lazy parameter is drawn
-        // when first read, and copies made before that draw their own.
-        orrery_model::named::visit_named(&model, |_, _, _, _| {});
-        drop(seeded);
-        let shapes = param_shapes(&model);
-        (cfg, model, shapes, batch)
-    }
+    use crate::fixtures::*;
+    use crate::glue::to_device;
 
     #[test]
     fn loss_decreases_on_a_fixed_batch() {

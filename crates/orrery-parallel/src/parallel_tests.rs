@@ -11,12 +11,12 @@ use burn::module::AutodiffModule;
 use orrery_dist::{Collective, ThreadComm};
 use orrery_model::named::to_host;
 
+use crate::fixtures::{rank_batch, run_steps, setup_with, AB};
 use crate::fsdp::Fsdp;
 use crate::fsdp_step::fsdp_step;
 use crate::fsdp_step::tests::max_diff;
 use crate::glue::to_device;
 use crate::optim::{AdamW, Ema};
-use crate::step::tests::{rank_batch, run_steps, setup_with, AB};
 use crate::step::train_step;
 
 /// Run `f` on each rank of a world of `n` threads; results by rank.

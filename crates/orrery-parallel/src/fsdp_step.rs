@@ -19,12 +19,12 @@ use orrery_model::like;
 use orrery_model::named::load_flat;
 use orrery_model::{DitBlock, DitEmbed, DitInput, FinalLayer, Stem};
 
-use crate::config::TrainConfig;
 use crate::fsdp::{unit_grads, Fsdp};
 use crate::optim::{AdamW, Ema, FlatMap};
 use crate::step::StepOut;
 use crate::update::{update, Decay, ParamGrad};
-use crate::{Result, TrainError};
+use crate::{Error, Result};
+use orrery_config::TrainConfig;
 
 /// What the forward pass keeps for the backward pass.
 struct Tape<B: AutodiffBackend> {
@@ -104,7 +104,7 @@ fn backward<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<()> {
     let missing =
-        |what: &str| TrainError::Config(format!("fsdp: no gradient reached {what}; this is a bug"));
+        |what: &str| Error::Config(format!("fsdp: no gradient reached {what}; this is a bug"));
     let Tape {
         input,
         stem,
@@ -172,7 +172,7 @@ fn backward<B: AutodiffBackend>(
 /// global batch (in micro-batches), sharded gradients, global-norm clipping,
 /// AdamW and EMA on the shards. Nothing changes when the loss or gradient
 /// is not finite.
-pub(crate) fn fsdp_step<B: AutodiffBackend>(
+pub fn fsdp_step<B: AutodiffBackend>(
     cfg: &TrainConfig,
     fsdp: &mut Fsdp<B::InnerBackend>,
     batch: &TrainBatch<B>,
@@ -205,7 +205,7 @@ pub(crate) fn fsdp_step<B: AutodiffBackend>(
         loss_part += loss.clone().into_scalar().elem::<f32>();
         let grads = loss.backward();
         let tape = tape.into_inner().ok_or_else(|| {
-            TrainError::Config("fsdp: the objective did not run the model; this is a bug".into())
+            Error::Config("fsdp: the objective did not run the model; this is a bug".into())
         })?;
         backward(fsdp, tape, grads, &mut acc, comm, &device)?;
     }
@@ -230,7 +230,7 @@ pub(crate) fn fsdp_step<B: AutodiffBackend>(
             Decay::No
         };
         let (Some(value), Some(grad)) = (fsdp.params.remove(&key), acc.remove(&key)) else {
-            return Err(TrainError::Internal(format!(
+            return Err(Error::Internal(format!(
                 "fsdp unit {key} has no shard or no gradient"
             )));
         };
@@ -258,4 +258,4 @@ pub(crate) fn fsdp_step<B: AutodiffBackend>(
 
 #[cfg(test)]
 #[path = "fsdp_step_tests.rs"]
-pub(crate) mod tests;
+pub mod tests;
