@@ -60,13 +60,11 @@ pub struct RunConfig {
     /// bf16 cast of the weights, with norms, softmax and the loss in f32).
     pub precision: Precision,
     /// CUDA only: run burn's fused kernels (element-wise chains fused with
-    /// each other, into reductions and into matmuls). Off by default: on an
-    /// H200 (2026-11-27) the fused backward of attention gave input
-    /// gradients 112% off the CPU's and the quickstart diverged from step 5;
-    /// the unfused kernels matched the CPU over 20 steps (though f32
-    /// training on them still parts from the CPU's after a few hundred;
-    /// BENCHMARKS.md). Check a build with `orrery bench parity` before
-    /// turning it on. Ignored on the CPU, which has no kernel fusion.
+    /// each other, into reductions and into matmuls). Off by default, since
+    /// burn 0.21's fused backward of attention was measured wrong on a GPU
+    /// (BENCHMARKS.md, the GPU checks). Check a build with
+    /// `orrery bench parity` before turning it on. Ignored on the CPU,
+    /// which has no kernel fusion.
     pub fusion: bool,
 }
 

@@ -4,8 +4,9 @@
 //! its local rank on the node, discovered from the launcher's environment in
 //! the order DESIGN.md gives (OpenMPI, then PMIx/PMI, then Slurm, then a single
 //! process); and [`Collective`], the operations the parallel strategies use,
-//! with an identity backend for one process and MPI for several
-//! ([`connect`] picks). NCCL for GPU tensors comes next.
+//! with an identity backend for one process, MPI for several ([`connect`]
+//! picks) and [`ThreadComm`] for ranks as threads of one process (tests).
+//! NCCL, for GPU tensors, lives with the GPU code in orrery-parallel.
 //!
 //! ```
 //! use orrery_dist::World;

@@ -194,7 +194,7 @@ fn op_checks<B: AutodiffBackend>(device: &B::Device) -> Vec<(String, Vec<f32>, V
         }),
         ("powf", |x, _| (x.abs() + 0.5).powf_scalar(1.5)),
         // The parts of attention's backward, to tell which fused pattern
-        // goes wrong when the whole does (fused CUDA, H200, 2026-11-27);
+        // goes wrong when the whole does (BENCHMARKS.md: fused CUDA);
         // last, so the ops above keep their inputs (seeded by position).
         ("scaled scores (q k^T * c)", |x, y| {
             let e = x.dims()[3] as f64;
