@@ -2,61 +2,17 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use orrery_data::synth::{render_clips, SynthConfig};
 
 #[derive(Subcommand)]
 pub enum DataCommand {
     /// Render the embedded toy world (agent, actions, bouncing ball) to Parquet.
-    Synth {
-        /// Output directory or URL.
-        #[arg(long)]
-        out: String,
-        /// Number of clips.
-        #[arg(long, default_value_t = 512)]
-        clips: usize,
-        /// Frames per clip.
-        #[arg(long, default_value_t = 16)]
-        frames: usize,
-        /// Frame height and width in pixels.
-        #[arg(long, num_args = 2, value_names = ["H", "W"], default_values_t = [32, 32])]
-        size: Vec<usize>,
-        /// Seed.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Clips per Parquet file.
-        #[arg(long, default_value_t = 128)]
-        clips_per_file: usize,
-        /// Write continuous (dx, dy) actions (`actions`, A = 2) instead of action ids.
-        #[arg(long)]
-        continuous_actions: bool,
-        /// Replace a dataset already at --out: delete its .parquet files first.
-        #[arg(long)]
-        overwrite: bool,
-    },
+    Synth(SynthArgs),
     /// Convert a folder of per-clip latent files (NAME.npy with optional
     /// NAME.actions.npy, or NAME.safetensors with latents / action_ids /
     /// actions / label tensors) into schema-v1 Parquet shards.
-    Import {
-        /// Folder of clip files.
-        #[arg(long)]
-        from: PathBuf,
-        /// Output directory or URL.
-        #[arg(long)]
-        out: String,
-        /// Target shard size in MiB of (f32) latents.
-        #[arg(long, default_value_t = 256.0)]
-        shard_mb: f64,
-        /// Latent scale for the metadata (orrery trains on (x - shift) * scale).
-        #[arg(long, default_value_t = 1.0)]
-        scale: f64,
-        /// Latent shift for the metadata.
-        #[arg(long, default_value_t = 0.0)]
-        shift: f64,
-        /// Replace a dataset already at --out: delete its .parquet files first.
-        #[arg(long)]
-        overwrite: bool,
-    },
+    Import(ImportArgs),
     /// Show a dataset's files, schema and shapes, reading and checking every row.
     Inspect {
         /// Directory, file or URL.
@@ -77,6 +33,58 @@ pub enum DataCommand {
         #[arg(long)]
         cache: Option<PathBuf>,
     },
+}
+
+/// The arguments of `orrery data import`.
+#[derive(Args)]
+pub struct ImportArgs {
+    /// Folder of clip files.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Output directory or URL.
+    #[arg(long)]
+    pub out: String,
+    /// Target shard size in MiB of (f32) latents.
+    #[arg(long, default_value_t = 256.0)]
+    pub shard_mb: f64,
+    /// Latent scale for the metadata (orrery trains on (x - shift) * scale).
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Latent shift for the metadata.
+    #[arg(long, default_value_t = 0.0)]
+    pub shift: f64,
+    /// Replace a dataset already at --out: delete its .parquet files first.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+/// The arguments of `orrery data synth`.
+#[derive(Args)]
+pub struct SynthArgs {
+    /// Output directory or URL.
+    #[arg(long)]
+    pub out: String,
+    /// Number of clips.
+    #[arg(long, default_value_t = 512)]
+    pub clips: usize,
+    /// Frames per clip.
+    #[arg(long, default_value_t = 16)]
+    pub frames: usize,
+    /// Frame height and width in pixels.
+    #[arg(long, num_args = 2, value_names = ["H", "W"], default_values_t = [32, 32])]
+    pub size: Vec<usize>,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Clips per Parquet file.
+    #[arg(long, default_value_t = 128)]
+    pub clips_per_file: usize,
+    /// Write continuous (dx, dy) actions (`actions`, A = 2) instead of action ids.
+    #[arg(long)]
+    pub continuous_actions: bool,
+    /// Replace a dataset already at --out: delete its .parquet files first.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 /// A dataset is written into a location of its own: files already there
@@ -107,161 +115,181 @@ fn refuse_existing_dataset(out: &str, overwrite: bool) -> Result<()> {
 
 pub fn run_data(cmd: DataCommand) -> Result<()> {
     match cmd {
-        DataCommand::Synth {
-            out,
-            clips,
-            frames,
-            size,
-            seed,
-            clips_per_file,
-            continuous_actions,
-            overwrite,
-        } => {
-            let cfg = SynthConfig {
-                clips,
-                frames,
-                height: size[0],
-                width: size[1],
-                seed,
-                continuous_actions,
-            };
-            if let Err(e) = cfg.validate() {
-                bail!("orrery data synth: {e}");
-            }
-            if clips_per_file == 0 {
-                bail!("--clips-per-file 0: each file holds at least 1 clip (default 128)");
-            }
-            refuse_existing_dataset(&out, overwrite)?;
-            let files = orrery_data::store::write_dataset(
-                &out,
-                &render_clips(&cfg),
-                &cfg.metadata(),
-                clips_per_file,
-            )?;
-            println!("wrote {clips} clips of [{frames}, 3, {}, {}] with actions to {} file(s) under {out}", size[0], size[1], files.len());
-        }
-        DataCommand::Import {
-            from,
-            out,
-            shard_mb,
-            scale,
-            shift,
-            overwrite,
-        } => {
-            if !(shard_mb > 0.0 && shard_mb.is_finite()) {
-                bail!("--shard-mb {shard_mb} must be positive");
-            }
-            if !scale.is_finite() || scale == 0.0 {
-                bail!("--scale {scale}: the latent scale must be a finite, non-zero number");
-            }
-            if !shift.is_finite() {
-                bail!("--shift {shift}: the latent shift must be a finite number");
-            }
-            refuse_existing_dataset(&out, overwrite)?;
-            let r = orrery_data::import::import(&orrery_data::import::ImportOptions {
-                from,
-                out: out.clone(),
-                shard_mb,
-                scale,
-                shift,
-            })?;
-            println!(
-                "imported {} clips into {} file(s) under {out}: num_actions {}, action_dim {}, num_classes {}, scale {} shift {}",
-                r.clips,
-                r.files.len(),
-                r.meta.num_actions,
-                r.meta.action_dim,
-                r.meta.num_classes,
-                r.meta.scale,
-                r.meta.shift
-            );
-        }
+        DataCommand::Synth(args) => synth(args),
+        DataCommand::Import(args) => import(args),
         DataCommand::Inspect {
             url,
             validate: true,
-        } => {
-            let problems = orrery_data::store::validate(&url)?;
-            if problems.is_empty() {
-                println!("{url}: no problems (every row of every file decoded and checked)");
-                return Ok(());
-            }
-            let files: std::collections::BTreeSet<&str> =
-                problems.iter().map(|(f, _)| f.as_str()).collect();
-            for (_, problem) in &problems {
-                println!("{problem}");
-            }
-            bail!(
-                "{} problem(s) in {} file(s) under {url} (listed above)",
-                problems.len(),
-                files.len()
-            );
-        }
-        DataCommand::Index { url, cache } => {
-            if let Some(c) = &cache {
-                orrery_train::paths::output_file(c, "--cache")?;
-            }
-            let (index, stats) = orrery_data::index::load_or_build(&url, cache.as_deref())?;
-            println!(
-                "{url}: {} file(s), {} row groups, {} rows, {:.1} MB",
-                index.files.len(),
-                index.row_groups(),
-                index.rows(),
-                index.bytes() as f64 / 1e6
-            );
-            let loc = orrery_data::store::parse(&url)?;
-            for f in &index.files {
-                println!(
-                    "  {}  {} bytes  row groups {:?}",
-                    loc.shown(&f.path.as_str().into()),
-                    f.size,
-                    f.row_groups
-                );
-            }
-            println!(
-                "footers read: {} file(s), {} bytes fetched ({:.3}% of the data); reused from the cache: {}",
-                stats.read,
-                stats.bytes_fetched,
-                100.0 * stats.bytes_fetched as f64 / index.bytes().max(1) as f64,
-                stats.reused
-            );
-        }
+        } => validate(url),
+        DataCommand::Index { url, cache } => index(url, cache),
         DataCommand::Inspect {
             url,
             validate: false,
-        } => {
-            let files = orrery_data::store::inspect(&url)?;
-            let total: usize = files.iter().map(|f| f.clips).sum();
-            println!(
-                "{url}: {} file(s), {total} clips, schema v{}",
-                files.len(),
-                orrery_data::schema::SCHEMA_VERSION
-            );
-            for f in &files {
-                println!(
-                    "  {}  {} bytes  {} clips  shapes {:?}  actions: {}  labels: {}  scale {} shift {}",
-                    f.path,
-                    f.bytes,
-                    f.clips,
-                    f.shapes,
-                    if f.actions {
-                        format!("{} ids", f.meta.num_actions)
-                    } else if f.action_values {
-                        format!("vectors of {}", f.meta.action_dim)
-                    } else {
-                        "none".into()
-                    },
-                    if f.labels {
-                        format!("{} classes", f.meta.num_classes)
-                    } else {
-                        "none".into()
-                    },
-                    f.meta.scale,
-                    f.meta.shift
-                );
-            }
-            println!("validation: every row decoded; latents finite, shapes match byte counts, action ids in range");
-        }
+        } => inspect(url),
     }
+}
+
+fn synth(args: SynthArgs) -> Result<()> {
+    let SynthArgs {
+        out,
+        clips,
+        frames,
+        size,
+        seed,
+        clips_per_file,
+        continuous_actions,
+        overwrite,
+    } = args;
+    let cfg = SynthConfig {
+        clips,
+        frames,
+        height: size[0],
+        width: size[1],
+        seed,
+        continuous_actions,
+    };
+    if let Err(e) = cfg.validate() {
+        bail!("orrery data synth: {e}");
+    }
+    if clips_per_file == 0 {
+        bail!("--clips-per-file 0: each file holds at least 1 clip (default 128)");
+    }
+    refuse_existing_dataset(&out, overwrite)?;
+    let files = orrery_data::store::write_dataset(
+        &out,
+        &render_clips(&cfg),
+        &cfg.metadata(),
+        clips_per_file,
+    )?;
+    println!(
+        "wrote {clips} clips of [{frames}, 3, {}, {}] with actions to {} file(s) under {out}",
+        size[0],
+        size[1],
+        files.len()
+    );
+    Ok(())
+}
+
+fn import(args: ImportArgs) -> Result<()> {
+    let ImportArgs {
+        from,
+        out,
+        shard_mb,
+        scale,
+        shift,
+        overwrite,
+    } = args;
+    if !(shard_mb > 0.0 && shard_mb.is_finite()) {
+        bail!("--shard-mb {shard_mb} must be positive");
+    }
+    if !scale.is_finite() || scale == 0.0 {
+        bail!("--scale {scale}: the latent scale must be a finite, non-zero number");
+    }
+    if !shift.is_finite() {
+        bail!("--shift {shift}: the latent shift must be a finite number");
+    }
+    refuse_existing_dataset(&out, overwrite)?;
+    let r = orrery_data::import::import(&orrery_data::import::ImportOptions {
+        from,
+        out: out.clone(),
+        shard_mb,
+        scale,
+        shift,
+    })?;
+    println!(
+        "imported {} clips into {} file(s) under {out}: num_actions {}, action_dim {}, num_classes {}, scale {} shift {}",
+        r.clips,
+        r.files.len(),
+        r.meta.num_actions,
+        r.meta.action_dim,
+        r.meta.num_classes,
+        r.meta.scale,
+        r.meta.shift
+    );
+    Ok(())
+}
+
+fn validate(url: String) -> Result<()> {
+    let problems = orrery_data::store::validate(&url)?;
+    if problems.is_empty() {
+        println!("{url}: no problems (every row of every file decoded and checked)");
+        return Ok(());
+    }
+    let files: std::collections::BTreeSet<&str> =
+        problems.iter().map(|(f, _)| f.as_str()).collect();
+    for (_, problem) in &problems {
+        println!("{problem}");
+    }
+    bail!(
+        "{} problem(s) in {} file(s) under {url} (listed above)",
+        problems.len(),
+        files.len()
+    )
+}
+
+fn index(url: String, cache: Option<PathBuf>) -> Result<()> {
+    if let Some(c) = &cache {
+        orrery_train::paths::output_file(c, "--cache")?;
+    }
+    let (index, stats) = orrery_data::index::load_or_build(&url, cache.as_deref())?;
+    println!(
+        "{url}: {} file(s), {} row groups, {} rows, {:.1} MB",
+        index.files.len(),
+        index.row_groups(),
+        index.rows(),
+        index.bytes() as f64 / 1e6
+    );
+    let loc = orrery_data::store::parse(&url)?;
+    for f in &index.files {
+        println!(
+            "  {}  {} bytes  row groups {:?}",
+            loc.shown(&f.path.as_str().into()),
+            f.size,
+            f.row_groups
+        );
+    }
+    println!(
+        "footers read: {} file(s), {} bytes fetched ({:.3}% of the data); reused from the cache: {}",
+        stats.read,
+        stats.bytes_fetched,
+        100.0 * stats.bytes_fetched as f64 / index.bytes().max(1) as f64,
+        stats.reused
+    );
+    Ok(())
+}
+
+fn inspect(url: String) -> Result<()> {
+    let files = orrery_data::store::inspect(&url)?;
+    let total: usize = files.iter().map(|f| f.clips).sum();
+    println!(
+        "{url}: {} file(s), {total} clips, schema v{}",
+        files.len(),
+        orrery_data::schema::SCHEMA_VERSION
+    );
+    for f in &files {
+        println!(
+            "  {}  {} bytes  {} clips  shapes {:?}  actions: {}  labels: {}  scale {} shift {}",
+            f.path,
+            f.bytes,
+            f.clips,
+            f.shapes,
+            if f.actions {
+                format!("{} ids", f.meta.num_actions)
+            } else if f.action_values {
+                format!("vectors of {}", f.meta.action_dim)
+            } else {
+                "none".into()
+            },
+            if f.labels {
+                format!("{} classes", f.meta.num_classes)
+            } else {
+                "none".into()
+            },
+            f.meta.scale,
+            f.meta.shift
+        );
+    }
+    println!("validation: every row decoded; latents finite, shapes match byte counts, action ids in range");
     Ok(())
 }
 
