@@ -451,6 +451,15 @@ impl TrainConfig {
         if self.data.global_batch == 0 {
             return bad("data.global_batch must be at least 1".into());
         }
+        self.validate_training()?;
+        self.validate_sample()?;
+        self.validate_model_use()?;
+        self.validate_parallel()
+    }
+
+    /// The optimizer, EMA, checkpoint and logging sections.
+    fn validate_training(&self) -> Result<()> {
+        let bad = |m: String| Err(ConfigError(m));
         let o = &self.optim;
         if !(o.lr > 0.0 && o.lr.is_finite()) {
             return bad(format!("optim.lr = {} must be positive", o.lr));
@@ -476,6 +485,12 @@ impl TrainConfig {
         if self.logging.every == 0 || self.logging.eval_every == 0 {
             return bad("logging.every and logging.eval_every must be at least 1".into());
         }
+        Ok(())
+    }
+
+    /// The sample section, and guidance against what the model was trained with.
+    fn validate_sample(&self) -> Result<()> {
+        let bad = |m: String| Err(ConfigError(m));
         let s = &self.sample;
         if s.context == 0 || s.frames == 0 || s.steps == 0 {
             return bad("sample.context, sample.frames and sample.steps must be at least 1".into());
@@ -517,6 +532,12 @@ impl TrainConfig {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The model against the objective: tokens of several frames, world models.
+    fn validate_model_use(&self) -> Result<()> {
+        let bad = |m: String| Err(ConfigError(m));
         if self.model.patch_t > 1
             && (self.objective.frame_noise != orrery_diffusion::FrameNoise::Shared
                 || self.objective.context_prob > 0.0)
@@ -529,6 +550,12 @@ impl TrainConfig {
         if self.model.frames < 2 && self.model.has_actions() {
             return bad("an action-conditioned world model needs model.frames >= 2 (a context frame and a new one); image models set model.num_actions = 0".into());
         }
+        Ok(())
+    }
+
+    /// The parallel section.
+    fn validate_parallel(&self) -> Result<()> {
+        let bad = |m: String| Err(ConfigError(m));
         if !(self.parallel.bucket_mb > 0.0 && self.parallel.bucket_mb.is_finite()) {
             return bad(format!(
                 "parallel.bucket_mb = {} must be positive",

@@ -169,26 +169,7 @@ fn sample_on<B: Backend>(
     let model = load_host(cfg.model.init::<B>(&device)?, &weights, &device)?;
     let m = &cfg.model;
     if !m.has_actions() {
-        if opts.frames.is_some() {
-            return Err(TrainError::Config(format!(
-                "--frames is for world models, which roll out frames after a context; this model has no actions and generates whole samples of model.frames = {} frames: leave --frames out",
-                m.frames
-            )));
-        }
-        let dims = [1, m.frames, m.channels, m.height, m.width];
-        let sampler = sampler_config(cfg, opts, dims)?;
-        let report = crate::generate::generate_samples(
-            &crate::generate::GenerateOptions {
-                out: &opts.out,
-                per_class: opts.per_class,
-                seed: opts.seed,
-            },
-            state,
-            &model,
-            sampler,
-            &device,
-        )?;
-        return Ok(SampleReport::Generate(report));
+        return generate(opts, state, &model, &device);
     }
     if opts.per_class.is_some() {
         return Err(TrainError::Config(
@@ -257,7 +238,43 @@ fn sample_on<B: Backend>(
     let mut report = score(&clips, k, m, c, h, w, gen_frame);
     let (outputs, strip) = write_pictures(&opts.out, &clips, k, m, (h, w), gen_frame)?;
     report.outputs = outputs;
-    // A checkpoint inside a run directory: add the rollout to its TensorBoard.
+    add_to_tensorboard(dir, state.step, &strip, &report)?;
+    Ok(SampleReport::Rollout(report))
+}
+
+/// Models without actions: generate from noise, per class or unconditionally.
+fn generate<B: Backend>(
+    opts: &SampleOptions,
+    state: &checkpoint::TrainerState,
+    model: &orrery_model::Dit<B>,
+    device: &B::Device,
+) -> Result<SampleReport> {
+    let (cfg, m) = (&state.config, &state.config.model);
+    if opts.frames.is_some() {
+        return Err(TrainError::Config(format!(
+            "--frames is for world models, which roll out frames after a context; this model has no actions and generates whole samples of model.frames = {} frames: leave --frames out",
+            m.frames
+        )));
+    }
+    let dims = [1, m.frames, m.channels, m.height, m.width];
+    let sampler = sampler_config(cfg, opts, dims)?;
+    let report = crate::generate::generate_samples(
+        &crate::generate::GenerateOptions {
+            out: &opts.out,
+            per_class: opts.per_class,
+            seed: opts.seed,
+        },
+        state,
+        model,
+        sampler,
+        device,
+    )?;
+    Ok(SampleReport::Generate(report))
+}
+
+/// A checkpoint inside a run directory: add the rollout's picture and
+/// scores to the run's TensorBoard, at the checkpoint's step.
+fn add_to_tensorboard(dir: &Path, step: u64, strip: &Rgb, report: &RolloutReport) -> Result<()> {
     let tb_dir = dir
         .parent()
         .and_then(Path::parent)
@@ -268,23 +285,23 @@ fn sample_on<B: Backend>(
         let mut tb = EventWriter::create(&tb_dir).map_err(io)?;
         tb.image_png(
             "rollout/real_above_generated",
-            state.step,
+            step,
             strip.to_png()?,
             strip.height,
             strip.width,
         )
         .map_err(io)?;
-        tb.scalar("rollout/agent_error_px", state.step, report.model_error_px)
+        tb.scalar("rollout/agent_error_px", step, report.model_error_px)
             .map_err(io)?;
         tb.scalar(
             "rollout/copy_last_error_px",
-            state.step,
+            step,
             report.copy_last_error_px,
         )
         .map_err(io)?;
         tb.flush().map_err(io)?;
     }
-    Ok(SampleReport::Rollout(report))
+    Ok(())
 }
 
 fn score<'a>(

@@ -131,15 +131,7 @@ fn train_ranks<B: AutodiffBackend>(
     };
     let run_dir = &opts.run_dir;
     let from = crate::rundir::start_checkpoint(&opts, main)?;
-    let (data, stream) = open_data(&cfg, &world)?;
-    crate::geometry::check_geometry(&cfg, &data)?;
-    if let Some(first) = data.bad_rows.first() {
-        say(format!(
-            "skipped {} bad rows (data.max_bad_rows = {}), the first: {first}",
-            data.bad_rows.len(),
-            cfg.data.max_bad_rows,
-        ));
-    }
+    let (data, stream) = open_checked(&cfg, &world)?;
     let mut run: Started<B> =
         start_or_resume(&cfg, run_dir, from.as_deref(), (&world, comm), &device)?;
     let mut loader = Feed::start(stream, &data, &cfg, &world, run.cursor)?;
@@ -147,17 +139,7 @@ fn train_ranks<B: AutodiffBackend>(
     let mut records = Records::open(run_dir, main, run.step)?;
 
     let start_step = run.step;
-    let heldout_start = run
-        .replica
-        .eval(Weights::Online, comm, |m| heldout_loss(&cfg, m, &held.own))?;
-    if start_step == 0 {
-        // A resumed run keeps the line its checkpoint's step already has.
-        records.log(&MetricsLine {
-            step: 0,
-            heldout_loss: Some(heldout_start),
-            ..Default::default()
-        })?;
-    }
+    let heldout_start = begin(&cfg, &run, comm, &held, &mut records)?;
     say(format!(
         "training {} params on {} clips ({} held out, {} skipped as too short), {} steps from step {start_step}; held-out loss {heldout_start:.4}{}",
         cfg.model.num_params(),
@@ -224,19 +206,84 @@ fn train_ranks<B: AutodiffBackend>(
         }
     }
     bar.finish_and_clear();
-    // Finish: the last step evaluated both; a run with no step left
-    // evaluates here.
+    finish(
+        &cfg,
+        &run,
+        comm,
+        &held,
+        (start_step, heldout_start),
+        last,
+        (&world, run_start),
+        last_ckpt,
+    )
+}
+
+/// The run's data, checked against the model; skipped bad rows are named.
+fn open_checked(
+    cfg: &TrainConfig,
+    world: &World,
+) -> Result<(
+    orrery_data::Dataset,
+    Option<orrery_data::stream::StreamLoader>,
+)> {
+    let (data, stream) = open_data(cfg, world)?;
+    crate::geometry::check_geometry(cfg, &data)?;
+    if let (true, Some(first)) = (world.is_main(), data.bad_rows.first()) {
+        eprintln!(
+            "skipped {} bad rows (data.max_bad_rows = {}), the first: {first}",
+            data.bad_rows.len(),
+            cfg.data.max_bad_rows,
+        );
+    }
+    Ok((data, stream))
+}
+
+/// The held-out loss before this run's first step; a fresh run logs it as
+/// step 0 (a resumed run keeps the line its checkpoint's step already has).
+fn begin<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    run: &Started<B>,
+    comm: &dyn Collective,
+    held: &HeldOut<B::InnerBackend>,
+    records: &mut Records,
+) -> Result<f64> {
+    let heldout = run
+        .replica
+        .eval(Weights::Online, comm, |m| heldout_loss(cfg, m, &held.own))?;
+    if run.step == 0 {
+        records.log(&MetricsLine {
+            step: 0,
+            heldout_loss: Some(heldout),
+            ..Default::default()
+        })?;
+    }
+    Ok(heldout)
+}
+
+/// The last phase: the end-of-run held-out losses (evaluated at the last
+/// step, or here when no step was left), a barrier so that nobody leaves
+/// before rank 0 has written the last checkpoint, and the summary.
+#[allow(clippy::too_many_arguments)]
+fn finish<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    run: &Started<B>,
+    comm: &dyn Collective,
+    held: &HeldOut<B::InnerBackend>,
+    (start_step, heldout_start): (u64, f64),
+    last: Evaluation,
+    (world, run_start): (&World, Instant),
+    last_ckpt: PathBuf,
+) -> Result<TrainSummary> {
     let (heldout_end, heldout_ema) = match last.heldout_ema {
         Some(ema_loss) => (last.heldout, ema_loss),
         None => (
             run.replica
-                .eval(Weights::Online, comm, |m| heldout_loss(&cfg, m, &held.own))?,
+                .eval(Weights::Online, comm, |m| heldout_loss(cfg, m, &held.own))?,
             run.replica.eval(Weights::Ema(&run.ema), comm, |m| {
-                heldout_loss(&cfg, m, &held.own)
+                heldout_loss(cfg, m, &held.own)
             })?,
         ),
     };
-    // Nobody leaves before rank 0 has written the last checkpoint.
     comm.barrier()?;
     let steps_run = (run.step - start_step).max(1);
     Ok(TrainSummary {
