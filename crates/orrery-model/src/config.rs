@@ -233,6 +233,13 @@ impl DitConfig {
                 self.patch_t
             ));
         }
+        self.validate_width()?;
+        self.validate_attention()
+    }
+
+    /// Width, heads and what a token must carry.
+    fn validate_width(&self) -> Result<()> {
+        let bad = |msg: String| Err(ModelError::Config(msg));
         if self.heads == 0 || self.hidden % self.heads != 0 {
             return bad(format!(
                 "model.hidden = {} is not divisible by model.heads = {}: change one of them",
@@ -275,6 +282,12 @@ impl DitConfig {
                 self.hidden
             ));
         }
+        Ok(())
+    }
+
+    /// Masks, positions, the preset's name and the MLP.
+    fn validate_attention(&self) -> Result<()> {
+        let bad = |msg: String| Err(ModelError::Config(msg));
         match (self.attention, self.window_frames) {
             (AttentionMask::SlidingWindow, 0) => {
                 return bad(

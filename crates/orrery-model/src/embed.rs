@@ -133,6 +133,49 @@ impl<B: Backend> DitEmbed<B> {
     pub fn forward(&self, input: DitInput<B>) -> Result<Stem<B>> {
         let cfg = &self.cfg;
         let dims = input.latents.dims();
+        let [b, t, ..] = dims;
+        let g = self.check_latents(dims, input.t.dims())?; // frame groups: tokens along time
+        let device = input.latents.device();
+        let DitInput {
+            latents,
+            t: times,
+            actions,
+            labels,
+            action_values,
+            action_keep,
+        } = input;
+        let (x, rope) = self.tokens(latents, g, &device);
+        let mut cond = self.t_embed.forward(times); // [b, t, d]
+        if let Some(a) = self.action_cond(actions, action_values, action_keep, [b, t], &device)? {
+            cond = cond + a; // [b, t, d]
+        }
+        if let Some(label) = self.label_cond(labels, b, &device)? {
+            cond = cond + label; // [b, t, d]
+        }
+        let pt = cfg.patch_t;
+        if pt > 1 {
+            // One condition per frame group: the mean of its frames'.
+            cond = cond
+                .reshape([b, g, pt, cfg.hidden])
+                .mean_dim(2)
+                .reshape([b, g, cfg.hidden]);
+        }
+        let s = cfg.tokens_per_frame();
+        let bias = frame_mask::<B>(cfg.attention, cfg.window_frames / pt, g, s, &device)
+            .map(attention_bias); // [n, n]
+        Ok(Stem {
+            x,
+            cond,
+            bias,
+            rope,
+            dims,
+        })
+    }
+
+    /// Check the latents [b, t, c, h, w] and noise levels [b, t] against the
+    /// config; returns g, the frame groups (t / patch_t).
+    fn check_latents(&self, dims: [usize; 5], t_dims: [usize; 2]) -> Result<usize> {
+        let cfg = &self.cfg;
         let [b, t, c, h, w] = dims;
         let pt = cfg.patch_t;
         if c != cfg.channels
@@ -151,19 +194,34 @@ impl<B: Backend> DitEmbed<B> {
                 ),
             });
         }
-        let g = t / pt; // frame groups: tokens along time
-        if input.t.dims() != [b, t] {
+        if t_dims != [b, t] {
             return Err(ModelError::Shape {
                 name: "t",
-                got: input.t.dims().to_vec(),
+                got: t_dims.to_vec(),
                 expected: format!("[{b}, {t}]"),
             });
         }
-        let device = input.latents.device();
-        let s = cfg.tokens_per_frame();
-        let stacked = stack_history(input.latents, cfg.history_frames); // [b, t, c(1+k), h, w]
-        let x = crate::layers::apply(&self.patch_embed, patchify(stacked, pt, cfg.patch_size)); // [b, g, s, d]
-        let d = cfg.hidden;
+        Ok(t / pt)
+    }
+
+    /// The tokens of the latents with their positions added, and RoPE's
+    /// tables when the config uses RoPE.
+    ///
+    /// # Shapes
+    /// latents: [b, t, c, h, w] -> ([b, g, s, d], 2 x [n, e/2]), n = g * s
+    fn tokens(
+        &self,
+        latents: Tensor<B, 5>,
+        g: usize,
+        device: &B::Device,
+    ) -> (Tensor<B, 4>, Option<(Tensor<B, 2>, Tensor<B, 2>)>) {
+        let cfg = &self.cfg;
+        let (s, d) = (cfg.tokens_per_frame(), cfg.hidden);
+        let stacked = stack_history(latents, cfg.history_frames); // [b, t, c(1+k), h, w]
+        let x = crate::layers::apply(
+            &self.patch_embed,
+            patchify(stacked, cfg.patch_t, cfg.patch_size),
+        ); // [b, g, s, d]
         let pos = match (&self.pos_temporal, &self.pos_spatial) {
             (Some(temporal), Some(spatial)) => Some(
                 temporal.val().narrow(0, 0, g).unsqueeze_dim::<3>(1)
@@ -172,7 +230,7 @@ impl<B: Backend> DitEmbed<B> {
             _ if cfg.pos_embed == PosEmbed::Sincos => {
                 let (spatial, temporal) = cfg.sincos_tables(g);
                 let table = |v: Vec<f32>, rows: usize| {
-                    Tensor::<B, 2>::from_data(TensorData::new(v, [rows, d]), &device)
+                    Tensor::<B, 2>::from_data(TensorData::new(v, [rows, d]), device)
                 };
                 Some(
                     table(temporal, g).unsqueeze_dim::<3>(1)
@@ -190,80 +248,103 @@ impl<B: Backend> DitEmbed<B> {
         };
         let rope = (cfg.pos_embed == PosEmbed::Rope).then(|| {
             let (hp, wp) = (cfg.height / cfg.patch_size, cfg.width / cfg.patch_size);
-            crate::rope::tables::<B>(g, hp, wp, cfg.head_dim(), &device)
-        }); // 2 x [n, e/2], n = g * s
+            crate::rope::tables::<B>(g, hp, wp, cfg.head_dim(), device)
+        }); // 2 x [n, e/2]
+        (x, rope)
+    }
 
-        let mut cond = self.t_embed.forward(input.t); // [b, t, d]
-        if let Some(embed) = &self.action_embed {
-            let ids = match input.actions {
-                Some(a) if a.dims() == [b, t] => a,
-                Some(a) => {
-                    return Err(ModelError::Shape {
-                        name: "actions",
-                        got: a.dims().to_vec(),
-                        expected: format!("[{b}, {t}]"),
-                    })
-                }
-                None => Tensor::<B, 2, Int>::full([b, t], cfg.num_actions as i64, &device),
-            };
-            cond = cond + embed.forward(ids); // [b, t, d]
-        }
-        if let Some(mlp) = &self.action_mlp {
-            cond = cond
-                + match input.action_values {
-                    Some(v) if v.dims() == [b, t, cfg.action_dim] => {
-                        let keep = match input.action_keep {
-                            Some(k) if k.dims() == [b, t] => k,
-                            Some(k) => {
-                                return Err(ModelError::Shape {
-                                    name: "action_keep",
-                                    got: k.dims().to_vec(),
-                                    expected: format!("[{b}, {t}]"),
-                                })
-                            }
-                            None => Tensor::ones([b, t], &device),
-                        };
-                        mlp.forward(v, keep)
+    /// The actions' part of each frame's condition (None for a model
+    /// without actions); missing actions are the null action.
+    ///
+    /// # Shapes
+    /// actions: [b, t]; action_values: [b, t, a]; action_keep: [b, t] -> [b, t, d]
+    fn action_cond(
+        &self,
+        actions: Option<Tensor<B, 2, Int>>,
+        action_values: Option<Tensor<B, 3>>,
+        action_keep: Option<Tensor<B, 2>>,
+        [b, t]: [usize; 2],
+        device: &B::Device,
+    ) -> Result<Option<Tensor<B, 3>>> {
+        let cfg = &self.cfg;
+        let bad = |name: &'static str, got: Vec<usize>, expected: String| ModelError::Shape {
+            name,
+            got,
+            expected,
+        };
+        let from_ids = match &self.action_embed {
+            Some(embed) => {
+                let ids = match actions {
+                    Some(a) if a.dims() == [b, t] => a,
+                    Some(a) => {
+                        return Err(bad("actions", a.dims().to_vec(), format!("[{b}, {t}]")))
                     }
-                    Some(v) => {
-                        return Err(ModelError::Shape {
-                            name: "action_values",
-                            got: v.dims().to_vec(),
-                            expected: format!("[{b}, {t}, {}]", cfg.action_dim),
-                        })
-                    }
-                    None => mlp.null(b, t),
-                }; // [b, t, d]
-        }
-        if let Some(embed) = &self.label_embed {
-            let ids = match input.labels {
-                Some(l) if l.dims() == [b] => l,
-                Some(l) => {
-                    return Err(ModelError::Shape {
-                        name: "labels",
-                        got: l.dims().to_vec(),
-                        expected: format!("[{b}]"),
-                    })
+                    None => Tensor::<B, 2, Int>::full([b, t], cfg.num_actions as i64, device),
+                };
+                Some(embed.forward(ids))
+            }
+            None => None,
+        };
+        let from_values = match &self.action_mlp {
+            Some(mlp) => Some(match action_values {
+                Some(v) if v.dims() == [b, t, cfg.action_dim] => {
+                    let keep = match action_keep {
+                        Some(k) if k.dims() == [b, t] => k,
+                        Some(k) => {
+                            return Err(bad(
+                                "action_keep",
+                                k.dims().to_vec(),
+                                format!("[{b}, {t}]"),
+                            ))
+                        }
+                        None => Tensor::ones([b, t], device),
+                    };
+                    mlp.forward(v, keep)
                 }
-                None => Tensor::<B, 1, Int>::full([b], cfg.num_classes as i64, &device),
-            };
-            let label = embed.forward(ids.reshape([b, 1])); // [b, 1, d]
-            cond = cond + label; // [b, t, d]
-        }
-
-        if pt > 1 {
-            // One condition per frame group: the mean of its frames'.
-            cond = cond.reshape([b, g, pt, d]).mean_dim(2).reshape([b, g, d]);
-        }
-        let bias = frame_mask::<B>(cfg.attention, cfg.window_frames / pt, g, s, &device)
-            .map(attention_bias); // [n, n]
-        Ok(Stem {
-            x,
-            cond,
-            bias,
-            rope,
-            dims,
+                Some(v) => {
+                    return Err(bad(
+                        "action_values",
+                        v.dims().to_vec(),
+                        format!("[{b}, {t}, {}]", cfg.action_dim),
+                    ))
+                }
+                None => mlp.null(b, t),
+            }),
+            None => None,
+        };
+        // A model has one kind of actions (the config refuses both).
+        Ok(match (from_ids, from_values) {
+            (Some(a), Some(v)) => Some(a + v),
+            (a, v) => a.or(v),
         })
+    }
+
+    /// The class label's part of the condition (None for a model without
+    /// classes); a missing label is the null class.
+    ///
+    /// # Shapes
+    /// labels: [b] -> [b, 1, d]
+    fn label_cond(
+        &self,
+        labels: Option<Tensor<B, 1, Int>>,
+        b: usize,
+        device: &B::Device,
+    ) -> Result<Option<Tensor<B, 3>>> {
+        let Some(embed) = &self.label_embed else {
+            return Ok(None);
+        };
+        let ids = match labels {
+            Some(l) if l.dims() == [b] => l,
+            Some(l) => {
+                return Err(ModelError::Shape {
+                    name: "labels",
+                    got: l.dims().to_vec(),
+                    expected: format!("[{b}]"),
+                })
+            }
+            None => Tensor::<B, 1, Int>::full([b], self.cfg.num_classes as i64, device),
+        };
+        Ok(Some(embed.forward(ids.reshape([b, 1])))) // [b, 1, d]
     }
 }
 
