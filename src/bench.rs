@@ -139,12 +139,12 @@ fn run_bench_comm(sizes_mb: Vec<f64>, iters: usize, nccl: bool) -> Result<()> {
 }
 
 pub fn run_bench(cmd: BenchCommand) -> Result<()> {
-    let (config, set, steps, warmup) = match cmd {
+    match cmd {
         BenchCommand::Comm {
             sizes_mb,
             iters,
             nccl,
-        } => return run_bench_comm(sizes_mb, iters, nccl),
+        } => run_bench_comm(sizes_mb, iters, nccl),
         BenchCommand::Data {
             url,
             repeat,
@@ -155,9 +155,10 @@ pub fn run_bench(cmd: BenchCommand) -> Result<()> {
             prefetch,
         } => {
             if stream {
-                return data::run_bench_stream(&url, repeat, batch, frames, buffer, prefetch);
+                data::run_bench_stream(&url, repeat, batch, frames, buffer, prefetch)
+            } else {
+                run_bench_data(&url, repeat)
             }
-            return run_bench_data(&url, repeat);
         }
         BenchCommand::Parity {
             config,
@@ -166,7 +167,7 @@ pub fn run_bench(cmd: BenchCommand) -> Result<()> {
             top,
             lockstep,
         } => {
-            return if lockstep {
+            if lockstep {
                 run_bench_lockstep(&config, &set, steps)
             } else {
                 run_bench_parity(&config, &set, steps, top)
@@ -177,12 +178,21 @@ pub fn run_bench(cmd: BenchCommand) -> Result<()> {
             set,
             steps,
             warmup,
-        } => (config, set, steps, warmup),
-    };
+        } => run_bench_step(&config, &set, steps, warmup),
+    }
+}
+
+/// `orrery bench step`: time the training step of a config and print a table.
+fn run_bench_step(
+    config: &std::path::Path,
+    set: &[String],
+    steps: usize,
+    warmup: usize,
+) -> Result<()> {
     if steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let cfg = TrainConfig::load(&config, &set)?;
+    let cfg = TrainConfig::load(config, set)?;
     let b = orrery_train::bench::bench_step(&cfg, steps, warmup)?;
     let mean = b.step_s.iter().sum::<f64>() / b.step_s.len() as f64;
     let min = b.step_s.iter().copied().fold(f64::INFINITY, f64::min);

@@ -360,6 +360,79 @@ pub fn read_parquet_lenient(bytes: &Bytes, file: &str) -> Result<(ParquetClips, 
     decode_lenient(builder, file, 0)
 }
 
+/// Row `r`'s action ids, if the file has them: one per frame, each within
+/// 0..num_actions of the metadata (when it gives one).
+fn row_action_ids(
+    col: Option<&ListArray>,
+    r: usize,
+    frames: usize,
+    meta: &DatasetMeta,
+) -> std::result::Result<Option<Vec<i64>>, String> {
+    let Some(a) = col.and_then(|a| list_values::<Int32Array>(a, r)) else {
+        return Ok(None);
+    };
+    if a.len() != frames || a.null_count() > 0 {
+        return Err(format!(
+            "action_ids has {} entries for {frames} frames",
+            a.len()
+        ));
+    }
+    if let Some(bad) = a
+        .values()
+        .iter()
+        .find(|&&x| x < 0 || (meta.num_actions > 0 && x as usize >= meta.num_actions))
+    {
+        return Err(format!(
+            "action id {bad} is outside 0..{}",
+            meta.num_actions
+        ));
+    }
+    Ok(Some(a.values().iter().map(|&x| x as i64).collect()))
+}
+
+/// Row `r`'s continuous actions, if the file has them: frames x A finite values.
+fn row_action_values(
+    col: Option<&ListArray>,
+    r: usize,
+    frames: usize,
+    meta: &DatasetMeta,
+) -> std::result::Result<Option<Vec<f32>>, String> {
+    let Some(a) = col.and_then(|a| list_values::<Float32Array>(a, r)) else {
+        return Ok(None);
+    };
+    if a.len() != frames * meta.action_dim || a.null_count() > 0 {
+        return Err(format!(
+            "actions has {} values, not frames x {KEY_ACTION_DIM} = {frames} x {}",
+            a.len(),
+            meta.action_dim
+        ));
+    }
+    if let Some(i) = a.values().iter().position(|v| !v.is_finite()) {
+        return Err(format!(
+            "actions hold a non-finite value ({}) at flat index {i}",
+            a.value(i)
+        ));
+    }
+    Ok(Some(a.values().to_vec()))
+}
+
+/// Row `r`'s class label, if any: within 0..num_classes of the metadata.
+fn row_label(
+    col: Option<&Int32Array>,
+    r: usize,
+    meta: &DatasetMeta,
+) -> std::result::Result<Option<i64>, String> {
+    match col.filter(|l| !l.is_null(r)).map(|l| l.value(r)) {
+        Some(l) if l < 0 || (meta.num_classes > 0 && l as usize >= meta.num_classes) => {
+            Err(format!(
+                "label {l} is outside 0..{} (metadata {KEY_NUM_CLASSES})",
+                meta.num_classes
+            ))
+        }
+        l => Ok(l.map(i64::from)),
+    }
+}
+
 /// Decode what `builder` reads (a whole file, or some of its row groups
 /// whose first row is row `first_row` of the file), keeping the good rows
 /// and returning each bad row's error, numbered by its row in the file.
@@ -415,56 +488,9 @@ pub(crate) fn decode_lenient<T: parquet::file::reader::ChunkReader + 'static>(
                     .iter_mut()
                     .for_each(|v| *v = ((*v as f64 - meta.shift) * meta.scale) as f32);
             }
-            let actions = match actions.and_then(|a| list_values::<Int32Array>(a, r)) {
-                None => None,
-                Some(a) if a.len() != shape[0] || a.null_count() > 0 => {
-                    return Err(row_err(format!(
-                        "action_ids has {} entries for {} frames",
-                        a.len(),
-                        shape[0]
-                    )))
-                }
-                Some(a) => {
-                    if let Some(bad) = a.values().iter().find(|&&x| {
-                        x < 0 || (meta.num_actions > 0 && x as usize >= meta.num_actions)
-                    }) {
-                        return Err(row_err(format!(
-                            "action id {bad} is outside 0..{}",
-                            meta.num_actions
-                        )));
-                    }
-                    Some(a.values().iter().map(|&x| x as i64).collect())
-                }
-            };
-            let action_values = match values.and_then(|a| list_values::<Float32Array>(a, r)) {
-                None => None,
-                Some(a) if a.len() != shape[0] * meta.action_dim || a.null_count() > 0 => {
-                    return Err(row_err(format!(
-                        "actions has {} values, not frames x {KEY_ACTION_DIM} = {} x {}",
-                        a.len(),
-                        shape[0],
-                        meta.action_dim
-                    )))
-                }
-                Some(a) => {
-                    if let Some(i) = a.values().iter().position(|v| !v.is_finite()) {
-                        return Err(row_err(format!(
-                            "actions hold a non-finite value ({}) at flat index {i}",
-                            a.value(i)
-                        )));
-                    }
-                    Some(a.values().to_vec())
-                }
-            };
-            let label = match labels.filter(|l| !l.is_null(r)).map(|l| l.value(r)) {
-                Some(l) if l < 0 || (meta.num_classes > 0 && l as usize >= meta.num_classes) => {
-                    return Err(row_err(format!(
-                        "label {l} is outside 0..{} (metadata {KEY_NUM_CLASSES})",
-                        meta.num_classes
-                    )))
-                }
-                l => l.map(i64::from),
-            };
+            let actions = row_action_ids(actions, r, shape[0], &meta).map_err(row_err)?;
+            let action_values = row_action_values(values, r, shape[0], &meta).map_err(row_err)?;
+            let label = row_label(labels, r, &meta).map_err(row_err)?;
             let agent_xy = xy
                 .and_then(|a| list_values::<Float32Array>(a, r))
                 .map(|a| a.values().to_vec());
