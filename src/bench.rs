@@ -193,7 +193,7 @@ fn run_bench_step(
         bail!("--steps must be at least 1");
     }
     let cfg = TrainConfig::load(config, set)?;
-    let b = orrery_train::bench::bench_step(&cfg, steps, warmup)?;
+    let b = orrery_diagnostics::bench::bench_step(&cfg, steps, warmup)?;
     let mean = b.step_s.iter().sum::<f64>() / b.step_s.len() as f64;
     let min = b.step_s.iter().copied().fold(f64::INFINITY, f64::min);
     let median = b.median_step();
@@ -305,10 +305,10 @@ fn run_bench_parity(
     top: usize,
 ) -> Result<()> {
     #[cfg(feature = "cuda")]
-    use orrery_train::parity::gpu_backends as backends;
+    use orrery_diagnostics::parity::gpu_backends as backends;
     #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
-    use orrery_train::parity::wgpu_backends as backends;
-    use orrery_train::parity::{compare, Phase};
+    use orrery_diagnostics::parity::wgpu_backends as backends;
+    use orrery_diagnostics::parity::{compare, Phase};
     use std::io::Write;
     let cfg = TrainConfig::load(config, set)?;
     let mut start = std::time::Instant::now();
@@ -365,9 +365,9 @@ fn run_bench_parity(
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 fn run_bench_lockstep(config: &std::path::Path, set: &[String], steps: usize) -> Result<()> {
     #[cfg(feature = "cuda")]
-    use orrery_train::lockstep::gpu_lockstep as lockstep;
+    use orrery_diagnostics::lockstep::gpu_lockstep as lockstep;
     #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
-    use orrery_train::lockstep::wgpu_lockstep as lockstep;
+    use orrery_diagnostics::lockstep::wgpu_lockstep as lockstep;
     use std::collections::BTreeMap;
     use std::io::Write;
     let cfg = TrainConfig::load(config, set)?;

@@ -13,7 +13,7 @@ mod signals;
 
 // mimalloc, counting tensor-sized allocations for `bench step`'s heap figures.
 #[global_allocator]
-static ALLOC: orrery_train::heap::CountingAlloc = orrery_train::heap::CountingAlloc;
+static ALLOC: orrery_diagnostics::heap::CountingAlloc = orrery_diagnostics::heap::CountingAlloc;
 use bench::{run_bench, BenchCommand};
 use data::{run_data, DataCommand};
 use launch::{run_dist, run_launch, DistCommand, LaunchArgs};

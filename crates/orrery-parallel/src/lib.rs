@@ -137,6 +137,7 @@ mod parallel_tests;
 pub mod replica;
 pub mod step;
 pub mod update;
+pub mod world;
 
 /// Errors of a run; each says what to change.
 #[derive(Debug, thiserror::Error)]

@@ -16,7 +16,6 @@
 //! ```
 #![deny(missing_docs)]
 
-pub mod bench;
 pub mod checkpoint;
 /// The config tree (orrery-config).
 pub mod config {
@@ -27,11 +26,8 @@ pub mod export;
 mod feed;
 pub mod generate;
 mod geometry;
-pub mod heap;
-pub mod lockstep;
 pub mod media;
 pub mod metrics;
-pub mod parity;
 pub mod paths;
 pub mod progress;
 mod records;
@@ -47,8 +43,6 @@ pub(crate) use orrery_parallel::io;
 pub use orrery_parallel::Error as TrainError;
 /// Result alias for this crate.
 pub use orrery_parallel::Result;
-#[cfg(feature = "cuda")]
-pub(crate) use orrery_parallel::{cuda_device, cuda_ordinal, CudaFused, CudaPlain};
 pub use orrery_parallel::{
     ddp, fsdp, fsdp_step, glue, kernels, nccl, optim, replica, step, update,
 };

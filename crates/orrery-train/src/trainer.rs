@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::AutodiffBackend;
-use orrery_dist::{connect, Collective, World};
+use orrery_dist::{Collective, World};
+use orrery_parallel::world::join_world;
 
 use crate::checkpoint::{self, TrainerState};
 use crate::config::TrainConfig;
@@ -49,56 +50,6 @@ pub struct TrainSummary {
 /// Train on the backend named by `cfg.run.device`.
 pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
     orrery_parallel::with_backend!(cfg.run, |AB, device| train_on::<AB>(cfg, opts, device))
-}
-
-/// This process's place among the ranks and its collective backend, after
-/// checking the config against the number of ranks. With a run directory
-/// (shared by the ranks), heartbeats go to its `heartbeats/`, so a collective
-/// that times out names the rank it waits for.
-pub(crate) fn join_world(
-    cfg: &TrainConfig,
-    run_dir: Option<&Path>,
-) -> Result<(World, Box<dyn Collective>)> {
-    let world = World::from_env()?;
-    cfg.validate_world(world.size)?;
-    let timeout = Duration::from_secs_f64(cfg.parallel.timeout_s);
-    let comm = connect(&world, timeout, run_dir.map(|d| d.join("heartbeats")))?;
-    connect_nccl(cfg, &world, comm.as_ref(), timeout)?;
-    Ok((world, comm))
-}
-
-/// With CUDA and several ranks (or parallel.comm = "nccl"), join NCCL over
-/// the bootstrap collective: DDP then sums gradients on the device, and FSDP
-/// gathers units and reduce_scatters their gradients there.
-#[cfg(feature = "cuda")]
-fn connect_nccl(
-    cfg: &TrainConfig,
-    world: &World,
-    boot: &dyn Collective,
-    timeout: Duration,
-) -> Result<()> {
-    use crate::config::{CommBackend, Device};
-    let wanted = match cfg.parallel.comm {
-        CommBackend::Nccl => true,
-        CommBackend::Mpi => false,
-        CommBackend::Auto => cfg.run.device == Device::Cuda && world.size > 1,
-    };
-    if !wanted || crate::nccl::installed().is_some() {
-        return Ok(());
-    }
-    let nccl = crate::cuda_ordinal(world)
-        .map_err(|why| format!("NCCL needs a CUDA GPU, but {why}"))
-        .and_then(|ordinal| crate::nccl::Nccl::connect(boot, ordinal, timeout))
-        .map_err(|e| {
-            crate::TrainError::Comm(format!("[rank {} of {}] {e}", world.rank, world.size))
-        })?;
-    crate::nccl::install(nccl);
-    Ok(())
-}
-
-#[cfg(not(feature = "cuda"))]
-fn connect_nccl(_: &TrainConfig, _: &World, _: &dyn Collective, _: Duration) -> Result<()> {
-    Ok(())
 }
 
 /// Train on backend `B` (autodiff) and device.

@@ -8,8 +8,8 @@ use orrery_model::Dit;
 use crate::config::TrainConfig;
 use crate::glue::{param_shapes, to_device};
 use crate::replica::{Replica, StartState};
-use crate::trainer::join_world;
 use crate::Result;
+use orrery_parallel::world::join_world;
 
 /// Timings of a step benchmark.
 #[derive(Debug, Clone)]
