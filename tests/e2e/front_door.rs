@@ -81,31 +81,15 @@ fn writes_to_special_or_missing_paths() {
 fn run_directory_reuse_and_pruning() {
     let dir = tiny_dir("reuse");
     let steps = |n: u32| format!("run.steps={n}");
-    ok(orrery(
-        &[
-            "train",
-            "tiny.toml",
-            "--run-dir",
-            "run",
-            "--set",
-            &steps(5),
-            "--set",
-            "checkpoint.every=1",
-        ],
-        &dir,
-    ));
+    // `orrery train tiny.toml --run-dir run` and more arguments.
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "tiny.toml", "--run-dir", "run"];
+        args.extend_from_slice(extra);
+        orrery(&args, &dir)
+    };
+    ok(train(&["--set", &steps(5), "--set", "checkpoint.every=1"]));
     let e = user_error(
-        orrery(
-            &[
-                "train",
-                "tiny.toml",
-                "--run-dir",
-                "run",
-                "--resume",
-                "never",
-            ],
-            &dir,
-        ),
+        train(&["--resume", "never"]),
         "holds the checkpoints of another run (newest: step 5)",
     );
     assert!(e.contains("--overwrite"), "{e}");
@@ -121,29 +105,16 @@ fn run_directory_reuse_and_pruning() {
         listing("run/checkpoints"),
         ["latest", "step_00000004", "step_00000005"]
     );
-    user_error(
-        orrery(
-            &["train", "tiny.toml", "--run-dir", "run", "--overwrite"],
-            &dir,
-        ),
-        "use it with --resume never",
-    );
-    ok(orrery(
-        &[
-            "train",
-            "tiny.toml",
-            "--run-dir",
-            "run",
-            "--resume",
-            "never",
-            "--overwrite",
-            "--set",
-            &steps(3),
-            "--set",
-            "checkpoint.every=1",
-        ],
-        &dir,
-    ));
+    user_error(train(&["--overwrite"]), "use it with --resume never");
+    ok(train(&[
+        "--resume",
+        "never",
+        "--overwrite",
+        "--set",
+        &steps(3),
+        "--set",
+        "checkpoint.every=1",
+    ]));
     assert_eq!(
         listing("run/checkpoints"),
         ["latest", "step_00000002", "step_00000003"]
@@ -166,23 +137,16 @@ fn run_directory_reuse_and_pruning() {
         &dir.join("run/checkpoints/step_00000003"),
         &dir.join("run/checkpoints/step_00000007"),
     );
-    ok(orrery(
-        &[
-            "train",
-            "tiny.toml",
-            "--run-dir",
-            "run",
-            "--resume",
-            "run/checkpoints/step_00000002",
-            "--set",
-            &steps(6),
-            "--set",
-            "checkpoint.keep=1",
-            "--stop-after",
-            "1",
-        ],
-        &dir,
-    ));
+    ok(train(&[
+        "--resume",
+        "run/checkpoints/step_00000002",
+        "--set",
+        &steps(6),
+        "--set",
+        "checkpoint.keep=1",
+        "--stop-after",
+        "1",
+    ]));
     assert_eq!(
         listing("run/checkpoints"),
         ["latest", "step_00000003", "step_00000007"]
@@ -196,19 +160,7 @@ fn run_directory_reuse_and_pruning() {
         &["ckpt", "export", "run", "--out", "m.safetensors"],
         &dir,
     ));
-    let out = ok(orrery(
-        &[
-            "train",
-            "tiny.toml",
-            "--run-dir",
-            "run",
-            "--set",
-            &steps(4),
-            "--set",
-            "optim.lr=0.0005",
-        ],
-        &dir,
-    ));
+    let out = ok(train(&["--set", &steps(4), "--set", "optim.lr=0.0005"]));
     assert!(out.contains("has no `latest`"), "{out}");
     assert!(
         out.contains("resuming from") && out.contains("at step 3"),
@@ -219,19 +171,7 @@ fn run_directory_reuse_and_pruning() {
         "{out}"
     );
     let e = user_error(
-        orrery(
-            &[
-                "train",
-                "tiny.toml",
-                "--run-dir",
-                "run",
-                "--set",
-                &steps(6),
-                "--set",
-                "data.global_batch=8",
-            ],
-            &dir,
-        ),
+        train(&["--set", &steps(6), "--set", "data.global_batch=8"]),
         "a resume cannot change data.global_batch (4 -> 8",
     );
     assert!(!e.contains("optim.lr"), "{e}");
@@ -239,19 +179,7 @@ fn run_directory_reuse_and_pruning() {
     let cfg = std::fs::read_to_string(dir.join("run/config.toml")).unwrap();
     assert!(cfg.contains("global_batch = 4"), "{cfg}");
     // A finished run says so instead of `trained steps 4..4`.
-    let out = ok(orrery(
-        &[
-            "train",
-            "tiny.toml",
-            "--run-dir",
-            "run",
-            "--set",
-            &steps(4),
-            "--set",
-            "optim.lr=0.0005",
-        ],
-        &dir,
-    ));
+    let out = ok(train(&["--set", &steps(4), "--set", "optim.lr=0.0005"]));
     assert!(out.contains("had already reached step 4"), "{out}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -22,12 +22,12 @@ pub mod parity;
 // The training pieces these measure, under the names they had in orrery-train.
 #[cfg(feature = "wgpu")]
 use orrery_parallel::kernels;
-#[cfg(feature = "cuda")]
-use orrery_parallel::{cuda_device, CudaFused, CudaPlain};
-use orrery_parallel::{glue, optim, replica, step};
 #[cfg(feature = "wgpu")]
 use orrery_parallel::Error as TrainError;
 use orrery_parallel::Result;
+#[cfg(feature = "cuda")]
+use orrery_parallel::{cuda_device, CudaFused, CudaPlain};
+use orrery_parallel::{glue, optim, replica, step};
 
 /// The config tree (orrery-config).
 mod config {
