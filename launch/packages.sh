@@ -8,9 +8,14 @@
 # installed, one a line.
 missing_packages() {
   local p status
+  if ! command -v dpkg-query >/dev/null 2>&1; then
+    echo "packages.sh: dpkg-query not found (not a Debian-based system): not checking $*; install their equivalents yourself" >&2
+    return 0
+  fi
   for p in "$@"; do
     status=$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null || true)
-    [[ $status == ii* ]] || echo "$p"
+    # The second letter is the current state: i = installed (also when held, "hi").
+    [[ ${status:1:1} == i ]] || echo "$p"
   done
 }
 

@@ -89,7 +89,10 @@ pub struct SynthArgs {
 
 /// A dataset is written into a location of its own: files already there
 /// would mix with the new ones (two seeds' clips, or duplicate clip ids).
-fn refuse_existing_dataset(out: &str, overwrite: bool) -> Result<()> {
+/// Returns the files that `--overwrite` replaces; they are deleted only
+/// after the new dataset is written ([`remove_replaced`]), so a failed
+/// write loses nothing.
+fn existing_dataset(out: &str, overwrite: bool) -> Result<Vec<String>> {
     if !out.contains("://") {
         if let Ok(m) = std::fs::metadata(out) {
             if !m.is_dir() {
@@ -97,19 +100,44 @@ fn refuse_existing_dataset(out: &str, overwrite: bool) -> Result<()> {
             }
         }
     }
-    if overwrite {
-        let gone = orrery_data::store::remove_parquet(out)?;
-        if gone > 0 {
-            eprintln!("--overwrite: deleted the {gone} .parquet file(s) under {out}");
-        }
-        return Ok(());
+    let names = orrery_data::store::parquet_names(out)?;
+    if names.is_empty() {
+        return Ok(names);
     }
-    let found = orrery_data::store::count_parquet(out)?;
-    if found > 0 {
+    if !overwrite {
         bail!(
-            "--out {out} already holds {found} .parquet file(s); new files would mix with them into one dataset: choose a new --out, or add --overwrite to replace them"
+            "--out {out} already holds {} .parquet file(s); new files would mix with them into one dataset: choose a new --out, or add --overwrite to replace them",
+            names.len()
         );
     }
+    if let Some(nested) = names.iter().find(|n| n.contains('/')) {
+        bail!(
+            "--out {out} holds .parquet files in subfolders too ({out}/{nested}), perhaps other datasets: --overwrite replaces only a dataset in a folder of its own; choose another --out"
+        );
+    }
+    Ok(names)
+}
+
+/// After a dataset was written to `out`: delete the files it replaced that
+/// the new files did not overwrite.
+fn remove_replaced(out: &str, old: Vec<String>, written: &[String]) -> Result<()> {
+    if old.is_empty() {
+        return Ok(());
+    }
+    let new: std::collections::HashSet<&str> = written
+        .iter()
+        .map(|w| w.rsplit('/').next().unwrap_or(w))
+        .collect();
+    let stale: Vec<String> = old
+        .iter()
+        .filter(|n| !new.contains(n.as_str()))
+        .cloned()
+        .collect();
+    orrery_data::store::remove_names(out, &stale)?;
+    eprintln!(
+        "--overwrite: replaced the {} .parquet file(s) that were under {out}",
+        old.len()
+    );
     Ok(())
 }
 
@@ -154,13 +182,14 @@ fn synth(args: SynthArgs) -> Result<()> {
     if clips_per_file == 0 {
         bail!("--clips-per-file 0: each file holds at least 1 clip (default 128)");
     }
-    refuse_existing_dataset(&out, overwrite)?;
+    let replaced = existing_dataset(&out, overwrite)?;
     let files = orrery_data::store::write_dataset(
         &out,
         &render_clips(&cfg),
         &cfg.metadata(),
         clips_per_file,
     )?;
+    remove_replaced(&out, replaced, &files)?;
     println!(
         "wrote {clips} clips of [{frames}, 3, {}, {}] with actions to {} file(s) under {out}",
         size[0],
@@ -188,7 +217,7 @@ fn import(args: ImportArgs) -> Result<()> {
     if !shift.is_finite() {
         bail!("--shift {shift}: the latent shift must be a finite number");
     }
-    refuse_existing_dataset(&out, overwrite)?;
+    let replaced = existing_dataset(&out, overwrite)?;
     let r = orrery_data::import::import(&orrery_data::import::ImportOptions {
         from,
         out: out.clone(),
@@ -196,6 +225,7 @@ fn import(args: ImportArgs) -> Result<()> {
         scale,
         shift,
     })?;
+    remove_replaced(&out, replaced, &r.files)?;
     println!(
         "imported {} clips into {} file(s) under {out}: num_actions {}, action_dim {}, num_classes {}, scale {} shift {}",
         r.clips,

@@ -192,9 +192,6 @@ fn run_train(args: TrainArgs) -> Result<()> {
 }
 
 fn run_sample(args: SampleArgs) -> Result<()> {
-    if args.eta.is_some() && args.sampler.as_deref() != Some("ddim") {
-        bail!("--eta is DDIM's noise level: use it with --sampler ddim (or leave it out)");
-    }
     let opts = SampleOptions {
         checkpoint: args.checkpoint,
         out: args.out,
@@ -203,12 +200,13 @@ fn run_sample(args: SampleArgs) -> Result<()> {
         sampler: args
             .sampler
             .as_deref()
-            .map(|name| parse_sampler(name, args.eta.unwrap_or(0.0)))
+            .map(|name| parse_sampler(name, 0.0))
             .transpose()?,
         guidance: args.guidance,
         per_class: args.per_class,
         seed: args.seed,
         no_ema: args.no_ema,
+        eta: args.eta,
     };
     let r = match sample(&opts)? {
         SampleReport::Rollout(r) => r,

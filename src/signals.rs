@@ -36,8 +36,9 @@ fn lost(run_dir: &Path, sig: i32) -> String {
     let logged = last_logged.map_or(String::new(), |s| format!(" (last logged step: {s})"));
     match ckpt {
         Some((step, dir)) => format!(
-            "stopped by {name}{logged}. Kept: the checkpoint of step {step} ({}); lost: the steps after it. Continue with the same `orrery train` command (--resume auto).",
-            dir.display()
+            "stopped by {name}{logged}. Kept: the checkpoint of step {step} ({}); lost: the steps after it. Continue with `orrery train CONFIG --run-dir {}` (the default --resume auto, without --overwrite or --resume never).",
+            dir.display(),
+            run_dir.display()
         ),
         None => format!(
             "stopped by {name}{logged} before the first checkpoint of {}: every step of this run is lost (set checkpoint.every lower to keep more).",

@@ -153,6 +153,36 @@ fn run_directory_reuse_and_pruning() {
     );
     std::fs::remove_dir_all(dir.join("run/checkpoints/step_00000007")).unwrap();
 
+    // A fresh run in a folder whose old run stopped before any checkpoint:
+    // its records start afresh (one step-0 line, this run's).
+    std::fs::create_dir_all(dir.join("early")).unwrap();
+    std::fs::write(
+        dir.join("early/metrics.jsonl"),
+        "{\"step\":0,\"heldout_loss\":9.0}\n",
+    )
+    .unwrap();
+    ok(orrery(
+        &[
+            "train",
+            "tiny.toml",
+            "--run-dir",
+            "early",
+            "--set",
+            "run.steps=1",
+        ],
+        &dir,
+    ));
+    let metrics = std::fs::read_to_string(dir.join("early/metrics.jsonl")).unwrap();
+    assert_eq!(
+        metrics
+            .lines()
+            .filter(|l| l.contains("\"step\":0,"))
+            .count(),
+        1,
+        "{metrics}"
+    );
+    assert!(!metrics.contains("9.0"), "{metrics}");
+
     // Without `latest`: the newest complete checkpoint, for train, sample and export.
     std::fs::remove_file(dir.join("run/checkpoints/latest")).unwrap();
     std::fs::create_dir_all(dir.join("run/checkpoints/step_00000009.tmp")).unwrap();
@@ -273,6 +303,28 @@ fn inspect_refuses_what_train_refuses() {
         ),
         "--shift inf",
     );
+    // --overwrite deletes the old files only after the new ones are written:
+    // an import that fails (no clip files in --from) leaves them all.
+    std::fs::create_dir_all(dir.join("empty")).unwrap();
+    user_error(
+        orrery(
+            &[
+                "data",
+                "import",
+                "--from",
+                "empty",
+                "--out",
+                "data",
+                "--overwrite",
+            ],
+            &dir,
+        ),
+        "empty",
+    );
+    assert!(
+        dir.join("data/part-00000.parquet").is_file(),
+        "the old dataset is kept"
+    );
     // Paths print as the user gave them: absolute stays absolute.
     std::fs::remove_file(dir.join("data/part-00009.parquet")).unwrap();
     let abs = dir.join("data");
@@ -330,6 +382,32 @@ fn sample_checks_its_arguments() {
     );
     let out = ok(s(&["--out", "b.gif", "--sampler", "ddim", "--eta", "0.5"]));
     assert!(out.contains("wrote"), "{out}");
+    // A run that samples with DDIM takes --eta without --sampler.
+    ok(orrery(
+        &[
+            "train",
+            "tiny.toml",
+            "--run-dir",
+            "ddim",
+            "--set",
+            "run.steps=1",
+            "--set",
+            "sample.sampler=ddim",
+        ],
+        &dir,
+    ));
+    ok(orrery(
+        &[
+            "sample",
+            "--checkpoint",
+            "ddim",
+            "--out",
+            "c.gif",
+            "--eta",
+            "0.5",
+        ],
+        &dir,
+    ));
     let help = ok(orrery(&["sample", "--help"], &dir));
     assert!(
         help.contains("[default: the run's sample.frames]"),

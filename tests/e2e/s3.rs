@@ -168,7 +168,7 @@ fn train_from_s3_equals_train_from_a_local_copy() {
     );
     rewrite.push("--overwrite");
     let out = ok(orrery_s3(&moto, &rewrite, &dir));
-    assert!(out.contains("deleted the 1 .parquet file(s)"), "{out}");
+    assert!(out.contains("replaced the 1 .parquet file(s)"), "{out}");
     // Rewrite one file of the indexed dataset in place (an object PUT).
     python(&[
         "-c",

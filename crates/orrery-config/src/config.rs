@@ -394,6 +394,10 @@ impl TrainConfig {
         if let Some(toml::Value::Table(m)) = defaults.get_mut("model") {
             m.insert("preset".into(), toml::Value::String(String::new()));
         }
+        // Bare variant names become tables before and after the overrides,
+        // so `--set objective.weighting.gamma=3` works on a file's
+        // `weighting = "min_snr"`, and `--set objective.weighting=none` too.
+        crate::overrides::bare_variants(&mut value, &defaults);
         for o in overrides {
             crate::overrides::apply(&mut value, &defaults, o)?;
         }

@@ -119,6 +119,18 @@ fn tagged_tables_take_the_bare_variant_name() {
             "{text} {set:?}"
         );
     }
+    // A bare name in the file, then one of its fields from the command line.
+    let cfg = parse(
+        "[objective]\nweighting = \"min_snr\"\n",
+        &["objective.weighting.gamma=3.0"],
+    )
+    .unwrap();
+    let want = parse(
+        "[objective]\nweighting = { kind = \"min_snr\", gamma = 3.0 }\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(cfg.objective.weighting, want.objective.weighting);
     let cfg = parse("", &["sample.sampler=heun", "objective.timesteps=uniform"]).unwrap();
     assert_eq!(cfg.sample.sampler, Sampler::Heun);
 }

@@ -31,7 +31,10 @@ pub fn apply(value: &mut toml::Table, defaults: &toml::Table, spec: &str) -> Res
         let path = parts[..=i].join(".");
         let in_defaults = def.and_then(|d| d.get(*part));
         let in_file = node.contains_key(*part);
-        if in_defaults.is_none() && !in_file {
+        // A tagged table's variant has fields the defaults do not show
+        // (`objective.weighting.gamma` of min_snr): deserializing checks them.
+        let variant_field = i + 1 == parts.len() && node.contains_key("kind");
+        if in_defaults.is_none() && !in_file && !variant_field {
             let mut keys: Vec<&str> = def
                 .map(|d| d.keys().map(String::as_str).collect())
                 .unwrap_or_default();

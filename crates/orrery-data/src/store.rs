@@ -350,41 +350,46 @@ impl Location {
     }
 }
 
-/// The number of `.parquet` files under `url` (0 when there are none, or
-/// the location does not exist yet).
-pub fn count_parquet(url: &str) -> Result<usize> {
-    let loc = parse(url)?;
-    runtime().block_on(async {
-        match loc.list_parquet_meta().await {
-            Ok(files) => Ok(files.len()),
-            Err(DataError::Empty { .. }) => Ok(0),
-            Err(DataError::Store {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => Ok(0),
-            Err(e) => Err(e),
-        }
-    })
-}
-
-/// Delete every `.parquet` file under `url` (to write a dataset anew in
-/// its place). Returns how many were deleted.
-pub fn remove_parquet(url: &str) -> Result<usize> {
+/// The `.parquet` files under `url`, as paths relative to it
+/// (`part-00000.parquet`, or `sub/x.parquet` in a subfolder); empty when
+/// there are none or the location does not exist yet.
+pub fn parquet_names(url: &str) -> Result<Vec<String>> {
     let loc = parse(url)?;
     runtime().block_on(async {
         let files = match loc.list_parquet().await {
             Ok(files) => files,
-            Err(DataError::Empty { .. }) => return Ok(0),
+            Err(DataError::Empty { .. }) => return Ok(Vec::new()),
             Err(DataError::Store {
                 source: object_store::Error::NotFound { .. },
                 ..
-            }) => return Ok(0),
+            }) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        for path in &files {
-            loc.store.delete(path).await.map_err(|e| loc.store_err(e))?;
+        Ok(files
+            .iter()
+            .filter_map(|p| p.prefix_match(&loc.prefix))
+            .map(|parts| {
+                parts
+                    .map(|p| p.as_ref().to_string())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            })
+            .collect())
+    })
+}
+
+/// Delete the files `names` (relative to `url`, as [`parquet_names`] gives them).
+pub fn remove_names(url: &str, names: &[String]) -> Result<()> {
+    let loc = parse(url)?;
+    runtime().block_on(async {
+        for name in names {
+            let path = loc.prefix.clone().join(name.as_str());
+            loc.store
+                .delete(&path)
+                .await
+                .map_err(|e| loc.store_err(e))?;
         }
-        Ok(files.len())
+        Ok(())
     })
 }
 

@@ -34,10 +34,12 @@ impl Records {
         };
         if main {
             r.tb = Some(EventWriter::create(&run_dir.join("tensorboard")).map_err(io(run_dir))?);
-            r.metrics = Some(keep_lines(&run_dir.join("metrics.jsonl"), |s| s <= step)?);
+            // A fresh start keeps nothing, not even an old step-0 line.
+            let keep = |s: u64| step > 0 && s <= step;
+            r.metrics = Some(keep_lines(&run_dir.join("metrics.jsonl"), keep)?);
             // samples.jsonl: per step k (1-based, as metrics.jsonl counts),
             // the clips of the global batch that step k trained on.
-            r.samples = Some(keep_lines(&run_dir.join("samples.jsonl"), |s| s <= step)?);
+            r.samples = Some(keep_lines(&run_dir.join("samples.jsonl"), keep)?);
         }
         Ok(r)
     }

@@ -62,8 +62,10 @@ pub(crate) fn start_checkpoint(opts: &RunOptions, main: bool) -> Result<Option<P
         Resume::From(p) => Some(checkpoint::resolve(p)?),
     };
     let own = |p: &Path| {
-        let canon = |q: &Path| std::fs::canonicalize(q).ok();
-        canon(p.parent().unwrap_or(p)) == canon(&ckpt_dir)
+        let parent = std::fs::canonicalize(p)
+            .ok()
+            .and_then(|c| c.parent().map(Path::to_path_buf));
+        parent.is_some() && parent == std::fs::canonicalize(&ckpt_dir).ok()
     };
     // Rank 0 alone judges the directory (the others would only repeat its
     // message, interleaved) and moves an old run aside; its error ends the job.
@@ -155,7 +157,9 @@ pub(crate) fn config_changes(old: &TrainConfig, new: &TrainConfig) -> Result<Vec
         if x == y {
             continue;
         }
-        match FIXED.iter().find(|(f, _)| f == k) {
+        // The shuffle buffer only orders a streaming run's data.
+        let matters = k != "data.shuffle_buffer" || new.data.streaming || old.data.streaming;
+        match FIXED.iter().find(|(f, _)| f == k).filter(|_| matters) {
             Some((_, why)) => refused.push(format!("{k} ({x} -> {y}: {why})")),
             None => changed.push(format!("{k}: {x} -> {y}")),
         }
@@ -202,6 +206,14 @@ mod tests {
             changed.iter().any(|c| c.starts_with("optim.lr: ")),
             "{changed:?}"
         );
+        // The shuffle buffer matters only when streaming.
+        new.data.shuffle_buffer += 1;
+        assert_eq!(config_changes(&old, &new).unwrap().len(), 3);
+        new.data.streaming = true;
+        let err = config_changes(&old, &new).unwrap_err().to_string();
+        assert!(err.contains("data.shuffle_buffer"), "{err}");
+        new.data.streaming = false;
+        new.data.shuffle_buffer -= 1;
         new.data.global_batch *= 2;
         let err = config_changes(&old, &new).unwrap_err().to_string();
         assert!(err.contains("data.global_batch (16 -> 32"), "{err}");

@@ -41,6 +41,8 @@ pub struct SampleOptions {
     pub seed: u64,
     /// Use the online weights instead of the EMA.
     pub no_ema: bool,
+    /// DDIM's eta, for a DDIM sampler (from --sampler or the run's).
+    pub eta: Option<f64>,
 }
 
 /// The run's sampler settings with the command line's overrides.
@@ -49,7 +51,17 @@ fn sampler_config(
     opts: &SampleOptions,
     dims: [usize; 5],
 ) -> Result<SamplerConfig> {
-    let sampler = opts.sampler.unwrap_or(cfg.sample.sampler);
+    let mut sampler = opts.sampler.unwrap_or(cfg.sample.sampler);
+    if let Some(eta) = opts.eta {
+        match &mut sampler {
+            Sampler::Ddim { eta: e } => *e = eta,
+            other => {
+                return Err(TrainError::Config(format!(
+                    "--eta is DDIM's noise level: use it with --sampler ddim (this run samples with {other:?}), or leave it out"
+                )))
+            }
+        }
+    }
     sampler
         .validate()
         .map_err(|e| TrainError::Config(e.to_string()))?;
