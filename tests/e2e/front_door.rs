@@ -10,17 +10,7 @@ use super::{ok, orrery, tiny_dir, user_error};
 #[test]
 fn writes_to_special_or_missing_paths() {
     let dir = tiny_dir("paths");
-    ok(orrery(
-        &[
-            "train",
-            "tiny.toml",
-            "--run-dir",
-            "run",
-            "--set",
-            "run.steps=3",
-        ],
-        &dir,
-    ));
+    train_tiny(&dir, "run", 3);
     for dev in ["/dev/null", "/dev/full"] {
         user_error(
             orrery(&["ckpt", "export", "run", "--out", dev], &dir),
@@ -161,17 +151,7 @@ fn run_directory_reuse_and_pruning() {
         "{\"step\":0,\"heldout_loss\":9.0}\n",
     )
     .unwrap();
-    ok(orrery(
-        &[
-            "train",
-            "tiny.toml",
-            "--run-dir",
-            "early",
-            "--set",
-            "run.steps=1",
-        ],
-        &dir,
-    ));
+    train_tiny(&dir, "early", 1);
     let metrics = std::fs::read_to_string(dir.join("early/metrics.jsonl")).unwrap();
     assert_eq!(
         metrics
@@ -349,17 +329,7 @@ fn inspect_refuses_what_train_refuses() {
 #[test]
 fn sample_checks_its_arguments() {
     let dir = tiny_dir("samplearg");
-    ok(orrery(
-        &[
-            "train",
-            "tiny.toml",
-            "--run-dir",
-            "run",
-            "--set",
-            "run.steps=2",
-        ],
-        &dir,
-    ));
+    train_tiny(&dir, "run", 2);
     let s = |extra: &[&str]| {
         let mut a = vec!["sample", "--checkpoint", "run"];
         a.extend_from_slice(extra);
@@ -414,6 +384,15 @@ fn sample_checks_its_arguments() {
         "{help}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Train tiny.toml in `dir` for `steps` steps into run directory `run`.
+fn train_tiny(dir: &Path, run: &str, steps: u32) {
+    let steps = format!("run.steps={steps}");
+    ok(orrery(
+        &["train", "tiny.toml", "--run-dir", run, "--set", &steps],
+        dir,
+    ));
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -478,17 +457,7 @@ fn setup_checks_packages_by_name() {
 #[test]
 fn a_checkpoint_that_does_not_match_the_model_is_refused() {
     let dir = tiny_dir("badckpt");
-    ok(orrery(
-        &[
-            "train",
-            "tiny.toml",
-            "--run-dir",
-            "good",
-            "--set",
-            "run.steps=3",
-        ],
-        &dir,
-    ));
+    train_tiny(&dir, "good", 3);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/tamper.py");
     for file in [
         "model.safetensors",

@@ -43,9 +43,11 @@ pub(crate) use orrery_parallel::io;
 pub use orrery_parallel::Error as TrainError;
 /// Result alias for this crate.
 pub use orrery_parallel::Result;
-pub use orrery_parallel::{
-    ddp, fsdp, fsdp_step, glue, kernels, nccl, optim, replica, step, update,
-};
+// orrery-parallel's pieces the loop uses, under their old paths.
+/// NCCL sums on the device (orrery-parallel), for `orrery bench comm --nccl`.
+#[cfg(feature = "cuda")]
+pub use orrery_parallel::nccl;
+pub(crate) use orrery_parallel::{fsdp, glue, optim, replica, step};
 
 pub use config::TrainConfig;
 pub use rundir::{Resume, RunOptions};

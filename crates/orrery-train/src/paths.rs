@@ -70,24 +70,6 @@ pub fn output_file(path: &Path, flag: &str) -> Result<()> {
     Ok(())
 }
 
-/// Check that `path` (named `flag`) can be a directory to write into: missing
-/// (it is created) or a directory.
-pub fn output_dir(path: &Path, flag: &str) -> Result<()> {
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(m) => Err(TrainError::Config(format!(
-            "{flag} {} exists and is {}, not a directory: name a folder",
-            path.display(),
-            kind(&m)
-        ))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(path)
-            .map_err(|e| {
-                TrainError::Io(format!("{flag} {}: cannot create it: {e}", path.display()))
-            }),
-        Err(e) => Err(TrainError::Io(format!("{flag} {}: {e}", path.display()))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,10 +99,6 @@ mod tests {
         );
         std::fs::write(&nested, b"x").unwrap();
         output_file(&nested, "--out").unwrap();
-        let err = output_dir(&nested, "--run-dir").unwrap_err().to_string();
-        assert!(err.contains("not a directory"), "{err}");
-        output_dir(&dir.join("c"), "--run-dir").unwrap();
-        assert!(dir.join("c").is_dir());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
