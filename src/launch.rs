@@ -61,11 +61,26 @@ pub fn run_launch(args: LaunchArgs) -> Result<()> {
         return Ok(());
     }
     eprintln!("launching: {shown}");
-    let status = cmd.status().map_err(|e| {
+    // mpirun answers SIGTERM and Ctrl-C by killing the ranks a second
+    // later, but forwards SIGUSR1 to them: in its own process group (out of
+    // reach of the terminal's Ctrl-C), it gets a SIGUSR1 for any of the
+    // three, so that the ranks finish their step and write a checkpoint.
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    let mut child = cmd.spawn().map_err(|e| {
         anyhow::anyhow!(
             "cannot run mpirun ({e}): install OpenMPI (launch/setup.sh does) or put mpirun on PATH"
         )
     })?;
+    forward_stop_signals(child.id());
+    let status = child.wait().context("waiting for mpirun")?;
+    if status.code() == Some(i32::from(orrery_train::PREEMPTED_EXIT_CODE)) {
+        return Err(crate::signals::Preempted(format!(
+            "the job stopped on a signal after writing a checkpoint (exit code {}); run the same command again to resume",
+            orrery_train::PREEMPTED_EXIT_CODE
+        ))
+        .into());
+    }
     if !status.success() {
         bail!(
             "the job failed: mpirun exited with {} (the failing rank's message is above)",
@@ -73,6 +88,27 @@ pub fn run_launch(args: LaunchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Turn SIGTERM, SIGUSR1 and the first Ctrl-C to this process into a
+/// SIGUSR1 to mpirun (`pid`), which forwards it to every rank; a second
+/// Ctrl-C ends the job at once (SIGTERM to mpirun).
+fn forward_stop_signals(pid: u32) {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let mut interrupts = 0;
+        for sig in signals.forever() {
+            interrupts += usize::from(sig == SIGINT);
+            let forward = if interrupts >= 2 { SIGTERM } else { SIGUSR1 };
+            // SAFETY: kill(2) with a child's pid and a valid signal number.
+            unsafe {
+                libc::kill(pid as libc::pid_t, forward);
+            }
+        }
+    });
 }
 
 /// Whether this process runs as root (OpenMPI refuses that unless told).

@@ -148,7 +148,8 @@ fn run_train(args: TrainArgs) -> Result<()> {
         path => Resume::From(PathBuf::from(path)),
     };
     let world_model = cfg.model.has_actions();
-    signals::report_interruptions(&run_dir);
+    let steps = cfg.run.steps;
+    let stop = signals::stop_on_signals(&run_dir);
     let s = train(
         cfg,
         RunOptions {
@@ -156,8 +157,27 @@ fn run_train(args: TrainArgs) -> Result<()> {
             resume,
             stop_after: args.stop_after,
             overwrite: args.overwrite,
+            stop,
         },
     )?;
+    if let Some(sig) = s.stopped_by {
+        // Every rank exits with the code a scheduler requeues on; rank 0 says why.
+        let msg = if s.rank == 0 {
+            format!(
+                "stopped by {} after step {} of {}: wrote checkpoint {}. Continue with `orrery train {} --run-dir {}` (the default --resume auto); exit code {}",
+                if sig == 0 { "a signal to another rank" } else { signals::name(sig) },
+                s.end_step,
+                steps,
+                s.checkpoint.display(),
+                args.config.display(),
+                run_dir.display(),
+                orrery_train::PREEMPTED_EXIT_CODE,
+            )
+        } else {
+            String::new()
+        };
+        return Err(signals::Preempted(msg).into());
+    }
     if s.rank != 0 {
         return Ok(());
     }
@@ -361,6 +381,12 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<signals::Preempted>().is_some() => {
+            if !e.to_string().is_empty() {
+                eprintln!("{e}");
+            }
+            ExitCode::from(orrery_train::PREEMPTED_EXIT_CODE)
+        }
         Err(e) => {
             // Under a launcher every rank may fail the same way: name the rank.
             let who = match orrery_dist::World::from_env() {

@@ -25,6 +25,10 @@ mod s3;
 #[path = "e2e/front_door.rs"]
 mod front_door;
 
+/// Runs left alone: non-finite steps, signals that checkpoint and stop.
+#[path = "e2e/unattended.rs"]
+mod unattended;
+
 fn orrery(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_orrery"))
         .args(args)

@@ -66,6 +66,10 @@ pub struct RunConfig {
     /// `orrery bench parity` before turning it on. Ignored on the CPU,
     /// which has no kernel fusion.
     pub fusion: bool,
+    /// A step whose loss or gradient norm is not finite is skipped (no
+    /// update, counted in metrics); this many in a row stop the run with an
+    /// error, keeping its last checkpoint (at least 1; 1 stops at the first).
+    pub max_skipped_steps: u64,
 }
 
 /// Training compute precision.
@@ -87,6 +91,7 @@ impl Default for RunConfig {
             device: Device::Cpu,
             precision: Precision::F32,
             fusion: false,
+            max_skipped_steps: 5,
         }
     }
 }
@@ -451,6 +456,9 @@ impl TrainConfig {
             .map_err(|e| ConfigError(e.to_string()))?;
         if self.run.steps == 0 {
             return bad("run.steps must be at least 1".into());
+        }
+        if self.run.max_skipped_steps == 0 {
+            return bad("run.max_skipped_steps = 0: set it to at least 1 (1 stops the run at the first step with a non-finite loss or gradient norm)".into());
         }
         if self.data.global_batch == 0 {
             return bad("data.global_batch must be at least 1".into());

@@ -22,7 +22,7 @@ use orrery_model::{DitBlock, DitEmbed, DitInput, FinalLayer, Stem};
 use crate::fsdp::{unit_grads, Fsdp};
 use crate::optim::{AdamW, Ema, FlatMap};
 use crate::step::StepOut;
-use crate::update::{update, Decay, ParamGrad};
+use crate::update::{finite_step, update, Decay, ParamGrad};
 use crate::{Error, Result};
 use orrery_config::TrainConfig;
 
@@ -253,6 +253,7 @@ pub fn fsdp_step<B: AutodiffBackend>(
         } else {
             0
         },
+        skipped: !finite_step(loss_value, norm),
     })
 }
 

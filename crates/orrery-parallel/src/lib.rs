@@ -169,13 +169,17 @@ pub enum Error {
     /// A broken invariant of orrery itself, not of the user's input.
     #[error("internal error (a bug in orrery; please report it): {0}")]
     Internal(String),
-    /// Training diverged or the data holds non-finite values.
-    #[error("non-finite {what} at step {step}: the run stopped before writing anything from this step; lower optim.lr, check the data with `orrery data inspect`, or resume from the last checkpoint")]
+    /// Too many steps in a row had a non-finite loss or gradient norm.
+    #[error("steps {first}..={step} all had a non-finite loss or gradient norm ({last}), {} in a row (run.max_skipped_steps = {limit}): the run stopped, keeping its last checkpoint. Lower optim.lr or raise optim.warmup_steps, check the data with `orrery data inspect`, or raise run.max_skipped_steps", step - first + 1)]
     NonFinite {
-        /// The step.
+        /// The first of the skipped steps in a row.
+        first: u64,
+        /// The last (1-based, as metrics.jsonl counts).
         step: u64,
-        /// Which quantity.
-        what: String,
+        /// The last step's loss and norm, as text.
+        last: String,
+        /// run.max_skipped_steps.
+        limit: u64,
     },
 }
 

@@ -13,7 +13,7 @@ use orrery_model::{Dit, DitConfig};
 
 use crate::glue::denoiser;
 use crate::optim::{global_norm, AdamW, Ema};
-use crate::update::{update, Decay, ParamGrad};
+use crate::update::{finite_step, update, Decay, ParamGrad};
 use crate::{Error, Result};
 use orrery_config::{Precision, TrainConfig};
 
@@ -30,6 +30,8 @@ pub struct StepOut {
     pub comm_s: f64,
     /// Bytes each rank sent into all_reduce (0 for one process).
     pub comm_bytes: usize,
+    /// The loss or gradient norm was not finite: nothing was updated.
+    pub skipped: bool,
 }
 
 /// A rank's micro-batches, their noise plans, and the number of frames in
@@ -127,7 +129,8 @@ pub fn step_grads<B: AutodiffBackend>(
 }
 
 /// Clip `g`'s gradients, then AdamW and EMA: step `step` of `model`.
-/// Nothing is changed when the loss or gradient is not finite.
+/// Nothing is changed when the loss or gradient is not finite (the step
+/// is skipped).
 pub fn apply_step<B: AutodiffBackend>(
     cfg: &TrainConfig,
     model: Dit<B>,
@@ -175,12 +178,13 @@ pub fn apply_step<B: AutodiffBackend>(
             lr,
             comm_s,
             comm_bytes,
+            skipped: !finite_step(loss, norm),
         },
     ))
 }
 
 /// One optimizer step: loss, backward, clip, AdamW, EMA. Nothing is changed
-/// when the loss or gradient is not finite.
+/// when the loss or gradient is not finite (the step is skipped).
 pub fn train_step<B: AutodiffBackend>(
     cfg: &TrainConfig,
     model: Dit<B>,
@@ -300,13 +304,17 @@ mod tests {
         assert!(rel < 1e-2, "gradient norms {norms:?}");
     }
 
+    /// A batch whose loss overflows (finite latents of 1e30: the data
+    /// plane refuses NaN) skips the step: the same weights come back, and
+    /// neither AdamW nor the EMA counts it.
     #[test]
-    fn a_non_finite_batch_stops_the_step() {
+    fn a_non_finite_loss_skips_the_step() {
         let (cfg, model, shapes, mut batch) = setup();
-        batch.latents[3] = f32::NAN;
+        batch.latents[3] = 1e30;
         let batch = to_device::<AB>(&batch, &cfg.model, &Default::default());
         let (mut optim, mut ema) = (AdamW::default(), Ema::new(BTreeMap::new()));
-        let err = train_step(
+        let before = flat_params(&model);
+        let (model, out) = train_step(
             &cfg,
             model,
             &batch,
@@ -315,10 +323,17 @@ mod tests {
             &shapes,
             &orrery_dist::SingleProcess,
         )
-        .err()
-        .expect("must fail");
-        assert!(err.to_string().starts_with("non-finite loss"), "{err}");
-        assert!(err.to_string().contains("step 7"));
+        .unwrap();
+        assert!(out.skipped && !out.loss.is_finite(), "{out:?}");
+        assert_eq!(flat_params(&model), before, "the weights moved");
         assert_eq!((optim.steps, ema.updates), (0, 0), "nothing was updated");
+    }
+
+    fn flat_params(model: &Dit<AB>) -> Vec<f32> {
+        let mut all = Vec::new();
+        visit_named(model, |_, _, _, t| {
+            all.extend(t.clone().into_data().to_vec::<f32>().unwrap())
+        });
+        all
     }
 }

@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::optim::{learning_rate, AdamW, Ema};
-use crate::{Error, Result};
+use crate::Result;
 use orrery_config::TrainConfig;
 
 /// Which elements of a parameter take weight decay.
@@ -37,27 +37,27 @@ pub struct ParamGrad<B: Backend> {
     pub decay: Decay<B>,
 }
 
-/// The factor that clips the gradient to `optim.grad_clip` (1 when under
-/// it); an error, before anything is updated, when the loss or the global
-/// gradient norm is not finite.
-pub fn clip_factor(cfg: &TrainConfig, step: u64, loss: f64, norm: f64) -> Result<f64> {
-    if !loss.is_finite() || !norm.is_finite() {
-        return Err(Error::NonFinite {
-            step,
-            what: format!("loss ({loss}) or gradient norm ({norm})"),
-        });
-    }
-    Ok(if cfg.optim.grad_clip > 0.0 && norm > cfg.optim.grad_clip {
+/// Whether a step's loss and global gradient norm are both finite: a step
+/// that is not is skipped (nothing is updated).
+pub fn finite_step(loss: f64, norm: f64) -> bool {
+    loss.is_finite() && norm.is_finite()
+}
+
+/// The factor that clips the gradient of norm `norm` to `optim.grad_clip`
+/// (1 when under it).
+fn clip_factor(cfg: &TrainConfig, norm: f64) -> f64 {
+    if cfg.optim.grad_clip > 0.0 && norm > cfg.optim.grad_clip {
         cfg.optim.grad_clip / norm
     } else {
         1.0
-    })
+    }
 }
 
 /// Step `step` of every parameter in `params`, given the step's loss and
 /// global gradient norm: clip, AdamW at the scheduled learning rate, EMA.
-/// Returns the new values by name and the learning rate. Nothing is
-/// changed when the loss or the norm is not finite.
+/// Returns the new values by name and the learning rate. A step whose loss
+/// or norm is not finite is skipped: the values come back unchanged, and
+/// neither AdamW's step count nor the EMA moves.
 pub fn update<B: Backend>(
     cfg: &TrainConfig,
     step: u64,
@@ -65,8 +65,12 @@ pub fn update<B: Backend>(
     (optim, ema): (&mut AdamW<B>, &mut Ema<B>),
     params: Vec<ParamGrad<B>>,
 ) -> Result<(BTreeMap<String, Tensor<B, 1>>, f64)> {
-    let clip = clip_factor(cfg, step, loss, norm)?;
     let lr = learning_rate(&cfg.optim, step, cfg.run.steps);
+    if !finite_step(loss, norm) {
+        let unchanged = params.into_iter().map(|p| (p.name, p.value)).collect();
+        return Ok((unchanged, lr));
+    }
+    let clip = clip_factor(cfg, norm);
     optim.begin_step();
     let mut next = BTreeMap::new();
     for p in params {

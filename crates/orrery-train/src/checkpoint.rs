@@ -23,6 +23,10 @@ pub struct TrainerState {
     pub cursor: Cursor,
     /// EMA updates taken.
     pub ema_updates: u64,
+    /// Steps skipped so far for a non-finite loss or gradient norm (AdamW
+    /// has taken `step - skipped_steps`); absent in older checkpoints.
+    #[serde(default)]
+    pub skipped_steps: u64,
     /// The resolved config of the run.
     pub config: TrainConfig,
     /// World size that wrote the checkpoint.

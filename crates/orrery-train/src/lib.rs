@@ -11,7 +11,7 @@
 //! ```no_run
 //! use orrery_train::{train, RunOptions, Resume, TrainConfig};
 //! let cfg = TrainConfig::load("configs/quickstart.toml".as_ref(), &["run.steps=10".into()]).unwrap();
-//! let summary = train(cfg, RunOptions { run_dir: "runs/demo".into(), resume: Resume::Auto, stop_after: None, overwrite: false }).unwrap();
+//! let summary = train(cfg, RunOptions { run_dir: "runs/demo".into(), resume: Resume::Auto, stop_after: None, overwrite: false, stop: Default::default() }).unwrap();
 //! println!("held-out loss {} -> {}", summary.heldout_loss_start, summary.heldout_loss_end);
 //! ```
 #![deny(missing_docs)]
@@ -35,6 +35,7 @@ mod rundir;
 mod runlog;
 pub mod sample;
 mod start;
+pub mod stop;
 pub mod tensorboard;
 mod trainer;
 
@@ -51,4 +52,5 @@ pub(crate) use orrery_parallel::{fsdp, glue, optim, replica, step};
 
 pub use config::TrainConfig;
 pub use rundir::{Resume, RunOptions};
+pub use stop::{StopRequest, PREEMPTED_EXIT_CODE};
 pub use trainer::{train, train_on, TrainSummary};

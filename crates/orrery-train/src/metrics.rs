@@ -48,6 +48,10 @@ pub struct MetricsLine {
     /// Held-out loss of the EMA weights (at the end of a run).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub heldout_loss_ema: Option<f64>,
+    /// Steps skipped so far in the run for a non-finite loss or gradient
+    /// norm (nothing was updated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped_steps: Option<u64>,
 }
 
 impl MetricsLine {
@@ -67,6 +71,7 @@ impl MetricsLine {
             ("eval/context_gain", self.context_gain),
             ("eval/action_gain", self.action_gain),
             ("eval/heldout_loss_ema", self.heldout_loss_ema),
+            ("train/skipped_steps", self.skipped_steps.map(|n| n as f64)),
         ]
         .into_iter()
         .filter_map(|(tag, v)| v.map(|v| (tag, v)))
@@ -99,6 +104,7 @@ mod tests {
             context_gain: Some(10.0),
             action_gain: Some(11.0),
             heldout_loss_ema: Some(12.0),
+            skipped_steps: Some(13),
         };
         let json = serde_json::to_value(&line).unwrap();
         let obj = json.as_object().unwrap();

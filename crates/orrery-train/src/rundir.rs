@@ -31,6 +31,9 @@ pub struct RunOptions {
     /// Start afresh even where the run directory holds another run's
     /// checkpoints, moving them aside (`replaced-<time>/`).
     pub overwrite: bool,
+    /// Set (from a signal handler) to stop after the current step with a
+    /// checkpoint.
+    pub stop: crate::stop::StopRequest,
 }
 
 /// The checkpoint to resume from (None: start fresh), after applying the

@@ -29,6 +29,8 @@ pub(crate) struct Started<B: AutodiffBackend> {
     pub ema: Ema<B::InnerBackend>,
     /// Steps done so far.
     pub step: u64,
+    /// Of those, skipped for a non-finite loss or gradient norm.
+    pub skipped_steps: u64,
     /// Where the data order continues.
     pub cursor: Cursor,
     /// Every parameter's shape, by name.
@@ -42,6 +44,7 @@ struct Resumed {
     ema: TensorFile,
     ema_updates: u64,
     step: u64,
+    skipped_steps: u64,
     cursor: Cursor,
 }
 
@@ -80,9 +83,9 @@ pub(crate) fn start_or_resume<B: AutodiffBackend>(
         }
         None => None,
     };
-    let (step, cursor) = resumed
-        .as_ref()
-        .map_or((0, Cursor::default()), |r| (r.step, r.cursor));
+    let (step, skipped_steps, cursor) = resumed.as_ref().map_or((0, 0, Cursor::default()), |r| {
+        (r.step, r.skipped_steps, r.cursor)
+    });
     // Written once the resume checks passed: a refused resume leaves the
     // run directory as it was.
     if world.is_main() {
@@ -105,7 +108,8 @@ pub(crate) fn start_or_resume<B: AutodiffBackend>(
             model: &r.weights,
             optim: &r.optim,
             ema: &r.ema,
-            steps: step,
+            // AdamW counts only the steps it took.
+            steps: step - skipped_steps,
             ema_updates: r.ema_updates,
         },
         None => StartState::Fresh,
@@ -120,6 +124,7 @@ pub(crate) fn start_or_resume<B: AutodiffBackend>(
         optim,
         ema,
         step,
+        skipped_steps,
         cursor,
         shapes,
     })
@@ -161,6 +166,7 @@ fn open_checkpoint(
         ema,
         ema_updates: state.ema_updates,
         step: state.step,
+        skipped_steps: state.skipped_steps.min(state.step),
         cursor: state.cursor,
     })
 }

@@ -45,6 +45,9 @@ pub struct TrainSummary {
     pub seconds_per_step: f64,
     /// The last checkpoint written.
     pub checkpoint: PathBuf,
+    /// A signal stopped the run before `run.steps` (after writing
+    /// `checkpoint`): its number, or 0 when another rank got it.
+    pub stopped_by: Option<i32>,
 }
 
 /// Train on the backend named by `cfg.run.device`.
@@ -110,6 +113,8 @@ fn train_ranks<B: AutodiffBackend>(
         .map_or(cfg.run.steps, |n| (start_step + n).min(cfg.run.steps));
     let run_start = Instant::now();
     let mut window = Window::new();
+    let mut health = Health::default();
+    let mut stopped = None;
     let mut last = Evaluation {
         heldout: heldout_start,
         ..Default::default()
@@ -132,7 +137,14 @@ fn train_ranks<B: AutodiffBackend>(
         run.replica = next;
         run.step += 1;
         let step = run.step;
-        window.add(out.loss);
+        health.after(step, &out, &cfg, &mut run.skipped_steps, &say)?;
+        window.add(&out);
+        // A signal on any rank: every rank logs, checkpoints and stops
+        // after this step.
+        if step < stop_at {
+            stopped = opts.stop.agreed(comm)?;
+        }
+        let last_step = step == stop_at || stopped.is_some();
         bar.set_position(step);
         bar.set_message(format!("loss {:.4}", out.loss));
         // Evaluate and log.
@@ -144,16 +156,20 @@ fn train_ranks<B: AutodiffBackend>(
         if eval_now {
             last = evaluate(&cfg, &run, comm, &held, step == stop_at, &mut line)?;
         }
-        if step % cfg.logging.every == 0 || step == stop_at {
+        if step % cfg.logging.every == 0 || last_step {
             window.close(&cfg, &out, &mut line);
+            line.skipped_steps = Some(run.skipped_steps);
             bar.suspend(|| say(progress_line(&cfg, &line, eval_now.then_some(&last))));
         }
         if !line.is_empty() {
             records.log(&line)?;
         }
         // Checkpoint.
-        if step % cfg.checkpoint.every == 0 || step == stop_at {
+        if step % cfg.checkpoint.every == 0 || last_step {
             last_ckpt = write_checkpoint(&cfg, &run, &loader, &world, comm, run_dir)?;
+        }
+        if stopped.is_some() {
+            break;
         }
     }
     bar.finish_and_clear();
@@ -166,6 +182,7 @@ fn train_ranks<B: AutodiffBackend>(
         last,
         (&world, run_start),
         last_ckpt,
+        stopped,
     )
 }
 
@@ -212,8 +229,9 @@ fn begin<B: AutodiffBackend>(
 }
 
 /// The last phase: the end-of-run held-out losses (evaluated at the last
-/// step, or here when no step was left), a barrier so that nobody leaves
-/// before rank 0 has written the last checkpoint, and the summary.
+/// step, or here when no step was left; not after a signal, which leaves
+/// them NaN to stop at once), a barrier so that nobody leaves before rank 0
+/// has written the last checkpoint, and the summary.
 #[allow(clippy::too_many_arguments)]
 fn finish<B: AutodiffBackend>(
     cfg: &TrainConfig,
@@ -224,9 +242,11 @@ fn finish<B: AutodiffBackend>(
     last: Evaluation,
     (world, run_start): (&World, Instant),
     last_ckpt: PathBuf,
+    stopped_by: Option<i32>,
 ) -> Result<TrainSummary> {
     let (heldout_end, heldout_ema) = match last.heldout_ema {
         Some(ema_loss) => (last.heldout, ema_loss),
+        None if stopped_by.is_some() => (f64::NAN, f64::NAN),
         None => (
             run.replica
                 .eval(Weights::Online, comm, |m| heldout_loss(cfg, m, &held.own))?,
@@ -248,6 +268,7 @@ fn finish<B: AutodiffBackend>(
         rank: world.rank,
         seconds_per_step: run_start.elapsed().as_secs_f64() / steps_run as f64,
         checkpoint: last_ckpt,
+        stopped_by,
     })
 }
 
@@ -260,10 +281,60 @@ fn backend_note(cfg: &TrainConfig) -> &'static str {
     }
 }
 
+/// Steps skipped in a row for a non-finite loss or gradient norm.
+#[derive(Default)]
+struct Health {
+    /// The first of the current run of skipped steps, and how many.
+    in_a_row: Option<(u64, u64)>,
+}
+
+impl Health {
+    /// Count step `step` if it was skipped (in `skipped`, the run's total),
+    /// say so, and stop the run when `run.max_skipped_steps` were skipped in
+    /// a row. Every rank sees the same global loss and norm, so every rank
+    /// decides alike.
+    fn after(
+        &mut self,
+        step: u64,
+        out: &StepOut,
+        cfg: &TrainConfig,
+        skipped: &mut u64,
+        say: &dyn Fn(String),
+    ) -> Result<()> {
+        if !out.skipped {
+            self.in_a_row = None;
+            return Ok(());
+        }
+        *skipped += 1;
+        let (first, n) = match self.in_a_row {
+            Some((first, n)) => (first, n + 1),
+            None => (step, 1),
+        };
+        self.in_a_row = Some((first, n));
+        let limit = cfg.run.max_skipped_steps;
+        say(format!(
+            "step {step} skipped: loss {} and gradient norm {} (not finite); nothing was updated ({n} in a row, run.max_skipped_steps = {limit}; {skipped} in this run)",
+            out.loss, out.grad_norm
+        ));
+        if n >= limit {
+            return Err(crate::TrainError::NonFinite {
+                first,
+                step,
+                last: format!("loss {}, gradient norm {}", out.loss, out.grad_norm),
+                limit,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Training loss and throughput since the last logged step.
 struct Window {
     loss: f64,
+    /// Steps in the window, and of those the ones not skipped (the loss
+    /// is their mean).
     steps: u64,
+    counted: u64,
     data_wait: Duration,
     start: Instant,
 }
@@ -273,14 +344,18 @@ impl Window {
         Window {
             loss: 0.0,
             steps: 0,
+            counted: 0,
             data_wait: Duration::ZERO,
             start: Instant::now(),
         }
     }
 
-    fn add(&mut self, loss: f64) {
-        self.loss += loss;
+    fn add(&mut self, out: &StepOut) {
         self.steps += 1;
+        if !out.skipped {
+            self.loss += out.loss;
+            self.counted += 1;
+        }
     }
 
     /// Fill `line`'s training and throughput scalars (the last step's
@@ -288,7 +363,7 @@ impl Window {
     fn close(&mut self, cfg: &TrainConfig, out: &StepOut, line: &mut MetricsLine) {
         let secs = self.start.elapsed().as_secs_f64();
         let clips = self.steps as f64 * cfg.data.global_batch as f64;
-        line.loss = Some(self.loss / self.steps as f64);
+        line.loss = (self.counted > 0).then(|| self.loss / self.counted as f64);
         line.lr = Some(out.lr);
         line.grad_norm = Some(out.grad_norm);
         line.samples_per_s = Some(clips / secs);
@@ -384,6 +459,7 @@ fn write_checkpoint<B: AutodiffBackend>(
         step: run.step,
         cursor: loader.cursor(),
         ema_updates: run.ema.updates,
+        skipped_steps: run.skipped_steps,
         config: cfg.clone(),
         world_size: world.size,
         version: env!("CARGO_PKG_VERSION").into(),

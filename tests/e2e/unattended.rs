@@ -1,0 +1,197 @@
+//! Runs left alone: a step whose loss is not finite is skipped and counted,
+//! too many in a row stop the run; a signal checkpoints and stops it so that
+//! a resume ends where an uninterrupted run ends.
+use std::path::Path;
+
+use super::{ok, orrery, tiny_dir};
+
+/// Add one clip to `dir`'s tiny dataset whose values are finite but so
+/// large (1e30) that a batch holding it has an infinite loss: the data
+/// plane refuses NaN, so this is how a bad batch gets past it. Its id
+/// sorts first, so it is never held out.
+fn add_overflowing_clip(dir: &Path) {
+    use orrery_data::synth::{render_clip, SynthConfig};
+    let cfg = SynthConfig {
+        clips: 24,
+        frames: 6,
+        height: 16,
+        width: 16,
+        ..Default::default()
+    };
+    let mut clip = render_clip(&cfg, 0);
+    clip.id = "0-overflow".into();
+    clip.latents.iter_mut().for_each(|v| *v = 1e30 * (*v + 2.0));
+    let bytes = orrery_data::schema::write_parquet(&[clip], &cfg.metadata()).unwrap();
+    std::fs::write(dir.join("data/0-overflow.parquet"), bytes).unwrap();
+}
+
+/// One overflowing clip among 25 training clips: the one step a batch
+/// holds it in each epoch is skipped (nothing updated, counted in
+/// metrics.jsonl) and the run goes on; with run.max_skipped_steps = 1 the
+/// first such step stops the run with an error, keeping the checkpoint
+/// before it.
+#[test]
+fn a_non_finite_step_is_skipped_and_too_many_stop_the_run() {
+    let dir = tiny_dir("health");
+    add_overflowing_clip(&dir);
+    // 24 + 1 clips, 4 held out, batches of 4: the clip is in one of each
+    // epoch's 5 batches (the last, partial batch is dropped or not).
+    let log = ok(orrery(
+        &[
+            "train",
+            "tiny.toml",
+            "--run-dir",
+            "skips",
+            "--set",
+            "run.steps=12",
+        ],
+        &dir,
+    ));
+    let skipped: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" skipped: loss"))
+        .collect();
+    assert!(!skipped.is_empty() && skipped.len() <= 3, "{log}");
+    assert!(skipped[0].contains("nothing was updated"), "{log}");
+    let metrics = std::fs::read_to_string(dir.join("skips/metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert_eq!(last["step"], 12, "{metrics}");
+    assert_eq!(
+        last["skipped_steps"].as_u64(),
+        Some(skipped.len() as u64),
+        "{metrics}"
+    );
+    // Finite losses and weights after the skips.
+    assert!(last["heldout_loss"].as_f64().unwrap().is_finite());
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("skips/checkpoints/step_00000012/trainer_state.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["skipped_steps"].as_u64(), Some(skipped.len() as u64));
+    assert_eq!(
+        state["ema_updates"].as_u64(),
+        Some(12 - skipped.len() as u64),
+        "a skipped step does not update the EMA"
+    );
+
+    // The first skipped step stops a run that allows 1.
+    let first: u64 = skipped[0]
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    let out = orrery(
+        &[
+            "train",
+            "tiny.toml",
+            "--run-dir",
+            "stops",
+            "--set",
+            "run.steps=12",
+            "--set",
+            "run.max_skipped_steps=1",
+        ],
+        &dir,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "steps {first}..={first} all had a non-finite loss"
+        )) && err.contains("run.max_skipped_steps = 1")
+            && !err.contains("panicked"),
+        "{err}"
+    );
+    // Its last checkpoint (every 3 steps) is the one before the bad step.
+    let latest = std::fs::read_to_string(dir.join("stops/checkpoints/latest")).unwrap();
+    assert_eq!(
+        latest.trim(),
+        format!("step_{:08}", (first - 1) / 3 * 3),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// SIGTERM to `orrery launch -n 2`: both ranks finish the step in flight,
+/// write a checkpoint of it (off the checkpoint.every schedule) and exit
+/// with the documented code 75; the launcher exits with 75 too, and the
+/// same command resumes and ends with the weights of an uninterrupted run.
+#[test]
+fn sigterm_to_a_launch_checkpoints_and_a_resume_ends_equal() {
+    let dir = tiny_dir("preempt");
+    let steps = ["--set", "run.steps=60", "--set", "checkpoint.every=50"];
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .args([
+            "launch",
+            "-n",
+            "2",
+            "--",
+            "train",
+            "tiny.toml",
+            "--run-dir",
+            "stopped",
+        ])
+        .args(steps)
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once step 4 is logged (logging.every = 2), signal the launcher.
+    let metrics = dir.join("stopped/metrics.jsonl");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&metrics).is_ok_and(|m| m.contains("\"step\":4,")) {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "the run never reached step 4"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before the signal"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let signalled = std::time::Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(
+        signalled.elapsed().as_secs() < 60,
+        "took {:?}",
+        signalled.elapsed()
+    );
+    assert!(
+        err.contains("SIGUSR1 received: finishing this step"),
+        "{err}"
+    );
+    assert!(
+        err.contains("run the same command again to resume"),
+        "{err}"
+    );
+    let latest = std::fs::read_to_string(dir.join("stopped/checkpoints/latest")).unwrap();
+    let at: u64 = latest.trim().trim_start_matches("step_").parse().unwrap();
+    assert!((4..60).contains(&at), "stopped at step {at}");
+    assert!(
+        err.contains(&format!("after step {at} of 60: wrote checkpoint")),
+        "{err}"
+    );
+
+    // The same command resumes; the end equals an uninterrupted run.
+    let resume = super::dist::launch_train(&dir, "2", "stopped", &steps);
+    assert!(
+        resume.contains(&format!("resuming from stopped/checkpoints/step_{at:08}")),
+        "{resume}"
+    );
+    super::dist::launch_train(&dir, "2", "straight", &steps);
+    super::dist::assert_same_checkpoint(
+        &dir.join("straight/checkpoints/step_00000060"),
+        &dir.join("stopped/checkpoints/step_00000060"),
+        "stopped by SIGTERM and resumed vs uninterrupted",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
