@@ -195,3 +195,46 @@ fn sigterm_to_a_launch_checkpoints_and_a_resume_ends_equal() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--resume auto` whose latest checkpoint fails its checksum falls back to
+/// the newest intact one, says so, and keeps the damaged one (renamed, so
+/// that reaching its step again does not replace it).
+#[test]
+fn a_damaged_latest_checkpoint_falls_back_to_an_intact_one() {
+    let dir = tiny_dir("damaged");
+    ok(orrery(&["train", "tiny.toml", "--run-dir", "run"], &dir));
+    let ckpts = dir.join("run/checkpoints");
+    // One flipped bit in step 6's EMA values: the file still parses.
+    let ema = ckpts.join("step_00000006/ema.safetensors");
+    let mut bytes = std::fs::read(&ema).unwrap();
+    let at = bytes.len() - 5;
+    bytes[at] ^= 0x10;
+    std::fs::write(&ema, bytes).unwrap();
+    let log = ok(orrery(
+        &[
+            "train",
+            "tiny.toml",
+            "--run-dir",
+            "run",
+            "--set",
+            "run.steps=9",
+        ],
+        &dir,
+    ));
+    assert!(
+        log.contains("warning: checkpoint run/checkpoints/step_00000006 is damaged")
+            && log.contains("ema.safetensors: checksum")
+            && log.contains("resuming from run/checkpoints/step_00000003 instead"),
+        "{log}"
+    );
+    assert!(log.contains("trained steps 3..9"), "{log}");
+    let kept = ckpts.join("step_00000006.damaged/ema.safetensors");
+    assert!(kept.is_file(), "the damaged checkpoint was not kept");
+    assert_eq!(
+        std::fs::read_to_string(ckpts.join("latest"))
+            .unwrap()
+            .trim(),
+        "step_00000009"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -5,7 +5,12 @@ Usage: python3 tamper.py FILE CASE, CASE one of:
   extra    add a tensor the model does not have
   shape    give the first tensor another shape (same values, flattened)
   dtype    store the first tensor as float16
+
+The checkpoint's checksums.json goes too, as a checkpoint edited by hand or
+from another tool would have none: what is checked is the layout, not the
+checksum (that is tested on its own).
 """
+import os
 import sys
 
 import numpy as np
@@ -25,4 +30,7 @@ elif case == "dtype":
 else:
     sys.exit(f"unknown case {case}")
 save_file(tensors, path, metadata={"format": "orrery"})
+sums = os.path.join(os.path.dirname(path), "checksums.json")
+if os.path.exists(sums):
+    os.remove(sums)
 print(first)

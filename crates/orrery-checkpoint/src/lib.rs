@@ -27,8 +27,11 @@ use orrery_model::named::NamedTensors;
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{de::DeserializeOwned, Serialize};
 
+mod integrity;
 mod tensor_file;
 
+use crate::integrity::{checksums_json, sum_of, Summer, Sums};
+pub use crate::integrity::{newest_intact, sum_file, verify, FileSum, Intact, CHECKSUMS_FILE};
 pub(crate) use crate::tensor_file::io_err;
 pub use crate::tensor_file::{read_safetensors, TensorFile};
 
@@ -76,12 +79,14 @@ pub fn to_safetensors(
 /// A safetensors file of f32 tensors written one tensor at a time: the
 /// header (the safetensors crate's own `Metadata`, so readers agree with
 /// it) from the names and shapes given up front, then each tensor's values
-/// in that order as they arrive. `finish` checks every tensor came.
+/// in that order as they arrive. `finish` checks every tensor came, and
+/// returns the file's size and checksum, summed as it was written.
 pub struct StreamWriter {
     file: std::io::BufWriter<fs::File>,
     path: PathBuf,
     layout: Vec<(String, usize)>,
     next: usize,
+    sum: Summer,
 }
 
 impl StreamWriter {
@@ -114,9 +119,13 @@ impl StreamWriter {
         header.resize(header.len().next_multiple_of(8), b' ');
         let f = fs::File::create(path).map_err(|e| io_err(path, e))?;
         let mut file = std::io::BufWriter::with_capacity(1 << 20, f);
-        file.write_all(&(header.len() as u64).to_le_bytes())
+        let len = (header.len() as u64).to_le_bytes();
+        file.write_all(&len)
             .and_then(|_| file.write_all(&header))
             .map_err(|e| io_err(path, e))?;
+        let mut sum = Summer::default();
+        sum.add(&len);
+        sum.add(&header);
         Ok(StreamWriter {
             file,
             path: path.to_path_buf(),
@@ -125,6 +134,7 @@ impl StreamWriter {
                 .map(|(n, s)| (n.clone(), s.iter().product()))
                 .collect(),
             next: 0,
+            sum,
         })
     }
 
@@ -145,6 +155,7 @@ impl StreamWriter {
         self.next += 1;
         for chunk in values.chunks(1 << 16) {
             let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+            self.sum.add(&bytes);
             self.file
                 .write_all(&bytes)
                 .map_err(|e| io_err(&self.path, e))?;
@@ -152,8 +163,9 @@ impl StreamWriter {
         Ok(())
     }
 
-    /// Check every tensor was written, flush and sync.
-    pub fn finish(self) -> Result<()> {
+    /// Check every tensor was written, flush and sync; the file's size and
+    /// checksum.
+    pub fn finish(self) -> Result<FileSum> {
         if self.next != self.layout.len() {
             return Err(io_err(
                 &self.path,
@@ -168,13 +180,15 @@ impl StreamWriter {
             .file
             .into_inner()
             .map_err(|e| io_err(&self.path, e.error()))?;
-        f.sync_all().map_err(|e| io_err(&self.path, e))
+        f.sync_all().map_err(|e| io_err(&self.path, e))?;
+        Ok(self.sum.sum())
     }
 }
 
 /// Where a checkpoint's tensors go as they are made: a file on rank 0, and
 /// nowhere on the other ranks (which still take part in FSDP's gathers).
-pub struct TensorSink(Option<StreamWriter>);
+/// Its checksum joins the checkpoint's when it is finished.
+pub struct TensorSink(Option<(StreamWriter, String, Sums)>);
 
 impl TensorSink {
     /// Whether this rank writes (rank 0).
@@ -185,14 +199,18 @@ impl TensorSink {
     /// [`StreamWriter::put`] on rank 0; nothing elsewhere.
     pub fn put(&mut self, name: &str, values: &[f32]) -> Result<()> {
         match &mut self.0 {
-            Some(w) => w.put(name, values),
+            Some((w, _, _)) => w.put(name, values),
             None => Ok(()),
         }
     }
 
     /// [`StreamWriter::finish`] on rank 0.
     pub fn finish(self) -> Result<()> {
-        self.0.map_or(Ok(()), StreamWriter::finish)
+        if let Some((w, file, sums)) = self.0 {
+            let sum = w.finish()?;
+            sums.lock().expect("checksums lock").insert(file, sum);
+        }
+        Ok(())
     }
 }
 
@@ -203,6 +221,8 @@ pub struct Pending {
     name: String,
     /// The `.tmp` directory, on the rank that writes.
     tmp: Option<PathBuf>,
+    /// The checksums of the files written so far.
+    sums: Sums,
 }
 
 impl Pending {
@@ -225,6 +245,7 @@ impl Pending {
             dir: dir.to_path_buf(),
             name,
             tmp,
+            sums: Sums::default(),
         })
     }
 
@@ -234,12 +255,17 @@ impl Pending {
         // reproducible. The step is in the state file.
         let meta = HashMap::from([("format".to_string(), "orrery".to_string())]);
         Ok(TensorSink(match &self.tmp {
-            Some(tmp) => Some(StreamWriter::create(&tmp.join(file), layout, meta)?),
+            Some(tmp) => Some((
+                StreamWriter::create(&tmp.join(file), layout, meta)?,
+                file.to_string(),
+                self.sums.clone(),
+            )),
             None => None,
         }))
     }
 
-    /// Write the state file (`state` as JSON), move the checkpoint into
+    /// Write the checksums of every file, then the state file (`state` as
+    /// JSON, which marks the checkpoint complete), move the checkpoint into
     /// place, point `latest` at it and prune old ones, keeping `keep` up to
     /// `step`, the step of this checkpoint (rank 0). Returns its directory.
     pub fn commit(self, state: &impl Serialize, step: u64, keep: usize) -> Result<PathBuf> {
@@ -248,6 +274,9 @@ impl Pending {
             return Ok(done);
         };
         let bytes = serde_json::to_vec_pretty(state).expect("state serializes");
+        let mut sums = std::mem::take(&mut *self.sums.lock().expect("checksums lock"));
+        sums.insert(STATE_FILE.to_string(), sum_of(&bytes));
+        write_synced(&tmp.join(CHECKSUMS_FILE), &checksums_json(sums))?;
         write_synced(&tmp.join(STATE_FILE), &bytes)?;
         // A checkpoint of this step already there (a rerun step) is moved
         // aside, not deleted first: the step's directory is missing only
@@ -263,13 +292,18 @@ impl Pending {
         if old.exists() {
             fs::remove_dir_all(&old).map_err(|e| io_err(&old, e))?;
         }
-        let latest_tmp = self.dir.join("latest.tmp");
-        write_synced(&latest_tmp, format!("{}\n", self.name).as_bytes())?;
-        fs::rename(&latest_tmp, self.dir.join("latest"))
-            .map_err(|e| io_err(&self.dir.join("latest"), e))?;
+        point_latest(&self.dir, &self.name)?;
         prune(&self.dir, keep, step)?;
         Ok(done)
     }
+}
+
+/// Point checkpoints/ directory `dir`'s `latest` at its checkpoint folder
+/// `name`, atomically (a new file renamed over the old).
+pub fn point_latest(dir: &Path, name: &str) -> Result<()> {
+    let latest_tmp = dir.join("latest.tmp");
+    write_synced(&latest_tmp, format!("{name}\n").as_bytes())?;
+    fs::rename(&latest_tmp, dir.join("latest")).map_err(|e| io_err(&dir.join("latest"), e))
 }
 
 /// Write named tensors (in name order) into a pending checkpoint's `file`.

@@ -3,6 +3,8 @@
 //! may carry.
 use std::path::{Path, PathBuf};
 
+use orrery_dist::Collective;
+
 use crate::checkpoint;
 use crate::config::TrainConfig;
 use crate::{Result, TrainError};
@@ -41,7 +43,11 @@ pub struct RunOptions {
 /// another run directory) in a directory that already holds complete
 /// checkpoints is refused unless `overwrite`, which moves the old run
 /// aside on the `main` rank; nothing is deleted.
-pub(crate) fn start_checkpoint(opts: &RunOptions, main: bool) -> Result<Option<PathBuf>> {
+pub(crate) fn start_checkpoint(
+    opts: &RunOptions,
+    main: bool,
+    comm: &dyn Collective,
+) -> Result<Option<PathBuf>> {
     let run_dir = &opts.run_dir;
     if main && run_dir.exists() && !run_dir.is_dir() {
         return Err(TrainError::Config(format!(
@@ -52,17 +58,21 @@ pub(crate) fn start_checkpoint(opts: &RunOptions, main: bool) -> Result<Option<P
     let ckpt_dir = run_dir.join("checkpoints");
     let from = match &opts.resume {
         Resume::Never => None,
-        Resume::Auto => {
-            let found = checkpoint::newest(&ckpt_dir)?;
-            if found.is_some() && !ckpt_dir.join("latest").is_file() && main {
-                eprintln!(
-                    "{} has no `latest`: resuming from the newest complete checkpoint",
-                    ckpt_dir.display()
-                );
+        Resume::Auto => newest_intact(&ckpt_dir, main, comm)?,
+        Resume::From(p) => {
+            let dir = checkpoint::resolve(p)?;
+            if main {
+                checkpoint::verify(&dir).map_err(|e| {
+                    TrainError::Checkpoint(format!(
+                        "--resume {}: checkpoint {} is damaged ({e}); resume from another one (`ls {}`)",
+                        p.display(),
+                        dir.display(),
+                        dir.parent().unwrap_or(&dir).display()
+                    ))
+                })?;
             }
-            found
+            Some(dir)
         }
-        Resume::From(p) => Some(checkpoint::resolve(p)?),
     };
     let own = |p: &Path| {
         let parent = std::fs::canonicalize(p)
@@ -89,6 +99,64 @@ pub(crate) fn start_checkpoint(opts: &RunOptions, main: bool) -> Result<Option<P
         move_aside(run_dir)?;
     }
     Ok(from)
+}
+
+/// `--resume auto`'s checkpoint: the newest intact one of `ckpt_dir`,
+/// chosen by the `main` rank (which reads every file once to check its
+/// checksum) and sent to the others. A damaged newer checkpoint is named
+/// in a warning and renamed to `<name>.damaged` (never deleted, and never
+/// replaced when the run reaches its step again); `latest` then names the
+/// one resumed from.
+fn newest_intact(ckpt_dir: &Path, main: bool, comm: &dyn Collective) -> Result<Option<PathBuf>> {
+    const NONE: u64 = u64::MAX;
+    let mut step = [NONE];
+    if main {
+        let intact = checkpoint::newest_intact(ckpt_dir);
+        if let (Some(found), false) = (&intact.found, ckpt_dir.join("latest").is_file()) {
+            eprintln!(
+                "{} has no `latest`: resuming from the newest complete checkpoint, {}",
+                ckpt_dir.display(),
+                found.display()
+            );
+        }
+        if !intact.damaged.is_empty() {
+            let named = |p: &Option<PathBuf>| {
+                p.as_ref()
+                    .map_or("a fresh start (none is intact)".into(), |p| {
+                        format!("{}", p.display())
+                    })
+            };
+            for (dir, why) in &intact.damaged {
+                let aside = dir.with_extension("damaged");
+                eprintln!(
+                    "warning: checkpoint {} is damaged ({why}); resuming from {} instead. It is kept, renamed to {}",
+                    dir.display(),
+                    named(&intact.found),
+                    aside.display()
+                );
+                std::fs::rename(dir, &aside).map_err(io(&aside))?;
+            }
+            if let Some(found) = &intact.found {
+                let name = found
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                checkpoint::point_latest(ckpt_dir, name)?;
+            } else {
+                return Err(TrainError::Checkpoint(format!(
+                    "every checkpoint in {} is damaged (renamed to step_*.damaged, see above): start afresh with --resume never --overwrite, or resume from a copy with --resume PATH",
+                    ckpt_dir.display()
+                )));
+            }
+        }
+        if let Some(found) = &intact.found {
+            step[0] = checkpoint::load_state(found)?.step;
+        }
+    }
+    if comm.size() > 1 {
+        comm.broadcast_u64(&mut step, 0)?;
+    }
+    Ok((step[0] != NONE).then(|| ckpt_dir.join(checkpoint::step_dir_name(step[0]))))
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {

@@ -84,7 +84,7 @@ fn train_ranks<B: AutodiffBackend>(
         }
     };
     let run_dir = &opts.run_dir;
-    let from = crate::rundir::start_checkpoint(&opts, main)?;
+    let from = crate::rundir::start_checkpoint(&opts, main, comm)?;
     let (data, stream) = open_checked(&cfg, &world)?;
     let mut run: Started<B> =
         start_or_resume(&cfg, run_dir, from.as_deref(), (&world, comm), &device)?;
