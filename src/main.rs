@@ -10,6 +10,8 @@ mod bench;
 mod data;
 mod launch;
 mod signals;
+mod sweep;
+mod sweep_slurm;
 
 // mimalloc, counting tensor-sized allocations for `bench step`'s heap figures.
 #[global_allocator]
@@ -17,6 +19,7 @@ static ALLOC: orrery_diagnostics::heap::CountingAlloc = orrery_diagnostics::heap
 use bench::{run_bench, BenchCommand};
 use data::{run_data, DataCommand};
 use launch::{run_dist, run_launch, DistCommand, LaunchArgs};
+use orrery_train::checkpoint::SavePoint;
 use orrery_train::sample::{sample, SampleOptions, SampleReport};
 use orrery_train::{train, Resume, RunOptions, TrainConfig};
 
@@ -49,6 +52,11 @@ enum Command {
     /// Distributed helpers.
     #[command(subcommand)]
     Dist(DistCommand),
+    /// Many runs of one base config from a sweep file (docs/sweeps.md).
+    #[command(subcommand)]
+    Sweep(sweep::SweepCommand),
+    /// Compare runs: a table of their final losses and throughput.
+    Report(sweep::ReportArgs),
     /// Print the loss weight per noise level of a config's objective.
     Weights {
         /// The experiment config (TOML).
@@ -83,6 +91,15 @@ struct TrainArgs {
     /// <run dir>/replaced-<time>/, never deleted.
     #[arg(long)]
     overwrite: bool,
+    /// Record this config key (dotted, as --set takes) as a hyperparameter
+    /// in TensorBoard's HParams tab (repeatable) [default: the keys given
+    /// with --set].
+    #[arg(long = "hparam", value_name = "KEY")]
+    hparams: Vec<String>,
+    /// Tests of crash safety: kill this process (SIGKILL) when a checkpoint
+    /// write reaches `tensors`, `rename` or `latest`.
+    #[arg(long, hide = true, value_parser = ["tensors", "rename", "latest"])]
+    debug_kill_at: Option<String>,
 }
 
 #[derive(Args)]
@@ -158,6 +175,19 @@ fn run_train(args: TrainArgs) -> Result<()> {
             stop_after: args.stop_after,
             overwrite: args.overwrite,
             stop,
+            hparams: if args.hparams.is_empty() {
+                args.set
+                    .iter()
+                    .filter_map(|s| s.split_once('=').map(|(k, _)| k.trim().to_string()))
+                    .collect()
+            } else {
+                args.hparams.clone()
+            },
+            kill_at: args.debug_kill_at.as_deref().map(|p| match p {
+                "tensors" => SavePoint::Tensors,
+                "rename" => SavePoint::Rename,
+                _ => SavePoint::Latest,
+            }),
         },
     )?;
     if let Some(sig) = s.stopped_by {
@@ -367,6 +397,8 @@ fn main() -> ExitCode {
         Command::Weights { config, set, bins } => run_weights(config, set, bins),
         Command::Launch(args) => run_launch(args),
         Command::Dist(cmd) => run_dist(cmd),
+        Command::Sweep(cmd) => sweep::run_sweep(cmd),
+        Command::Report(args) => sweep::run_report(args),
         Command::Ckpt(CkptCommand::Export { from, ema, out }) => {
             orrery_train::export::export(&from, ema, &out)
                 .map(|(dir, n)| {

@@ -29,6 +29,11 @@ mod front_door;
 #[path = "e2e/unattended.rs"]
 mod unattended;
 
+/// Sweeps: plan, run side by side, skip finished runs, resume interrupted
+/// ones, report; bad keys refused before anything runs.
+#[path = "e2e/sweep.rs"]
+mod sweep;
+
 fn orrery(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_orrery"))
         .args(args)

@@ -238,3 +238,60 @@ fn a_damaged_latest_checkpoint_falls_back_to_an_intact_one() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `kill -9` at each point of an asynchronous save (while writing tensors,
+/// before the rename of the `.tmp` folder, before `latest` names it),
+/// stopped there deterministically by the hidden `--debug-kill-at`: the
+/// previous checkpoint stays intact and named, and `--resume auto`
+/// continues from it to the weights of an uninterrupted run.
+#[test]
+fn a_kill_during_an_asynchronous_save_keeps_the_previous_checkpoint() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tiny_dir("crash");
+    let nine = ["--set", "run.steps=9", "--set", "checkpoint.async=true"];
+    ok(orrery(
+        &[&["train", "tiny.toml", "--run-dir", "straight"][..], &nine].concat(),
+        &dir,
+    ));
+    for point in ["tensors", "rename", "latest"] {
+        let run = format!("killed-{point}");
+        let train = |extra: &[&str]| {
+            let mut args = vec!["train", "tiny.toml", "--run-dir", &run];
+            args.extend(nine);
+            args.extend(extra);
+            orrery(&args, &dir)
+        };
+        // Checkpoints 3 and 6, then a kill while step 9's is written.
+        ok(train(&["--stop-after", "6"]));
+        let out = train(&["--debug-kill-at", point]);
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "{point}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ckpts = dir.join(&run).join("checkpoints");
+        let latest = std::fs::read_to_string(ckpts.join("latest")).unwrap();
+        assert_eq!(latest.trim(), "step_00000006", "{point}");
+        let (tmp, done) = (
+            ckpts.join("step_00000009.tmp").exists(),
+            ckpts.join("step_00000009").exists(),
+        );
+        let expected = match point {
+            "latest" => (false, true),
+            _ => (true, false),
+        };
+        assert_eq!((tmp, done), expected, "{point}: (.tmp, renamed)");
+        let log = ok(train(&[]));
+        assert!(
+            log.contains(&format!("resuming from {run}/checkpoints/step_00000006")),
+            "{point}: {log}"
+        );
+        super::dist::assert_same_checkpoint(
+            &dir.join("straight/checkpoints/step_00000009"),
+            &ckpts.join("step_00000009"),
+            &format!("killed at {point} and resumed vs uninterrupted"),
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

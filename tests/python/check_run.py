@@ -62,19 +62,27 @@ def main():
             fail(f"TensorBoard has no scalar {tag}; has {tags['scalars']}")
     losses = {e.step: e.value for e in acc.Scalars("train/loss")}
     # metrics.jsonl and TensorBoard hold the same scalars at the same steps.
-    group = {"loss": "train", "lr": "train", "grad_norm": "train"}
+    group = {"loss": "train", "lr": "train", "grad_norm": "train", "skipped_steps": "train"}
     perf = ("samples_per_s", "model_tflops_per_s", "step_time_s", "data_wait_frac")
+    # The held-out loss per noise level: a list of 8 in metrics.jsonl.
+    levels = ["0.06", "0.19", "0.31", "0.44", "0.56", "0.69", "0.81", "0.94"]
     for m in metrics:
         for key, value in m.items():
             if key == "step":
                 continue
-            tag = f"{group.get(key, 'perf' if key in perf else 'eval')}/{key}"
-            if tag not in tags["scalars"]:
-                fail(f"metrics.jsonl has {key} but TensorBoard has no {tag}")
-            tb = {e.step: e.value for e in acc.Scalars(tag)}
-            if m["step"] not in tb or abs(tb[m["step"]] - value) > 1e-5 * max(1.0, abs(value)):
-                fail(f"step {m['step']}: TensorBoard {tag} {tb.get(m['step'])} != metrics.jsonl {key} {value}")
-    if metrics[0] != {"step": 0, "heldout_loss": metrics[0].get("heldout_loss")}:
+            if key == "loss_by_t":
+                if len(value) != 8:
+                    fail(f"step {m['step']}: loss_by_t has {len(value)} levels, not 8")
+                pairs = [(f"loss_by_t/t={t}", v) for t, v in zip(levels, value)]
+            else:
+                pairs = [(f"{group.get(key, 'perf' if key in perf else 'eval')}/{key}", value)]
+            for tag, value in pairs:
+                if tag not in tags["scalars"]:
+                    fail(f"metrics.jsonl has {key} but TensorBoard has no {tag}")
+                tb = {e.step: e.value for e in acc.Scalars(tag)}
+                if m["step"] not in tb or abs(tb[m["step"]] - value) > 1e-5 * max(1.0, abs(value)):
+                    fail(f"step {m['step']}: TensorBoard {tag} {tb.get(m['step'])} != metrics.jsonl {key} {value}")
+    if set(metrics[0]) != {"step", "heldout_loss", "loss_by_t"} or metrics[0]["step"] != 0:
         fail(f"metrics.jsonl's first line is not the step-0 held-out loss: {metrics[0]}")
     if "heldout_loss_ema" not in metrics[-1]:
         fail(f"metrics.jsonl's last line lacks heldout_loss_ema: {metrics[-1]}")

@@ -185,10 +185,27 @@ impl StreamWriter {
     }
 }
 
+/// A point in the writing of a checkpoint, where a test may stop the
+/// process (as `kill -9` would) to check that nothing is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SavePoint {
+    /// After a tensor went into a file (the first comes early in the
+    /// model file).
+    Tensors,
+    /// Every file and the state written, before the `.tmp` folder is
+    /// renamed into place.
+    Rename,
+    /// Renamed into place, before `latest` names it.
+    Latest,
+}
+
+/// Called at each [`SavePoint`] (tests stop the process there).
+pub type SaveHook = std::sync::Arc<dyn Fn(SavePoint) + Send + Sync>;
+
 /// Where a checkpoint's tensors go as they are made: a file on rank 0, and
 /// nowhere on the other ranks (which still take part in FSDP's gathers).
 /// Its checksum joins the checkpoint's when it is finished.
-pub struct TensorSink(Option<(StreamWriter, String, Sums)>);
+pub struct TensorSink(Option<(StreamWriter, String, Sums)>, Option<SaveHook>);
 
 impl TensorSink {
     /// Whether this rank writes (rank 0).
@@ -199,7 +216,14 @@ impl TensorSink {
     /// [`StreamWriter::put`] on rank 0; nothing elsewhere.
     pub fn put(&mut self, name: &str, values: &[f32]) -> Result<()> {
         match &mut self.0 {
-            Some((w, _, _)) => w.put(name, values),
+            Some((w, _, _)) => {
+                w.put(name, values)?;
+                if let Some(hook) = &self.1 {
+                    w.file.flush().map_err(|e| io_err(&w.path, e))?;
+                    hook(SavePoint::Tensors);
+                }
+                Ok(())
+            }
             None => Ok(()),
         }
     }
@@ -223,6 +247,7 @@ pub struct Pending {
     tmp: Option<PathBuf>,
     /// The checksums of the files written so far.
     sums: Sums,
+    hook: Option<SaveHook>,
 }
 
 impl Pending {
@@ -246,7 +271,20 @@ impl Pending {
             name,
             tmp,
             sums: Sums::default(),
+            hook: None,
         })
+    }
+
+    /// Call `hook` at each [`SavePoint`] of this checkpoint's writing.
+    pub fn with_hook(mut self, hook: Option<SaveHook>) -> Self {
+        self.hook = hook;
+        self
+    }
+
+    fn reached(&self, point: SavePoint) {
+        if let Some(hook) = &self.hook {
+            hook(point);
+        }
     }
 
     /// A sink for tensors file `file` (MODEL_FILE, ...) of `layout`.
@@ -254,14 +292,17 @@ impl Pending {
         // One metadata key: checkpoints should be byte-for-byte
         // reproducible. The step is in the state file.
         let meta = HashMap::from([("format".to_string(), "orrery".to_string())]);
-        Ok(TensorSink(match &self.tmp {
-            Some(tmp) => Some((
-                StreamWriter::create(&tmp.join(file), layout, meta)?,
-                file.to_string(),
-                self.sums.clone(),
-            )),
-            None => None,
-        }))
+        Ok(TensorSink(
+            match &self.tmp {
+                Some(tmp) => Some((
+                    StreamWriter::create(&tmp.join(file), layout, meta)?,
+                    file.to_string(),
+                    self.sums.clone(),
+                )),
+                None => None,
+            },
+            self.hook.clone(),
+        ))
     }
 
     /// Write the checksums of every file, then the state file (`state` as
@@ -270,7 +311,7 @@ impl Pending {
     /// `step`, the step of this checkpoint (rank 0). Returns its directory.
     pub fn commit(self, state: &impl Serialize, step: u64, keep: usize) -> Result<PathBuf> {
         let done = self.dir.join(&self.name);
-        let Some(tmp) = self.tmp else {
+        let Some(tmp) = self.tmp.clone() else {
             return Ok(done);
         };
         let bytes = serde_json::to_vec_pretty(state).expect("state serializes");
@@ -288,10 +329,12 @@ impl Pending {
             }
             fs::rename(&done, &old).map_err(|e| io_err(&old, e))?;
         }
+        self.reached(SavePoint::Rename);
         fs::rename(&tmp, &done).map_err(|e| io_err(&done, e))?;
         if old.exists() {
             fs::remove_dir_all(&old).map_err(|e| io_err(&old, e))?;
         }
+        self.reached(SavePoint::Latest);
         point_latest(&self.dir, &self.name)?;
         prune(&self.dir, keep, step)?;
         Ok(done)

@@ -285,6 +285,11 @@ pub struct CheckpointConfig {
     pub every: u64,
     /// Keep the newest this many checkpoints.
     pub keep: usize,
+    /// Write checkpoints on a background thread from a host copy of the
+    /// state taken at the step (at most one in flight), while training
+    /// goes on. DDP and one process; FSDP writes synchronously.
+    #[serde(rename = "async")]
+    pub asynchronous: bool,
 }
 
 impl Default for CheckpointConfig {
@@ -292,6 +297,7 @@ impl Default for CheckpointConfig {
         Self {
             every: 100,
             keep: 3,
+            asynchronous: true,
         }
     }
 }

@@ -29,6 +29,34 @@ pub enum Replica<B: AutodiffBackend> {
     Sharded(Fsdp<B::InnerBackend>),
 }
 
+/// A checkpoint's tensors copied to host memory ([`Replica::snapshot`]).
+pub struct Snapshot {
+    /// The model weights.
+    pub model: orrery_model::named::NamedTensors,
+    /// The EMA weights.
+    pub ema: orrery_model::named::NamedTensors,
+    /// The AdamW moments (`exp_avg.<name>`, `exp_avg_sq.<name>`).
+    pub optim: orrery_model::named::NamedTensors,
+}
+
+impl Snapshot {
+    /// Write it into `pending` (any thread).
+    pub fn write(&self, pending: &Pending) -> Result<()> {
+        write_named(pending, MODEL_FILE, &self.model)?;
+        write_named(pending, EMA_FILE, &self.ema)?;
+        Ok(write_named(pending, OPTIM_FILE, &self.optim)?)
+    }
+
+    /// Bytes of host memory it holds.
+    pub fn bytes(&self) -> usize {
+        [&self.model, &self.ema, &self.optim]
+            .iter()
+            .flat_map(|m| m.values())
+            .map(|t| 4 * t.data.len())
+            .sum()
+    }
+}
+
 /// Which weights to evaluate.
 #[derive(Clone, Copy)]
 pub enum Weights<'a, B: AutodiffBackend> {
@@ -231,6 +259,31 @@ impl<B: AutodiffBackend> Replica<B> {
         }
     }
 
+    /// A host copy of everything a checkpoint holds, for a background
+    /// thread to write while training goes on: on rank 0 of a whole model
+    /// (DDP, one process) the model, EMA and AdamW tensors; None on the
+    /// other ranks, which write nothing. Sharded models are not snapshot
+    /// (Err(())): their checkpoint gathers units with collectives, which
+    /// must run on the training thread, so they are written synchronously.
+    #[allow(clippy::result_unit_err)]
+    pub fn snapshot(
+        &self,
+        optim: &AdamW<B::InnerBackend>,
+        ema: &Ema<B::InnerBackend>,
+        shapes: &BTreeMap<String, Vec<usize>>,
+        comm: &dyn Collective,
+    ) -> std::result::Result<Option<Snapshot>, ()> {
+        match self {
+            Replica::Full(_) if comm.rank() != 0 => Ok(None),
+            Replica::Full(model) => Ok(Some(Snapshot {
+                model: to_host(model),
+                ema: ema.to_host(shapes),
+                optim: optim.to_host(shapes),
+            })),
+            Replica::Sharded(_) => Err(()),
+        }
+    }
+
     /// Write the model, EMA and AdamW tensors, whole, into `pending`
     /// (rank 0 writes). Sharded, every rank must call this: the units are
     /// gathered one at a time and streamed into the files.
@@ -243,12 +296,10 @@ impl<B: AutodiffBackend> Replica<B> {
         comm: &dyn Collective,
     ) -> Result<()> {
         match self {
-            Replica::Full(_) if comm.rank() != 0 => Ok(()),
-            Replica::Full(model) => {
-                write_named(pending, MODEL_FILE, &to_host(model))?;
-                write_named(pending, EMA_FILE, &ema.to_host(shapes))?;
-                Ok(write_named(pending, OPTIM_FILE, &optim.to_host(shapes))?)
-            }
+            Replica::Full(_) => match self.snapshot(optim, ema, shapes, comm) {
+                Ok(Some(snapshot)) => snapshot.write(pending),
+                _ => Ok(()),
+            },
             Replica::Sharded(fsdp) => {
                 for (file, shards) in [(MODEL_FILE, &fsdp.params), (EMA_FILE, &ema.weights)] {
                     let mut sink = pending.file(file, &fsdp.named_layout(""))?;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 pub use orrery_checkpoint::{
     complete_checkpoints, expect_optimizer_layout, newest, newest_intact, point_latest,
     read_safetensors, resolve, step_dir_name, to_safetensors, verify, write_named, Pending,
-    TensorFile, TensorSink, EMA_FILE, MODEL_FILE, OPTIM_FILE, STATE_FILE,
+    SavePoint, TensorFile, TensorSink, EMA_FILE, MODEL_FILE, OPTIM_FILE, STATE_FILE,
 };
 
 use crate::config::TrainConfig;

@@ -70,6 +70,40 @@ pub(crate) fn heldout_loss<B: Backend>(
     Ok(loss.into_scalar().elem::<f64>())
 }
 
+/// The noise levels of [`heldout_loss_by_level`]: the centres of 8 equal
+/// bins of t in (0, 1).
+pub(crate) const LEVELS: [f32; 8] = [
+    0.0625, 0.1875, 0.3125, 0.4375, 0.5625, 0.6875, 0.8125, 0.9375,
+];
+
+/// The held-out loss at each noise level of [`LEVELS`]: every frame in the
+/// loss at that one level, the rest of the noise fixed as in
+/// [`heldout_loss`], and no loss weighting (the plain MSE of the
+/// prediction target), so that runs with other weightings or timestep
+/// samplers compare level by level.
+pub(crate) fn heldout_loss_by_level<B: Backend>(
+    cfg: &TrainConfig,
+    model: &(impl Denoiser<B> + ?Sized),
+    batch: &TrainBatch<B>,
+) -> Result<Vec<f64>> {
+    let mut objective = cfg.objective.clone();
+    objective.weighting = orrery_diffusion::LossWeighting::None;
+    let dims = batch.latents.dims();
+    LEVELS
+        .iter()
+        .map(|&level| {
+            let mut plan = objective.plan(cfg.run.seed, u64::MAX, &batch.sample_ids, dims);
+            for (t, in_loss) in plan.t.iter_mut().zip(&plan.loss_mask) {
+                if *in_loss > 0.0 {
+                    *t = level;
+                }
+            }
+            let loss = objective.loss_with_plan(model, batch, plan)?;
+            Ok(loss.into_scalar().elem::<f64>())
+        })
+        .collect()
+}
+
 /// The same batch with every frame but the last taken from the next clip.
 pub(crate) fn with_foreign_context(batch: &Batch) -> Batch {
     let [b, t, c, h, w] = batch.dims;

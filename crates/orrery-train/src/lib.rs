@@ -11,7 +11,7 @@
 //! ```no_run
 //! use orrery_train::{train, RunOptions, Resume, TrainConfig};
 //! let cfg = TrainConfig::load("configs/quickstart.toml".as_ref(), &["run.steps=10".into()]).unwrap();
-//! let summary = train(cfg, RunOptions { run_dir: "runs/demo".into(), resume: Resume::Auto, stop_after: None, overwrite: false, stop: Default::default() }).unwrap();
+//! let summary = train(cfg, RunOptions { run_dir: "runs/demo".into(), resume: Resume::Auto, stop_after: None, overwrite: false, stop: Default::default(), kill_at: None, hparams: vec![] }).unwrap();
 //! println!("held-out loss {} -> {}", summary.heldout_loss_start, summary.heldout_loss_end);
 //! ```
 #![deny(missing_docs)]
@@ -34,6 +34,7 @@ mod records;
 mod rundir;
 mod runlog;
 pub mod sample;
+mod saver;
 mod start;
 pub mod stop;
 pub mod tensorboard;

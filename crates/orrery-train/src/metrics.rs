@@ -52,7 +52,23 @@ pub struct MetricsLine {
     /// norm (nothing was updated).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped_steps: Option<u64>,
+    /// Held-out loss (unweighted) with every frame at noise level t = the
+    /// centres of 8 equal bins, 0.0625 to 0.9375.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_by_t: Option<[f64; 8]>,
 }
+
+/// The TensorBoard tags of [`MetricsLine::loss_by_t`], by level.
+pub const LOSS_BY_T_TAGS: [&str; 8] = [
+    "loss_by_t/t=0.06",
+    "loss_by_t/t=0.19",
+    "loss_by_t/t=0.31",
+    "loss_by_t/t=0.44",
+    "loss_by_t/t=0.56",
+    "loss_by_t/t=0.69",
+    "loss_by_t/t=0.81",
+    "loss_by_t/t=0.94",
+];
 
 impl MetricsLine {
     /// The TensorBoard scalars of this line: (tag, value) for each
@@ -74,6 +90,12 @@ impl MetricsLine {
             ("train/skipped_steps", self.skipped_steps.map(|n| n as f64)),
         ]
         .into_iter()
+        .chain(
+            LOSS_BY_T_TAGS
+                .iter()
+                .zip(self.loss_by_t.unwrap_or([f64::NAN; 8]))
+                .map(|(tag, v)| (*tag, self.loss_by_t.map(|_| v))),
+        )
         .filter_map(|(tag, v)| v.map(|v| (tag, v)))
         .collect()
     }
@@ -105,15 +127,20 @@ mod tests {
             action_gain: Some(11.0),
             heldout_loss_ema: Some(12.0),
             skipped_steps: Some(13),
+            loss_by_t: Some([14.0; 8]),
         };
         let json = serde_json::to_value(&line).unwrap();
         let obj = json.as_object().unwrap();
         // Every scalar's tag ends with its JSON key, with the same value.
         for (tag, v) in line.scalars() {
+            if let Some(k) = LOSS_BY_T_TAGS.iter().position(|t| *t == tag) {
+                assert_eq!(obj["loss_by_t"][k].as_f64(), Some(v), "{tag}");
+                continue;
+            }
             let key = tag.split('/').nth(1).unwrap();
             assert_eq!(obj[key].as_f64(), Some(v), "{tag}");
         }
-        assert_eq!(obj.len(), line.scalars().len() + 1);
+        assert_eq!(obj.len(), line.scalars().len() + 1 - 7);
         let empty = serde_json::to_string(&MetricsLine {
             step: 0,
             ..Default::default()

@@ -5,12 +5,13 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::config::TrainConfig;
 use crate::feed::Feed;
 use crate::io;
 use crate::metrics::MetricsLine;
 use crate::runlog::keep_lines;
-use crate::tensorboard::EventWriter;
-use crate::Result;
+use crate::tensorboard::{EventWriter, HParam};
+use crate::{Result, TrainError};
 
 /// The open record files of a run (rank 0), or none (other ranks).
 pub(crate) struct Records {
@@ -25,7 +26,12 @@ impl Records {
     /// later steps are dropped (a run that died after them takes those
     /// steps again; a fresh run starts both files afresh). Nothing is
     /// opened unless `main`.
-    pub(crate) fn open(run_dir: &Path, main: bool, step: u64) -> Result<Self> {
+    pub(crate) fn open(
+        run_dir: &Path,
+        main: bool,
+        step: u64,
+        hparams: &[(String, HParam)],
+    ) -> Result<Self> {
         let mut r = Records {
             run_dir: run_dir.to_path_buf(),
             tb: None,
@@ -33,7 +39,11 @@ impl Records {
             samples: None,
         };
         if main {
-            r.tb = Some(EventWriter::create(&run_dir.join("tensorboard")).map_err(io(run_dir))?);
+            let mut tb = EventWriter::create(&run_dir.join("tensorboard")).map_err(io(run_dir))?;
+            if !hparams.is_empty() {
+                tb.hparams_start(hparams, "").map_err(io(run_dir))?;
+            }
+            r.tb = Some(tb);
             // A fresh start keeps nothing, not even an old step-0 line.
             let keep = |s: u64| step > 0 && s <= step;
             r.metrics = Some(keep_lines(&run_dir.join("metrics.jsonl"), keep)?);
@@ -42,6 +52,14 @@ impl Records {
             r.samples = Some(keep_lines(&run_dir.join("samples.jsonl"), keep)?);
         }
         Ok(r)
+    }
+
+    /// Record in TensorBoard that the run reached its last step.
+    pub(crate) fn finished(&mut self) -> Result<()> {
+        match self.tb.as_mut() {
+            Some(tb) => tb.hparams_end(true).map_err(io(&self.run_dir)),
+            None => Ok(()),
+        }
     }
 
     /// One line to metrics.jsonl and the same scalars to TensorBoard.
@@ -78,4 +96,30 @@ impl Records {
         let path = self.run_dir.join("samples.jsonl");
         writeln!(f, "{line}").map_err(io(&path))
     }
+}
+
+/// The values of config keys `keys` (dotted, as `--set` takes them) in
+/// `cfg`, for TensorBoard's HParams tab; an unknown key is an error.
+pub(crate) fn hparam_values(cfg: &TrainConfig, keys: &[String]) -> Result<Vec<(String, HParam)>> {
+    let tree = toml::Value::try_from(cfg).expect("config serializes");
+    keys.iter()
+        .map(|key| {
+            let mut at = &tree;
+            for part in key.split('.') {
+                at = at.get(part).ok_or_else(|| {
+                    TrainError::Config(format!(
+                        "--hparam {key}: the config has no key {key} (name a dotted key of docs/config.md, as --set takes)"
+                    ))
+                })?;
+            }
+            let value = match at {
+                toml::Value::Integer(i) => HParam::Number(*i as f64),
+                toml::Value::Float(x) => HParam::Number(*x),
+                toml::Value::Boolean(b) => HParam::Bool(*b),
+                toml::Value::String(t) => HParam::Text(t.clone()),
+                other => HParam::Text(other.to_string()),
+            };
+            Ok((key.clone(), value))
+        })
+        .collect()
 }

@@ -36,6 +36,12 @@ pub struct RunOptions {
     /// Set (from a signal handler) to stop after the current step with a
     /// checkpoint.
     pub stop: crate::stop::StopRequest,
+    /// Tests: kill this process (SIGKILL) when a checkpoint write reaches
+    /// this point.
+    pub kill_at: Option<orrery_checkpoint::SavePoint>,
+    /// Config keys recorded as hyperparameters for TensorBoard's HParams
+    /// tab (dotted, as `--set` takes them).
+    pub hparams: Vec<String>,
 }
 
 /// The checkpoint to resume from (None: start fresh), after applying the

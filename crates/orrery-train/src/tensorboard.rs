@@ -1,4 +1,5 @@
-//! A TensorBoard event-file writer: scalars and PNG images.
+//! A TensorBoard event-file writer: scalars, PNG images and the hparams
+//! plugin's session records (a run's hyperparameters, for the HParams tab).
 //!
 //! Written by hand on `prost` because tensorboard-rs pulls protobuf 2
 //! (RUSTSEC-2024-0437) and panics on hparams. The format: TFRecord framing
@@ -39,8 +40,10 @@ struct Summary {
 struct SummaryValue {
     #[prost(string, tag = "1")]
     tag: String,
-    #[prost(oneof = "ValueKind", tags = "2, 4")]
+    #[prost(oneof = "ValueKind", tags = "2, 4, 8")]
     kind: Option<ValueKind>,
+    #[prost(message, optional, tag = "9")]
+    metadata: Option<SummaryMetadata>,
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]
@@ -49,6 +52,110 @@ enum ValueKind {
     SimpleValue(f32),
     #[prost(message, tag = "4")]
     Image(Image),
+    #[prost(message, tag = "8")]
+    Tensor(TensorProto),
+}
+
+/// summary.proto's SummaryMetadata: which plugin a value is for.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SummaryMetadata {
+    #[prost(message, optional, tag = "1")]
+    plugin_data: Option<PluginData>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct PluginData {
+    #[prost(string, tag = "1")]
+    plugin_name: String,
+    #[prost(bytes = "vec", tag = "2")]
+    content: Vec<u8>,
+}
+
+/// tensor.proto's TensorProto, as far as the hparams plugin's empty f32
+/// tensor of shape [0] needs it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct TensorProto {
+    #[prost(int32, tag = "1")]
+    dtype: i32,
+    #[prost(message, optional, tag = "2")]
+    tensor_shape: Option<TensorShape>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct TensorShape {
+    #[prost(message, repeated, tag = "2")]
+    dim: Vec<Dim>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Dim {
+    #[prost(int64, tag = "1")]
+    size: i64,
+}
+
+/// The hparams plugin's plugin_data.proto: HParamsPluginData, version 0,
+/// with a session's start or end.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HParamsPluginData {
+    #[prost(int32, tag = "1")]
+    version: i32,
+    #[prost(oneof = "HParamsData", tags = "3, 4")]
+    data: Option<HParamsData>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+enum HParamsData {
+    #[prost(message, tag = "3")]
+    SessionStart(SessionStartInfo),
+    #[prost(message, tag = "4")]
+    SessionEnd(SessionEndInfo),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct SessionStartInfo {
+    #[prost(map = "string, message", tag = "1")]
+    hparams: std::collections::HashMap<String, ProtoValue>,
+    #[prost(string, tag = "4")]
+    group_name: String,
+    #[prost(double, tag = "5")]
+    start_time_secs: f64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct SessionEndInfo {
+    /// api.proto's Status: 1 success, 2 failure.
+    #[prost(int32, tag = "1")]
+    status: i32,
+    #[prost(double, tag = "2")]
+    end_time_secs: f64,
+}
+
+/// google.protobuf.Value, for a number, a string or a bool.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProtoValue {
+    #[prost(oneof = "ProtoKind", tags = "2, 3, 4")]
+    kind: Option<ProtoKind>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+enum ProtoKind {
+    #[prost(double, tag = "2")]
+    Number(f64),
+    #[prost(string, tag = "3")]
+    Text(String),
+    #[prost(bool, tag = "4")]
+    Bool(bool),
+}
+
+/// A hyperparameter's value, as the HParams tab shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HParam {
+    /// A number.
+    Number(f64),
+    /// Text (also any TOML value that is not a number or a bool).
+    Text(String),
+    /// A boolean.
+    Bool(bool),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -136,6 +243,7 @@ impl EventWriter {
             SummaryValue {
                 tag: tag.into(),
                 kind: Some(ValueKind::SimpleValue(value as f32)),
+                metadata: None,
             },
         )
     }
@@ -160,8 +268,75 @@ impl EventWriter {
             SummaryValue {
                 tag: tag.into(),
                 kind: Some(ValueKind::Image(image)),
+                metadata: None,
             },
         )
+    }
+
+    /// Record that this run (a session of the HParams tab) started with
+    /// `hparams`; TensorBoard infers the experiment (the columns) from the
+    /// sessions of all runs and takes the metrics from their scalars.
+    pub fn hparams_start(
+        &mut self,
+        hparams: &[(String, HParam)],
+        group: &str,
+    ) -> std::io::Result<()> {
+        let hparams = hparams
+            .iter()
+            .map(|(k, v)| {
+                let kind = match v {
+                    HParam::Number(x) => ProtoKind::Number(*x),
+                    HParam::Text(t) => ProtoKind::Text(t.clone()),
+                    HParam::Bool(b) => ProtoKind::Bool(*b),
+                };
+                (k.clone(), ProtoValue { kind: Some(kind) })
+            })
+            .collect();
+        let start = HParamsData::SessionStart(SessionStartInfo {
+            hparams,
+            group_name: group.into(),
+            start_time_secs: now(),
+        });
+        self.hparams_record("_hparams_/session_start_info", start)
+    }
+
+    /// Record that this run ended, successfully or not.
+    pub fn hparams_end(&mut self, success: bool) -> std::io::Result<()> {
+        let end = HParamsData::SessionEnd(SessionEndInfo {
+            status: if success { 1 } else { 2 },
+            end_time_secs: now(),
+        });
+        self.hparams_record("_hparams_/session_end_info", end)
+    }
+
+    /// A value for the hparams plugin: its data in the metadata, with the
+    /// empty f32 tensor of shape [0] the plugin's own writer attaches.
+    fn hparams_record(&mut self, tag: &str, data: HParamsData) -> std::io::Result<()> {
+        let content = HParamsPluginData {
+            version: 0,
+            data: Some(data),
+        }
+        .encode_to_vec();
+        let empty = TensorProto {
+            dtype: 1, // DT_FLOAT
+            tensor_shape: Some(TensorShape {
+                dim: vec![Dim { size: 0 }],
+            }),
+        };
+        self.summary(
+            0,
+            SummaryValue {
+                tag: tag.into(),
+                kind: Some(ValueKind::Tensor(empty)),
+                metadata: Some(SummaryMetadata {
+                    plugin_data: Some(PluginData {
+                        plugin_name: "hparams".into(),
+                        content,
+                    }),
+                }),
+            },
+        )?;
+        self.flush()
     }
 
     /// Push buffered events to disk.

@@ -1,21 +1,21 @@
 //! The training loop: a short loop over components (data, objective,
 //! optimizer, EMA, checkpoints, metrics). Letters: b batch, t frames.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::AutodiffBackend;
 use orrery_dist::{Collective, World};
 use orrery_parallel::world::join_world;
 
-use crate::checkpoint::{self, TrainerState};
 use crate::config::TrainConfig;
-use crate::eval::{heldout_loss, next_frame_eval, HeldOut, NextFrameEval};
+use crate::eval::{heldout_loss, heldout_loss_by_level, next_frame_eval, HeldOut, NextFrameEval};
 use crate::feed::{open_data, Feed};
 use crate::glue::to_device;
 use crate::metrics::MetricsLine;
 use crate::records::Records;
 use crate::replica::Weights;
 use crate::rundir::RunOptions;
+use crate::saver::Saver;
 use crate::start::{start_or_resume, Started};
 use crate::step::StepOut;
 use crate::Result;
@@ -90,7 +90,8 @@ fn train_ranks<B: AutodiffBackend>(
         start_or_resume(&cfg, run_dir, from.as_deref(), (&world, comm), &device)?;
     let mut loader = Feed::start(stream, &data, &cfg, &world, run.cursor)?;
     let held = HeldOut::<B::InnerBackend>::new(&data, &cfg, &device);
-    let mut records = Records::open(run_dir, main, run.step)?;
+    let hparams = crate::records::hparam_values(&cfg, &opts.hparams)?;
+    let mut records = Records::open(run_dir, main, run.step, &hparams)?;
 
     let start_step = run.step;
     let heldout_start = begin(&cfg, &run, comm, &held, &mut records)?;
@@ -115,6 +116,7 @@ fn train_ranks<B: AutodiffBackend>(
     let mut window = Window::new();
     let mut health = Health::default();
     let mut stopped = None;
+    let mut saver = Saver::new(opts.kill_at);
     let mut last = Evaluation {
         heldout: heldout_start,
         ..Default::default()
@@ -166,13 +168,18 @@ fn train_ranks<B: AutodiffBackend>(
         }
         // Checkpoint.
         if step % cfg.checkpoint.every == 0 || last_step {
-            last_ckpt = write_checkpoint(&cfg, &run, &loader, &world, comm, run_dir)?;
+            last_ckpt = saver.save(&cfg, &run, &loader, (&world, comm), run_dir)?;
         }
         if stopped.is_some() {
             break;
         }
     }
     bar.finish_and_clear();
+    // The last checkpoint is complete before anyone leaves (finish's barrier).
+    saver.wait()?;
+    if stopped.is_none() {
+        records.finished()?;
+    }
     finish(
         &cfg,
         &run,
@@ -219,9 +226,13 @@ fn begin<B: AutodiffBackend>(
         .replica
         .eval(Weights::Online, comm, |m| heldout_loss(cfg, m, &held.own))?;
     if run.step == 0 {
+        let by_level = run.replica.eval(Weights::Online, comm, |m| {
+            heldout_loss_by_level(cfg, m, &held.own)
+        })?;
         records.log(&MetricsLine {
             step: 0,
             heldout_loss: Some(heldout),
+            loss_by_t: by_level.try_into().ok(),
             ..Default::default()
         })?;
     }
@@ -402,6 +413,10 @@ fn evaluate<B: AutodiffBackend>(
         .replica
         .eval(Weights::Online, comm, |m| heldout_loss(cfg, m, &held.own))?;
     line.heldout_loss = Some(e.heldout);
+    let by_level = run.replica.eval(Weights::Online, comm, |m| {
+        heldout_loss_by_level(cfg, m, &held.own)
+    })?;
+    line.loss_by_t = by_level.try_into().ok();
     // Next-frame gains only mean something for world models.
     if cfg.model.has_actions() {
         e.gains = run.replica.eval(Weights::Online, comm, |m| {
@@ -439,30 +454,4 @@ fn progress_line(cfg: &TrainConfig, line: &MetricsLine, eval: Option<&Evaluation
         get(line.grad_norm),
         get(line.samples_per_s),
     )
-}
-
-/// Write step `run.step`'s checkpoint (rank 0 writes whole tensors; under
-/// FSDP every rank helps gather them) and return its directory.
-fn write_checkpoint<B: AutodiffBackend>(
-    cfg: &TrainConfig,
-    run: &Started<B>,
-    loader: &Feed,
-    world: &World,
-    comm: &dyn Collective,
-    run_dir: &Path,
-) -> Result<PathBuf> {
-    let pending =
-        checkpoint::Pending::begin(&run_dir.join("checkpoints"), run.step, world.rank == 0)?;
-    run.replica
-        .write_checkpoint(&pending, &run.optim, &run.ema, &run.shapes, comm)?;
-    let state = TrainerState {
-        step: run.step,
-        cursor: loader.cursor(),
-        ema_updates: run.ema.updates,
-        skipped_steps: run.skipped_steps,
-        config: cfg.clone(),
-        world_size: world.size,
-        version: env!("CARGO_PKG_VERSION").into(),
-    };
-    Ok(pending.commit(&state, state.step, cfg.checkpoint.keep)?)
 }
