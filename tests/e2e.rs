@@ -8,6 +8,10 @@ use std::process::{Command, Output};
 #[path = "e2e/dist.rs"]
 mod dist;
 
+/// Slurm job arrays of sweeps, and time limits that requeue a job.
+#[path = "e2e/slurm_sweep.rs"]
+mod slurm_sweep;
+
 /// FSDP: sharded state over mpirun.
 #[path = "e2e/fsdp.rs"]
 mod fsdp;

@@ -380,6 +380,12 @@ fn slurm_sbatch_across_two_nodes_matches_mpirun() {
         .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
         .collect();
     let requeued = requeue_mid_run(&dir, &root.join("launch/slurm/train.sbatch"), &conf);
+    let array = super::slurm_sweep::sweep_array(&dir, &conf);
+    let limited = super::slurm_sweep::time_limit_requeue(
+        &dir,
+        &conf,
+        &root.join("launch/slurm/train.sbatch"),
+    );
     let stop = Command::new("bash")
         .arg(&cluster)
         .arg("stop")
@@ -424,6 +430,65 @@ fn slurm_sbatch_across_two_nodes_matches_mpirun() {
         &dir.join("straight/checkpoints/step_00000030"),
         &dir.join("requeued/checkpoints/step_00000030"),
         "requeued slurm job vs an uninterrupted mpirun",
+    );
+
+    // `orrery sweep slurm`: one array task per run, each a 2-rank job,
+    // ending with the weights of the same run under `orrery launch -n 2`.
+    let logs = array.unwrap_or_else(|e| panic!("sweep array: {e}"));
+    for task in ["task 0 of 2: run lr=0.001", "task 1 of 2: run lr=0.0003"] {
+        assert!(logs.contains(&format!("sweep array: {task}")), "{logs}");
+    }
+    assert_eq!(
+        logs.matches("data parallel over 2 ranks").count(),
+        2,
+        "{logs}"
+    );
+    assert_eq!(logs.matches("trained steps 0..6").count(), 2, "{logs}");
+    for lr in ["0.001", "0.0003"] {
+        let run = format!("launched-{lr}");
+        let set_lr = format!("optim.lr={lr}");
+        launch_train(&dir, "2", &run, &["--set", "run.steps=6", "--set", &set_lr]);
+        assert_same_checkpoint(
+            &dir.join(&run).join("checkpoints/step_00000006"),
+            &dir.join(format!("runs/array/lr={lr}/checkpoints/step_00000006")),
+            "a sweep's array task vs orrery launch",
+        );
+    }
+
+    // A time limit shorter than the training: Slurm's SIGUSR1, a
+    // checkpoint, exit 75, a requeue, a resume, and the weights of an
+    // uninterrupted run.
+    let log = limited.unwrap_or_else(|e| panic!("time limit: {e}"));
+    assert!(
+        log.contains("SIGUSR1 received: finishing this step")
+            && log.contains("stopped with a checkpoint (exit 75); requeueing")
+            && log.contains("restart 1")
+            && log.contains("resuming from limited/checkpoints/step_"),
+        "{log}"
+    );
+    let at = log
+        .split("stopped by SIGUSR1 after step ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no stop step in {log}"));
+    assert!((1..4000).contains(&at), "stopped at {at}: {log}");
+    assert_eq!(log.matches("trained steps").count(), 1, "{log}");
+    let limits = [
+        "--set",
+        "run.steps=4000",
+        "--set",
+        "checkpoint.every=100000",
+        "--set",
+        "logging.eval_every=100000",
+        "--set",
+        "logging.every=500",
+    ];
+    launch_train(&dir, "2", "unlimited", &limits);
+    assert_same_checkpoint(
+        &dir.join("unlimited/checkpoints/step_00004000"),
+        &dir.join("limited/checkpoints/step_00004000"),
+        "a job stopped by its time limit and requeued vs an uninterrupted run",
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
