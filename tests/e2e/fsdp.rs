@@ -40,6 +40,43 @@ fn fsdp_over_mpi_matches_one_process_with_a_1_over_n_share_of_the_state() {
         );
         assert!(get("largest_unit_bytes") < whole / 2, "{mem}");
     }
+    // Asynchronous (the default) and synchronous FSDP checkpoints are the
+    // same files: each rank writes its shards in place, rank 0 commits
+    // once all are written (step 3's in the background while step 4
+    // trains); a run stopped at step 3 resumes from it to the same end.
+    let sync = ["--set", fsdp, "--set", "checkpoint.async=false"];
+    launch_train(&dir, "2", "fsdp-sync", &sync);
+    for step in ["step_00000003", "step_00000006"] {
+        for file in [
+            "model.safetensors",
+            "ema.safetensors",
+            "optimizer.safetensors",
+        ] {
+            let read = |run: &str| {
+                std::fs::read(dir.join(run).join("checkpoints").join(step).join(file)).unwrap()
+            };
+            assert!(
+                read("fsdp2micro0") == read("fsdp-sync"),
+                "{step}/{file}: async != sync"
+            );
+        }
+    }
+    launch_train(
+        &dir,
+        "2",
+        "fsdp-stop",
+        &["--set", fsdp, "--stop-after", "3"],
+    );
+    let resumed = launch_train(&dir, "2", "fsdp-stop", &["--set", fsdp]);
+    assert!(
+        resumed.contains("resuming from fsdp-stop/checkpoints/step_00000003"),
+        "{resumed}"
+    );
+    assert_same_checkpoint(
+        &single,
+        &dir.join("fsdp-stop/checkpoints/step_00000006"),
+        "fsdp stopped at step 3 and resumed vs one process",
+    );
     // bf16 gathers: half the bytes, losses within 1% of f32 (not equal).
     let bf16 = ["--set", fsdp, "--set", "parallel.gather_dtype=bf16"];
     launch_train(&dir, "2", "bf16", &bf16);

@@ -28,10 +28,12 @@ use safetensors::tensor::{Dtype, TensorView};
 use serde::{de::DeserializeOwned, Serialize};
 
 mod integrity;
+mod shared_file;
 mod tensor_file;
 
 use crate::integrity::{checksums_json, sum_of, Summer, Sums};
 pub use crate::integrity::{newest_intact, sum_file, verify, FileSum, Intact, CHECKSUMS_FILE};
+pub use crate::shared_file::write_at;
 pub(crate) use crate::tensor_file::io_err;
 pub use crate::tensor_file::{read_safetensors, TensorFile};
 
@@ -96,27 +98,7 @@ impl StreamWriter {
         layout: &[(String, Vec<usize>)],
         metadata: HashMap<String, String>,
     ) -> Result<Self> {
-        use safetensors::tensor::{Metadata, TensorInfo};
-        let mut at = 0;
-        let infos = layout
-            .iter()
-            .map(|(name, shape)| {
-                let bytes = 4 * shape.iter().product::<usize>();
-                at += bytes;
-                let info = TensorInfo {
-                    dtype: Dtype::F32,
-                    shape: shape.clone(),
-                    data_offsets: (at - bytes, at),
-                };
-                (name.clone(), info)
-            })
-            .collect();
-        let header = Metadata::new(Some(metadata), infos)
-            .and_then(|m| Ok(serde_json::to_string(&m)?))
-            .map_err(|e| io_err(path, format!("encoding the header: {e}")))?;
-        // Padded with spaces to a multiple of 8 bytes, as the crate does.
-        let mut header = header.into_bytes();
-        header.resize(header.len().next_multiple_of(8), b' ');
+        let header = shared_file::header(path, layout, metadata)?;
         let f = fs::File::create(path).map_err(|e| io_err(path, e))?;
         let mut file = std::io::BufWriter::with_capacity(1 << 20, f);
         let len = (header.len() as u64).to_le_bytes();
@@ -241,12 +223,12 @@ impl TensorSink {
 /// A checkpoint being written: tensors go into a `.tmp` directory, and
 /// [`Pending::commit`] renames it into place.
 pub struct Pending {
-    dir: PathBuf,
-    name: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) name: String,
     /// The `.tmp` directory, on the rank that writes.
-    tmp: Option<PathBuf>,
+    pub(crate) tmp: Option<PathBuf>,
     /// The checksums of the files written so far.
-    sums: Sums,
+    pub(crate) sums: Sums,
     hook: Option<SaveHook>,
 }
 
@@ -289,9 +271,7 @@ impl Pending {
 
     /// A sink for tensors file `file` (MODEL_FILE, ...) of `layout`.
     pub fn file(&self, file: &str, layout: &[(String, Vec<usize>)]) -> Result<TensorSink> {
-        // One metadata key: checkpoints should be byte-for-byte
-        // reproducible. The step is in the state file.
-        let meta = HashMap::from([("format".to_string(), "orrery".to_string())]);
+        let meta = file_metadata();
         Ok(TensorSink(
             match &self.tmp {
                 Some(tmp) => Some((
@@ -347,6 +327,12 @@ pub fn point_latest(dir: &Path, name: &str) -> Result<()> {
     let latest_tmp = dir.join("latest.tmp");
     write_synced(&latest_tmp, format!("{name}\n").as_bytes())?;
     fs::rename(&latest_tmp, dir.join("latest")).map_err(|e| io_err(&dir.join("latest"), e))
+}
+
+/// The metadata of every tensor file: one key, so that checkpoints are
+/// byte-for-byte reproducible (the step is in the state file).
+pub(crate) fn file_metadata() -> HashMap<String, String> {
+    HashMap::from([("format".to_string(), "orrery".to_string())])
 }
 
 /// Write named tensors (in name order) into a pending checkpoint's `file`.

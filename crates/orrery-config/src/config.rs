@@ -287,7 +287,7 @@ pub struct CheckpointConfig {
     pub keep: usize,
     /// Write checkpoints on a background thread from a host copy of the
     /// state taken at the step (at most one in flight), while training
-    /// goes on. DDP and one process; FSDP writes synchronously.
+    /// goes on; under FSDP each rank writes its own shards in place.
     #[serde(rename = "async")]
     pub asynchronous: bool,
 }

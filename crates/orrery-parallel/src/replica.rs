@@ -13,6 +13,7 @@ use orrery_model::named::{map_named, to_host, visit_named};
 use orrery_model::Dit;
 
 use crate::fsdp::Fsdp;
+pub use crate::fsdp_save::ShardSnapshot;
 use crate::fsdp_step::fsdp_step;
 use crate::glue::denoiser;
 use crate::optim::{AdamW, Ema};
@@ -29,8 +30,17 @@ pub enum Replica<B: AutodiffBackend> {
     Sharded(Fsdp<B::InnerBackend>),
 }
 
-/// A checkpoint's tensors copied to host memory ([`Replica::snapshot`]).
-pub struct Snapshot {
+/// What a rank copies to host memory for an asynchronous checkpoint
+/// ([`Replica::snapshot`]).
+pub enum Snapshot {
+    /// Every tensor (rank 0 of a whole model).
+    Whole(WholeSnapshot),
+    /// This rank's FSDP shards.
+    Shards(ShardSnapshot),
+}
+
+/// A checkpoint's tensors copied to host memory whole.
+pub struct WholeSnapshot {
     /// The model weights.
     pub model: orrery_model::named::NamedTensors,
     /// The EMA weights.
@@ -39,7 +49,7 @@ pub struct Snapshot {
     pub optim: orrery_model::named::NamedTensors,
 }
 
-impl Snapshot {
+impl WholeSnapshot {
     /// Write it into `pending` (any thread).
     pub fn write(&self, pending: &Pending) -> Result<()> {
         write_named(pending, MODEL_FILE, &self.model)?;
@@ -259,28 +269,26 @@ impl<B: AutodiffBackend> Replica<B> {
         }
     }
 
-    /// A host copy of everything a checkpoint holds, for a background
-    /// thread to write while training goes on: on rank 0 of a whole model
-    /// (DDP, one process) the model, EMA and AdamW tensors; None on the
-    /// other ranks, which write nothing. Sharded models are not snapshot
-    /// (Err(())): their checkpoint gathers units with collectives, which
-    /// must run on the training thread, so they are written synchronously.
-    #[allow(clippy::result_unit_err)]
+    /// A host copy of everything this rank writes of a checkpoint, for a
+    /// background thread to write while training goes on: on rank 0 of a
+    /// whole model (DDP, one process) the model, EMA and AdamW tensors
+    /// (None on the other ranks, which write nothing); under FSDP every
+    /// rank's own shards, which it writes in place ([`ShardSnapshot`]).
     pub fn snapshot(
         &self,
         optim: &AdamW<B::InnerBackend>,
         ema: &Ema<B::InnerBackend>,
         shapes: &BTreeMap<String, Vec<usize>>,
         comm: &dyn Collective,
-    ) -> std::result::Result<Option<Snapshot>, ()> {
+    ) -> Option<Snapshot> {
         match self {
-            Replica::Full(_) if comm.rank() != 0 => Ok(None),
-            Replica::Full(model) => Ok(Some(Snapshot {
+            Replica::Full(_) if comm.rank() != 0 => None,
+            Replica::Full(model) => Some(Snapshot::Whole(WholeSnapshot {
                 model: to_host(model),
                 ema: ema.to_host(shapes),
                 optim: optim.to_host(shapes),
             })),
-            Replica::Sharded(_) => Err(()),
+            Replica::Sharded(fsdp) => Some(Snapshot::Shards(fsdp.snapshot_shards(optim, ema))),
         }
     }
 
@@ -297,7 +305,7 @@ impl<B: AutodiffBackend> Replica<B> {
     ) -> Result<()> {
         match self {
             Replica::Full(_) => match self.snapshot(optim, ema, shapes, comm) {
-                Ok(Some(snapshot)) => snapshot.write(pending),
+                Some(Snapshot::Whole(snapshot)) => snapshot.write(pending),
                 _ => Ok(()),
             },
             Replica::Sharded(fsdp) => {

@@ -170,13 +170,14 @@ fn train_ranks<B: AutodiffBackend>(
         if step % cfg.checkpoint.every == 0 || last_step {
             last_ckpt = saver.save(&cfg, &run, &loader, (&world, comm), run_dir)?;
         }
+        saver.poll(comm)?;
         if stopped.is_some() {
             break;
         }
     }
     bar.finish_and_clear();
     // The last checkpoint is complete before anyone leaves (finish's barrier).
-    saver.wait()?;
+    saver.wait(comm)?;
     if stopped.is_none() {
         records.finished()?;
     }

@@ -1,0 +1,110 @@
+//! FSDP's asynchronous checkpoint: each rank copies only its own shards to
+//! host memory, and a background thread writes them in place into the
+//! checkpoint's files (laid out whole by rank 0), so no rank gathers a
+//! unit and the files are the same as a synchronous checkpoint's.
+//!
+//! A file holds the units' flat vectors one after another (unit by unit,
+//! each parameter of a unit in order: [`Fsdp::named_layout`]); the optimizer
+//! file holds the first moments, then the second. Rank r's shard of unit u
+//! is elements [r k, r k + k) of the unit's L (the padding past L is not
+//! written).
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+use orrery_checkpoint::{write_at, Pending, EMA_FILE, MODEL_FILE, OPTIM_FILE};
+
+use crate::fsdp::Fsdp;
+use crate::optim::{host, AdamW, Ema, FlatMap};
+use crate::Result;
+
+/// One file's layout and this rank's runs of values in it.
+struct ShardFile {
+    file: &'static str,
+    layout: Vec<(String, Vec<usize>)>,
+    /// (element offset in the file's data, values).
+    runs: Vec<(u64, Vec<f32>)>,
+}
+
+/// This rank's shards of the model, EMA and AdamW state, on the host.
+pub struct ShardSnapshot {
+    files: Vec<ShardFile>,
+}
+
+impl<B: Backend> Fsdp<B> {
+    /// Copy this rank's shards of everything a checkpoint holds to host
+    /// memory (no collective).
+    pub fn snapshot_shards(&self, optim: &AdamW<B>, ema: &Ema<B>) -> ShardSnapshot {
+        let mut optim_layout = self.named_layout("exp_avg.");
+        optim_layout.extend(self.named_layout("exp_avg_sq."));
+        ShardSnapshot {
+            files: vec![
+                ShardFile {
+                    file: MODEL_FILE,
+                    layout: self.named_layout(""),
+                    runs: self.runs(&[&self.params]),
+                },
+                ShardFile {
+                    file: EMA_FILE,
+                    layout: self.named_layout(""),
+                    runs: self.runs(&[&ema.weights]),
+                },
+                ShardFile {
+                    file: OPTIM_FILE,
+                    layout: optim_layout,
+                    runs: self.runs(&[&optim.exp_avg, &optim.exp_avg_sq]),
+                },
+            ],
+        }
+    }
+
+    /// This rank's runs in a file that holds `maps` one after another.
+    fn runs(&self, maps: &[&FlatMap<B>]) -> Vec<(u64, Vec<f32>)> {
+        let mut runs = Vec::new();
+        let mut offset = 0u64;
+        for map in maps {
+            for unit in &self.units {
+                let start = self.rank * unit.shard;
+                if start < unit.len {
+                    let n = unit.shard.min(unit.len - start);
+                    let mut values = host(map[&unit.prefix].clone());
+                    values.truncate(n);
+                    runs.push((offset + start as u64, values));
+                }
+                offset += unit.len as u64;
+            }
+        }
+        runs
+    }
+}
+
+impl ShardSnapshot {
+    /// On the writing rank (the others do nothing): create the files whole,
+    /// before any rank writes into them.
+    pub fn preallocate(&self, pending: &Pending) -> Result<()> {
+        for f in &self.files {
+            pending.preallocate(f.file, &f.layout)?;
+        }
+        Ok(())
+    }
+
+    /// Write this rank's runs into the preallocated files of `pending`'s
+    /// `.tmp` folder and sync them (any thread).
+    pub fn write(&self, pending: &Pending) -> Result<()> {
+        let tmp = pending.tmp_path();
+        for f in &self.files {
+            let start = pending.data_start(f.file, &f.layout)?;
+            let runs: Vec<(u64, &[f32])> = f.runs.iter().map(|(o, v)| (*o, &v[..])).collect();
+            write_at(&Path::new(&tmp).join(f.file), start, &runs)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of host memory it holds.
+    pub fn bytes(&self) -> usize {
+        self.files
+            .iter()
+            .flat_map(|f| &f.runs)
+            .map(|(_, v)| 4 * v.len())
+            .sum()
+    }
+}
