@@ -8,6 +8,24 @@ use orrery_train::TrainConfig;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
+    /// Checkpoint save and load throughput (GB/s), and the stall a
+    /// synchronous and an asynchronous save cause a run, side by side.
+    Ckpt {
+        /// The experiment config (TOML).
+        config: PathBuf,
+        /// Override a config key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// An empty run directory for its checkpoints [default: runs/bench-ckpt].
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+        /// Blocks per mode (synchronous and asynchronous take turns).
+        #[arg(long, default_value_t = 3)]
+        blocks: usize,
+        /// Steps per block (one checkpoint each).
+        #[arg(long, default_value_t = 4)]
+        block: u64,
+    },
     /// Time the training step of a config (data loading reported apart).
     Step {
         /// The experiment config (TOML).
@@ -140,6 +158,13 @@ fn run_bench_comm(sizes_mb: Vec<f64>, iters: usize, nccl: bool) -> Result<()> {
 
 pub fn run_bench(cmd: BenchCommand) -> Result<()> {
     match cmd {
+        BenchCommand::Ckpt {
+            config,
+            set,
+            run_dir,
+            blocks,
+            block,
+        } => crate::bench_ckpt::run_bench_ckpt(&config, &set, run_dir, blocks, block),
         BenchCommand::Comm {
             sizes_mb,
             iters,

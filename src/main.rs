@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use orrery_diffusion::Sampler;
 
 mod bench;
+mod bench_ckpt;
 mod data;
 mod launch;
 mod signals;

@@ -113,7 +113,7 @@ fn a_non_finite_step_is_skipped_and_too_many_stop_the_run() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// SIGTERM to `orrery launch -n 2`: both ranks finish the step in flight,
+/// SIGTERM (twice) to `orrery launch -n 2`: both ranks finish the step in flight,
 /// write a checkpoint of it (off the checkpoint.every schedule) and exit
 /// with the documented code 75; the launcher exits with 75 too, and the
 /// same command resumes and ends with the weights of an uninterrupted run.
@@ -153,10 +153,15 @@ fn sigterm_to_a_launch_checkpoints_and_a_resume_ends_equal() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let signalled = std::time::Instant::now();
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    // A second SIGTERM right after the first (as an impatient user or a
+    // scheduler sends) changes nothing: the checkpoint is written whole.
+    for _ in 0..2 {
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(75), "{err}");
@@ -253,6 +258,36 @@ fn a_kill_during_an_asynchronous_save_keeps_the_previous_checkpoint() {
         &[&["train", "tiny.toml", "--run-dir", "straight"][..], &nine].concat(),
         &dir,
     ));
+    // Step 6's asynchronous checkpoint, written while steps 7 to 9 trained,
+    // holds the bytes a synchronous save of step 6 holds.
+    ok(orrery(
+        &[
+            "train",
+            "tiny.toml",
+            "--run-dir",
+            "sync",
+            "--set",
+            "run.steps=9",
+            "--set",
+            "checkpoint.async=false",
+        ],
+        &dir,
+    ));
+    for step in ["step_00000006", "step_00000009"] {
+        for file in [
+            "model.safetensors",
+            "ema.safetensors",
+            "optimizer.safetensors",
+        ] {
+            let read = |run: &str| {
+                std::fs::read(dir.join(run).join("checkpoints").join(step).join(file)).unwrap()
+            };
+            assert!(
+                read("straight") == read("sync"),
+                "{step}/{file}: async != sync"
+            );
+        }
+    }
     for point in ["tensors", "rename", "latest"] {
         let run = format!("killed-{point}");
         let train = |extra: &[&str]| {

@@ -33,7 +33,7 @@ mod tensor_file;
 
 use crate::integrity::{checksums_json, sum_of, Summer, Sums};
 pub use crate::integrity::{newest_intact, sum_file, verify, FileSum, Intact, CHECKSUMS_FILE};
-pub use crate::shared_file::write_at;
+pub use crate::shared_file::{evict_from_page_cache, write_at};
 pub(crate) use crate::tensor_file::io_err;
 pub use crate::tensor_file::{read_safetensors, TensorFile};
 
@@ -135,13 +135,11 @@ impl StreamWriter {
             }
         }
         self.next += 1;
-        for chunk in values.chunks(1 << 16) {
-            let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
-            self.sum.add(&bytes);
-            self.file
-                .write_all(&bytes)
-                .map_err(|e| io_err(&self.path, e))?;
-        }
+        let bytes = le_bytes(values);
+        self.sum.add(&bytes);
+        self.file
+            .write_all(&bytes)
+            .map_err(|e| io_err(&self.path, e))?;
         Ok(())
     }
 
@@ -327,6 +325,16 @@ pub fn point_latest(dir: &Path, name: &str) -> Result<()> {
     let latest_tmp = dir.join("latest.tmp");
     write_synced(&latest_tmp, format!("{name}\n").as_bytes())?;
     fs::rename(&latest_tmp, dir.join("latest")).map_err(|e| io_err(&dir.join("latest"), e))
+}
+
+/// f32 values as safetensors stores them (little-endian): the values'
+/// own bytes on a little-endian machine, no copy.
+pub(crate) fn le_bytes(values: &[f32]) -> std::borrow::Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        std::borrow::Cow::Borrowed(bytemuck::cast_slice(values))
+    } else {
+        std::borrow::Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
 }
 
 /// The metadata of every tensor file: one key, so that checkpoints are

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 
-use crate::{file_metadata, io_err, sum_file, Pending, Result, STATE_FILE};
+use crate::{file_metadata, io_err, le_bytes, sum_file, Pending, Result, STATE_FILE};
 
 /// The safetensors header of f32 tensors `layout`, in this order, padded
 /// with spaces to a multiple of 8 bytes as the safetensors crate does.
@@ -92,23 +92,42 @@ impl Pending {
     }
 }
 
-/// Write f32 runs `ranges` (element offset into the file's data, values)
+/// Write f32 runs `runs` (element offset into the file's data, values;
+/// each made when its turn comes, so that one run at a time is in memory)
 /// into the preallocated tensor file `path`, whose data starts at byte
 /// `data_start`, and sync them to disk.
-pub fn write_at(path: &Path, data_start: u64, ranges: &[(u64, &[f32])]) -> Result<()> {
+pub fn write_at(
+    path: &Path,
+    data_start: u64,
+    runs: impl IntoIterator<Item = (u64, Vec<f32>)>,
+) -> Result<()> {
     let f = fs::OpenOptions::new()
         .write(true)
         .open(path)
         .map_err(|e| io_err(path, e))?;
-    for (offset, values) in ranges {
-        let mut at = data_start + 4 * offset;
-        for chunk in values.chunks(1 << 18) {
-            let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
-            f.write_all_at(&bytes, at).map_err(|e| io_err(path, e))?;
-            at += bytes.len() as u64;
-        }
+    for (offset, values) in runs {
+        f.write_all_at(&le_bytes(&values), data_start + 4 * offset)
+            .map_err(|e| io_err(path, e))?;
     }
     f.sync_data().map_err(|e| io_err(path, e))
+}
+
+/// Drop file `path`'s pages from the operating system's page cache (after
+/// syncing it), so that the next read comes from the disk: for measuring
+/// cold reads. Linux's POSIX_FADV_DONTNEED; elsewhere nothing.
+pub fn evict_from_page_cache(path: &Path) -> Result<()> {
+    let f = fs::File::open(path).map_err(|e| io_err(path, e))?;
+    f.sync_all().map_err(|e| io_err(path, e))?;
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: posix_fadvise on a file descriptor this function owns.
+        let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        if rc != 0 {
+            return Err(io_err(path, std::io::Error::from_raw_os_error(rc)));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -133,15 +152,18 @@ mod tests {
             .collect();
         let streamed = Pending::begin(&base.join("one"), 1, true).unwrap();
         write_named(&streamed, MODEL_FILE, &t).unwrap();
-        let layout: Vec<_> = t.iter().map(|(n, h)| (n.clone(), h.shape.clone())).collect();
+        let layout: Vec<_> = t
+            .iter()
+            .map(|(n, h)| (n.clone(), h.shape.clone()))
+            .collect();
         let shared = Pending::begin(&base.join("two"), 1, true).unwrap();
         shared.preallocate(MODEL_FILE, &layout).unwrap();
         let start = shared.data_start(MODEL_FILE, &layout).unwrap();
         let flat: Vec<f32> = t.values().flat_map(|h| h.data.clone()).collect();
         let path = shared.tmp_path().join(MODEL_FILE);
         // Rank 1 first, then rank 0: elements 7.. and 0..7.
-        write_at(&path, start, &[(7, &flat[7..])]).unwrap();
-        write_at(&path, start, &[(0, &flat[..7])]).unwrap();
+        write_at(&path, start, [(7, flat[7..].to_vec())]).unwrap();
+        write_at(&path, start, [(0, flat[..7].to_vec())]).unwrap();
         assert_eq!(
             fs::read(&path).unwrap(),
             fs::read(streamed.tmp_path().join(MODEL_FILE)).unwrap()

@@ -364,6 +364,12 @@ fn resolve_preset(value: &mut toml::Table, from_cli: bool, cli_keys: &[String]) 
     };
     let name = match model.get("preset") {
         None => return Ok(()),
+        // The defaults' placeholder, copied along with a [model] table that
+        // only `--set model.<key>` made: no preset.
+        Some(toml::Value::String(name)) if name.is_empty() => {
+            model.remove("preset");
+            return Ok(());
+        }
         Some(toml::Value::String(name)) => name.clone(),
         Some(other) => {
             return Err(ConfigError(format!(

@@ -246,3 +246,12 @@ fn every_config_key_is_documented_and_every_documented_key_exists() {
         }
     }
 }
+
+/// `--set model.<key>` on a file without a [model] table: the table is made
+/// from the defaults, whose preset placeholder means no preset.
+#[test]
+fn a_model_key_can_be_set_without_a_model_table() {
+    let cfg = parse("[run]\nsteps = 2\n", &["model.depth=1"]).unwrap();
+    assert_eq!(cfg.model.depth, 1);
+    assert_eq!(cfg.model.hidden, orrery_model::DitConfig::default().hidden);
+}

@@ -14,26 +14,28 @@ use burn::tensor::backend::Backend;
 use orrery_checkpoint::{write_at, Pending, EMA_FILE, MODEL_FILE, OPTIM_FILE};
 
 use crate::fsdp::Fsdp;
-use crate::optim::{host, AdamW, Ema, FlatMap};
+use crate::optim::{AdamW, Ema, FlatMap};
+use crate::snapshot::Held;
 use crate::Result;
 
 /// One file's layout and this rank's runs of values in it.
-struct ShardFile {
+struct ShardFile<B: Backend> {
     file: &'static str,
     layout: Vec<(String, Vec<usize>)>,
-    /// (element offset in the file's data, values).
-    runs: Vec<(u64, Vec<f32>)>,
+    /// (element offset in the file's data, values, how many to write:
+    /// the shard without its padding).
+    runs: Vec<(u64, Held<B>, usize)>,
 }
 
-/// This rank's shards of the model, EMA and AdamW state, on the host.
-pub struct ShardSnapshot {
-    files: Vec<ShardFile>,
+/// This rank's shards of the model, EMA and AdamW state ([`crate::snapshot`]).
+pub struct ShardSnapshot<B: Backend> {
+    files: Vec<ShardFile<B>>,
 }
 
 impl<B: Backend> Fsdp<B> {
-    /// Copy this rank's shards of everything a checkpoint holds to host
-    /// memory (no collective).
-    pub fn snapshot_shards(&self, optim: &AdamW<B>, ema: &Ema<B>) -> ShardSnapshot {
+    /// Hold this rank's shards of everything a checkpoint holds (no copy,
+    /// no collective).
+    pub fn snapshot_shards(&self, optim: &AdamW<B>, ema: &Ema<B>) -> ShardSnapshot<B> {
         let mut optim_layout = self.named_layout("exp_avg.");
         optim_layout.extend(self.named_layout("exp_avg_sq."));
         ShardSnapshot {
@@ -58,7 +60,7 @@ impl<B: Backend> Fsdp<B> {
     }
 
     /// This rank's runs in a file that holds `maps` one after another.
-    fn runs(&self, maps: &[&FlatMap<B>]) -> Vec<(u64, Vec<f32>)> {
+    fn runs(&self, maps: &[&FlatMap<B>]) -> Vec<(u64, Held<B>, usize)> {
         let mut runs = Vec::new();
         let mut offset = 0u64;
         for map in maps {
@@ -66,9 +68,8 @@ impl<B: Backend> Fsdp<B> {
                 let start = self.rank * unit.shard;
                 if start < unit.len {
                     let n = unit.shard.min(unit.len - start);
-                    let mut values = host(map[&unit.prefix].clone());
-                    values.truncate(n);
-                    runs.push((offset + start as u64, values));
+                    let held = Held::Device(map[&unit.prefix].clone());
+                    runs.push((offset + start as u64, held, n));
                 }
                 offset += unit.len as u64;
             }
@@ -77,7 +78,15 @@ impl<B: Backend> Fsdp<B> {
     }
 }
 
-impl ShardSnapshot {
+impl<B: Backend> ShardSnapshot<B> {
+    /// Copy every shard to the host now.
+    pub fn to_host(&mut self) {
+        self.files
+            .iter_mut()
+            .flat_map(|f| &mut f.runs)
+            .for_each(|(_, h, _)| h.to_host());
+    }
+
     /// On the writing rank (the others do nothing): create the files whole,
     /// before any rank writes into them.
     pub fn preallocate(&self, pending: &Pending) -> Result<()> {
@@ -88,23 +97,19 @@ impl ShardSnapshot {
     }
 
     /// Write this rank's runs into the preallocated files of `pending`'s
-    /// `.tmp` folder and sync them (any thread).
-    pub fn write(&self, pending: &Pending) -> Result<()> {
+    /// `.tmp` folder, one shard at a time, and sync them (any thread).
+    pub fn write(self, pending: &Pending) -> Result<()> {
         let tmp = pending.tmp_path();
-        for f in &self.files {
+        for f in self.files {
             let start = pending.data_start(f.file, &f.layout)?;
-            let runs: Vec<(u64, &[f32])> = f.runs.iter().map(|(o, v)| (*o, &v[..])).collect();
-            write_at(&Path::new(&tmp).join(f.file), start, &runs)?;
+            let path = Path::new(&tmp).join(f.file);
+            let runs = f.runs.into_iter().map(|(offset, held, n)| {
+                let mut values = held.values();
+                values.truncate(n);
+                (offset, values)
+            });
+            write_at(&path, start, runs)?;
         }
         Ok(())
-    }
-
-    /// Bytes of host memory it holds.
-    pub fn bytes(&self) -> usize {
-        self.files
-            .iter()
-            .flat_map(|f| &f.runs)
-            .map(|(_, v)| 4 * v.len())
-            .sum()
     }
 }

@@ -136,6 +136,7 @@ pub mod optim;
 #[cfg(test)]
 mod parallel_tests;
 pub mod replica;
+pub mod snapshot;
 pub mod step;
 pub mod update;
 pub mod world;

@@ -13,10 +13,11 @@ use orrery_model::named::{map_named, to_host, visit_named};
 use orrery_model::Dit;
 
 use crate::fsdp::Fsdp;
-pub use crate::fsdp_save::ShardSnapshot;
 use crate::fsdp_step::fsdp_step;
 use crate::glue::denoiser;
+use crate::optim::FlatMap;
 use crate::optim::{AdamW, Ema};
+use crate::snapshot::{Held, Snapshot, WholeSnapshot};
 use crate::step::{train_step, StepOut};
 use crate::Result;
 use orrery_checkpoint::{write_named, Pending, TensorFile, EMA_FILE, MODEL_FILE, OPTIM_FILE};
@@ -28,43 +29,6 @@ pub enum Replica<B: AutodiffBackend> {
     Full(Dit<B>),
     /// This rank's shard of every unit.
     Sharded(Fsdp<B::InnerBackend>),
-}
-
-/// What a rank copies to host memory for an asynchronous checkpoint
-/// ([`Replica::snapshot`]).
-pub enum Snapshot {
-    /// Every tensor (rank 0 of a whole model).
-    Whole(WholeSnapshot),
-    /// This rank's FSDP shards.
-    Shards(ShardSnapshot),
-}
-
-/// A checkpoint's tensors copied to host memory whole.
-pub struct WholeSnapshot {
-    /// The model weights.
-    pub model: orrery_model::named::NamedTensors,
-    /// The EMA weights.
-    pub ema: orrery_model::named::NamedTensors,
-    /// The AdamW moments (`exp_avg.<name>`, `exp_avg_sq.<name>`).
-    pub optim: orrery_model::named::NamedTensors,
-}
-
-impl WholeSnapshot {
-    /// Write it into `pending` (any thread).
-    pub fn write(&self, pending: &Pending) -> Result<()> {
-        write_named(pending, MODEL_FILE, &self.model)?;
-        write_named(pending, EMA_FILE, &self.ema)?;
-        Ok(write_named(pending, OPTIM_FILE, &self.optim)?)
-    }
-
-    /// Bytes of host memory it holds.
-    pub fn bytes(&self) -> usize {
-        [&self.model, &self.ema, &self.optim]
-            .iter()
-            .flat_map(|m| m.values())
-            .map(|t| 4 * t.data.len())
-            .sum()
-    }
 }
 
 /// Which weights to evaluate.
@@ -269,25 +233,42 @@ impl<B: AutodiffBackend> Replica<B> {
         }
     }
 
-    /// A host copy of everything this rank writes of a checkpoint, for a
-    /// background thread to write while training goes on: on rank 0 of a
-    /// whole model (DDP, one process) the model, EMA and AdamW tensors
-    /// (None on the other ranks, which write nothing); under FSDP every
-    /// rank's own shards, which it writes in place ([`ShardSnapshot`]).
+    /// Everything this rank writes of a checkpoint, held for a background
+    /// thread to write while training goes on ([`crate::snapshot`]): on
+    /// rank 0 of a whole model (DDP, one process) the model, EMA and AdamW
+    /// tensors (None on the other ranks, which write nothing); under FSDP
+    /// every rank's own shards, which it writes in place.
     pub fn snapshot(
         &self,
         optim: &AdamW<B::InnerBackend>,
         ema: &Ema<B::InnerBackend>,
         shapes: &BTreeMap<String, Vec<usize>>,
         comm: &dyn Collective,
-    ) -> Option<Snapshot> {
+    ) -> Option<Snapshot<B::InnerBackend>> {
         match self {
             Replica::Full(_) if comm.rank() != 0 => None,
-            Replica::Full(model) => Some(Snapshot::Whole(WholeSnapshot {
-                model: to_host(model),
-                ema: ema.to_host(shapes),
-                optim: optim.to_host(shapes),
-            })),
+            Replica::Full(model) => {
+                let mut weights = BTreeMap::new();
+                visit_named(model, |name, _, shape, flat| {
+                    weights.insert(name.to_string(), (shape, Held::Device(flat.inner())));
+                });
+                let held = |prefix: &str, map: &FlatMap<B::InnerBackend>| {
+                    map.iter()
+                        .map(|(name, t)| {
+                            let key = format!("{prefix}{name}");
+                            (key, (shapes[name].clone(), Held::Device(t.clone())))
+                        })
+                        .collect::<BTreeMap<_, _>>()
+                };
+                let mut moments = held("exp_avg.", &optim.exp_avg);
+                moments.extend(held("exp_avg_sq.", &optim.exp_avg_sq));
+                let files = BTreeMap::from([
+                    (MODEL_FILE, weights),
+                    (EMA_FILE, held("", &ema.weights)),
+                    (OPTIM_FILE, moments),
+                ]);
+                Some(Snapshot::Whole(WholeSnapshot { files }))
+            }
             Replica::Sharded(fsdp) => Some(Snapshot::Shards(fsdp.snapshot_shards(optim, ema))),
         }
     }
@@ -304,10 +285,12 @@ impl<B: AutodiffBackend> Replica<B> {
         comm: &dyn Collective,
     ) -> Result<()> {
         match self {
-            Replica::Full(_) => match self.snapshot(optim, ema, shapes, comm) {
-                Some(Snapshot::Whole(snapshot)) => snapshot.write(pending),
-                _ => Ok(()),
-            },
+            Replica::Full(model) if comm.rank() == 0 => {
+                write_named(pending, MODEL_FILE, &to_host(model))?;
+                write_named(pending, EMA_FILE, &ema.to_host(shapes))?;
+                Ok(write_named(pending, OPTIM_FILE, &optim.to_host(shapes))?)
+            }
+            Replica::Full(_) => Ok(()),
             Replica::Sharded(fsdp) => {
                 for (file, shards) in [(MODEL_FILE, &fsdp.params), (EMA_FILE, &ema.weights)] {
                     let mut sink = pending.file(file, &fsdp.named_layout(""))?;

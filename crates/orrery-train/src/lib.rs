@@ -16,6 +16,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod bench_ckpt;
 pub mod checkpoint;
 /// The config tree (orrery-config).
 pub mod config {

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use burn::tensor::backend::AutodiffBackend;
 use orrery_checkpoint::{SaveHook, SavePoint};
 use orrery_dist::{Collective, World};
-use orrery_parallel::replica::Snapshot;
+use orrery_parallel::snapshot::Snapshot;
 
 use crate::checkpoint::{self, Pending, TrainerState};
 use crate::config::TrainConfig;
@@ -98,6 +98,7 @@ impl Saver {
             Some(Snapshot::Whole(snapshot)) => {
                 let hook = self.hook.clone();
                 self.in_flight = Some(InFlight::Commit(std::thread::spawn(move || {
+                    yield_to_training();
                     let pending = Pending::begin(&dir, state.step, true)?.with_hook(hook);
                     snapshot.write(&pending)?;
                     Ok(pending.commit(&state, state.step, keep)?)
@@ -110,7 +111,10 @@ impl Saver {
                 comm.barrier()?;
                 let pending = Arc::new(pending);
                 let shared = pending.clone();
-                let writer = std::thread::spawn(move || snapshot.write(&shared));
+                let writer = std::thread::spawn(move || {
+                    yield_to_training();
+                    snapshot.write(&shared)
+                });
                 self.in_flight = Some(InFlight::Shards {
                     writer: Some(writer),
                     pending,
@@ -136,6 +140,15 @@ impl Saver {
             self.commit_shards(comm, true)?;
         }
         Ok(())
+    }
+
+    /// Whether this rank still has a write in flight (unfinished).
+    pub fn busy(&self) -> bool {
+        match &self.in_flight {
+            None => false,
+            Some(InFlight::Commit(writer)) => !writer.is_finished(),
+            Some(InFlight::Shards { .. }) => true,
+        }
     }
 
     /// Finish the write in flight, if any, on every rank together.
@@ -219,6 +232,17 @@ impl Drop for Saver {
         if let Err(e) = result {
             eprintln!("error: writing the last checkpoint: {e}");
         }
+    }
+}
+
+/// Lower this (writer) thread's scheduling priority (Linux: nice 10 for the
+/// thread alone), so that it takes the cores the training leaves idle
+/// rather than slowing the steps down.
+fn yield_to_training() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority on this thread's own id; a failure leaves it as it was.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
     }
 }
 
