@@ -73,19 +73,45 @@ pub struct WholeSnapshot<B: Backend> {
 }
 
 impl<B: Backend> WholeSnapshot<B> {
-    /// Write every file into `pending`, one tensor at a time (any thread).
-    pub fn write(self, pending: &Pending) -> Result<()> {
-        for (file, tensors) in self.files {
-            let layout: Vec<(String, Vec<usize>)> = tensors
-                .iter()
-                .map(|(n, (shape, _))| (n.clone(), shape.clone()))
-                .collect();
-            let mut sink = pending.file(file, &layout)?;
-            for (name, (_, held)) in tensors {
-                sink.put(&name, &held.values())?;
-            }
-            sink.finish()?;
+    /// Write every file into `pending`, one tensor at a time (any thread);
+    /// with `parallel`, each file on a thread of its own (a save the
+    /// training waits for), else one file after another (a background
+    /// save, leaving the other cores to the training).
+    pub fn write(self, pending: &Pending, parallel: bool) -> Result<()> {
+        if !parallel {
+            return self
+                .files
+                .into_iter()
+                .try_for_each(|(file, tensors)| write_file(pending, file, tensors));
         }
-        Ok(())
+        std::thread::scope(|scope| {
+            let writers: Vec<_> = self
+                .files
+                .into_iter()
+                .map(|(file, tensors)| scope.spawn(move || write_file(pending, file, tensors)))
+                .collect();
+            writers.into_iter().try_for_each(|w| {
+                w.join().map_err(|_| {
+                    crate::Error::Internal("a checkpoint file writer panicked".into())
+                })?
+            })
+        })
     }
+}
+
+/// Write one file's tensors, in name order, one at a time.
+fn write_file<B: Backend>(
+    pending: &Pending,
+    file: &str,
+    tensors: BTreeMap<String, (Vec<usize>, Held<B>)>,
+) -> Result<()> {
+    let layout: Vec<(String, Vec<usize>)> = tensors
+        .iter()
+        .map(|(n, (shape, _))| (n.clone(), shape.clone()))
+        .collect();
+    let mut sink = pending.file(file, &layout)?;
+    for (name, (_, held)) in tensors {
+        sink.put(&name, &held.values())?;
+    }
+    Ok(sink.finish()?)
 }

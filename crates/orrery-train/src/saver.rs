@@ -84,23 +84,38 @@ impl Saver {
         let done = dir.join(checkpoint::step_dir_name(run.step));
         let keep = cfg.checkpoint.keep;
         let writes = world.rank == 0;
+        let mut snapshot = run
+            .replica
+            .snapshot(&run.optim, &run.ema, &run.shapes, comm);
         if !cfg.checkpoint.asynchronous {
             let pending = Pending::begin(&dir, run.step, writes)?.with_hook(self.hook.clone());
-            run.replica
-                .write_checkpoint(&pending, &run.optim, &run.ema, &run.shapes, comm)?;
+            match snapshot {
+                // A whole model: one tensor at a time to host and file.
+                Some(Snapshot::Whole(whole)) => whole.write(&pending, true)?,
+                // Under FSDP every rank helps gather each unit to rank 0.
+                _ => run.replica.write_checkpoint(
+                    &pending,
+                    &run.optim,
+                    &run.ema,
+                    &run.shapes,
+                    comm,
+                )?,
+            }
             return Ok(pending.commit(&state, state.step, keep)?);
         }
-        match run
-            .replica
-            .snapshot(&run.optim, &run.ema, &run.shapes, comm)
-        {
+        if cfg.run.device != crate::config::Device::Cpu {
+            // On a GPU the copy to host is made now, on the training thread,
+            // so that the writer never reads the device.
+            snapshot.iter_mut().for_each(Snapshot::to_host);
+        }
+        match snapshot {
             None => {}
             Some(Snapshot::Whole(snapshot)) => {
                 let hook = self.hook.clone();
                 self.in_flight = Some(InFlight::Commit(std::thread::spawn(move || {
                     yield_to_training();
                     let pending = Pending::begin(&dir, state.step, true)?.with_hook(hook);
-                    snapshot.write(&pending)?;
+                    snapshot.write(&pending, false)?;
                     Ok(pending.commit(&state, state.step, keep)?)
                 })));
             }
