@@ -10,6 +10,7 @@ mod bench;
 mod bench_ckpt;
 mod data;
 mod launch;
+mod shell;
 mod signals;
 mod sweep;
 mod sweep_slurm;

@@ -11,6 +11,8 @@ use clap::{Args, Subcommand};
 use orrery_sweep::{run_state, Plan, PlannedRun, Report, ReportInput, RunState};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 
+use crate::shell::{command_line, shell_word};
+
 #[derive(Subcommand)]
 pub enum SweepCommand {
     /// List a sweep file's runs: name, run directory, state and the
@@ -91,23 +93,6 @@ fn state_text(run: &PlannedRun) -> String {
         RunState::Partial(step) => format!("at step {step} of {}", run.steps),
         state => state.to_string(),
     }
-}
-
-/// A word as a POSIX shell reads it back.
-pub(crate) fn shell_word(s: &str) -> String {
-    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./=:,+@%".contains(c);
-    if !s.is_empty() && s.chars().all(plain) {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
-
-fn command_line(program: &str, args: &[String]) -> String {
-    std::iter::once(shell_word(program))
-        .chain(args.iter().map(|a| shell_word(a)))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// A run's child process.

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use orrery_sweep::Plan;
 
-use crate::sweep::shell_word;
+use crate::shell::shell_word;
 
 /// The template every task runs (written beside the array script).
 const TRAIN_SBATCH: &str = include_str!("../launch/slurm/train.sbatch");
@@ -116,11 +116,10 @@ fn array_script(plan: &Plan, cwd: &Path, exe: &Path, template: &Path, sbatch: &[
          # `orrery sweep slurm`: task i trains run i through {template}\n\
          # (a copy of launch/slurm/train.sbatch), which resumes a run from its\n\
          # checkpoint and requeues the task when a signal stopped it with one.\n\
-         # Submit: sbatch {script_hint}",
+         # Submit: sbatch <this file>",
         name = plan.name,
         file = plan.file.display(),
         template = template.display(),
-        script_hint = "<this file>",
     );
     let _ = writeln!(s, "#SBATCH --job-name=orrery-{}", plan.name);
     let _ = writeln!(s, "#SBATCH --array=0-{}", plan.runs.len().saturating_sub(1));

@@ -96,7 +96,6 @@ pub fn cuda_device(what: &str) -> Result<burn::backend::cuda::CudaDevice> {
 pub mod ddp;
 pub mod fixtures;
 pub mod fsdp;
-pub mod fsdp_save;
 mod fsdp_shard;
 pub mod fsdp_step;
 pub mod glue;

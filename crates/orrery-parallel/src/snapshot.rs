@@ -8,12 +8,14 @@
 //! never reads the device (and device memory holds no second state).
 use std::collections::BTreeMap;
 
+use std::path::Path;
+
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use orrery_checkpoint::Pending;
+use orrery_checkpoint::{write_at, Pending, EMA_FILE, MODEL_FILE, OPTIM_FILE};
 
-use crate::fsdp_save::ShardSnapshot;
-use crate::optim::host;
+use crate::fsdp::Fsdp;
+use crate::optim::{host, AdamW, Ema, FlatMap};
 use crate::Result;
 
 /// A flat tensor held for a checkpoint: on its device, or copied to host.
@@ -41,8 +43,7 @@ impl<B: Backend> Held<B> {
     }
 }
 
-/// What a rank holds of an asynchronous checkpoint
-/// ([`crate::replica::Replica::snapshot`]).
+/// What a rank holds of an asynchronous checkpoint (`Replica::snapshot`).
 pub enum Snapshot<B: Backend> {
     /// Every tensor (rank 0 of a whole model).
     Whole(WholeSnapshot<B>),
@@ -65,11 +66,14 @@ impl<B: Backend> Snapshot<B> {
     }
 }
 
+/// A file's tensors by name: (shape, values).
+pub type HeldTensors<B> = BTreeMap<String, (Vec<usize>, Held<B>)>;
+
 /// The tensors of a checkpoint's files, by file and name (written in name
 /// order).
 pub struct WholeSnapshot<B: Backend> {
-    /// File -> name -> (shape, values).
-    pub files: BTreeMap<&'static str, BTreeMap<String, (Vec<usize>, Held<B>)>>,
+    /// File -> its tensors.
+    pub files: BTreeMap<&'static str, HeldTensors<B>>,
 }
 
 impl<B: Backend> WholeSnapshot<B> {
@@ -100,11 +104,7 @@ impl<B: Backend> WholeSnapshot<B> {
 }
 
 /// Write one file's tensors, in name order, one at a time.
-fn write_file<B: Backend>(
-    pending: &Pending,
-    file: &str,
-    tensors: BTreeMap<String, (Vec<usize>, Held<B>)>,
-) -> Result<()> {
+fn write_file<B: Backend>(pending: &Pending, file: &str, tensors: HeldTensors<B>) -> Result<()> {
     let layout: Vec<(String, Vec<usize>)> = tensors
         .iter()
         .map(|(n, (shape, _))| (n.clone(), shape.clone()))
@@ -114,4 +114,111 @@ fn write_file<B: Backend>(
         sink.put(&name, &held.values())?;
     }
     Ok(sink.finish()?)
+}
+
+// FSDP's asynchronous checkpoint: each rank copies only its own shards to
+// host memory, and a background thread writes them in place into the
+// checkpoint's files (laid out whole by rank 0), so no rank gathers a
+// unit and the files are the same as a synchronous checkpoint's.
+//
+// A file holds the units' flat vectors one after another (unit by unit,
+// each parameter of a unit in order: [`Fsdp::named_layout`]); the optimizer
+// file holds the first moments, then the second. Rank r's shard of unit u
+// is elements [r k, r k + k) of the unit's L (the padding past L is not
+// written).
+
+/// One file's layout and this rank's runs of values in it.
+struct ShardFile<B: Backend> {
+    file: &'static str,
+    layout: Vec<(String, Vec<usize>)>,
+    /// (element offset in the file's data, values, how many to write:
+    /// the shard without its padding).
+    runs: Vec<(u64, Held<B>, usize)>,
+}
+
+/// This rank's shards of the model, EMA and AdamW state.
+pub struct ShardSnapshot<B: Backend> {
+    files: Vec<ShardFile<B>>,
+}
+
+impl<B: Backend> Fsdp<B> {
+    /// Hold this rank's shards of everything a checkpoint holds (no copy,
+    /// no collective).
+    pub fn snapshot_shards(&self, optim: &AdamW<B>, ema: &Ema<B>) -> ShardSnapshot<B> {
+        let mut optim_layout = self.named_layout("exp_avg.");
+        optim_layout.extend(self.named_layout("exp_avg_sq."));
+        ShardSnapshot {
+            files: vec![
+                ShardFile {
+                    file: MODEL_FILE,
+                    layout: self.named_layout(""),
+                    runs: self.runs(&[&self.params]),
+                },
+                ShardFile {
+                    file: EMA_FILE,
+                    layout: self.named_layout(""),
+                    runs: self.runs(&[&ema.weights]),
+                },
+                ShardFile {
+                    file: OPTIM_FILE,
+                    layout: optim_layout,
+                    runs: self.runs(&[&optim.exp_avg, &optim.exp_avg_sq]),
+                },
+            ],
+        }
+    }
+
+    /// This rank's runs in a file that holds `maps` one after another.
+    fn runs(&self, maps: &[&FlatMap<B>]) -> Vec<(u64, Held<B>, usize)> {
+        let mut runs = Vec::new();
+        let mut offset = 0u64;
+        for map in maps {
+            for unit in &self.units {
+                let start = self.rank * unit.shard;
+                if start < unit.len {
+                    let n = unit.shard.min(unit.len - start);
+                    let held = Held::Device(map[&unit.prefix].clone());
+                    runs.push((offset + start as u64, held, n));
+                }
+                offset += unit.len as u64;
+            }
+        }
+        runs
+    }
+}
+
+impl<B: Backend> ShardSnapshot<B> {
+    /// Copy every shard to the host now.
+    pub fn to_host(&mut self) {
+        self.files
+            .iter_mut()
+            .flat_map(|f| &mut f.runs)
+            .for_each(|(_, h, _)| h.to_host());
+    }
+
+    /// On the writing rank (the others do nothing): create the files whole,
+    /// before any rank writes into them.
+    pub fn preallocate(&self, pending: &Pending) -> Result<()> {
+        for f in &self.files {
+            pending.preallocate(f.file, &f.layout)?;
+        }
+        Ok(())
+    }
+
+    /// Write this rank's runs into the preallocated files of `pending`'s
+    /// `.tmp` folder, one shard at a time, and sync them (any thread).
+    pub fn write(self, pending: &Pending) -> Result<()> {
+        let tmp = pending.tmp_path();
+        for f in self.files {
+            let start = pending.data_start(f.file, &f.layout)?;
+            let path = Path::new(&tmp).join(f.file);
+            let runs = f.runs.into_iter().map(|(offset, held, n)| {
+                let mut values = held.values();
+                values.truncate(n);
+                (offset, values)
+            });
+            write_at(&path, start, runs)?;
+        }
+        Ok(())
+    }
 }
