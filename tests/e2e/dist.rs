@@ -490,17 +490,7 @@ fn slurm_sbatch_across_two_nodes_matches_mpirun() {
         .unwrap_or_else(|| panic!("no stop step in {log}"));
     assert!((1..4000).contains(&at), "stopped at {at}: {log}");
     assert_eq!(log.matches("trained steps").count(), 1, "{log}");
-    let limits = [
-        "--set",
-        "run.steps=4000",
-        "--set",
-        "checkpoint.every=100000",
-        "--set",
-        "logging.eval_every=100000",
-        "--set",
-        "logging.every=500",
-    ];
-    launch_train(&dir, "2", "unlimited", &limits);
+    launch_train(&dir, "2", "unlimited", &super::slurm_sweep::LIMITED_RUN);
     assert_bitwise_checkpoint(
         &dir.join("unlimited/checkpoints/step_00004000"),
         &dir.join("limited/checkpoints/step_00004000"),
@@ -514,35 +504,8 @@ fn slurm_sbatch_across_two_nodes_matches_mpirun() {
 /// again at once (Slurm holds requeued jobs for two minutes), and return
 /// the job's log when it completes.
 fn requeue_mid_run(dir: &Path, sbatch: &Path, conf: &Path) -> Result<String, String> {
-    let run = |cmd: &str, args: &[&str]| -> Result<String, String> {
-        let out = Command::new(cmd)
-            .args(args)
-            .current_dir(dir)
-            .env("SLURM_CONF", conf)
-            .env("ORRERY", env!("CARGO_BIN_EXE_orrery"))
-            .env("OMPI_MCA_btl", "self,tcp")
-            .output()
-            .map_err(|e| format!("{cmd}: {e}"))?;
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        if out.status.success() {
-            Ok(text)
-        } else {
-            Err(format!(
-                "{cmd} {args:?}: {text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    };
-    let wait = |what: &str, secs: u64, mut done: Box<dyn FnMut() -> bool + '_>| {
-        let start = std::time::Instant::now();
-        while !done() {
-            if start.elapsed().as_secs() > secs {
-                return Err(format!("waited {secs} s for {what}"));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-        Ok(())
-    };
+    use super::slurm_sweep::{slurm, wait};
+    let run = |cmd: &str, args: &[&str]| slurm(dir, conf, cmd, args);
     let id = run(
         "sbatch",
         &[
@@ -561,7 +524,7 @@ fn requeue_mid_run(dir: &Path, sbatch: &Path, conf: &Path) -> Result<String, Str
     )?;
     let id = id.trim().split(';').next().unwrap_or("").to_string();
     let latest = dir.join("requeued/checkpoints/latest");
-    wait("a first checkpoint", 120, Box::new(|| latest.is_file()))?;
+    wait("a first checkpoint", 120, || latest.is_file())?;
     run("scontrol", &["requeue", &id])?;
     let requeued_at = std::time::Instant::now();
     let job = format!("JobId={id}");
@@ -569,23 +532,15 @@ fn requeue_mid_run(dir: &Path, sbatch: &Path, conf: &Path) -> Result<String, Str
     // Not in the same seconds as the requeue: slurmd refuses a credential
     // issued then as revoked ("Job credential revoked", the job fails),
     // which is what Slurm's two-minute hold of requeued jobs avoids.
-    wait(
-        "the requeued job to become pending",
-        60,
-        Box::new(|| {
-            requeued_at.elapsed().as_secs() >= 3
-                && state().contains("JobState=PENDING")
-                && run("scontrol", &["update", &job, "StartTime=now"]).is_ok()
-        }),
-    )?;
-    wait(
-        "the job to finish",
-        180,
-        Box::new(|| {
-            let s = state();
-            s.contains("JobState=COMPLETED") || s.contains("JobState=FAILED")
-        }),
-    )?;
+    wait("the requeued job to become pending", 60, || {
+        requeued_at.elapsed().as_secs() >= 3
+            && state().contains("JobState=PENDING")
+            && run("scontrol", &["update", &job, "StartTime=now"]).is_ok()
+    })?;
+    wait("the job to finish", 180, || {
+        let s = state();
+        s.contains("JobState=COMPLETED") || s.contains("JobState=FAILED")
+    })?;
     let log = std::fs::read_to_string(dir.join(format!("orrery-{id}.out")))
         .map_err(|e| format!("the job's log: {e}"))?;
     if !state().contains("JobState=COMPLETED") {

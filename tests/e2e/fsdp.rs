@@ -1,6 +1,6 @@
 //! FSDP over mpirun: the one-process run's state on any number of ranks,
 //! 1/N of the state per rank, bf16 gathers and compute, DDP -> FSDP resume.
-use super::dist::{assert_same_checkpoint, launch_train, losses};
+use super::dist::{assert_bitwise_checkpoint, assert_same_checkpoint, launch_train, losses};
 use super::{ok, orrery, tiny_dir, user_error};
 
 /// FSDP over 1, 2 and 4 ranks (and 2 ranks with 1-clip micro-batches) ends
@@ -47,19 +47,8 @@ fn fsdp_over_mpi_matches_one_process_with_a_1_over_n_share_of_the_state() {
     let sync = ["--set", fsdp, "--set", "checkpoint.async=false"];
     launch_train(&dir, "2", "fsdp-sync", &sync);
     for step in ["step_00000003", "step_00000006"] {
-        for file in [
-            "model.safetensors",
-            "ema.safetensors",
-            "optimizer.safetensors",
-        ] {
-            let read = |run: &str| {
-                std::fs::read(dir.join(run).join("checkpoints").join(step).join(file)).unwrap()
-            };
-            assert!(
-                read("fsdp2micro0") == read("fsdp-sync"),
-                "{step}/{file}: async != sync"
-            );
-        }
+        let ckpt = |run: &str| dir.join(run).join("checkpoints").join(step);
+        assert_bitwise_checkpoint(&ckpt("fsdp2micro0"), &ckpt("fsdp-sync"), "async vs sync");
     }
     launch_train(
         &dir,

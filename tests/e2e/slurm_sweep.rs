@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// `cmd args` in `dir` against the cluster of `conf`: its stdout, or why not.
-fn slurm(dir: &Path, conf: &Path, cmd: &str, args: &[&str]) -> Result<String, String> {
+pub(super) fn slurm(dir: &Path, conf: &Path, cmd: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new(cmd)
         .args(args)
         .current_dir(dir)
@@ -30,7 +30,8 @@ fn slurm(dir: &Path, conf: &Path, cmd: &str, args: &[&str]) -> Result<String, St
     }
 }
 
-fn wait(what: &str, secs: u64, mut done: impl FnMut() -> bool) -> Result<(), String> {
+/// Poll `done` until it holds, for at most `secs` seconds.
+pub(super) fn wait(what: &str, secs: u64, mut done: impl FnMut() -> bool) -> Result<(), String> {
     let start = Instant::now();
     while !done() {
         if start.elapsed().as_secs() > secs {
@@ -89,6 +90,19 @@ name = "array"
     Ok(logs)
 }
 
+/// The run the time limit stops: 4000 steps of tiny.toml, about a minute
+/// here, with no checkpoint but the one a signal asks for.
+pub(super) const LIMITED_RUN: [&str; 8] = [
+    "--set",
+    "run.steps=4000",
+    "--set",
+    "checkpoint.every=100000",
+    "--set",
+    "logging.eval_every=100000",
+    "--set",
+    "logging.every=500",
+];
+
 /// A 2-rank job of 4000 steps (about a minute here) under a time limit
 /// of 1 minute, with Slurm's SIGUSR1 asked for 58 s before it (Slurm sends
 /// it up to a minute early, so within the first half minute): the ranks
@@ -111,15 +125,11 @@ pub(super) fn time_limit_requeue(dir: &Path, conf: &Path, sbatch: &Path) -> Resu
             "tiny.toml",
             "--run-dir",
             "limited",
-            "--set",
-            "run.steps=4000",
-            "--set",
-            "checkpoint.every=100000",
-            "--set",
-            "logging.eval_every=100000",
-            "--set",
-            "logging.every=500",
-        ],
+        ]
+        .iter()
+        .chain(&LIMITED_RUN)
+        .copied()
+        .collect::<Vec<_>>(),
     )?;
     let id = id.trim().split(';').next().unwrap_or_default().to_string();
     let log_path = dir.join(format!("orrery-{id}.out"));
