@@ -15,8 +15,12 @@
 #           weights, twice: the steps where the GPU's gradient is wrong
 #   nccl2   2 ranks on the one GPU over NCCL (NCCL refuses: the message)
 #   bench   step time f32 vs bf16
+#   mfu     video DiT-S/2, B/2, XL/2 (4,096 tokens) in bf16 (and B in f32, XL
+#           under FSDP on one rank): tokens/s, TFLOP/s, MFU against PEAK (989),
+#           peak device memory, into mfu.md (MFU_RUNS, MFU_BATCH, MFU_STEPS,
+#           MFU_WARMUP, MFU_S, MFU_SET: extra --set words, for a dry run)
 # Output: $OUTDIR/log.txt (every stage, lines stamped with seconds since the
-# start), parity.md, lockstep.md, metrics.jsonl, rollout_<precision>.gif, and the kernel
+# start), parity.md, lockstep.md, mfu.md, metrics.jsonl, rollout_<precision>.gif, and the kernel
 # cache as kernels.tgz.aa, .ab, ...: compiled kernels go to
 # ORRERY_KERNEL_CACHE (default /tmp/orrery-kernels), so only the first
 # process compiles each kernel; copy the parts into .gpu/ to start the next
@@ -162,6 +166,38 @@ for stage in "$@"; do
     nccl2)
       timeout $(lim 90) $mpi2 $bin train $q --set run.steps=4 --set parallel.comm=nccl --set logging.eval_every=1000 \
         --run-dir /tmp/nccl2 --resume never 2>&1 | stamp | tail -5 | tee -a "$log" ;;
+    mfu)
+      # Video DiT-S/2, B/2, XL/2 at 4,096 tokens (configs/bench/dit-*-2-video.toml),
+      # synthetic batches: tokens/s, TFLOP/s and MFU per rank against PEAK
+      # (989: H100/H200 dense bf16), peak device memory (nvidia-smi, every
+      # 0.5 s). A run out of device memory is tried again with half the batch.
+      # Each entry: size:precision[:strategy] (fsdp: FSDP on one rank).
+      echo "| config | precision | strategy | batch | median step (s) | tokens/s | TFLOP/s | MFU | peak memory (MiB) |" > "$out/mfu.md"
+      echo "|---|---|---|---|---|---|---|---|---|" >> "$out/mfu.md"
+      for spec in ${MFU_RUNS:-s:bf16 b:bf16 b:f32 xl:bf16 xl:bf16:fsdp}; do
+        IFS=: read -r size prec strat <<< "$spec"
+        cfg=configs/bench/dit-$size-2-video.toml
+        batch=${MFU_BATCH:-$(awk '/^global_batch/ {print $3}' "$cfg")}
+        while :; do
+          ( while :; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null; sleep 0.5; done ) > /tmp/gpu-mem.txt &
+          sampler=$!
+          # shellcheck disable=SC2086  # MFU_SET: extra --set words
+          timeout $(lim ${MFU_S:-240}) $bin bench step "$cfg" --synthetic --steps ${MFU_STEPS:-10} --warmup ${MFU_WARMUP:-3} \
+            --peak-tflops ${PEAK:-989} --set run.device=${DEVICE:-cuda} --set run.precision="$prec" \
+            --set data.global_batch="$batch" --set parallel.strategy="${strat:-ddp}" ${MFU_SET:-} > /tmp/gpu-mfu.txt 2>&1
+          kill $sampler 2>/dev/null; wait $sampler 2>/dev/null
+          if grep -qiE "out of memory|OutOfMemory" /tmp/gpu-mfu.txt && (( batch > 1 )); then
+            echo "$spec: out of memory at batch $batch, halving" | stamp | tee -a "$log"
+            batch=$((batch / 2)); continue
+          fi
+          break
+        done
+        stamp < /tmp/gpu-mfu.txt | tail -22 >> "$log"
+        row() { grep -F "| $1" /tmp/gpu-mfu.txt | head -1 | awk -F'|' '{gsub(/ /, "", $3); print $3}'; }
+        mem=$(sort -n /tmp/gpu-mem.txt 2>/dev/null | tail -1)
+        echo "| DiT-${size^^}/2 video | $prec | ${strat:-ddp} | $batch | $(row "step time, median") | $(row "tokens/s") | $(row "model TFLOP/s per rank") | $(row "MFU per rank") | ${mem:-n/a} |" >> "$out/mfu.md"
+      done
+      tee -a "$log" < "$out/mfu.md" ;;
     bench)
       for prec in ${PRECISIONS:-f32 bf16}; do
         timeout $(lim 90) $bin bench step $q --set run.precision=$prec --steps 20 --warmup 5 2>&1 | stamp | grep -E "median|samples" | tee -a "$log"

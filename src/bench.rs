@@ -39,6 +39,15 @@ pub enum BenchCommand {
         /// Untimed warm-up steps.
         #[arg(long, default_value_t = 3)]
         warmup: usize,
+        /// Gaussian latents of the model's shape (random actions and
+        /// labels) instead of the config's data: throughput needs no dataset.
+        #[arg(long)]
+        synthetic: bool,
+        /// The device's peak, in TFLOP/s, that MFU divides by [default: 989,
+        /// the H100/H200 SXM dense bf16 peak; the workplace measured about
+        /// 790 TFLOP/s of bf16 matrix work on an H200].
+        #[arg(long, default_value_t = 989.0)]
+        peak_tflops: f64,
     },
     /// Read (fetch + decode) every file of a dataset, N times, and print
     /// clips/s and MB/s (compare with benchmarks/data/pyarrow_read.py).
@@ -203,7 +212,9 @@ pub fn run_bench(cmd: BenchCommand) -> Result<()> {
             set,
             steps,
             warmup,
-        } => run_bench_step(&config, &set, steps, warmup),
+            synthetic,
+            peak_tflops,
+        } => run_bench_step(&config, &set, (steps, warmup), synthetic, peak_tflops),
     }
 }
 
@@ -211,14 +222,18 @@ pub fn run_bench(cmd: BenchCommand) -> Result<()> {
 fn run_bench_step(
     config: &std::path::Path,
     set: &[String],
-    steps: usize,
-    warmup: usize,
+    (steps, warmup): (usize, usize),
+    synthetic: bool,
+    peak_tflops: f64,
 ) -> Result<()> {
     if steps == 0 {
         bail!("--steps must be at least 1");
     }
+    if !(peak_tflops > 0.0 && peak_tflops.is_finite()) {
+        bail!("--peak-tflops {peak_tflops}: give the device's peak in TFLOP/s (e.g. 989)");
+    }
     let cfg = TrainConfig::load(config, set)?;
-    let b = orrery_diagnostics::bench::bench_step(&cfg, steps, warmup)?;
+    let b = orrery_diagnostics::bench::bench_step(&cfg, steps, warmup, synthetic)?;
     let mean = b.step_s.iter().sum::<f64>() / b.step_s.len() as f64;
     let min = b.step_s.iter().copied().fold(f64::INFINITY, f64::min);
     let median = b.median_step();
@@ -230,8 +245,9 @@ fn run_bench_step(
     comm.sort_by(f64::total_cmp);
     let comm = comm[comm.len() / 2];
     println!(
-        "config {}: {} params, batch {}, {} tokens/sample, {:?} on {} thread(s)",
+        "config {}{}: {} params, batch {}, {} tokens/sample, {:?} on {} thread(s)",
         config.display(),
+        if synthetic { " (synthetic batches)" } else { "" },
         b.params,
         b.batch,
         b.tokens_per_sample,
@@ -280,6 +296,13 @@ fn run_bench_step(
     println!(
         "| model GFLOP/s (median step; FLOPs count of the config) | {:.1} |",
         b.flops_per_step / median / 1e9
+    );
+    // Per rank: each computes its share of the global batch.
+    let tflops = b.flops_per_step / b.ranks as f64 / median / 1e12;
+    println!("| model TFLOP/s per rank (median step) | {tflops:.2} |");
+    println!(
+        "| MFU per rank (against a peak of {peak_tflops} TFLOP/s) | {:.1}% |",
+        100.0 * tflops / peak_tflops
     );
     Ok(())
 }

@@ -54,21 +54,90 @@ impl StepBench {
     }
 }
 
-/// Run `warmup + steps` training steps of `cfg` and time the last `steps`.
-pub fn bench_step(cfg: &TrainConfig, steps: usize, warmup: usize) -> Result<StepBench> {
+/// Run `warmup + steps` training steps of `cfg` and time the last `steps`,
+/// on batches of the config's data, or (`synthetic`) of Gaussian latents of
+/// the model's shape with random actions and labels: for throughput, the
+/// values do not matter, and no dataset of that shape is needed.
+pub fn bench_step(
+    cfg: &TrainConfig,
+    steps: usize,
+    warmup: usize,
+    synthetic: bool,
+) -> Result<StepBench> {
     orrery_parallel::with_backend!(cfg.run, |AB, device| bench_on::<AB>(
-        cfg, steps, warmup, device
+        cfg, steps, warmup, synthetic, device
     ))
+}
+
+/// Where the benchmark's batches come from.
+enum Source<'a> {
+    Data(Loader<'a>),
+    /// Gaussian batches: `rows` per rank; `next` is the first global
+    /// sample index of this rank's next rows, `stride` the global batch.
+    Synthetic {
+        rng: rand_chacha::ChaCha8Rng,
+        rows: usize,
+        next: u64,
+        stride: u64,
+    },
+}
+
+impl Source<'_> {
+    fn next_batch(&mut self, m: &orrery_model::DitConfig) -> orrery_data::Batch {
+        use rand::Rng;
+        use rand_distr::{Distribution, StandardNormal};
+        let (rng, rows, next, stride) = match self {
+            Source::Data(loader) => return loader.next_batch(),
+            Source::Synthetic {
+                rng,
+                rows,
+                next,
+                stride,
+            } => (rng, *rows, next, *stride),
+        };
+        let dims = [rows, m.frames, m.channels, m.height, m.width];
+        let n: usize = dims.iter().product();
+        let latents = (0..n).map(|_| StandardNormal.sample(rng)).collect();
+        let ids: Vec<u64> = (*next..*next + rows as u64).collect();
+        *next += stride;
+        orrery_data::Batch {
+            dims,
+            latents,
+            actions: (m.num_actions > 0).then(|| {
+                (0..rows * m.frames)
+                    .map(|_| rng.random_range(0..m.num_actions as i64))
+                    .collect()
+            }),
+            action_values: (m.action_dim > 0).then(|| {
+                (0..rows * m.frames * m.action_dim)
+                    .map(|_| StandardNormal.sample(rng))
+                    .collect()
+            }),
+            labels: (m.num_classes > 0)
+                .then(|| (0..rows).map(|_| rng.random_range(0..m.num_classes as i64)).collect()),
+            clip_ids: ids.iter().map(|i| format!("synthetic-{i}")).collect(),
+            sample_ids: ids,
+        }
+    }
 }
 
 fn bench_on<B: AutodiffBackend>(
     cfg: &TrainConfig,
     steps: usize,
     warmup: usize,
+    synthetic: bool,
     device: B::Device,
 ) -> Result<StepBench> {
     let (world, comm) = join_world(cfg, None)?;
-    let data = Dataset::open_with(&cfg.data.url, cfg.data.holdout_clips, cfg.data.max_bad_rows)?;
+    let data = if synthetic {
+        None
+    } else {
+        Some(Dataset::open_with(
+            &cfg.data.url,
+            cfg.data.holdout_clips,
+            cfg.data.max_bad_rows,
+        )?)
+    };
     B::seed(&device, cfg.run.seed);
     let model: Dit<B> = cfg.model.init(&device)?;
     let shapes = param_shapes(&model);
@@ -81,14 +150,26 @@ fn bench_on<B: AutodiffBackend>(
         &device,
         StartState::Fresh,
     )?;
-    let mut loader = Loader::new(
-        &data.train,
-        cfg.run.seed,
-        cfg.data.global_batch,
-        cfg.model.frames,
-        (world.rank, world.size),
-        Cursor::default(),
-    )?;
+    let mut source = match &data {
+        Some(data) => Source::Data(Loader::new(
+            &data.train,
+            cfg.run.seed,
+            cfg.data.global_batch,
+            cfg.model.frames,
+            (world.rank, world.size),
+            Cursor::default(),
+        )?),
+        None => {
+            use rand::SeedableRng;
+            let rows = cfg.data.global_batch / world.size;
+            Source::Synthetic {
+                rng: rand_chacha::ChaCha8Rng::seed_from_u64(cfg.run.seed ^ world.rank as u64),
+                rows,
+                next: (world.rank * rows) as u64,
+                stride: cfg.data.global_batch as u64,
+            }
+        }
+    };
     let m = &cfg.model;
     let tokens = m.frame_groups(m.frames) * m.tokens_per_frame();
     let per_sample = m.train_flops_per_sample(m.frames);
@@ -123,7 +204,7 @@ fn bench_on<B: AutodiffBackend>(
             bench.heap.0 = crate::heap::reset_peak();
         }
         let t0 = Instant::now();
-        let batch = to_device::<B>(&loader.next_batch(), m, &device);
+        let batch = to_device::<B>(&source.next_batch(m), m, &device);
         let t1 = Instant::now();
         let (next, out) = replica.step(
             cfg,

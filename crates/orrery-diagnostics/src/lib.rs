@@ -9,7 +9,7 @@
 //!
 //! ```no_run
 //! let cfg = orrery_config::TrainConfig::load("configs/quickstart.toml".as_ref(), &[]).unwrap();
-//! let b = orrery_diagnostics::bench::bench_step(&cfg, 10, 2).unwrap();
+//! let b = orrery_diagnostics::bench::bench_step(&cfg, 10, 2, false).unwrap();
 //! println!("median step {:.3} s", b.median_step());
 //! ```
 #![deny(missing_docs)]
