@@ -247,7 +247,11 @@ fn run_bench_step(
     println!(
         "config {}{}: {} params, batch {}, {} tokens/sample, {:?} on {} thread(s)",
         config.display(),
-        if synthetic { " (synthetic batches)" } else { "" },
+        if synthetic {
+            " (synthetic batches)"
+        } else {
+            ""
+        },
         b.params,
         b.batch,
         b.tokens_per_sample,

@@ -113,8 +113,11 @@ impl Source<'_> {
                     .map(|_| StandardNormal.sample(rng))
                     .collect()
             }),
-            labels: (m.num_classes > 0)
-                .then(|| (0..rows).map(|_| rng.random_range(0..m.num_classes as i64)).collect()),
+            labels: (m.num_classes > 0).then(|| {
+                (0..rows)
+                    .map(|_| rng.random_range(0..m.num_classes as i64))
+                    .collect()
+            }),
             clip_ids: ids.iter().map(|i| format!("synthetic-{i}")).collect(),
             sample_ids: ids,
         }
