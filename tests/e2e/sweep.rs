@@ -300,7 +300,8 @@ name = "stop"
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The real TensorBoard server over a two-run sweep (tests/python/
+/// The real TensorBoard server over a two-run sweep, each run on 2 ranks
+/// (tests/python/
 /// tensorboard_http.py reads its HTTP API, as the browser does): each
 /// run's scalars, the held-out loss per noise level, the rollout image
 /// that `orrery sample` adds, and the HParams tab's swept key per run.
@@ -318,10 +319,29 @@ name = "two"
 "optim.lr" = [1e-3, 3e-4]
 "#;
     std::fs::write(dir.join("two.toml"), two).unwrap();
-    ok(orrery(
-        &["sweep", "run", "two.toml", "--parallel", "2"],
+    // Each run a 2-rank `orrery launch` (the sweep's `-- LAUNCH OPTIONS`).
+    let ran = ok(orrery(
+        &[
+            "sweep",
+            "run",
+            "two.toml",
+            "--parallel",
+            "2",
+            "--",
+            "-n",
+            "2",
+        ],
         &dir,
     ));
+    assert!(ran.contains("2 ok"), "{ran}");
+    for run in ["lr=0.001", "lr=0.0003"] {
+        let log = std::fs::read_to_string(dir.join(format!("runs/two/{run}/sweep.log"))).unwrap();
+        assert!(
+            log.contains("orrery launch -n 2 -- train")
+                && log.contains("data parallel over 2 ranks"),
+            "{log}"
+        );
+    }
     for run in ["lr=0.001", "lr=0.0003"] {
         let run_dir = format!("runs/two/{run}");
         let out = format!("{run_dir}/rollout.gif");
