@@ -139,7 +139,8 @@ fn train_ranks<B: AutodiffBackend>(
         run.replica = next;
         run.step += 1;
         let step = run.step;
-        health.after(step, &out, &cfg, &mut run.skipped_steps, &say)?;
+        let say_over_bar = |m: String| bar.suspend(|| say(m));
+        health.after(step, &out, &cfg, &mut run.skipped_steps, &say_over_bar)?;
         window.add(&out);
         // A signal on any rank: every rank logs, checkpoints and stops
         // after this step.
