@@ -176,7 +176,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
             resume,
             stop_after: args.stop_after,
             overwrite: args.overwrite,
-            stop,
+            stop: stop.clone(),
             hparams: if args.hparams.is_empty() {
                 args.set
                     .iter()
@@ -193,6 +193,9 @@ fn run_train(args: TrainArgs) -> Result<()> {
         },
     )?;
     if let Some(sig) = s.stopped_by {
+        // Another rank's signal stopped the run; this rank's own may have
+        // come since (a scheduler signals every rank).
+        let sig = if sig == 0 { stop.requested().unwrap_or(0) } else { sig };
         // Every rank exits with the code a scheduler requeues on; rank 0 says why.
         let msg = if s.rank == 0 {
             format!(

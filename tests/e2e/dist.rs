@@ -483,7 +483,7 @@ fn slurm_sbatch_across_two_nodes_matches_mpirun() {
         "{log}"
     );
     let at = log
-        .split("stopped by SIGUSR1 after step ")
+        .split(" after step ")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse::<u64>().ok())
