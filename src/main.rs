@@ -195,7 +195,11 @@ fn run_train(args: TrainArgs) -> Result<()> {
     if let Some(sig) = s.stopped_by {
         // Another rank's signal stopped the run; this rank's own may have
         // come since (a scheduler signals every rank).
-        let sig = if sig == 0 { stop.requested().unwrap_or(0) } else { sig };
+        let sig = if sig == 0 {
+            stop.requested().unwrap_or(0)
+        } else {
+            sig
+        };
         // Every rank exits with the code a scheduler requeues on; rank 0 says why.
         let msg = if s.rank == 0 {
             format!(
