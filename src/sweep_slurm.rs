@@ -33,6 +33,7 @@ pub struct SweepSlurmArgs {
 
 pub fn run_slurm(args: SweepSlurmArgs) -> Result<()> {
     let plan = Plan::load(&args.sweep)?;
+    let lines = sbatch_lines(&args.sbatch)?;
     let cwd = std::env::current_dir().context("finding the current directory")?;
     let root = cwd.join(&plan.root);
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
@@ -44,7 +45,7 @@ pub fn run_slurm(args: SweepSlurmArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| root.join("sweep.sbatch"));
     let exe = std::env::current_exe().context("finding the orrery binary")?;
-    let text = array_script(&plan, &cwd, &exe, &template, &sbatch_lines(&args.sbatch)?);
+    let text = array_script(&plan, &cwd, &exe, &template, &lines);
     std::fs::write(&script, text).with_context(|| format!("writing {}", script.display()))?;
     println!(
         "wrote {} ({} array tasks, one per run; each runs {})",
