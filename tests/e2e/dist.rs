@@ -95,6 +95,7 @@ fn ddp_over_mpi_matches_one_process_and_a_lost_rank_ends_the_job() {
         &dir,
     ));
     assert_eq!(selftest.matches("barrier ok").count(), 4, "{selftest}");
+    assert_eq!(selftest.matches("all_to_all").count(), 4, "{selftest}");
     let bench = ok(orrery(
         &[
             "launch",

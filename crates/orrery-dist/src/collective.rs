@@ -18,6 +18,10 @@ pub trait Collective {
     fn all_gather(&self, local: &[f32], out: &mut [f32]) -> Result<(), DistError>;
     /// Sum `full` [n k] over ranks and keep this rank's block [k] in `out`.
     fn reduce_scatter_sum(&self, full: &[f32], out: &mut [f32]) -> Result<(), DistError>;
+    /// All-to-all: `send` is `size` equal blocks, block j for rank j;
+    /// `recv` (as long) gets block i from rank i. Context parallelism's
+    /// swap of a sequence shard for a head shard (DeepSpeed-Ulysses).
+    fn all_to_all(&self, send: &[f32], recv: &mut [f32]) -> Result<(), DistError>;
     /// Copy `root`'s buffer to every rank, in place.
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<(), DistError>;
     /// Copy `root`'s bytes to every rank, in place: for values that are not
@@ -76,6 +80,16 @@ fn check_blocks(op: &'static str, small: usize, big: usize, n: usize) -> Result<
     Ok(())
 }
 
+/// Check an all_to_all's buffers: the same length, `n` equal blocks.
+pub(crate) fn check_all_to_all(send: usize, recv: usize, n: usize) -> Result<(), DistError> {
+    if send != recv || send % n != 0 {
+        return Err(DistError::Shape(format!(
+            "all_to_all: send has {send} elements and recv {recv}; both must be {n} ranks x the same block"
+        )));
+    }
+    Ok(())
+}
+
 /// Sum over ranks in chunks of at most `bucket` elements (DDP's gradient
 /// buckets: bounded staging memory per call, and one call per bucket).
 pub fn all_reduce_sum_bucketed(
@@ -117,6 +131,11 @@ impl Collective for SingleProcess {
     fn reduce_scatter_sum(&self, full: &[f32], out: &mut [f32]) -> Result<(), DistError> {
         check_blocks("reduce_scatter", out.len(), full.len(), 1)?;
         out.copy_from_slice(full);
+        Ok(())
+    }
+    fn all_to_all(&self, send: &[f32], recv: &mut [f32]) -> Result<(), DistError> {
+        check_all_to_all(send.len(), recv.len(), 1)?;
+        recv.copy_from_slice(send);
         Ok(())
     }
     fn broadcast(&self, _buf: &mut [f32], root: usize) -> Result<(), DistError> {
@@ -209,6 +228,12 @@ impl Collective for Mpi {
         check_blocks("reduce_scatter", out.len(), full.len(), self.size())?;
         self.world
             .reduce_scatter_block_into(full, out, SystemOperation::sum());
+        Ok(())
+    }
+    fn all_to_all(&self, send: &[f32], recv: &mut [f32]) -> Result<(), DistError> {
+        use mpi::collective::CommunicatorCollectives;
+        check_all_to_all(send.len(), recv.len(), self.size())?;
+        self.world.all_to_all_into(send, recv);
         Ok(())
     }
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<(), DistError> {
@@ -307,6 +332,19 @@ pub fn self_test(comm: &dyn Collective) -> Result<String, DistError> {
     if block != want {
         return fail("reduce_scatter_sum", &block, &want);
     }
+    // Block j of rank r holds r * 100 + j * 10 + i; rank r receives block r
+    // of every rank q: q * 100 + r * 10 + i.
+    let send: Vec<f32> = (0..n * k)
+        .map(|x| (r * 100 + (x / k) * 10 + x % k) as f32)
+        .collect();
+    let mut swapped = vec![0.0; n * k];
+    comm.all_to_all(&send, &mut swapped)?;
+    let want: Vec<f32> = (0..n * k)
+        .map(|x| ((x / k) * 100 + r * 10 + x % k) as f32)
+        .collect();
+    if swapped != want {
+        return fail("all_to_all", &swapped, &want);
+    }
     let root = n - 1;
     let mut b: Vec<f32> = vec![r as f32; k];
     comm.broadcast(&mut b, root)?;
@@ -331,7 +369,7 @@ pub fn self_test(comm: &dyn Collective) -> Result<String, DistError> {
     }
     comm.barrier()?;
     Ok(format!(
-        "rank {r} of {n} ({}): all_reduce, all_gather, reduce_scatter, broadcast (f32 and u64), bucketed all_reduce and barrier ok",
+        "rank {r} of {n} ({}): all_reduce, all_gather, reduce_scatter, all_to_all, broadcast (f32 and u64), bucketed all_reduce and barrier ok",
         comm.name()
     ))
 }

@@ -242,6 +242,9 @@ impl Collective for Deadline {
     fn reduce_scatter_sum(&self, full: &[f32], out: &mut [f32]) -> Result<(), DistError> {
         self.watch("reduce_scatter", |c| c.reduce_scatter_sum(full, out))
     }
+    fn all_to_all(&self, send: &[f32], recv: &mut [f32]) -> Result<(), DistError> {
+        self.watch("all_to_all", |c| c.all_to_all(send, recv))
+    }
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<(), DistError> {
         self.watch("broadcast", |c| c.broadcast(buf, root))
     }

@@ -201,6 +201,22 @@ impl Collective for ThreadComm {
         out.copy_from_slice(&block);
         Ok(())
     }
+    fn all_to_all(&self, send: &[f32], recv: &mut [f32]) -> Result<(), DistError> {
+        let (n, rank) = (self.size(), self.rank);
+        crate::collective::check_all_to_all(send.len(), recv.len(), n)?;
+        let k = send.len() / n;
+        let mine = self.exchange(send, |slots| {
+            Self::same_lengths("all_to_all", slots)?;
+            Ok::<_, DistError>(
+                slots
+                    .iter()
+                    .flat_map(|s| s[rank * k..(rank + 1) * k].iter().copied())
+                    .collect::<Vec<f32>>(),
+            )
+        })??;
+        recv.copy_from_slice(&mine);
+        Ok(())
+    }
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<(), DistError> {
         crate::collective::check_root(root, self.size())?;
         let from_root = self.exchange(buf, |slots| slots[root].clone())?;
@@ -293,6 +309,30 @@ mod tests {
                 r.unwrap();
             }
         }
+    }
+
+    /// all_to_all swaps block j of rank i with block i of rank j, and a
+    /// buffer that does not split into one block per rank is refused.
+    #[test]
+    fn all_to_all_transposes_blocks_and_checks_lengths() {
+        let got = on_ranks(3, |c| {
+            let r = c.rank() as f32;
+            let send: Vec<f32> = (0..6).map(|x| r * 10.0 + (x / 2) as f32).collect();
+            let mut recv = vec![0.0; 6];
+            c.all_to_all(&send, &mut recv).unwrap();
+            recv
+        });
+        for (r, recv) in got.iter().enumerate() {
+            let want: Vec<f32> = (0..6).map(|x| ((x / 2) * 10 + r) as f32).collect();
+            assert_eq!(recv, &want, "rank {r}");
+        }
+        let errs = on_ranks(2, |c| {
+            let mut recv = vec![0.0; 3];
+            c.all_to_all(&[1.0, 2.0, 3.0], &mut recv)
+                .unwrap_err()
+                .to_string()
+        });
+        assert!(errs[0].contains("2 ranks x the same block"), "{}", errs[0]);
     }
 
     #[test]
