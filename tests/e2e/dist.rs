@@ -309,10 +309,10 @@ fn ddp_over_mpi_matches_one_process_and_a_lost_rank_ends_the_job() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Start a 2-rank run in `run`, send `signal` to rank 1 once it trains, and
-/// return the job's output and the seconds it took to end after the signal.
-fn stop_rank_one(dir: &Path, run: &str, signal: &str, extra: &[&str]) -> (Output, f64) {
-    let child = Command::new(env!("CARGO_BIN_EXE_orrery"))
+/// Start `orrery launch -n 2 -- train tiny.toml --run-dir RUN EXTRA...` in
+/// `dir` without waiting for it, its output piped.
+pub(super) fn spawn_launch_train(dir: &Path, run: &str, extra: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_orrery"))
         .args([
             "launch",
             "-n",
@@ -323,13 +323,18 @@ fn stop_rank_one(dir: &Path, run: &str, signal: &str, extra: &[&str]) -> (Output
             "--run-dir",
             run,
         ])
-        .args(["--set", "run.steps=100000"])
         .args(extra)
         .current_dir(dir)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Start a 2-rank run in `run`, send `signal` to rank 1 once it trains, and
+/// return the job's output and the seconds it took to end after the signal.
+fn stop_rank_one(dir: &Path, run: &str, signal: &str, extra: &[&str]) -> (Output, f64) {
+    let child = spawn_launch_train(dir, run, &[&["--set", "run.steps=100000"], extra].concat());
     let started = std::time::Instant::now();
     while !dir.join(run).join("metrics.jsonl").is_file() {
         assert!(

@@ -121,23 +121,7 @@ fn a_non_finite_step_is_skipped_and_too_many_stop_the_run() {
 fn sigterm_to_a_launch_checkpoints_and_a_resume_ends_equal() {
     let dir = tiny_dir("preempt");
     let steps = ["--set", "run.steps=60", "--set", "checkpoint.every=50"];
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_orrery"))
-        .args([
-            "launch",
-            "-n",
-            "2",
-            "--",
-            "train",
-            "tiny.toml",
-            "--run-dir",
-            "stopped",
-        ])
-        .args(steps)
-        .current_dir(&dir)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = super::dist::spawn_launch_train(&dir, "stopped", &steps);
     // Once step 4 is logged (logging.every = 2), signal the launcher.
     let metrics = dir.join("stopped/metrics.jsonl");
     let started = std::time::Instant::now();

@@ -354,45 +354,6 @@ impl Default for SampleConfig {
     }
 }
 
-/// Fill `model.hidden`, `depth`, `heads` (and `patch_size`) from
-/// `model.preset`. A preset in the file fills what the file leaves out; a
-/// preset given with `--set` (`from_cli`) also replaces the file's values
-/// of those keys, but not the ones given with `--set` (`cli_keys`).
-fn resolve_preset(value: &mut toml::Table, from_cli: bool, cli_keys: &[String]) -> Result<()> {
-    let Some(toml::Value::Table(model)) = value.get_mut("model") else {
-        return Ok(());
-    };
-    let name = match model.get("preset") {
-        None => return Ok(()),
-        // The defaults' placeholder, copied along with a [model] table that
-        // only `--set model.<key>` made: no preset.
-        Some(toml::Value::String(name)) if name.is_empty() => {
-            model.remove("preset");
-            return Ok(());
-        }
-        Some(toml::Value::String(name)) => name.clone(),
-        Some(other) => {
-            return Err(ConfigError(format!(
-                "model.preset = {other} must be a string such as \"XL/2\""
-            )))
-        }
-    };
-    let p = orrery_model::Preset::named(&name).map_err(|e| ConfigError(e.to_string()))?;
-    let mut fill = vec![("hidden", p.hidden), ("depth", p.depth), ("heads", p.heads)];
-    fill.extend(p.patch_size.map(|ps| ("patch_size", ps)));
-    for (key, v) in fill {
-        let v = toml::Value::Integer(v as i64);
-        if from_cli && !cli_keys.iter().any(|k| k == &format!("model.{key}")) {
-            // `--set model.preset=...` wins over the file's own values (a
-            // command-line override is the newest word), not over --set's.
-            model.insert(key.into(), v);
-        } else {
-            model.entry(key).or_insert(v);
-        }
-    }
-    Ok(())
-}
-
 impl TrainConfig {
     /// Load a TOML file, apply `key=value` overrides, and validate.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
@@ -424,7 +385,7 @@ impl TrainConfig {
             .filter_map(|o| o.split_once('=').map(|(k, _)| k.trim().to_string()))
             .collect();
         let preset_from_cli = cli_keys.iter().any(|k| k == "model.preset");
-        resolve_preset(&mut value, preset_from_cli, &cli_keys)?;
+        crate::preset::resolve_preset(&mut value, preset_from_cli, &cli_keys)?;
         let from = crate::overrides::Origin {
             name: origin,
             text,

@@ -16,6 +16,7 @@
 
 mod config;
 mod overrides;
+mod preset;
 
 pub use config::*;
 

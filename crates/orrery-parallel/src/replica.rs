@@ -9,7 +9,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use orrery_diffusion::{Denoiser, TrainBatch};
 use orrery_dist::{Collective, World};
-use orrery_model::named::{map_named, to_host, visit_named};
+use orrery_model::named::{map_named, visit_named};
 use orrery_model::Dit;
 
 use crate::fsdp::Fsdp;
@@ -20,7 +20,7 @@ use crate::optim::{AdamW, Ema};
 use crate::snapshot::{Held, Snapshot, WholeSnapshot};
 use crate::step::{train_step, StepOut};
 use crate::Result;
-use orrery_checkpoint::{write_named, Pending, TensorFile, EMA_FILE, MODEL_FILE, OPTIM_FILE};
+use orrery_checkpoint::{Pending, TensorFile, EMA_FILE, MODEL_FILE, OPTIM_FILE};
 use orrery_config::{GatherDtype, Strategy, TrainConfig};
 
 /// The model as this rank holds it.
@@ -273,9 +273,10 @@ impl<B: AutodiffBackend> Replica<B> {
         }
     }
 
-    /// Write the model, EMA and AdamW tensors, whole, into `pending`
-    /// (rank 0 writes). Sharded, every rank must call this: the units are
-    /// gathered one at a time and streamed into the files.
+    /// Write the model, EMA and AdamW tensors, whole, into `pending`, on
+    /// this thread: rank 0 of a whole model one tensor at a time (each file
+    /// on a thread of its own); sharded, every rank must call this, and the
+    /// units are gathered one at a time and streamed into rank 0's files.
     pub fn write_checkpoint(
         &self,
         pending: &Pending,
@@ -285,12 +286,10 @@ impl<B: AutodiffBackend> Replica<B> {
         comm: &dyn Collective,
     ) -> Result<()> {
         match self {
-            Replica::Full(model) if comm.rank() == 0 => {
-                write_named(pending, MODEL_FILE, &to_host(model))?;
-                write_named(pending, EMA_FILE, &ema.to_host(shapes))?;
-                Ok(write_named(pending, OPTIM_FILE, &optim.to_host(shapes))?)
-            }
-            Replica::Full(_) => Ok(()),
+            Replica::Full(_) => match self.snapshot(optim, ema, shapes, comm) {
+                Some(Snapshot::Whole(whole)) => whole.write(pending, true),
+                _ => Ok(()),
+            },
             Replica::Sharded(fsdp) => {
                 for (file, shards) in [(MODEL_FILE, &fsdp.params), (EMA_FILE, &ema.weights)] {
                     let mut sink = pending.file(file, &fsdp.named_layout(""))?;

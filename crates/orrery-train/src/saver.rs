@@ -84,25 +84,15 @@ impl Saver {
         let done = dir.join(checkpoint::step_dir_name(run.step));
         let keep = cfg.checkpoint.keep;
         let writes = world.rank == 0;
+        if !cfg.checkpoint.asynchronous {
+            let pending = Pending::begin(&dir, run.step, writes)?.with_hook(self.hook.clone());
+            run.replica
+                .write_checkpoint(&pending, &run.optim, &run.ema, &run.shapes, comm)?;
+            return Ok(pending.commit(&state, state.step, keep)?);
+        }
         let mut snapshot = run
             .replica
             .snapshot(&run.optim, &run.ema, &run.shapes, comm);
-        if !cfg.checkpoint.asynchronous {
-            let pending = Pending::begin(&dir, run.step, writes)?.with_hook(self.hook.clone());
-            match snapshot {
-                // A whole model: one tensor at a time to host and file.
-                Some(Snapshot::Whole(whole)) => whole.write(&pending, true)?,
-                // Under FSDP every rank helps gather each unit to rank 0.
-                _ => run.replica.write_checkpoint(
-                    &pending,
-                    &run.optim,
-                    &run.ema,
-                    &run.shapes,
-                    comm,
-                )?,
-            }
-            return Ok(pending.commit(&state, state.step, keep)?);
-        }
         if cfg.run.device != crate::config::Device::Cpu {
             // On a GPU the copy to host is made now, on the training thread,
             // so that the writer never reads the device.
