@@ -1,9 +1,8 @@
 //! `orrery bench step`: time the training step of a config on its device.
 use std::time::Instant;
 
-use burn::tensor::backend::AutodiffBackend;
 use orrery_data::{Cursor, Dataset, Loader};
-use orrery_model::Dit;
+use orrery_model::{Dit, TrainBackend};
 
 use crate::config::TrainConfig;
 use crate::glue::{param_shapes, to_device};
@@ -124,7 +123,7 @@ impl Source<'_> {
     }
 }
 
-fn bench_on<B: AutodiffBackend>(
+fn bench_on<B: TrainBackend>(
     cfg: &TrainConfig,
     steps: usize,
     warmup: usize,

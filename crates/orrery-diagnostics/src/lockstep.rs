@@ -12,11 +12,11 @@
 //! starts both from the same weights.
 use std::collections::BTreeMap;
 
-use burn::tensor::backend::AutodiffBackend;
 use orrery_data::Batch;
 use orrery_dist::SingleProcess;
 use orrery_model::named::{load_host, to_host, NamedTensors};
 use orrery_model::Dit;
+use orrery_model::TrainBackend;
 
 use crate::config::TrainConfig;
 use crate::glue::{param_shapes, to_device};
@@ -70,7 +70,7 @@ trait Side {
 }
 
 /// Backend `G`'s model and optimizer state.
-struct On<'a, G: AutodiffBackend> {
+struct On<'a, G: TrainBackend> {
     cfg: &'a TrainConfig,
     device: G::Device,
     model: Option<Dit<G>>,
@@ -79,7 +79,7 @@ struct On<'a, G: AutodiffBackend> {
     ema: Ema<G::InnerBackend>,
 }
 
-impl<G: AutodiffBackend> On<'_, G> {
+impl<G: TrainBackend> On<'_, G> {
     fn load(&mut self, weights: &NamedTensors) -> Result<Dit<G>> {
         Ok(load_host(
             self.model.take().expect("model"),
@@ -89,7 +89,7 @@ impl<G: AutodiffBackend> On<'_, G> {
     }
 }
 
-impl<G: AutodiffBackend> Side for On<'_, G> {
+impl<G: TrainBackend> Side for On<'_, G> {
     fn grads(&mut self, weights: &NamedTensors, batch: &Batch, k: usize) -> Result<HostGrads> {
         let m = self.load(weights)?;
         let on = to_device::<G>(batch, &self.cfg.model, &self.device);
@@ -134,7 +134,7 @@ pub struct Evaluator<'a> {
 
 impl<'a> Evaluator<'a> {
     /// Backend `G` on `device`, for the model of `cfg`.
-    pub fn new<G: AutodiffBackend>(
+    pub fn new<G: TrainBackend>(
         name: &str,
         cfg: &'a TrainConfig,
         device: G::Device,
@@ -168,7 +168,7 @@ fn norm(grads: &BTreeMap<String, Vec<f32>>) -> f64 {
 /// step, evaluate the same step on each of `others` from `R`'s weights
 /// (twice) and compare. `progress` sees each backend's name and row as it
 /// is made.
-pub fn lockstep<R: AutodiffBackend>(
+pub fn lockstep<R: TrainBackend>(
     cfg: &TrainConfig,
     init: &NamedTensors,
     batches: &[Batch],

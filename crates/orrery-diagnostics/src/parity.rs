@@ -8,12 +8,11 @@ use std::collections::BTreeMap;
 
 use burn::optim::GradientsParams;
 use burn::tensor::activation::{gelu_approximate, silu, softmax};
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use orrery_data::{Batch, Cursor, Dataset, Loader};
 use orrery_dist::SingleProcess;
 use orrery_model::named::{load_host, named_grads, to_host, NamedTensors};
-use orrery_model::Dit;
+use orrery_model::{Dit, TrainBackend};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -137,7 +136,7 @@ fn values(key: u64, n: usize) -> Vec<f32> {
 
 /// Every op the DiT leans on, alone: output and d(sum(out * w))/d(input)
 /// for fixed inputs and weights.
-fn op_checks<B: AutodiffBackend>(device: &B::Device) -> Vec<(String, Vec<f32>, Vec<f32>)> {
+fn op_checks<B: TrainBackend>(device: &B::Device) -> Vec<(String, Vec<f32>, Vec<f32>)> {
     type Op<B> = fn(Tensor<B, 4>, Tensor<B, 4>) -> Tensor<B, 4>;
     // x: [2, 4, 16, 32] (batch, heads, tokens, width); y: a second input of the same shape
     let ops: Vec<(&str, Op<B>)> = vec![
@@ -250,7 +249,7 @@ pub enum Phase {
 /// Run the checks on backend `B`: the ops, then `batches.len()` training
 /// steps of `cfg` from `init`. `progress` sees the trace after each phase
 /// (a GPU's first steps compile kernels for minutes: partial results count).
-pub fn trace<B: AutodiffBackend>(
+pub fn trace<B: TrainBackend>(
     backend: &str,
     cfg: &TrainConfig,
     init: &NamedTensors,

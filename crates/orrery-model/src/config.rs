@@ -16,6 +16,19 @@ pub enum AttentionMask {
     SlidingWindow,
 }
 
+/// How attention is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttentionImpl {
+    /// The whole [n, n] score matrix at once (kept for backward under
+    /// autodiff): memory grows with the square of the tokens.
+    Naive,
+    /// Tiles of `attention_block` queries x keys with an online softmax,
+    /// tiles the mask hides skipped, and backward recomputing each tile
+    /// (FlashAttention-2): memory grows linearly with the tokens.
+    Blockwise,
+}
+
 /// How tokens know where they are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -141,6 +154,10 @@ pub struct DitConfig {
     pub num_actions: usize,
     /// Attention mask over frames.
     pub attention: AttentionMask,
+    /// The attention kernel.
+    pub attention_impl: AttentionImpl,
+    /// Tile edge in tokens for `attention_impl = "blockwise"`.
+    pub attention_block: usize,
     /// Preceding frames stacked onto each frame's patches before the patch
     /// embedding (frame-stacking as in DIAMOND and GameNGen; zeros before
     /// the first frame). Gives every token the same spot of the recent past
@@ -184,6 +201,8 @@ impl Default for DitConfig {
             mlp_ratio: 4.0,
             num_actions: 5,
             attention: AttentionMask::FrameCausal,
+            attention_impl: AttentionImpl::Naive,
+            attention_block: 128,
             history_frames: 0,
             window_frames: 0,
             action_dim: 0,
@@ -312,6 +331,12 @@ impl DitConfig {
                 "model.pos_embed = \"rope\" splits the head dim over (t, h, w) in pairs, so it must be at least 6; it is {}: raise model.hidden or lower model.heads",
                 self.head_dim()
             ));
+        }
+        if self.attention_block == 0 {
+            return bad(
+                "model.attention_block must be at least 1 (tokens per tile; 64 to 256 is typical)"
+                    .into(),
+            );
         }
         if let Some(p) = &self.preset {
             Preset::named(p)?;

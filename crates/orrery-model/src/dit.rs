@@ -5,7 +5,7 @@ use burn::tensor::{backend::Backend, Int, Tensor};
 
 use crate::embed::DitEmbed;
 use crate::layers::{DitBlock, FinalLayer};
-use crate::{DitConfig, Result};
+use crate::{DitConfig, ModelBackend, Result};
 
 /// What the DiT reads.
 #[derive(Debug, Clone)]
@@ -88,6 +88,13 @@ impl<B: Backend> Dit<B> {
         &self.cfg
     }
 
+    /// Number of scalar parameters.
+    pub fn param_count(&self) -> usize {
+        self.num_params()
+    }
+}
+
+impl<B: ModelBackend> Dit<B> {
     /// Predict the model output (velocity for flow matching) for every frame.
     ///
     /// # Shapes
@@ -101,14 +108,9 @@ impl<B: Backend> Dit<B> {
         let stem = self.embed.forward(input)?;
         let mut x = stem.x.clone(); // [b, g, s, d]
         for block in &self.blocks {
-            x = block.forward(x, stem.cond.clone(), stem.bias.clone(), stem.rope.as_ref());
+            x = block.forward(x, stem.cond.clone(), &stem.attn);
         }
         let out = self.final_layer.forward(x, stem.cond.clone()); // [b, g, s, pt*c*p*p]
         Ok(crate::cast::like(stem.unpatchify(out, &self.cfg), dtype))
-    }
-
-    /// Number of scalar parameters.
-    pub fn param_count(&self) -> usize {
-        self.num_params()
     }
 }

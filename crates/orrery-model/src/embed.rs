@@ -4,8 +4,11 @@ use burn::module::{Module, Param, ParamId};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer};
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
+use crate::attention::AttnContext;
+use crate::frame_mask::FrameMask;
 use crate::layers::{ActionMlp, TimestepEmbedder};
-use crate::tokens::{attention_bias, frame_mask, patchify, sincos, stack_history, unpatchify};
+use crate::tokens::{attention_bias, patchify, sincos, stack_history, unpatchify};
+use crate::AttentionImpl;
 use crate::{DitConfig, DitInput, ModelError, PosEmbed, Result};
 
 /// Everything before the first block, as its own module: FSDP gathers,
@@ -32,10 +35,8 @@ pub struct Stem<B: Backend> {
     pub x: Tensor<B, 4>,
     /// Condition per frame group: [b, g, d].
     pub cond: Tensor<B, 3>,
-    /// Additive attention bias (none for full attention): [n, n].
-    pub bias: Option<Tensor<B, 2>>,
-    /// RoPE cos and sin tables: 2 x [n, e/2].
-    pub rope: Option<(Tensor<B, 2>, Tensor<B, 2>)>,
+    /// What attention reads: the mask, RoPE tables and kernel.
+    pub attn: AttnContext<B>,
     /// The input's latent shape [b, t, c, h, w], for unpatchifying.
     pub dims: [usize; 5],
 }
@@ -161,13 +162,22 @@ impl<B: Backend> DitEmbed<B> {
                 .reshape([b, g, cfg.hidden]);
         }
         let s = cfg.tokens_per_frame();
-        let bias = frame_mask::<B>(cfg.attention, cfg.window_frames / pt, g, s, &device)
-            .map(attention_bias); // [n, n]
+        let mask = FrameMask::new(cfg.attention, cfg.window_frames / pt, s);
+        let bias = match cfg.attention_impl {
+            AttentionImpl::Naive => mask.map(|m| attention_bias::<B>(&m, g * s, &device)), // [n, n]
+            AttentionImpl::Blockwise => None,
+        };
+        let attn = AttnContext {
+            mask,
+            bias,
+            rope,
+            kernel: cfg.attention_impl,
+            block: cfg.attention_block,
+        };
         Ok(Stem {
             x,
             cond,
-            bias,
-            rope,
+            attn,
             dims,
         })
     }

@@ -3,12 +3,12 @@
 //! n = t*s tokens, d hidden, k heads, e head dim, f timestep frequencies.
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
-use burn::tensor::activation::softmax;
 use burn::tensor::activation::{gelu_approximate, silu};
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
+use crate::attention::{Attention, AttnContext};
 use crate::cast::like;
-use crate::{MlpKind, QkNorm};
+use crate::{MlpKind, ModelBackend, QkNorm};
 
 /// Width of the sinusoidal timestep features.
 pub const FREQ_DIM: usize = 128;
@@ -47,7 +47,12 @@ pub fn apply<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) -> 
     y.reshape(out)
 }
 
-fn linear<B: Backend>(d_in: usize, d_out: usize, zero: bool, device: &B::Device) -> Linear<B> {
+pub(crate) fn linear<B: Backend>(
+    d_in: usize,
+    d_out: usize,
+    zero: bool,
+    device: &B::Device,
+) -> Linear<B> {
     let init = if zero {
         Initializer::Zeros
     } else {
@@ -181,74 +186,6 @@ impl<B: Backend> ActionMlp<B> {
     }
 }
 
-/// Multi-head self-attention over all tokens with an optional additive bias,
-/// optional QK-norm and optional rotary positions.
-#[derive(Module, Debug)]
-pub struct Attention<B: Backend> {
-    qkv: Linear<B>,
-    proj: Linear<B>,
-    q_norm: Option<HeadNorm<B>>,
-    k_norm: Option<HeadNorm<B>>,
-    heads: usize,
-}
-
-impl<B: Backend> Attention<B> {
-    /// A new attention layer.
-    pub fn new(hidden: usize, heads: usize, qk_norm: QkNorm, device: &B::Device) -> Self {
-        let e = hidden / heads;
-        Self {
-            qkv: linear(hidden, 3 * hidden, false, device),
-            proj: linear(hidden, hidden, false, device),
-            q_norm: HeadNorm::new(qk_norm, e, device),
-            k_norm: HeadNorm::new(qk_norm, e, device),
-            heads,
-        }
-    }
-
-    /// # Shapes
-    /// x: [b, n, d], bias: [n, n] added to the attention logits (-inf = may
-    /// not attend), rope: cos and sin tables [n, e/2] -> [b, n, d]
-    pub fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        bias: Option<Tensor<B, 2>>,
-        rope: Option<&(Tensor<B, 2>, Tensor<B, 2>)>,
-    ) -> Tensor<B, 3> {
-        let [b, n, d] = x.dims();
-        let (k, e) = (self.heads, d / self.heads);
-        let qkv = apply(&self.qkv, x)
-            .reshape([b, n, 3, k, e])
-            .permute([2, 0, 3, 1, 4]); // [3, b, k, n, e]
-        let mut parts = qkv.chunk(3, 0).into_iter().map(|p| p.squeeze_dim::<4>(0)); // 3 x [b, k, n, e]
-        let (mut q, mut kk, v) = (
-            parts.next().unwrap(),
-            parts.next().unwrap(),
-            parts.next().unwrap(),
-        );
-        if let Some(norm) = &self.q_norm {
-            q = norm.forward(q);
-        }
-        if let Some(norm) = &self.k_norm {
-            kk = norm.forward(kk);
-        }
-        if let Some((cos, sin)) = rope {
-            q = crate::rope::apply(q, cos, sin);
-            kk = crate::rope::apply(kk, cos, sin);
-        }
-        // softmax(q k^T / sqrt(e) + bias) v (Vaswani et al. 2017, eq. 1)
-        let mut logits = q.matmul(kk.swap_dims(2, 3)) * (1.0 / (e as f64).sqrt()); // [b, k, n, n]
-                                                                                   // The softmax runs in f32 (as under autocast); bf16 logits lose the
-                                                                                   // small differences that decide it.
-        let dtype = v.dtype();
-        logits = like(logits, DType::F32);
-        if let Some(bias) = bias {
-            logits = logits + like(bias, DType::F32).unsqueeze_dims::<4>(&[0, 1]);
-        }
-        let out = like(softmax(logits, 3), dtype).matmul(v); // [b, k, n, e]
-        apply(&self.proj, out.swap_dims(1, 2).reshape([b, n, d]))
-    }
-}
-
 /// GELU MLP, or SwiGLU when it has a gate.
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
@@ -299,17 +236,12 @@ impl<B: Backend> DitBlock<B> {
             ada_ln: linear(hidden, 6 * hidden, true, device),
         }
     }
+}
 
+impl<B: ModelBackend> DitBlock<B> {
     /// # Shapes
-    /// x: [b, t, s, d], c: [b, t, d], bias: [n, n], rope: 2 x [n, e/2]
-    /// -> [b, t, s, d]
-    pub fn forward(
-        &self,
-        x: Tensor<B, 4>,
-        c: Tensor<B, 3>,
-        bias: Option<Tensor<B, 2>>,
-        rope: Option<&(Tensor<B, 2>, Tensor<B, 2>)>,
-    ) -> Tensor<B, 4> {
+    /// x: [b, t, s, d], c: [b, t, d] -> [b, t, s, d]
+    pub fn forward(&self, x: Tensor<B, 4>, c: Tensor<B, 3>, ctx: &AttnContext<B>) -> Tensor<B, 4> {
         let [b, t, s, d] = x.dims();
         let m = apply(&self.ada_ln, silu(c))
             .unsqueeze_dim::<4>(2)
@@ -317,7 +249,7 @@ impl<B: Backend> DitBlock<B> {
         let h = modulate(layer_norm(x.clone()), m[0].clone(), m[1].clone());
         let h = self
             .attn
-            .forward(h.reshape([b, t * s, d]), bias, rope)
+            .forward(h.reshape([b, t * s, d]), ctx)
             .reshape([b, t, s, d]);
         let x = x + m[2].clone() * h;
         let h = modulate(layer_norm(x.clone()), m[3].clone(), m[4].clone());

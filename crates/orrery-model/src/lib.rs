@@ -29,18 +29,24 @@
 //! ```
 #![deny(missing_docs)]
 
+mod attention;
+mod backend;
+pub mod blockwise;
 mod cast;
 mod config;
 mod count;
 mod dit;
 mod embed;
+pub mod frame_mask;
 mod layers;
 pub mod named;
 pub mod rope;
 mod tokens;
 
+pub use attention::{naive_attention, AttnContext};
+pub use backend::{ModelBackend, TrainBackend};
 pub use cast::like;
-pub use config::{AttentionMask, DitConfig, MlpKind, PosEmbed, Preset, QkNorm};
+pub use config::{AttentionImpl, AttentionMask, DitConfig, MlpKind, PosEmbed, Preset, QkNorm};
 pub use dit::{Dit, DitInput};
 pub use embed::{DitEmbed, Stem};
 pub use layers::{DitBlock, FinalLayer};
@@ -71,5 +77,7 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_blockwise;
 #[cfg(test)]
 mod tests_options;

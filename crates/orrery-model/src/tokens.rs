@@ -2,9 +2,9 @@
 //! see: patchify / unpatchify, frame stacking, sin-cos position features
 //! and frame masks. Letters: b batch, t frames, c channels, h/w latent size,
 //! g frame groups, s tokens per group, d width.
-use burn::tensor::{backend::Backend, Bool, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
 
-use crate::AttentionMask;
+use crate::frame_mask::FrameMask;
 
 /// Sin-cos position features (Vaswani et al. 2017, section 3.5; DiT's
 /// `get_1d_sincos_pos_embed`): for each position, `dim / 2` sines then
@@ -80,39 +80,20 @@ pub fn unpatchify<B: Backend>(
         .reshape([b, g * pt, c, h, w])
 }
 
-/// Additive attention bias from a mask: -inf where masked, 0 elsewhere.
+/// The naive kernel's additive attention bias over `n` tokens: -inf
+/// where the mask hides the pair, 0 elsewhere.
 ///
 /// # Shapes
-/// [n, n] -> [n, n]
-pub fn attention_bias<B: Backend>(mask: Tensor<B, 2, Bool>) -> Tensor<B, 2> {
-    let [n, _] = mask.dims();
-    Tensor::<B, 2>::zeros([n, n], &mask.device()).mask_fill(mask, f32::NEG_INFINITY)
-}
-
-/// True where a query token may not see a key token: with `FrameCausal`,
-/// where the key's frame is later; with `SlidingWindow`, also where it is
-/// `window` or more frames earlier. `None` for full attention.
-///
-/// # Shapes
-/// -> [n, n] with n = t * s
-pub fn frame_mask<B: Backend>(
-    kind: AttentionMask,
-    window: usize,
-    t: usize,
-    s: usize,
-    device: &B::Device,
-) -> Option<Tensor<B, 2, Bool>> {
-    let window = match kind {
-        AttentionMask::Full => return None,
-        AttentionMask::FrameCausal => usize::MAX,
-        AttentionMask::SlidingWindow => window,
-    };
-    let n = t * s;
-    let mask: Vec<bool> = (0..n * n)
+/// -> [n, n]
+pub fn attention_bias<B: Backend>(mask: &FrameMask, n: usize, device: &B::Device) -> Tensor<B, 2> {
+    let bias: Vec<f32> = (0..n * n)
         .map(|i| {
-            let (query, key) = ((i / n) / s, (i % n) / s);
-            key > query || query - key >= window
+            if mask.hides(i / n, i % n) {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
         })
         .collect();
-    Some(Tensor::from_data(TensorData::new(mask, [n, n]), device))
+    Tensor::from_data(TensorData::new(bias, [n, n]), device)
 }

@@ -17,7 +17,7 @@ use burn::tensor::{DType, Tensor};
 use orrery_diffusion::{Cond, Denoiser, DiffusionError};
 use orrery_dist::Collective;
 use orrery_model::named::{cast_params, layout, load_flat, named_grads};
-use orrery_model::{like, DitBlock, DitConfig, DitEmbed, DitInput, FinalLayer, Stem};
+use orrery_model::{like, DitBlock, DitConfig, DitEmbed, DitInput, FinalLayer, ModelBackend, Stem};
 
 use crate::optim::{flat, host, FlatMap};
 use crate::{Error, Result};
@@ -121,6 +121,11 @@ pub fn unit_prefix(kind: UnitKind) -> String {
 }
 
 impl<B: Backend> Fsdp<B> {
+    /// Index of the final layer's unit.
+    pub fn final_unit(&self) -> usize {
+        self.units.len() - 1
+    }
+
     /// The units of the model `cfg` describes and this rank's place in them,
     /// with no parameters yet (fill them with [`Fsdp::init_params`] or
     /// [`Fsdp::shard_file`]). Checks that the units cover the model's
@@ -450,7 +455,9 @@ impl<B: Backend> Fsdp<B> {
             unit
         }
     }
+}
 
+impl<B: ModelBackend> Fsdp<B> {
     /// Run the embedder and every block without autodiff, unit by unit
     /// (in bf16 when training in bf16 and `train`). Returns the stem and the
     /// input of every block followed by the final layer's input (only that
@@ -472,18 +479,13 @@ impl<B: Backend> Fsdp<B> {
         for i in 0..self.cfg.depth {
             let block = self.compute(self.block(i, shards, comm)?, train);
             let x = xs.last().expect("one").clone();
-            let next = block.forward(x, stem.cond.clone(), stem.bias.clone(), stem.rope.as_ref());
+            let next = block.forward(x, stem.cond.clone(), &stem.attn);
             if !keep_all {
                 xs.clear();
             }
             xs.push(next);
         }
         Ok((stem, xs))
-    }
-
-    /// Index of the final layer's unit.
-    pub fn final_unit(&self) -> usize {
-        self.units.len() - 1
     }
 
     /// A no-autodiff denoiser over `shards` (the weights or their EMA), for
@@ -539,7 +541,7 @@ pub struct ShardedDenoiser<'a, B: Backend> {
     comm: &'a dyn Collective,
 }
 
-impl<B: Backend> Denoiser<B> for ShardedDenoiser<'_, B> {
+impl<B: ModelBackend> Denoiser<B> for ShardedDenoiser<'_, B> {
     fn predict(
         &self,
         x_t: Tensor<B, 5>,

@@ -11,13 +11,12 @@ use std::cell::RefCell;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, ElementConversion, Tensor};
 use orrery_diffusion::{Cond, DiffusionError, TrainBatch};
 use orrery_dist::Collective;
 use orrery_model::like;
 use orrery_model::named::load_flat;
-use orrery_model::{DitBlock, DitEmbed, DitInput, FinalLayer, Stem};
+use orrery_model::{AttnContext, DitBlock, DitEmbed, DitInput, FinalLayer, Stem, TrainBackend};
 
 use crate::fsdp::{unit_grads, Fsdp};
 use crate::optim::{AdamW, Ema, FlatMap};
@@ -27,7 +26,7 @@ use crate::{Error, Result};
 use orrery_config::TrainConfig;
 
 /// What the forward pass keeps for the backward pass.
-struct Tape<B: AutodiffBackend> {
+struct Tape<B: TrainBackend> {
     /// The model input (untracked), to recompute the embedder.
     input: DitInput<B>,
     /// Condition and constants from the embedder.
@@ -41,7 +40,7 @@ struct Tape<B: AutodiffBackend> {
 }
 
 /// Unit `u` gathered into `skeleton` with its parameters as autodiff leaves.
-fn leaf<B: AutodiffBackend, M: Module<B>>(
+fn leaf<B: TrainBackend, M: Module<B>>(
     fsdp: &Fsdp<B::InnerBackend>,
     skeleton: M,
     u: usize,
@@ -51,7 +50,7 @@ fn leaf<B: AutodiffBackend, M: Module<B>>(
     Ok(load_flat(skeleton, Tensor::from_inner(full), true))
 }
 
-fn inner_input<B: AutodiffBackend>(input: &DitInput<B>) -> DitInput<B::InnerBackend> {
+fn inner_input<B: TrainBackend>(input: &DitInput<B>) -> DitInput<B::InnerBackend> {
     let i = input.clone();
     DitInput {
         latents: i.latents.inner(),
@@ -65,7 +64,7 @@ fn inner_input<B: AutodiffBackend>(input: &DitInput<B>) -> DitInput<B::InnerBack
 
 /// The forward pass of one micro-batch: trunk without autodiff, final layer
 /// with it. Fills `tape`.
-fn forward<B: AutodiffBackend>(
+fn forward<B: TrainBackend>(
     fsdp: &Fsdp<B::InnerBackend>,
     input: DitInput<B>,
     comm: &dyn Collective,
@@ -95,7 +94,7 @@ fn forward<B: AutodiffBackend>(
 
 /// The backward pass of one micro-batch from the loss's gradients: adds each
 /// unit's gradient shard to `acc` (by unit prefix).
-fn backward<B: AutodiffBackend>(
+fn backward<B: TrainBackend>(
     fsdp: &Fsdp<B::InnerBackend>,
     tape: Tape<B>,
     grads: B::Gradients,
@@ -129,22 +128,15 @@ fn backward<B: AutodiffBackend>(
     let g = unit_grads(unit, &head, grads, &fsdp.device);
     drop(head);
     fsdp.scatter_add(u, g, acc.get_mut(&unit.prefix).expect("unit"), comm)?;
-    let bias = stem.bias.clone().map(Tensor::<B, 2>::from_inner);
-    let rope = stem
-        .rope
-        .clone()
-        .map(|(c, s)| (Tensor::<B, 2>::from_inner(c), Tensor::<B, 2>::from_inner(s)));
+    let attn = AttnContext::<B>::from_inner(stem.attn.clone());
     for (i, x_in) in xs.into_iter().enumerate().rev() {
         let u = 1 + i;
         let block = leaf(fsdp, DitBlock::new(&fsdp.cfg, device), u, comm)?;
         let x = Tensor::<B, 4>::from_inner(x_in).require_grad();
         let c = Tensor::<B, 3>::from_inner(stem.cond.clone()).require_grad();
-        let out = fsdp.compute(block.clone(), true).forward(
-            x.clone(),
-            c.clone(),
-            bias.clone(),
-            rope.as_ref(),
-        );
+        let out = fsdp
+            .compute(block.clone(), true)
+            .forward(x.clone(), c.clone(), &attn);
         let grads = (out * Tensor::from_inner(g_x)).sum().backward();
         g_x = x.grad(&grads).ok_or_else(|| missing("a block's input"))?;
         let part = c
@@ -172,7 +164,7 @@ fn backward<B: AutodiffBackend>(
 /// global batch (in micro-batches), sharded gradients, global-norm clipping,
 /// AdamW and EMA on the shards. Nothing changes when the loss or gradient
 /// is not finite.
-pub fn fsdp_step<B: AutodiffBackend>(
+pub fn fsdp_step<B: TrainBackend>(
     cfg: &TrainConfig,
     fsdp: &mut Fsdp<B::InnerBackend>,
     batch: &TrainBatch<B>,

@@ -8,10 +8,10 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use orrery_data::Batch;
 use orrery_diffusion::{Actions, Cond, DiffusionError, TrainBatch};
-use orrery_model::{Dit, DitConfig, DitInput};
+use orrery_model::{Dit, DitConfig, DitInput, ModelBackend};
 
 /// `model` as the objective's and the samplers' denoiser.
-pub fn denoiser<B: Backend>(model: &Dit<B>) -> impl orrery_diffusion::Denoiser<B> + '_ {
+pub fn denoiser<B: ModelBackend>(model: &Dit<B>) -> impl orrery_diffusion::Denoiser<B> + '_ {
     move |x_t: Tensor<B, 5>, t: Tensor<B, 2>, cond: Cond<B>| {
         model
             .forward(dit_input(x_t, t, cond))

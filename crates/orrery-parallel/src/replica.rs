@@ -5,12 +5,11 @@
 use std::collections::BTreeMap;
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use orrery_diffusion::{Denoiser, TrainBatch};
 use orrery_dist::{Collective, World};
 use orrery_model::named::{map_named, visit_named};
-use orrery_model::Dit;
+use orrery_model::{Dit, TrainBackend};
 
 use crate::fsdp::Fsdp;
 use crate::fsdp_step::fsdp_step;
@@ -24,7 +23,7 @@ use orrery_checkpoint::{Pending, TensorFile, EMA_FILE, MODEL_FILE, OPTIM_FILE};
 use orrery_config::{GatherDtype, Strategy, TrainConfig};
 
 /// The model as this rank holds it.
-pub enum Replica<B: AutodiffBackend> {
+pub enum Replica<B: TrainBackend> {
     /// Every parameter, on every rank.
     Full(Dit<B>),
     /// This rank's shard of every unit.
@@ -33,7 +32,7 @@ pub enum Replica<B: AutodiffBackend> {
 
 /// Which weights to evaluate.
 #[derive(Clone, Copy)]
-pub enum Weights<'a, B: AutodiffBackend> {
+pub enum Weights<'a, B: TrainBackend> {
     /// The weights being trained.
     Online,
     /// Their exponential moving average.
@@ -74,7 +73,7 @@ fn read_flat<B: burn::tensor::backend::Backend>(
 impl StartState<'_> {
     /// Whole moments and EMA on `device` (DDP; every tensor read once);
     /// `weights` (the model's, flat, by name) start a fresh EMA.
-    fn whole<B: AutodiffBackend>(
+    fn whole<B: TrainBackend>(
         self,
         weights: BTreeMap<String, Tensor<B::InnerBackend, 1>>,
         device: &B::Device,
@@ -110,7 +109,7 @@ impl StartState<'_> {
     }
 }
 
-impl<B: AutodiffBackend> Replica<B> {
+impl<B: TrainBackend> Replica<B> {
     /// Hold `model` (identical on every rank) as the config's strategy says,
     /// with its optimizer state and EMA (by parameter name, as a checkpoint
     /// or a fresh start gives them), sharded to match.

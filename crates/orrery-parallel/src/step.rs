@@ -4,12 +4,12 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use burn::optim::GradientsParams;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor};
 use orrery_diffusion::{NoisePlan, TrainBatch};
 use orrery_dist::Collective;
 use orrery_model::named::{cast_params, map_named, named_grads, visit_named};
-use orrery_model::{Dit, DitConfig};
+use orrery_model::{Dit, DitConfig, TrainBackend};
 
 use crate::glue::denoiser;
 use crate::optim::{global_norm, AdamW, Ema};
@@ -76,7 +76,7 @@ pub struct StepGrads<B: Backend> {
 }
 
 /// The loss and gradients of step `step` of `model` on `batch`.
-pub fn step_grads<B: AutodiffBackend>(
+pub fn step_grads<B: TrainBackend>(
     cfg: &TrainConfig,
     model: &Dit<B>,
     batch: &TrainBatch<B>,
@@ -131,7 +131,7 @@ pub fn step_grads<B: AutodiffBackend>(
 /// Clip `g`'s gradients, then AdamW and EMA: step `step` of `model`.
 /// Nothing is changed when the loss or gradient is not finite (the step
 /// is skipped).
-pub fn apply_step<B: AutodiffBackend>(
+pub fn apply_step<B: TrainBackend>(
     cfg: &TrainConfig,
     model: Dit<B>,
     g: StepGrads<B::InnerBackend>,
@@ -185,7 +185,7 @@ pub fn apply_step<B: AutodiffBackend>(
 
 /// One optimizer step: loss, backward, clip, AdamW, EMA. Nothing is changed
 /// when the loss or gradient is not finite (the step is skipped).
-pub fn train_step<B: AutodiffBackend>(
+pub fn train_step<B: TrainBackend>(
     cfg: &TrainConfig,
     model: Dit<B>,
     batch: &TrainBatch<B>,

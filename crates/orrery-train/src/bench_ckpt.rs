@@ -7,10 +7,10 @@
 //! thread plus what the background writer takes from the steps.
 //! Then reads the checkpoint back, with its files dropped from the page
 //! cache first (cold) and again (warm).
+use orrery_model::TrainBackend;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::tensor::backend::AutodiffBackend;
 use orrery_dist::Collective;
 use orrery_parallel::world::join_world;
 
@@ -61,7 +61,7 @@ fn median(v: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn bench_on<B: AutodiffBackend>(
+fn bench_on<B: TrainBackend>(
     mut cfg: TrainConfig,
     run_dir: &Path,
     blocks: usize,
@@ -145,7 +145,7 @@ fn bench_on<B: AutodiffBackend>(
 }
 
 /// One training step of `run`; its seconds (data loading excluded).
-fn train_step<B: AutodiffBackend>(
+fn train_step<B: TrainBackend>(
     cfg: &TrainConfig,
     mut run: Started<B>,
     loader: &mut Feed,

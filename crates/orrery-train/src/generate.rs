@@ -5,12 +5,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use orrery_diffusion::sample::{generate, SamplerConfig};
 use orrery_diffusion::{sample_rng, Cond};
 use orrery_model::named::{HostTensor, NamedTensors};
-use orrery_model::Dit;
+use orrery_model::{Dit, ModelBackend};
 use serde::Serialize;
 
 use crate::checkpoint::{to_safetensors, TrainerState};
@@ -53,7 +52,7 @@ pub struct GenerateOptions<'a> {
 }
 
 /// Generate `per_class` samples for every class (or unconditionally).
-pub(crate) fn generate_samples<B: Backend>(
+pub(crate) fn generate_samples<B: ModelBackend>(
     opts: &GenerateOptions,
     state: &TrainerState,
     model: &Dit<B>,

@@ -5,12 +5,12 @@
 //! Letters: b clips, k context frames, m generated frames, c/h/w frame size.
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use orrery_data::synth::locate_agent;
 use orrery_data::Clip;
 use orrery_diffusion::sample::{rollout, RolloutConfig, Sampler, SamplerConfig};
 use orrery_model::named::load_host;
+use orrery_model::ModelBackend;
 use serde::Serialize;
 
 use crate::checkpoint::{self, read_safetensors, EMA_FILE, MODEL_FILE};
@@ -170,7 +170,7 @@ fn check_options(opts: &SampleOptions) -> Result<()> {
     Ok(())
 }
 
-fn sample_on<B: Backend>(
+fn sample_on<B: ModelBackend>(
     opts: &SampleOptions,
     dir: &Path,
     state: &checkpoint::TrainerState,
@@ -255,7 +255,7 @@ fn sample_on<B: Backend>(
 }
 
 /// Models without actions: generate from noise, per class or unconditionally.
-fn generate<B: Backend>(
+fn generate<B: ModelBackend>(
     opts: &SampleOptions,
     state: &checkpoint::TrainerState,
     model: &orrery_model::Dit<B>,

@@ -3,11 +3,11 @@
 //! with at most one write in flight. Either way a checkpoint goes into a
 //! `.tmp` folder that is renamed into place when complete, so a process
 //! killed at any moment leaves the previous checkpoint as it was.
+use orrery_model::TrainBackend;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use burn::tensor::backend::AutodiffBackend;
 use orrery_checkpoint::{SaveHook, SavePoint};
 use orrery_dist::{Collective, World};
 use orrery_parallel::snapshot::Snapshot;
@@ -62,7 +62,7 @@ impl Saver {
     /// FSDP every rank writes its shards in place), else on this thread
     /// (rank 0 writes, under FSDP with every rank's help to gather).
     /// Every rank calls this together. Returns the checkpoint's directory.
-    pub fn save<B: AutodiffBackend>(
+    pub fn save<B: TrainBackend>(
         &mut self,
         cfg: &TrainConfig,
         run: &Started<B>,

@@ -6,11 +6,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::tensor::backend::AutodiffBackend;
 use orrery_data::Cursor;
 use orrery_dist::{Collective, World};
-use orrery_model::named::load_host;
 use orrery_model::Dit;
+use orrery_model::{named::load_host, TrainBackend};
 
 use crate::checkpoint::{self, TensorFile};
 use crate::config::{Strategy, TrainConfig};
@@ -20,7 +19,7 @@ use crate::replica::{Replica, StartState};
 use crate::{io, Result, TrainError};
 
 /// A run ready for its first step.
-pub(crate) struct Started<B: AutodiffBackend> {
+pub(crate) struct Started<B: TrainBackend> {
     /// The model as this rank holds it.
     pub replica: Replica<B>,
     /// AdamW state (this rank's shards under FSDP).
@@ -50,7 +49,7 @@ struct Resumed {
 
 /// Start fresh (`from` None) or resume from checkpoint directory `from`,
 /// write the resolved config into `run_dir` (rank 0), and make the replica.
-pub(crate) fn start_or_resume<B: AutodiffBackend>(
+pub(crate) fn start_or_resume<B: TrainBackend>(
     cfg: &TrainConfig,
     run_dir: &Path,
     from: Option<&Path>,

@@ -1,9 +1,9 @@
 //! The training loop: a short loop over components (data, objective,
 //! optimizer, EMA, checkpoints, metrics). Letters: b batch, t frames.
+use orrery_model::TrainBackend;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use burn::tensor::backend::AutodiffBackend;
 use orrery_dist::{Collective, World};
 use orrery_parallel::world::join_world;
 
@@ -56,7 +56,7 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
 }
 
 /// Train on backend `B` (autodiff) and device.
-pub fn train_on<B: AutodiffBackend>(
+pub fn train_on<B: TrainBackend>(
     cfg: TrainConfig,
     opts: RunOptions,
     device: B::Device,
@@ -69,7 +69,7 @@ pub fn train_on<B: AutodiffBackend>(
 /// The training loop of one rank among `comm`'s, in its phases: start or
 /// resume, then steps (each followed by its evaluation, logging and
 /// checkpoint when due), then the end-of-run evaluation.
-fn train_ranks<B: AutodiffBackend>(
+fn train_ranks<B: TrainBackend>(
     cfg: TrainConfig,
     opts: RunOptions,
     device: B::Device,
@@ -217,7 +217,7 @@ fn open_checked(
 
 /// The held-out loss before this run's first step; a fresh run logs it as
 /// step 0 (a resumed run keeps the line its checkpoint's step already has).
-fn begin<B: AutodiffBackend>(
+fn begin<B: TrainBackend>(
     cfg: &TrainConfig,
     run: &Started<B>,
     comm: &dyn Collective,
@@ -246,7 +246,7 @@ fn begin<B: AutodiffBackend>(
 /// them NaN to stop at once), a barrier so that nobody leaves before rank 0
 /// has written the last checkpoint, and the summary.
 #[allow(clippy::too_many_arguments)]
-fn finish<B: AutodiffBackend>(
+fn finish<B: TrainBackend>(
     cfg: &TrainConfig,
     run: &Started<B>,
     comm: &dyn Collective,
@@ -402,7 +402,7 @@ struct Evaluation {
 
 /// Evaluate the held-out clips (and, with `ema`, the EMA weights too) and
 /// fill `line`'s evaluation scalars. Every rank calls this together.
-fn evaluate<B: AutodiffBackend>(
+fn evaluate<B: TrainBackend>(
     cfg: &TrainConfig,
     run: &Started<B>,
     comm: &dyn Collective,
