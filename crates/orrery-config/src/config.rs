@@ -170,6 +170,20 @@ pub struct ParallelConfig {
     /// are several ranks, else MPI), `nccl`, or `mpi` (through the host;
     /// also for ranks that share a GPU).
     pub comm: CommBackend,
+    /// What backward recomputes instead of keeping (DDP and one process):
+    /// `none`, or `block` (keep each block's input, recompute its forward in
+    /// backward). FSDP always recomputes blocks.
+    pub activation_checkpoint: ActivationCheckpoint,
+}
+
+/// Activation checkpointing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationCheckpoint {
+    /// Keep every activation autodiff needs.
+    None,
+    /// Keep each DiT block's input and recompute the block in backward.
+    Block,
 }
 
 /// The collective library for DDP's and FSDP's collectives.
@@ -202,6 +216,7 @@ impl Default for ParallelConfig {
             timeout_s: 600.0,
             gather_dtype: GatherDtype::F32,
             comm: CommBackend::Auto,
+            activation_checkpoint: ActivationCheckpoint::None,
         }
     }
 }

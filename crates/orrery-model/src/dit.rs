@@ -92,6 +92,14 @@ impl<B: Backend> Dit<B> {
     pub fn param_count(&self) -> usize {
         self.num_params()
     }
+
+    /// The units the model runs as, in order: the embedder, the blocks and
+    /// the final layer (for running it unit by unit: activation
+    /// checkpointing). Their parameter names take the prefixes `embed.`,
+    /// `blocks.i.` and `final_layer.`.
+    pub fn units(&self) -> (&DitEmbed<B>, &[DitBlock<B>], &FinalLayer<B>) {
+        (&self.embed, &self.blocks, &self.final_layer)
+    }
 }
 
 impl<B: ModelBackend> Dit<B> {

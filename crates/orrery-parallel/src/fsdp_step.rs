@@ -20,6 +20,7 @@ use orrery_model::{AttnContext, DitBlock, DitEmbed, DitInput, FinalLayer, Stem, 
 
 use crate::fsdp::{unit_grads, Fsdp};
 use crate::optim::{AdamW, Ema, FlatMap};
+use crate::recompute::inner_input;
 use crate::step::StepOut;
 use crate::update::{finite_step, update, Decay, ParamGrad};
 use crate::{Error, Result};
@@ -48,18 +49,6 @@ fn leaf<B: TrainBackend, M: Module<B>>(
 ) -> Result<M> {
     let full = fsdp.gather_compute(&fsdp.params, u, comm)?;
     Ok(load_flat(skeleton, Tensor::from_inner(full), true))
-}
-
-fn inner_input<B: TrainBackend>(input: &DitInput<B>) -> DitInput<B::InnerBackend> {
-    let i = input.clone();
-    DitInput {
-        latents: i.latents.inner(),
-        t: i.t.inner(),
-        actions: i.actions.map(|a| a.inner()),
-        labels: i.labels.map(|l| l.inner()),
-        action_values: i.action_values.map(|v| v.inner()),
-        action_keep: i.action_keep.map(|k| k.inner()),
-    }
 }
 
 /// The forward pass of one micro-batch: trunk without autodiff, final layer

@@ -134,6 +134,7 @@ pub mod nccl {
 pub mod optim;
 #[cfg(test)]
 mod parallel_tests;
+pub mod recompute;
 pub mod replica;
 pub mod snapshot;
 pub mod step;

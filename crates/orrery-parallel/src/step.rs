@@ -1,5 +1,6 @@
 //! One optimizer step on one rank: the loss of its share of the global batch
 //! (in micro-batches), gradients summed over ranks, clipping, AdamW and EMA.
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -13,9 +14,10 @@ use orrery_model::{Dit, DitConfig, TrainBackend};
 
 use crate::glue::denoiser;
 use crate::optim::{global_norm, AdamW, Ema};
+use crate::recompute;
 use crate::update::{finite_step, update, Decay, ParamGrad};
 use crate::{Error, Result};
-use orrery_config::{Precision, TrainConfig};
+use orrery_config::{ActivationCheckpoint, Precision, TrainConfig};
 
 /// What one step reports.
 #[derive(Debug, Clone, Copy)]
@@ -93,8 +95,19 @@ pub fn step_grads<B: TrainBackend>(
         // micro-batch: a backward pass consumes the graph it runs through,
         // so a cast shared by two micro-batches passes on only the first's
         // gradient.
-        let half = (cfg.run.precision == Precision::Bf16)
-            .then(|| cast_params(model.clone(), burn::tensor::DType::BF16));
+        let bf16 = cfg.run.precision == Precision::Bf16;
+        if cfg.parallel.activation_checkpoint == ActivationCheckpoint::Block {
+            let tape = RefCell::new(None);
+            let loss = obj.loss_part(&recompute::denoiser(model, bf16, &tape), m, plan, frames)?;
+            loss_value[0] += loss.clone().into_scalar().elem::<f32>();
+            let grads_loss = loss.backward();
+            let tape = tape
+                .into_inner()
+                .ok_or_else(|| Error::Internal("the objective did not run the model".into()))?;
+            recompute::backward(model, bf16, tape, grads_loss, &mut grads)?;
+            continue;
+        }
+        let half = bf16.then(|| cast_params(model.clone(), burn::tensor::DType::BF16));
         let net = half.as_ref().unwrap_or(model);
         let loss = obj.loss_part(&denoiser(net), m, plan, frames)?;
         loss_value[0] += loss.clone().into_scalar().elem::<f32>();
