@@ -38,6 +38,10 @@ pub trait Collective {
     }
     /// Wait until every rank gets here.
     fn barrier(&self) -> Result<(), DistError>;
+    /// The ranks that pass the same `color`, as a world of their own
+    /// ranked in the order of their ranks here (MPI_Comm_split): context
+    /// parallelism's groups. Every rank calls it, in step.
+    fn split(&self, color: usize) -> Result<Box<dyn Collective>, DistError>;
     /// End the whole job now with `code` (MPI_Abort): for a rank that fails
     /// alone, which must not wait in MPI_Finalize for peers that wait for it.
     fn abort(&self, code: i32) -> !;
@@ -147,6 +151,9 @@ impl Collective for SingleProcess {
     fn barrier(&self) -> Result<(), DistError> {
         Ok(())
     }
+    fn split(&self, _color: usize) -> Result<Box<dyn Collective>, DistError> {
+        Ok(Box::new(SingleProcess))
+    }
     fn abort(&self, code: i32) -> ! {
         std::process::exit(code)
     }
@@ -155,12 +162,15 @@ impl Collective for SingleProcess {
 /// MPI over `MPI_COMM_WORLD` (host memory; CPU training and bootstrap).
 #[cfg(feature = "mpi")]
 pub struct Mpi {
-    // Keeps MPI initialised; MPI_Finalize runs when it drops.
-    _universe: mpi::environment::Universe,
+    // The communicator (the world, or a split of it); dropped (freed)
+    // before the universe below.
     world: mpi::topology::SimpleCommunicator,
     // The send copy of in-place all_reduce, kept between calls (the mpi crate
     // has no MPI_IN_PLACE; a fresh allocation per call costs page faults).
     scratch: std::cell::RefCell<Vec<f32>>,
+    // Keeps MPI initialised; MPI_Finalize runs when the world and every
+    // split of it have dropped.
+    _universe: std::rc::Rc<mpi::environment::Universe>,
 }
 
 #[cfg(feature = "mpi")]
@@ -172,9 +182,9 @@ impl Mpi {
         })?;
         let world = universe.world();
         Ok(Mpi {
-            _universe: universe,
             world,
             scratch: Default::default(),
+            _universe: std::rc::Rc::new(universe),
         })
     }
 }
@@ -246,6 +256,20 @@ impl Collective for Mpi {
         use mpi::collective::CommunicatorCollectives;
         self.world.barrier();
         Ok(())
+    }
+    fn split(&self, color: usize) -> Result<Box<dyn Collective>, DistError> {
+        use mpi::topology::{Color, Communicator};
+        let color = i32::try_from(color)
+            .map_err(|_| DistError::Backend(format!("split: color {color} is too large")))?;
+        let sub = self
+            .world
+            .split_by_color(Color::with_value(color))
+            .ok_or_else(|| DistError::Backend("MPI_Comm_split returned no communicator".into()))?;
+        Ok(Box::new(Mpi {
+            world: sub,
+            scratch: Default::default(),
+            _universe: self._universe.clone(),
+        }))
     }
     fn abort(&self, code: i32) -> ! {
         use mpi::topology::Communicator;

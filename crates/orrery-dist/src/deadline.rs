@@ -27,6 +27,7 @@ pub struct Deadline {
     // Collectives entered << 1 | inside one now: one word, read whole.
     progress: Arc<AtomicU64>,
     epoch: Instant,
+    timeout: Duration,
 }
 
 /// What a rank's heartbeat file says.
@@ -179,6 +180,7 @@ impl Deadline {
             op,
             progress,
             epoch,
+            timeout,
         }
     }
 
@@ -244,6 +246,10 @@ impl Collective for Deadline {
     }
     fn all_to_all(&self, send: &[f32], recv: &mut [f32]) -> Result<(), DistError> {
         self.watch("all_to_all", |c| c.all_to_all(send, recv))
+    }
+    fn split(&self, color: usize) -> Result<Box<dyn Collective>, DistError> {
+        let sub = self.watch("split", |c| c.split(color))?;
+        Ok(Box::new(Deadline::new(sub, self.timeout, None)))
     }
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<(), DistError> {
         self.watch("broadcast", |c| c.broadcast(buf, root))

@@ -4,6 +4,7 @@
 //! bit-identical results. A rank that fails or aborts wakes the others with
 //! an error instead of leaving them waiting; a rank that never arrives ends
 //! the wait after a timeout. Letters: n = world size, k = elements per rank.
+use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -73,6 +74,27 @@ struct Shared {
     /// Each rank's contribution to the collective in progress.
     slots: Mutex<Vec<Vec<f32>>>,
     gate: Gate,
+    /// The sub-worlds split from this one, by their members' ranks here.
+    groups: Mutex<HashMap<Vec<usize>, Arc<Shared>>>,
+}
+
+impl Shared {
+    fn new(n: usize, timeout: Duration) -> Self {
+        Shared {
+            slots: Mutex::new(vec![Vec::new(); n]),
+            gate: Gate {
+                state: Mutex::new(GateState {
+                    arrived: 0,
+                    generation: 0,
+                    broken: None,
+                }),
+                cv: Condvar::new(),
+                size: n,
+                timeout,
+            },
+            groups: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 /// One rank of a world of threads ([`ThreadComm::world`]).
@@ -86,19 +108,7 @@ impl ThreadComm {
     /// The `n` ranks of one world, rank order; give one to each thread.
     /// A collective gives up with an error after `timeout` without peers.
     pub fn world(n: usize, timeout: Duration) -> Vec<ThreadComm> {
-        let shared = Arc::new(Shared {
-            slots: Mutex::new(vec![Vec::new(); n]),
-            gate: Gate {
-                state: Mutex::new(GateState {
-                    arrived: 0,
-                    generation: 0,
-                    broken: None,
-                }),
-                cv: Condvar::new(),
-                size: n,
-                timeout,
-            },
-        });
+        let shared = Arc::new(Shared::new(n, timeout));
         (0..n)
             .map(|rank| ThreadComm {
                 rank,
@@ -243,6 +253,25 @@ impl Collective for ThreadComm {
     fn barrier(&self) -> Result<(), DistError> {
         self.shared.gate.wait(self.rank)
     }
+    fn split(&self, color: usize) -> Result<Box<dyn Collective>, DistError> {
+        let colors = self.exchange(&[color as f32], |slots| {
+            slots.iter().map(|s| s[0] as usize).collect::<Vec<_>>()
+        })?;
+        let members: Vec<usize> = (0..colors.len()).filter(|&r| colors[r] == color).collect();
+        let rank = members
+            .iter()
+            .position(|&r| r == self.rank)
+            .expect("a member");
+        let shared = self
+            .shared
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(members.clone())
+            .or_insert_with(|| Arc::new(Shared::new(members.len(), self.shared.gate.timeout)))
+            .clone();
+        Ok(Box::new(ThreadComm { rank, shared }))
+    }
     fn abort(&self, code: i32) -> ! {
         self.fail(&format!("aborted with code {code}"));
         panic!(
@@ -309,6 +338,26 @@ mod tests {
                 r.unwrap();
             }
         }
+    }
+
+    /// split makes sub-worlds of the ranks with one color, ranked in
+    /// order, whose collectives stay inside them.
+    #[test]
+    fn split_makes_independent_sub_worlds() {
+        let got = on_ranks(4, |c| {
+            let sub = c.split(c.rank() % 2).unwrap();
+            let mut sum = [c.rank() as f32];
+            sub.all_reduce_sum(&mut sum).unwrap();
+            let mut recv = [0.0; 2];
+            let r = c.rank() as f32;
+            sub.all_to_all(&[r * 10.0, r * 10.0 + 1.0], &mut recv)
+                .unwrap();
+            (sub.rank(), sub.size(), sum[0], recv)
+        });
+        assert_eq!(got[0], (0, 2, 2.0, [0.0, 20.0]));
+        assert_eq!(got[1], (0, 2, 4.0, [10.0, 30.0]));
+        assert_eq!(got[2], (1, 2, 2.0, [1.0, 21.0]));
+        assert_eq!(got[3], (1, 2, 4.0, [11.0, 31.0]));
     }
 
     /// all_to_all swaps block j of rank i with block i of rank j, and a

@@ -9,6 +9,7 @@ use burn::tensor::{DType, Tensor};
 
 use crate::blockwise::Blockwise;
 use crate::cast::like;
+use crate::context::ContextShard;
 use crate::frame_mask::FrameMask;
 use crate::layers::{apply, linear, HeadNorm};
 use crate::{AttentionImpl, ModelBackend, QkNorm};
@@ -28,6 +29,9 @@ pub struct AttnContext<B: Backend> {
     pub kernel: AttentionImpl,
     /// Tile edge in tokens for the blockwise kernel.
     pub block: usize,
+    /// The context group when this rank runs a shard of the tokens
+    /// (attention then swaps the sequence shard for a head shard).
+    pub context: Option<ContextShard>,
 }
 
 impl<B: AutodiffBackend> AttnContext<B> {
@@ -42,6 +46,7 @@ impl<B: AutodiffBackend> AttnContext<B> {
                 .map(|(c, s)| (Tensor::from_inner(c), Tensor::from_inner(s))),
             kernel: inner.kernel,
             block: inner.block,
+            context: inner.context,
         }
     }
 }
@@ -96,6 +101,16 @@ impl<B: ModelBackend> Attention<B> {
             q = crate::rope::apply(q, cos, sin);
             kk = crate::rope::apply(kk, cos, sin);
         }
+        // Context parallelism: this rank's tokens of all heads -> every
+        // token of k/C heads (the mask and positions are the whole clip's).
+        let (q, kk, v) = match &ctx.context {
+            Some(group) => {
+                let qkv = B::seq_to_heads(Tensor::stack(vec![q, kk, v], 0), group); // [3, b, k/C, n, e]
+                let mut p = qkv.chunk(3, 0).into_iter().map(|p| p.squeeze_dim::<4>(0));
+                (p.next().unwrap(), p.next().unwrap(), p.next().unwrap())
+            }
+            None => (q, kk, v),
+        };
         let scale = 1.0 / (e as f64).sqrt();
         let out = match ctx.kernel {
             AttentionImpl::Naive => naive_attention(q, kk, v, scale, ctx.bias.clone()),
@@ -107,7 +122,11 @@ impl<B: ModelBackend> Attention<B> {
                 };
                 B::blockwise_attention(q, kk, v, &spec)
             }
-        }; // [b, k, n, e]
+        }; // [b, k, n, e], or [b, k/C, C*n, e] with a context group
+        let out = match &ctx.context {
+            Some(group) => B::heads_to_seq(out.unsqueeze_dim::<5>(0), group).squeeze_dim::<4>(0), // [b, k, n, e]
+            None => out,
+        };
         apply(&self.proj, out.swap_dims(1, 2).reshape([b, n, d]))
     }
 }

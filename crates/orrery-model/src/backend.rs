@@ -12,6 +12,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorPrimitive};
 
 use crate::blockwise::{self, Blockwise};
+use crate::context::{self, ContextShard};
 
 /// A backend the model runs on. Implemented for Flex, every CubeCL
 /// backend (CUDA, wgpu), fusion over them, and autodiff over any of these.
@@ -28,6 +29,23 @@ pub trait ModelBackend: Backend {
         spec: &Blockwise,
     ) -> Tensor<Self, 4> {
         blockwise::forward(q, k, v, spec).0
+    }
+
+    /// Context parallelism's swap of the sequence shard for a head shard
+    /// ([`context::seq_to_heads`]); its backward is the swap back.
+    ///
+    /// # Shapes
+    /// x: [p, b, k, n/C, e] -> [p, b, k/C, n, e]
+    fn seq_to_heads(x: Tensor<Self, 5>, group: &ContextShard) -> Tensor<Self, 5> {
+        context::seq_to_heads(x, group)
+    }
+
+    /// The swap back ([`context::heads_to_seq`]).
+    ///
+    /// # Shapes
+    /// y: [p, b, k/C, n, e] -> [p, b, k, n/C, e]
+    fn heads_to_seq(y: Tensor<Self, 5>, group: &ContextShard) -> Tensor<Self, 5> {
+        context::heads_to_seq(y, group)
     }
 }
 
@@ -95,7 +113,80 @@ impl<B: Backend> Backward<B, 3> for AttentionBackward {
     }
 }
 
+/// Which way a context swap goes; its backward goes the other way.
+#[derive(Clone, Copy, Debug)]
+enum Swap {
+    SeqToHeads,
+    HeadsToSeq,
+}
+
+impl Swap {
+    fn run<B: Backend>(self, x: Tensor<B, 5>, group: &ContextShard) -> Tensor<B, 5> {
+        match self {
+            Swap::SeqToHeads => context::seq_to_heads(x, group),
+            Swap::HeadsToSeq => context::heads_to_seq(x, group),
+        }
+    }
+
+    fn back(self) -> Self {
+        match self {
+            Swap::SeqToHeads => Swap::HeadsToSeq,
+            Swap::HeadsToSeq => Swap::SeqToHeads,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SwapBackward;
+
+impl<B: Backend> Backward<B, 1> for SwapBackward {
+    type State = (Swap, ContextShard);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let (swap, group) = ops.state;
+        let grad = swap.back().run(
+            Tensor::<B, 5>::from_primitive(TensorPrimitive::Float(grad)),
+            &group,
+        );
+        if let [Some(node)] = ops.parents {
+            grads.register::<B>(node.id, grad.into_primitive().tensor());
+        }
+    }
+}
+
+/// A context swap as one autodiff node.
+fn swap_tracked<B: ModelBackend, C: CheckpointStrategy>(
+    x: Tensor<Autodiff<B, C>, 5>,
+    swap: Swap,
+    group: &ContextShard,
+) -> Tensor<Autodiff<B, C>, 5> {
+    let x = x.into_primitive().tensor();
+    let y = swap.run(
+        Tensor::<B, 5>::from_primitive(TensorPrimitive::Float(x.primitive)),
+        group,
+    );
+    let y = y.into_primitive().tensor();
+    let node = match SwapBackward
+        .prepare::<C>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((swap, group.clone()), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(node))
+}
+
 impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
+    fn seq_to_heads(x: Tensor<Self, 5>, group: &ContextShard) -> Tensor<Self, 5> {
+        swap_tracked(x, Swap::SeqToHeads, group)
+    }
+
+    fn heads_to_seq(y: Tensor<Self, 5>, group: &ContextShard) -> Tensor<Self, 5> {
+        swap_tracked(y, Swap::HeadsToSeq, group)
+    }
+
     fn blockwise_attention(
         q: Tensor<Self, 4>,
         k: Tensor<Self, 4>,

@@ -3,6 +3,7 @@
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Int, Tensor};
 
+use crate::context::ContextShard;
 use crate::embed::DitEmbed;
 use crate::layers::{DitBlock, FinalLayer};
 use crate::{DitConfig, ModelBackend, Result};
@@ -23,6 +24,10 @@ pub struct DitInput<B: Backend> {
     /// 1 where a frame's continuous action counts, 0 for the null action
     /// (`None`: all count): [b, t].
     pub action_keep: Option<Tensor<B, 2>>,
+    /// This rank's context group, to run only its frames' tokens
+    /// (context parallelism); `None` runs every token here. The output is
+    /// the whole clip either way.
+    pub context: Option<ContextShard>,
 }
 
 impl<B: Backend> DitInput<B> {
@@ -35,6 +40,7 @@ impl<B: Backend> DitInput<B> {
             labels: None,
             action_values: None,
             action_keep: None,
+            context: None,
         }
     }
 }

@@ -5,6 +5,7 @@ use burn::nn::{Embedding, EmbeddingConfig, Initializer};
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 use crate::attention::AttnContext;
+use crate::context::{gather_frames, ContextShard};
 use crate::frame_mask::FrameMask;
 use crate::layers::{ActionMlp, TimestepEmbedder};
 use crate::tokens::{attention_bias, patchify, sincos, stack_history, unpatchify};
@@ -42,12 +43,18 @@ pub struct Stem<B: Backend> {
 }
 
 impl<B: Backend> Stem<B> {
-    /// The final layer's patches back to latents.
+    /// The final layer's patches back to latents; with a context group,
+    /// every rank's frames gathered first ([`gather_frames`]), so the
+    /// output is the whole clip.
     ///
     /// # Shapes
-    /// out: [b, g, s, pt*c*p*p] -> [b, t, c, h, w]
+    /// out: [b, g (or g/C), s, pt*c*p*p] -> [b, t, c, h, w]
     pub fn unpatchify<B2: Backend>(&self, out: Tensor<B2, 4>, cfg: &DitConfig) -> Tensor<B2, 5> {
         let [_, _, c, h, w] = self.dims;
+        let out = match &self.attn.context {
+            Some(group) => gather_frames(out, group),
+            None => out,
+        };
         unpatchify(out, cfg.patch_t, c, h, w, cfg.patch_size)
     }
 }
@@ -144,6 +151,7 @@ impl<B: Backend> DitEmbed<B> {
             labels,
             action_values,
             action_keep,
+            context,
         } = input;
         let (x, rope) = self.tokens(latents, g, &device);
         let mut cond = self.t_embed.forward(times); // [b, t, d]
@@ -167,12 +175,17 @@ impl<B: Backend> DitEmbed<B> {
             AttentionImpl::Naive => mask.map(|m| attention_bias::<B>(&m, g * s, &device)), // [n, n]
             AttentionImpl::Blockwise => None,
         };
+        let (x, cond, rope) = match &context {
+            Some(group) => self.shard(group, g, (x, cond, rope))?,
+            None => (x, cond, rope),
+        };
         let attn = AttnContext {
             mask,
             bias,
             rope,
             kernel: cfg.attention_impl,
             block: cfg.attention_block,
+            context,
         };
         Ok(Stem {
             x,
@@ -180,6 +193,46 @@ impl<B: Backend> DitEmbed<B> {
             attn,
             dims,
         })
+    }
+
+    /// This context rank's frame groups of the tokens, conditions and RoPE
+    /// rows (the g groups split into C consecutive shards).
+    ///
+    /// # Shapes
+    /// x: [b, g, s, d], cond: [b, g, d], rope: 2 x [n, e/2]
+    /// -> [b, g/C, s, d], [b, g/C, d], 2 x [n/C, e/2]
+    #[allow(clippy::type_complexity)]
+    fn shard(
+        &self,
+        group: &ContextShard,
+        g: usize,
+        (x, cond, rope): (
+            Tensor<B, 4>,
+            Tensor<B, 3>,
+            Option<(Tensor<B, 2>, Tensor<B, 2>)>,
+        ),
+    ) -> Result<(
+        Tensor<B, 4>,
+        Tensor<B, 3>,
+        Option<(Tensor<B, 2>, Tensor<B, 2>)>,
+    )> {
+        let c = group.size();
+        let cfg = &self.cfg;
+        if g % c != 0 || cfg.heads % c != 0 {
+            return Err(ModelError::Config(format!(
+                "context parallelism over {c} ranks splits a clip's {g} frame groups and the model's {} heads evenly: both must be divisible by parallel.context = {c}",
+                cfg.heads
+            )));
+        }
+        let (gl, s) = (g / c, cfg.tokens_per_frame());
+        let start = group.rank() * gl;
+        let rope = rope.map(|(cos, sin)| {
+            (
+                cos.narrow(0, start * s, gl * s),
+                sin.narrow(0, start * s, gl * s),
+            )
+        });
+        Ok((x.narrow(1, start, gl), cond.narrow(1, start, gl), rope))
     }
 
     /// Check the latents [b, t, c, h, w] and noise levels [b, t] against the

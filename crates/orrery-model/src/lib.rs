@@ -24,7 +24,7 @@
 //! let latents = Tensor::<Flex, 5>::zeros([1, 2, cfg.channels, 8, 8], &device);
 //! let t = Tensor::<Flex, 2>::ones([1, 2], &device);
 //! let actions = Tensor::<Flex, 2, Int>::zeros([1, 2], &device);
-//! let v = model.forward(DitInput { latents, t, actions: Some(actions), labels: None, action_values: None, action_keep: None }).unwrap();
+//! let v = model.forward(DitInput { latents, t, actions: Some(actions), labels: None, action_values: None, action_keep: None, context: None }).unwrap();
 //! assert_eq!(v.dims(), [1, 2, cfg.channels, 8, 8]);
 //! ```
 #![deny(missing_docs)]
@@ -34,6 +34,7 @@ mod backend;
 pub mod blockwise;
 mod cast;
 mod config;
+pub mod context;
 mod count;
 mod dit;
 mod embed;
@@ -47,6 +48,7 @@ pub use attention::{naive_attention, AttnContext};
 pub use backend::{ModelBackend, TrainBackend};
 pub use cast::like;
 pub use config::{AttentionImpl, AttentionMask, DitConfig, MlpKind, PosEmbed, Preset, QkNorm};
+pub use context::{ContextGroup, ContextShard};
 pub use dit::{Dit, DitInput};
 pub use embed::{DitEmbed, Stem};
 pub use layers::{DitBlock, FinalLayer};

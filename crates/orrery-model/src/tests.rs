@@ -64,6 +64,7 @@ pub(super) fn input(cfg: &DitConfig, b: usize, seed: u64) -> DitInput<B> {
         labels: None,
         action_values: None,
         action_keep: None,
+        context: None,
     }
 }
 

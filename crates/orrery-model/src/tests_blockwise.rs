@@ -111,6 +111,7 @@ fn model_grads(
         labels: None,
         action_values: None,
         action_keep: None,
+        context: None,
     };
     let out = model.forward(x).unwrap();
     let mut grads =

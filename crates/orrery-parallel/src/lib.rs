@@ -93,6 +93,7 @@ pub fn cuda_device(what: &str) -> Result<burn::backend::cuda::CudaDevice> {
         .map_err(|why| Error::Config(format!("{what} needs a CUDA GPU, but {why}")))
 }
 
+pub mod context;
 pub mod ddp;
 pub mod fixtures;
 pub mod fsdp;

@@ -43,6 +43,7 @@ pub(crate) fn inner_input<B: TrainBackend>(input: &DitInput<B>) -> DitInput<B::I
         labels: i.labels.map(|l| l.inner()),
         action_values: i.action_values.map(|v| v.inner()),
         action_keep: i.action_keep.map(|k| k.inner()),
+        context: i.context,
     }
 }
 
