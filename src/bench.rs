@@ -265,7 +265,11 @@ fn run_bench_step(
     println!("| step time, min (s) | {min:.4} |");
     println!("| data to device, mean (s) | {data:.5} |");
     let strategy = format!("{:?}", cfg.parallel.strategy).to_lowercase();
-    println!("| ranks | {} ({strategy}) |", b.ranks);
+    let context = match cfg.parallel.context {
+        1 => String::new(),
+        c => format!(", {} data x {c} context", b.ranks / c),
+    };
+    println!("| ranks | {} ({strategy}{context}) |", b.ranks);
     println!(
         "| parameter + gradient + AdamW bytes per rank | {:.2} MiB |",
         b.state_bytes.0 as f64 / 1048576.0
@@ -289,6 +293,13 @@ fn run_bench_step(
         b.comm_bytes,
         b.comm_bytes as f64 / 1048576.0
     );
+    if cfg.parallel.context > 1 {
+        println!(
+            "| context parallelism: bytes sent per rank per step, measured / Ulysses analysis | {:.2} / {:.2} MiB |",
+            b.context_bytes.0 as f64 / 1048576.0,
+            b.context_bytes.1 as f64 / 1048576.0
+        );
+    }
     println!(
         "| samples/s (median step) | {:.1} |",
         b.batch as f64 / median

@@ -16,6 +16,10 @@ mod slurm_sweep;
 #[path = "e2e/fsdp.rs"]
 mod fsdp;
 
+/// Context parallelism: one clip's frames over several ranks.
+#[path = "e2e/context.rs"]
+mod context;
+
 /// Data formats: import, the Python writer, continuous actions, bad rows.
 #[path = "e2e/data.rs"]
 mod data;

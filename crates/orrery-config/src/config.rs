@@ -174,6 +174,11 @@ pub struct ParallelConfig {
     /// `none`, or `block` (keep each block's input, recompute its forward in
     /// backward). FSDP always recomputes blocks.
     pub activation_checkpoint: ActivationCheckpoint,
+    /// Context parallelism: ranks per context group, C. The C ranks of a
+    /// group read the same clips and each runs the tokens of 1/C of every
+    /// clip's frames (Ulysses all-to-all around attention). The world is
+    /// C x data-parallel ranks; 1 turns it off.
+    pub context: usize,
 }
 
 /// Activation checkpointing.
@@ -217,6 +222,7 @@ impl Default for ParallelConfig {
             gather_dtype: GatherDtype::F32,
             comm: CommBackend::Auto,
             activation_checkpoint: ActivationCheckpoint::None,
+            context: 1,
         }
     }
 }
@@ -412,7 +418,15 @@ impl TrainConfig {
     }
 
     /// Check the batch against the number of ranks; the message says what to change.
-    pub fn validate_world(&self, ranks: usize) -> Result<()> {
+    pub fn validate_world(&self, world: usize) -> Result<()> {
+        let c = self.parallel.context;
+        if world % c != 0 {
+            return Err(ConfigError(format!(
+                "parallel.context = {c} needs a number of ranks divisible by {c}, but this job has {world}: start a multiple of {c} ranks or change parallel.context"
+            )));
+        }
+        // Context groups share their clips: the batch splits over the data ranks.
+        let ranks = world / c;
         let b = self.data.global_batch;
         if b % ranks != 0 {
             let lower = b / ranks * ranks;
@@ -566,6 +580,17 @@ impl TrainConfig {
             return bad(format!(
                 "parallel.timeout_s = {} must be positive and at most 1e7 (about 4 months)",
                 self.parallel.timeout_s
+            ));
+        }
+        let c = self.parallel.context;
+        let groups = self.model.frame_groups(self.model.frames);
+        if c == 0 {
+            return bad("parallel.context must be at least 1 (1: no context parallelism)".into());
+        }
+        if c > 1 && (self.model.heads % c != 0 || groups % c != 0) {
+            return bad(format!(
+                "parallel.context = {c} splits each clip's {groups} frame groups (model.frames / model.patch_t) and the model's {} heads (Ulysses swaps frames for heads) over {c} ranks: both must be divisible by {c}; change parallel.context, model.frames or model.heads",
+                self.model.heads
             ));
         }
         if self.parallel.comm == CommBackend::Nccl && self.run.device != Device::Cuda {

@@ -42,6 +42,9 @@ pub struct StepBench {
     /// Heap bytes live when the timed steps start, and the most live during
     /// them ([`crate::heap`]; 0 unless the binary counts its allocations).
     pub heap: (usize, usize),
+    /// Context parallelism: bytes each rank sent to its group per step,
+    /// measured, and by Ulysses' analysis (0 without).
+    pub context_bytes: (usize, usize),
 }
 
 impl StepBench {
@@ -152,22 +155,25 @@ fn bench_on<B: TrainBackend>(
         &device,
         StartState::Fresh,
     )?;
+    // The ranks of a context group read the same clips.
+    let c = cfg.parallel.context.max(1);
+    let (data_rank, data_ranks) = (world.rank / c, world.size / c);
     let mut source = match &data {
         Some(data) => Source::Data(Loader::new(
             &data.train,
             cfg.run.seed,
             cfg.data.global_batch,
             cfg.model.frames,
-            (world.rank, world.size),
+            (data_rank, data_ranks),
             Cursor::default(),
         )?),
         None => {
             use rand::SeedableRng;
-            let rows = cfg.data.global_batch / world.size;
+            let rows = cfg.data.global_batch / data_ranks;
             Source::Synthetic {
-                rng: rand_chacha::ChaCha8Rng::seed_from_u64(cfg.run.seed ^ world.rank as u64),
+                rng: rand_chacha::ChaCha8Rng::seed_from_u64(cfg.run.seed ^ data_rank as u64),
                 rows,
-                next: (world.rank * rows) as u64,
+                next: (data_rank * rows) as u64,
                 stride: cfg.data.global_batch as u64,
             }
         }
@@ -194,6 +200,13 @@ fn bench_on<B: TrainBackend>(
             Replica::Sharded(fsdp) => fsdp.state_bytes(),
         },
         heap: (0, 0),
+        context_bytes: (
+            0,
+            orrery_parallel::context::ulysses_bytes_per_step(
+                cfg,
+                cfg.data.global_batch / data_ranks,
+            ),
+        ),
     };
     if let Some(n) = std::env::var("RAYON_NUM_THREADS")
         .ok()
@@ -204,6 +217,7 @@ fn bench_on<B: TrainBackend>(
     for step in 0..warmup + steps {
         if step == warmup {
             bench.heap.0 = crate::heap::reset_peak();
+            bench.context_bytes.0 = replica.context().map_or(0, |c| c.0.bytes_sent());
         }
         let t0 = Instant::now();
         let batch = to_device::<B>(&source.next_batch(m), m, &device);
@@ -226,5 +240,7 @@ fn bench_on<B: TrainBackend>(
         }
     }
     bench.heap.1 = crate::heap::peak();
+    let sent = replica.context().map_or(0, |c| c.0.bytes_sent());
+    bench.context_bytes.0 = (sent - bench.context_bytes.0) / steps.max(1);
     Ok(bench)
 }

@@ -25,6 +25,8 @@ pub trait ContextGroup: Send + Sync + std::fmt::Debug {
     fn all_to_all(&self, send: Vec<f32>) -> Vec<f32>;
     /// Every rank's equal `local`, concatenated in rank order.
     fn all_gather(&self, local: Vec<f32>) -> Vec<f32>;
+    /// Bytes this rank has sent to the others so far (for benchmarks).
+    fn bytes_sent(&self) -> usize;
 }
 
 /// A handle on this rank's context group, carried by the model input.
@@ -32,6 +34,24 @@ pub trait ContextGroup: Send + Sync + std::fmt::Debug {
 pub struct ContextShard(pub Arc<dyn ContextGroup>);
 
 impl ContextShard {
+    /// `input` with this group, when its clips split evenly over the
+    /// group (frame groups and heads divisible by C); otherwise as it is,
+    /// run whole on this rank (as evaluation on shorter clips does).
+    /// Training validates its clip length against the group at start.
+    pub fn apply<B: Backend>(
+        group: Option<&ContextShard>,
+        mut input: crate::DitInput<B>,
+        cfg: &crate::DitConfig,
+    ) -> crate::DitInput<B> {
+        if input.context.is_none() {
+            let g = cfg.frame_groups(input.latents.dims()[1]);
+            input.context = group
+                .filter(|c| g % c.size() == 0 && cfg.heads % c.size() == 0)
+                .cloned();
+        }
+        input
+    }
+
     /// Ranks in the group.
     pub fn size(&self) -> usize {
         self.0.size()

@@ -56,6 +56,8 @@ pub struct Dit<B: Backend> {
     final_layer: FinalLayer<B>,
     #[module(skip)]
     cfg: DitConfig,
+    #[module(skip)]
+    context: Option<ContextShard>,
 }
 
 impl DitConfig {
@@ -70,6 +72,7 @@ impl DitConfig {
                 .collect(),
             final_layer: FinalLayer::new(self.hidden, self.patch_dim(), device),
             cfg: self.clone(),
+            context: None,
         })
     }
 
@@ -99,6 +102,19 @@ impl<B: Backend> Dit<B> {
         self.num_params()
     }
 
+    /// This model run as one rank of `group` (context parallelism: each
+    /// rank runs its frames' tokens, attention swaps them around), for
+    /// every input whose clip splits evenly over the group.
+    pub fn with_context(mut self, group: Option<ContextShard>) -> Self {
+        self.context = group;
+        self
+    }
+
+    /// The context group set by [`Dit::with_context`].
+    pub fn context(&self) -> Option<&ContextShard> {
+        self.context.as_ref()
+    }
+
     /// The units the model runs as, in order: the embedder, the blocks and
     /// the final layer (for running it unit by unit: activation
     /// checkpointing). Their parameter names take the prefixes `embed.`,
@@ -119,6 +135,7 @@ impl<B: ModelBackend> Dit<B> {
     /// compute in bf16: see [`crate::cast::like`]).
     pub fn forward(&self, input: DitInput<B>) -> Result<Tensor<B, 5>> {
         let dtype = input.latents.dtype();
+        let input = ContextShard::apply(self.context.as_ref(), input, &self.cfg);
         let stem = self.embed.forward(input)?;
         let mut x = stem.x.clone(); // [b, g, s, d]
         for block in &self.blocks {

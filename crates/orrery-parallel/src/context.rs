@@ -42,6 +42,28 @@ impl Mesh {
     }
 }
 
+/// The bytes one rank of a context group sends per training step by the
+/// analysis of Ulysses (Jacobs et al. 2023, section 3.2): each swap sends
+/// (C-1)/C of a buffer of b * n/C * d values; per block, forward swaps q, k
+/// and v (3 buffers) and the output (1), backward the same again, and a
+/// recomputed forward (FSDP, block checkpointing) once more; then the
+/// output's frames, gathered once (b * n/C * patch values to C-1 ranks).
+pub fn ulysses_bytes_per_step(cfg: &orrery_config::TrainConfig, local_batch: usize) -> usize {
+    let c = cfg.parallel.context;
+    if c <= 1 {
+        return 0;
+    }
+    let m = &cfg.model;
+    let n = m.frame_groups(m.frames) * m.tokens_per_frame();
+    let buffer = local_batch * n / c * m.hidden; // values of one swap's buffer
+    let recompute = cfg.parallel.strategy == orrery_config::Strategy::Fsdp
+        || cfg.parallel.activation_checkpoint == orrery_config::ActivationCheckpoint::Block;
+    let passes = if recompute { 3 } else { 2 };
+    let swaps = m.depth * 4 * passes * buffer * (c - 1) / c;
+    let gather = local_batch * n / c * m.patch_dim() * (c - 1);
+    4 * (swaps + gather)
+}
+
 /// A context group over a collective split from the world.
 pub struct ContextComm {
     // Used only by the thread that runs the model (the training loop);
@@ -83,12 +105,6 @@ impl ContextComm {
         ContextShard(self.clone())
     }
 
-    /// Bytes this rank has sent to the others of its group (its own block
-    /// of each exchange stays here and is not counted).
-    pub fn bytes_sent(&self) -> usize {
-        self.sent.load(Ordering::Relaxed)
-    }
-
     fn run(
         &self,
         op: &str,
@@ -123,6 +139,11 @@ impl ContextGroup for ContextComm {
         let mut recv = vec![0.0; send.len()];
         self.run("all_to_all", send.len(), |c| c.all_to_all(&send, &mut recv));
         recv
+    }
+    /// Bytes sent to the others of the group (this rank's own block of
+    /// each exchange stays here and is not counted).
+    fn bytes_sent(&self) -> usize {
+        self.sent.load(Ordering::Relaxed)
     }
     fn all_gather(&self, local: Vec<f32>) -> Vec<f32> {
         let mut out = vec![0.0; local.len() * self.size];

@@ -17,7 +17,9 @@ use burn::tensor::{DType, Tensor};
 use orrery_diffusion::{Cond, Denoiser, DiffusionError};
 use orrery_dist::Collective;
 use orrery_model::named::{cast_params, layout, load_flat, named_grads};
-use orrery_model::{like, DitBlock, DitConfig, DitEmbed, DitInput, FinalLayer, ModelBackend, Stem};
+use orrery_model::{
+    like, ContextShard, DitBlock, DitConfig, DitEmbed, DitInput, FinalLayer, ModelBackend, Stem,
+};
 
 use crate::optim::{flat, host, FlatMap};
 use crate::{Error, Result};
@@ -92,6 +94,9 @@ pub struct Fsdp<B: Backend> {
     /// to bf16 for the forward and backward, inside the autodiff graph, so
     /// its gradient arrives in f32; shards, AdamW and EMA stay f32.
     pub compute_bf16: bool,
+    /// This rank's context group (context parallelism), applied to every
+    /// input whose clip splits over it.
+    pub context: Option<ContextShard>,
     /// Seconds spent in collectives and bytes sent, since the last take.
     comm_s: Cell<f64>,
     comm_bytes: Cell<usize>,
@@ -157,6 +162,7 @@ impl<B: Backend> Fsdp<B> {
             device: device.clone(),
             gather_bf16: false,
             compute_bf16: false,
+            context: None,
             comm_s: Cell::new(0.0),
             comm_bytes: Cell::new(0),
         };
@@ -473,6 +479,7 @@ impl<B: ModelBackend> Fsdp<B> {
         comm: &dyn Collective,
     ) -> Result<(Stem<B>, Vec<Tensor<B, 4>>)> {
         let embed = self.compute(self.embed(shards, comm)?, train);
+        let input = ContextShard::apply(self.context.as_ref(), input, &self.cfg);
         let stem = embed.forward(input)?;
         drop(embed);
         let mut xs = vec![stem.x.clone()];

@@ -61,6 +61,8 @@ fn forward<B: TrainBackend>(
     tape: &RefCell<Option<Tape<B>>>,
 ) -> Result<Tensor<B, 5>> {
     let dtype = input.latents.dtype();
+    // The embedder's recompute in backward must see the same shard.
+    let input = orrery_model::ContextShard::apply(fsdp.context.as_ref(), input, &fsdp.cfg);
     let (stem, mut xs) = fsdp.trunk(&fsdp.params, inner_input(&input), (true, true), comm)?;
     let last = xs.pop().expect("final layer input");
     let head = leaf(fsdp, fsdp.cfg.final_layer(device), fsdp.final_unit(), comm)?;
@@ -200,7 +202,8 @@ pub fn fsdp_step<B: TrainBackend>(
     comm.all_reduce_sum(&mut totals)?;
     comm_s += t_comm.elapsed().as_secs_f64();
     let (unit_s, unit_bytes) = fsdp.take_comm();
-    let loss_value = totals[0] as f64;
+    // Every rank of a context group computes its clips' whole loss.
+    let loss_value = totals[0] as f64 / cfg.parallel.context as f64;
     let norm = (totals[1] as f64).sqrt();
     let keys: Vec<String> = fsdp.units.iter().map(|u| u.prefix.clone()).collect();
     let mut params = Vec::with_capacity(keys.len());

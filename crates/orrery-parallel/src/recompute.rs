@@ -16,7 +16,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 use orrery_diffusion::{Cond, DiffusionError};
 use orrery_model::named::{cast_params, named_grads};
-use orrery_model::{like, AttnContext, Dit, DitInput, Stem, TrainBackend};
+use orrery_model::{like, AttnContext, ContextShard, Dit, DitInput, Stem, TrainBackend};
 
 use crate::{Error, Result};
 
@@ -66,6 +66,7 @@ pub fn denoiser<'a, B: TrainBackend>(
 ) -> impl orrery_diffusion::Denoiser<B> + 'a {
     move |x_t: Tensor<B, 5>, t: Tensor<B, 2>, cond: Cond<B>| {
         let input = crate::glue::dit_input(x_t, t, cond);
+        let input = ContextShard::apply(model.context(), input, model.config());
         let dtype = input.latents.dtype();
         let (embed, blocks, head) = model.units();
         let stem = compute(embed.valid(), bf16)

@@ -121,6 +121,14 @@ impl<B: TrainBackend> Replica<B> {
         device: &B::Device,
         start: StartState<'_>,
     ) -> Result<(Self, AdamW<B::InnerBackend>, Ema<B::InnerBackend>)> {
+        let context = match cfg.parallel.context {
+            1 => None,
+            c => {
+                let mesh = crate::context::Mesh::new(world.rank, world.size, c)?;
+                Some(crate::context::ContextComm::split(comm, &mesh)?.shard())
+            }
+        };
+        let model = model.with_context(context.clone());
         if cfg.parallel.strategy == Strategy::Ddp {
             // Draw every weight now, in module order: a lazy parameter is
             // drawn when first read, and each copy made before that (a bf16
@@ -145,6 +153,7 @@ impl<B: TrainBackend> Replica<B> {
         drop(model);
         fsdp.gather_bf16 = cfg.parallel.gather_dtype == GatherDtype::Bf16;
         fsdp.compute_bf16 = cfg.run.precision == orrery_config::Precision::Bf16;
+        fsdp.context = context;
         let (sharded_optim, sharded_ema) = match start {
             StartState::Fresh => {
                 fsdp.init_params(comm)?;
@@ -187,6 +196,14 @@ impl<B: TrainBackend> Replica<B> {
             }
         };
         Ok((Replica::Sharded(fsdp), sharded_optim, sharded_ema))
+    }
+
+    /// This rank's context group, if context parallelism is on.
+    pub fn context(&self) -> Option<&orrery_model::ContextShard> {
+        match self {
+            Replica::Full(model) => model.context(),
+            Replica::Sharded(fsdp) => fsdp.context.as_ref(),
+        }
     }
 
     /// One optimizer step.

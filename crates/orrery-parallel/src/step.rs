@@ -61,7 +61,9 @@ pub fn plan_step<B: Backend>(
         .sum::<f32>()];
     let t_comm = Instant::now();
     comm.all_reduce_sum(&mut frames)?;
-    Ok((micro, plans, frames[0], t_comm.elapsed().as_secs_f64()))
+    // The ranks of a context group hold the same clips: each counted C times.
+    let frames = frames[0] / cfg.parallel.context as f32;
+    Ok((micro, plans, frames, t_comm.elapsed().as_secs_f64()))
 }
 
 /// One step's loss and every parameter's gradient: micro-batches
@@ -134,7 +136,8 @@ pub fn step_grads<B: TrainBackend>(
         0
     };
     Ok(StepGrads {
-        loss: loss_value[0] as f64,
+        // Every rank of a context group computes its clips' whole loss.
+        loss: loss_value[0] as f64 / cfg.parallel.context as f64,
         grads,
         comm_s,
         comm_bytes,

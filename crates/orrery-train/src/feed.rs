@@ -36,7 +36,7 @@ impl<'a> Feed<'a> {
                 cfg.run.seed,
                 cfg.data.global_batch,
                 cfg.model.frames,
-                (world.rank, world.size),
+                data_share(cfg, world),
                 cursor,
             )?),
         })
@@ -107,7 +107,7 @@ pub(crate) fn open_data(
         index,
         stream_cfg,
         (cfg.run.seed, d.global_batch, cfg.model.frames),
-        (world.rank, world.size),
+        data_share(cfg, world),
         Cursor::default(),
     )?
     .with_footers(footers);
@@ -143,4 +143,12 @@ fn no_data_hint(cfg: &TrainConfig, e: orrery_data::DataError) -> TrainError {
     TrainError::Config(format!(
         "no .parquet files found under {url} (data.url): check data.url{synth}"
     ))
+}
+
+/// This rank's place among the data-parallel ranks: (data rank, data
+/// ranks). The ranks of a context group (`parallel.context`) read the same
+/// clips, so they share one place.
+pub(crate) fn data_share(cfg: &TrainConfig, world: &World) -> (usize, usize) {
+    let c = cfg.parallel.context.max(1);
+    (world.rank / c, world.size / c)
 }

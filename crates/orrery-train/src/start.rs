@@ -94,13 +94,24 @@ pub(crate) fn start_or_resume<B: TrainBackend>(
     }
     if comm.size() > 1 {
         same_step_on_every_rank(step, world, comm, run_dir)?;
-        say(format!(
-            "data parallel over {} ranks ({}, started by {}): {} clips per rank per step",
-            comm.size(),
-            comm.name(),
-            world.launcher,
-            cfg.data.global_batch / comm.size()
-        ));
+        let c = cfg.parallel.context;
+        let data_ranks = comm.size() / c;
+        say(match c {
+            1 => format!(
+                "data parallel over {} ranks ({}, started by {}): {} clips per rank per step",
+                comm.size(),
+                comm.name(),
+                world.launcher,
+                cfg.data.global_batch / data_ranks
+            ),
+            _ => format!(
+                "{} ranks ({}, started by {}): data parallel over {data_ranks} groups of {c} context-parallel ranks; each group runs {} clips per step, each rank 1/{c} of every clip's frames",
+                comm.size(),
+                comm.name(),
+                world.launcher,
+                cfg.data.global_batch / data_ranks
+            ),
+        });
     }
     let start = match &resumed {
         Some(r) => StartState::Checkpoint {
