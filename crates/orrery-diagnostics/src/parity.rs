@@ -12,7 +12,9 @@ use burn::tensor::{ElementConversion, Tensor, TensorData};
 use orrery_data::{Batch, Cursor, Dataset, Loader};
 use orrery_dist::SingleProcess;
 use orrery_model::named::{load_host, named_grads, to_host, NamedTensors};
-use orrery_model::{Dit, TrainBackend};
+use orrery_model::blockwise::Blockwise;
+use orrery_model::frame_mask::FrameMask;
+use orrery_model::{naive_attention, AttentionMask, Dit, TrainBackend};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -207,6 +209,27 @@ fn op_checks<B: TrainBackend>(device: &B::Device) -> Vec<(String, Vec<f32>, Vec<
             // p: [.., 16, 16] over the tokens, then p v: [.., 16, 32]
             let n = x.dims()[2];
             softmax(x.narrow(3, 0, n), 3).matmul(y)
+        }),
+        // Issue 18: the two attention kernels on 4 frames of 4 tokens,
+        // frame-causal, tiles of 6 (not a multiple of the frames): each
+        // backend's blockwise kernel against the CPU's, and its naive one.
+        ("attention naive, frame-causal", |x, y| {
+            let n = x.dims()[2];
+            let mask = FrameMask::new(AttentionMask::FrameCausal, 0, 4).expect("a mask");
+            let bias: Vec<f32> = (0..n * n)
+                .map(|i| if mask.hides(i / n, i % n) { f32::NEG_INFINITY } else { 0.0 })
+                .collect();
+            let bias = Tensor::<B, 2>::from_data(TensorData::new(bias, [n, n]), &x.device());
+            let scale = 1.0 / (x.dims()[3] as f64).sqrt();
+            naive_attention(x, y.clone(), y, scale, Some(bias))
+        }),
+        ("attention blockwise, frame-causal", |x, y| {
+            let spec = Blockwise {
+                scale: 1.0 / (x.dims()[3] as f64).sqrt(),
+                mask: FrameMask::new(AttentionMask::FrameCausal, 0, 4),
+                block: 6,
+            };
+            B::blockwise_attention(x, y.clone(), y, &spec)
         }),
     ];
     let dims = [2, 4, 16, 32];

@@ -201,7 +201,7 @@ impl Default for DitConfig {
             mlp_ratio: 4.0,
             num_actions: 5,
             attention: AttentionMask::FrameCausal,
-            attention_impl: AttentionImpl::Naive,
+            attention_impl: AttentionImpl::Blockwise,
             attention_block: 128,
             history_frames: 0,
             window_frames: 0,
