@@ -19,6 +19,10 @@
 #           under FSDP on one rank): tokens/s, TFLOP/s, MFU against PEAK (989),
 #           peak device memory, into mfu.md (MFU_RUNS, MFU_BATCH, MFU_STEPS,
 #           MFU_WARMUP, MFU_S, MFU_SET: extra --set words, for a dry run)
+#   long    issue 18: configs/bench/long-video.toml at 4k, 16k and 64k tokens,
+#           naive and blockwise attention, bf16: step time, tokens/s, peak
+#           device memory, into long.md (LONG_RUNS kernel:frames, LONG_S,
+#           LONG_STEPS, LONG_BLOCK)
 # Output: $OUTDIR/log.txt (every stage, lines stamped with seconds since the
 # start), parity.md, lockstep.md, mfu.md, metrics.jsonl, rollout_<precision>.gif, and the kernel
 # cache as kernels.tgz.aa, .ab, ...: compiled kernels go to
@@ -198,6 +202,27 @@ for stage in "$@"; do
         echo "| DiT-${size^^}/2 video | $prec | ${strat:-ddp} | $batch | $(row "step time, median") | $(row "tokens/s") | $(row "model TFLOP/s per rank") | $(row "MFU per rank") | ${mem:-n/a} |" >> "$out/mfu.md"
       done
       tee -a "$log" < "$out/mfu.md" ;;
+    long)
+      # Issue 18: one training step of configs/bench/long-video.toml (256
+      # tokens per frame) at 4k, 16k and 64k tokens, blockwise (and naive
+      # while it fits), bf16: step time, tokens/s and peak device memory
+      # (nvidia-smi, every 0.5 s). Blockwise parity on CUDA is in `parity`.
+      echo "| kernel | tokens | median step (s) | tokens/s | peak memory (MiB) |" > "$out/long.md"
+      echo "|---|---|---|---|---|" >> "$out/long.md"
+      for spec in ${LONG_RUNS:-naive:16 blockwise:16 naive:64 blockwise:64 blockwise:256}; do
+        IFS=: read -r kernel frames <<< "$spec"
+        ( while :; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null; sleep 0.5; done ) > /tmp/gpu-mem.txt &
+        sampler=$!
+        timeout $(lim ${LONG_S:-150}) $bin bench step configs/bench/long-video.toml --synthetic --steps ${LONG_STEPS:-3} --warmup 1 \
+          --set run.device=${DEVICE:-cuda} --set run.precision=bf16 --set model.frames="$frames" \
+          --set model.attention_impl="$kernel" --set model.attention_block=${LONG_BLOCK:-1024} > /tmp/gpu-long.txt 2>&1
+        kill $sampler 2>/dev/null; wait $sampler 2>/dev/null
+        stamp < /tmp/gpu-long.txt | tail -8 >> "$log"
+        row() { grep -F "| $1" /tmp/gpu-long.txt | head -1 | awk -F'|' '{gsub(/ /, "", $3); print $3}'; }
+        mem=$(sort -n /tmp/gpu-mem.txt 2>/dev/null | tail -1)
+        echo "| $kernel | $((frames * 256)) | $(row "step time, median") | $(row "tokens/s") | ${mem:-n/a} |" >> "$out/long.md"
+      done
+      tee -a "$log" < "$out/long.md" ;;
     bench)
       for prec in ${PRECISIONS:-f32 bf16}; do
         timeout $(lim 90) $bin bench step $q --set run.precision=$prec --steps 20 --warmup 5 2>&1 | stamp | grep -E "median|samples" | tee -a "$log"
