@@ -11,9 +11,9 @@ use burn::tensor::activation::{gelu_approximate, silu, softmax};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use orrery_data::{Batch, Cursor, Dataset, Loader};
 use orrery_dist::SingleProcess;
-use orrery_model::named::{load_host, named_grads, to_host, NamedTensors};
 use orrery_model::blockwise::Blockwise;
 use orrery_model::frame_mask::FrameMask;
+use orrery_model::named::{load_host, named_grads, to_host, NamedTensors};
 use orrery_model::{naive_attention, AttentionMask, Dit, TrainBackend};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -217,7 +217,13 @@ fn op_checks<B: TrainBackend>(device: &B::Device) -> Vec<(String, Vec<f32>, Vec<
             let n = x.dims()[2];
             let mask = FrameMask::new(AttentionMask::FrameCausal, 0, 4).expect("a mask");
             let bias: Vec<f32> = (0..n * n)
-                .map(|i| if mask.hides(i / n, i % n) { f32::NEG_INFINITY } else { 0.0 })
+                .map(|i| {
+                    if mask.hides(i / n, i % n) {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
                 .collect();
             let bias = Tensor::<B, 2>::from_data(TensorData::new(bias, [n, n]), &x.device());
             let scale = 1.0 / (x.dims()[3] as f64).sqrt();
@@ -293,7 +299,7 @@ pub fn trace<B: TrainBackend>(
     let shapes = param_shapes(&model);
     // The first step's loss and gradients, as train_step computes them (one micro-batch).
     let first = to_device::<B>(&batches[0], &cfg.model, device);
-    let (micro, mut plans, frames, _) = plan_step(cfg, &first, 0, &SingleProcess)?;
+    let (micro, mut plans, frames, _) = plan_step(cfg, &first, (0, 1), &SingleProcess)?;
     let loss = cfg
         .objective
         .loss_part(&denoiser(&model), &micro[0], plans.remove(0), frames)?;

@@ -165,7 +165,9 @@ pub fn fsdp_step<B: TrainBackend>(
 ) -> Result<StepOut> {
     let obj = &cfg.objective;
     let device = batch.latents.device();
-    let (micro, plans, frames, mut comm_s) = crate::step::plan_step(cfg, batch, step, comm)?;
+    let copies = fsdp.context.as_ref().map_or(1, |c| c.size());
+    let (micro, plans, frames, mut comm_s) =
+        crate::step::plan_step(cfg, batch, (step, copies), comm)?;
     let mut acc: FlatMap<B::InnerBackend> = fsdp
         .params
         .iter()
@@ -203,7 +205,7 @@ pub fn fsdp_step<B: TrainBackend>(
     comm_s += t_comm.elapsed().as_secs_f64();
     let (unit_s, unit_bytes) = fsdp.take_comm();
     // Every rank of a context group computes its clips' whole loss.
-    let loss_value = totals[0] as f64 / cfg.parallel.context as f64;
+    let loss_value = totals[0] as f64 / copies as f64;
     let norm = (totals[1] as f64).sqrt();
     let keys: Vec<String> = fsdp.units.iter().map(|u| u.prefix.clone()).collect();
     let mut params = Vec::with_capacity(keys.len());

@@ -41,10 +41,11 @@ pub struct StepOut {
 /// seconds that sum took. The loss is a mean over the global batch's frames
 /// in the loss: each rank's (and micro-batch's) part is normalised by the
 /// global count, so the parts' gradients sum to the single-process gradient.
+/// `copies` ranks hold each clip (a context group's C, else 1).
 pub fn plan_step<B: Backend>(
     cfg: &TrainConfig,
     batch: &TrainBatch<B>,
-    step: u64,
+    (step, copies): (u64, usize),
     comm: &dyn Collective,
 ) -> Result<(Vec<TrainBatch<B>>, Vec<NoisePlan>, f32, f64)> {
     let micro = crate::ddp::micro_batches(batch, cfg.data.micro_batch);
@@ -62,7 +63,7 @@ pub fn plan_step<B: Backend>(
     let t_comm = Instant::now();
     comm.all_reduce_sum(&mut frames)?;
     // The ranks of a context group hold the same clips: each counted C times.
-    let frames = frames[0] / cfg.parallel.context as f32;
+    let frames = frames[0] / copies as f32;
     Ok((micro, plans, frames, t_comm.elapsed().as_secs_f64()))
 }
 
@@ -88,7 +89,8 @@ pub fn step_grads<B: TrainBackend>(
     comm: &dyn Collective,
 ) -> Result<StepGrads<B::InnerBackend>> {
     let obj = &cfg.objective;
-    let (micro, plans, frames, mut comm_s) = plan_step(cfg, batch, step, comm)?;
+    let copies = model.context().map_or(1, |c| c.size());
+    let (micro, plans, frames, mut comm_s) = plan_step(cfg, batch, (step, copies), comm)?;
     let mut loss_value = [0f32];
     let mut grads: BTreeMap<String, Tensor<B::InnerBackend, 1>> = BTreeMap::new();
     for (m, plan) in micro.iter().zip(plans) {
@@ -137,7 +139,7 @@ pub fn step_grads<B: TrainBackend>(
     };
     Ok(StepGrads {
         // Every rank of a context group computes its clips' whole loss.
-        loss: loss_value[0] as f64 / cfg.parallel.context as f64,
+        loss: loss_value[0] as f64 / copies as f64,
         grads,
         comm_s,
         comm_bytes,
