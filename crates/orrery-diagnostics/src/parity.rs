@@ -216,16 +216,7 @@ fn op_checks<B: TrainBackend>(device: &B::Device) -> Vec<(String, Vec<f32>, Vec<
         ("attention naive, frame-causal", |x, y| {
             let n = x.dims()[2];
             let mask = FrameMask::new(AttentionMask::FrameCausal, 0, 4).expect("a mask");
-            let bias: Vec<f32> = (0..n * n)
-                .map(|i| {
-                    if mask.hides(i / n, i % n) {
-                        f32::NEG_INFINITY
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            let bias = Tensor::<B, 2>::from_data(TensorData::new(bias, [n, n]), &x.device());
+            let bias = mask.dense_bias::<B>(n, &x.device());
             let scale = 1.0 / (x.dims()[3] as f64).sqrt();
             naive_attention(x, y.clone(), y, scale, Some(bias))
         }),

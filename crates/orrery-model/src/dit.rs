@@ -3,9 +3,10 @@
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Int, Tensor};
 
+use crate::block::DitBlock;
 use crate::context::ContextShard;
 use crate::embed::DitEmbed;
-use crate::layers::{DitBlock, FinalLayer};
+use crate::layers::FinalLayer;
 use crate::{DitConfig, ModelBackend, Result};
 
 /// What the DiT reads.

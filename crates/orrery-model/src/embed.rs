@@ -8,7 +8,7 @@ use crate::attention::AttnContext;
 use crate::context::{gather_frames, ContextShard};
 use crate::frame_mask::FrameMask;
 use crate::layers::{ActionMlp, TimestepEmbedder};
-use crate::tokens::{attention_bias, patchify, sincos, stack_history, unpatchify};
+use crate::tokens::{patchify, sincos, stack_history, unpatchify};
 use crate::AttentionImpl;
 use crate::{DitConfig, DitInput, ModelError, PosEmbed, Result};
 
@@ -172,7 +172,7 @@ impl<B: Backend> DitEmbed<B> {
         let s = cfg.tokens_per_frame();
         let mask = FrameMask::new(cfg.attention, cfg.window_frames / pt, s);
         let bias = match cfg.attention_impl {
-            AttentionImpl::Naive => mask.map(|m| attention_bias::<B>(&m, g * s, &device)), // [n, n]
+            AttentionImpl::Naive => mask.map(|m| m.dense_bias::<B>(g * s, &device)), // [n, n]
             AttentionImpl::Blockwise => None,
         };
         let (x, cond, rope) = match &context {

@@ -4,6 +4,8 @@
 //! frame (group), n = t * s tokens, q/k token indices.
 use std::ops::Range;
 
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+
 use crate::AttentionMask;
 
 /// A frame mask over tokens laid out frame by frame (`s` tokens each).
@@ -86,6 +88,26 @@ impl FrameMask {
                 })
             })
             .collect()
+    }
+}
+
+impl FrameMask {
+    /// The naive kernel's additive bias over `n` tokens: -inf where the
+    /// mask hides the pair, 0 elsewhere.
+    ///
+    /// # Shapes
+    /// -> [n, n]
+    pub fn dense_bias<B: Backend>(&self, n: usize, device: &B::Device) -> Tensor<B, 2> {
+        let bias: Vec<f32> = (0..n * n)
+            .map(|i| {
+                if self.hides(i / n, i % n) {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Tensor::from_data(TensorData::new(bias, [n, n]), device)
     }
 }
 

@@ -31,6 +31,7 @@
 
 mod attention;
 mod backend;
+mod block;
 pub mod blockwise;
 mod cast;
 mod config;
@@ -46,12 +47,13 @@ mod tokens;
 
 pub use attention::{naive_attention, AttnContext};
 pub use backend::{ModelBackend, TrainBackend};
+pub use block::DitBlock;
 pub use cast::like;
 pub use config::{AttentionImpl, AttentionMask, DitConfig, MlpKind, PosEmbed, Preset, QkNorm};
 pub use context::{ContextGroup, ContextShard};
 pub use dit::{Dit, DitInput};
 pub use embed::{DitEmbed, Stem};
-pub use layers::{DitBlock, FinalLayer};
+pub use layers::FinalLayer;
 
 /// Errors from building or running a model.
 #[derive(Debug, thiserror::Error)]

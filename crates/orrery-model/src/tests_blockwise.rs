@@ -9,7 +9,6 @@ use crate::blockwise::Blockwise;
 use crate::frame_mask::FrameMask;
 use crate::named::{load_host, map_named, named_grads, to_host};
 use crate::tests::input;
-use crate::tokens::attention_bias;
 use crate::{
     naive_attention, AttentionImpl, AttentionMask, DitConfig, ModelBackend, PosEmbed, QkNorm,
 };
@@ -35,7 +34,7 @@ fn run(
     let out = match blockwise {
         Some(spec) => AB::blockwise_attention(q.clone(), k.clone(), v.clone(), spec),
         None => {
-            let bias = mask.map(|m| attention_bias::<AB>(&m, n, &Default::default()));
+            let bias = mask.map(|m| m.dense_bias::<AB>(n, &Default::default()));
             naive_attention(
                 q.clone(),
                 k.clone(),

@@ -2,9 +2,7 @@
 //! see: patchify / unpatchify, frame stacking, sin-cos position features
 //! and frame masks. Letters: b batch, t frames, c channels, h/w latent size,
 //! g frame groups, s tokens per group, d width.
-use burn::tensor::{backend::Backend, Tensor, TensorData};
-
-use crate::frame_mask::FrameMask;
+use burn::tensor::{backend::Backend, Tensor};
 
 /// Sin-cos position features (Vaswani et al. 2017, section 3.5; DiT's
 /// `get_1d_sincos_pos_embed`): for each position, `dim / 2` sines then
@@ -78,22 +76,4 @@ pub fn unpatchify<B: Backend>(
     x.reshape([b * g, hp, wp, pt, c, p, p]) // [bg, hp, wp, pt, c, p, p]
         .permute([0, 3, 4, 1, 5, 2, 6]) // [bg, pt, c, hp, p, wp, p]
         .reshape([b, g * pt, c, h, w])
-}
-
-/// The naive kernel's additive attention bias over `n` tokens: -inf
-/// where the mask hides the pair, 0 elsewhere.
-///
-/// # Shapes
-/// -> [n, n]
-pub fn attention_bias<B: Backend>(mask: &FrameMask, n: usize, device: &B::Device) -> Tensor<B, 2> {
-    let bias: Vec<f32> = (0..n * n)
-        .map(|i| {
-            if mask.hides(i / n, i % n) {
-                f32::NEG_INFINITY
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    Tensor::from_data(TensorData::new(bias, [n, n]), device)
 }

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::tensor::{DType, ElementConversion, Tensor};
+use burn::tensor::{ElementConversion, Tensor};
 use orrery_diffusion::{Cond, DiffusionError, TrainBatch};
 use orrery_dist::Collective;
 use orrery_model::like;
@@ -103,17 +103,8 @@ fn backward<B: TrainBackend>(
         x_last,
         c_last,
     } = tape;
-    let mut g_x = x_last
-        .grad(&grads)
-        .ok_or_else(|| missing("the final layer's input"))?;
-    // The condition's gradient sums over every unit: in f32 (under bf16
-    // compute each part arrives in bf16).
-    let mut g_c = like(
-        c_last
-            .grad(&grads)
-            .ok_or_else(|| missing("the condition"))?,
-        DType::F32,
-    );
+    let (mut g_x, mut g_c) =
+        crate::recompute::head_input_grads(&x_last, &c_last, &grads, &missing)?;
     let u = fsdp.final_unit();
     let unit = &fsdp.units[u];
     let g = unit_grads(unit, &head, grads, &fsdp.device);
@@ -123,17 +114,15 @@ fn backward<B: TrainBackend>(
     for (i, x_in) in xs.into_iter().enumerate().rev() {
         let u = 1 + i;
         let block = leaf(fsdp, DitBlock::new(&fsdp.cfg, device), u, comm)?;
-        let x = Tensor::<B, 4>::from_inner(x_in).require_grad();
-        let c = Tensor::<B, 3>::from_inner(stem.cond.clone()).require_grad();
-        let out = fsdp
-            .compute(block.clone(), true)
-            .forward(x.clone(), c.clone(), &attn);
-        let grads = (out * Tensor::from_inner(g_x)).sum().backward();
-        g_x = x.grad(&grads).ok_or_else(|| missing("a block's input"))?;
-        let part = c
-            .grad(&grads)
-            .ok_or_else(|| missing("a block's condition"))?;
-        g_c = g_c + like(part, DType::F32);
+        let grads;
+        (grads, g_x, g_c) = crate::recompute::block_vjp(
+            &fsdp.compute(block.clone(), true),
+            x_in,
+            &stem.cond,
+            &attn,
+            (g_x, g_c),
+            &missing,
+        )?;
         let unit = &fsdp.units[u];
         let g = unit_grads(unit, &block, grads, &fsdp.device);
         drop(block);

@@ -16,7 +16,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 use orrery_diffusion::{Cond, DiffusionError};
 use orrery_model::named::{cast_params, named_grads};
-use orrery_model::{like, AttnContext, ContextShard, Dit, DitInput, Stem, TrainBackend};
+use orrery_model::{like, AttnContext, ContextShard, Dit, DitBlock, DitInput, Stem, TrainBackend};
 
 use crate::{Error, Result};
 
@@ -109,6 +109,58 @@ fn take_grads<B: TrainBackend>(
     }
 }
 
+/// The gradients that reached the final layer's input leaves: the last
+/// block's output, and the condition in f32 (its gradient sums over every
+/// unit; under bf16 compute each part arrives in bf16).
+///
+/// # Shapes
+/// -> ([b, g, s, d], [b, g, d])
+#[allow(clippy::type_complexity)]
+pub(crate) fn head_input_grads<B: TrainBackend>(
+    x_last: &Tensor<B, 4>,
+    c_last: &Tensor<B, 3>,
+    grads: &B::Gradients,
+    missing: &dyn Fn(&str) -> Error,
+) -> Result<(Tensor<B::InnerBackend, 4>, Tensor<B::InnerBackend, 3>)> {
+    let g_x = x_last
+        .grad(grads)
+        .ok_or_else(|| missing("the final layer's input"))?;
+    let g_c = c_last.grad(grads).ok_or_else(|| missing("the condition"))?;
+    Ok((g_x, like(g_c, DType::F32)))
+}
+
+/// One block's backward by recompute: `block` run under autodiff from its
+/// saved input `x_in` and the condition, and the vector-Jacobian product
+/// with `g_x` taken. Returns the graph's gradients (the block's parameters'
+/// among them), the gradient for the block's input, and `g_c` with the
+/// condition's part added (in f32).
+///
+/// # Shapes
+/// x_in, g_x: [b, g, s, d]; cond, g_c: [b, g, d]
+#[allow(clippy::type_complexity)]
+pub(crate) fn block_vjp<B: TrainBackend>(
+    block: &DitBlock<B>,
+    x_in: Tensor<B::InnerBackend, 4>,
+    cond: &Tensor<B::InnerBackend, 3>,
+    attn: &AttnContext<B>,
+    (g_x, g_c): (Tensor<B::InnerBackend, 4>, Tensor<B::InnerBackend, 3>),
+    missing: &dyn Fn(&str) -> Error,
+) -> Result<(
+    B::Gradients,
+    Tensor<B::InnerBackend, 4>,
+    Tensor<B::InnerBackend, 3>,
+)> {
+    let x = Tensor::<B, 4>::from_inner(x_in).require_grad();
+    let c = Tensor::<B, 3>::from_inner(cond.clone()).require_grad();
+    let out = block.forward(x.clone(), c.clone(), attn);
+    let grads = (out * Tensor::from_inner(g_x)).sum().backward();
+    let g_x = x.grad(&grads).ok_or_else(|| missing("a block's input"))?;
+    let part = c
+        .grad(&grads)
+        .ok_or_else(|| missing("a block's condition"))?;
+    Ok((grads, g_x, g_c + like(part, DType::F32)))
+}
+
 /// The backward pass of one micro-batch from the loss's gradients: every
 /// parameter's gradient added to `acc` by name.
 pub fn backward<B: TrainBackend>(
@@ -130,30 +182,14 @@ pub fn backward<B: TrainBackend>(
         x_last,
         c_last,
     } = tape;
-    let mut g_x = x_last
-        .grad(&grads)
-        .ok_or_else(|| missing("the final layer's input"))?;
-    // The condition's gradient sums over every unit: in f32 (under bf16
-    // compute each part arrives in bf16).
-    let mut g_c = like(
-        c_last
-            .grad(&grads)
-            .ok_or_else(|| missing("the condition"))?,
-        DType::F32,
-    );
+    let (mut g_x, mut g_c) = head_input_grads(&x_last, &c_last, &grads, &missing)?;
     take_grads(model, grads, acc);
     let (embed, blocks, _) = model.units();
     let attn = AttnContext::<B>::from_inner(stem.attn.clone());
     for (block, x_in) in blocks.iter().zip(xs).rev() {
-        let x = Tensor::<B, 4>::from_inner(x_in).require_grad();
-        let c = Tensor::<B, 3>::from_inner(stem.cond.clone()).require_grad();
-        let out = compute(block.clone(), bf16).forward(x.clone(), c.clone(), &attn);
-        let grads = (out * Tensor::from_inner(g_x)).sum().backward();
-        g_x = x.grad(&grads).ok_or_else(|| missing("a block's input"))?;
-        let part = c
-            .grad(&grads)
-            .ok_or_else(|| missing("a block's condition"))?;
-        g_c = g_c + like(part, DType::F32);
+        let block = compute(block.clone(), bf16);
+        let grads;
+        (grads, g_x, g_c) = block_vjp(&block, x_in, &stem.cond, &attn, (g_x, g_c), &missing)?;
         take_grads(model, grads, acc);
     }
     let again = compute(embed.clone(), bf16).forward(input)?;
