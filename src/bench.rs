@@ -404,6 +404,9 @@ fn run_bench_parity(
                 );
                 println!("| what | rel. diff |\n|---|---|");
                 rows("op ", false);
+                for (what, d) in &other.kernels {
+                    println!("| {what}, both on {} | {d:.2e} |", other.backend);
+                }
             }
             Phase::FirstStep => {
                 rows("step 0 loss", false);

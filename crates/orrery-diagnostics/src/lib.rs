@@ -14,6 +14,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod attention_check;
 pub mod bench;
 pub mod heap;
 pub mod lockstep;

@@ -31,6 +31,9 @@ pub struct Trace {
     pub backend: String,
     /// Per op: its name, its output and the gradient of its input (flat).
     pub ops: Vec<(String, Vec<f32>, Vec<f32>)>,
+    /// The attention kernels against each other on this backend
+    /// ([`crate::attention_check`]): what, and the relative difference.
+    pub kernels: Vec<(String, f64)>,
     /// The first step's loss.
     pub loss0: f64,
     /// The first step's gradient of each parameter (flat).
@@ -280,6 +283,7 @@ pub fn trace<B: TrainBackend>(
     let mut t = Trace {
         backend: backend.into(),
         ops: op_checks::<B>(device),
+        kernels: crate::attention_check::blockwise_vs_naive::<B>(device),
         loss0: f64::NAN,
         grads0: BTreeMap::new(),
         steps: Vec::new(),
