@@ -48,6 +48,11 @@ pub enum BenchCommand {
         /// 790 TFLOP/s of bf16 matrix work on an H200].
         #[arg(long, default_value_t = 989.0)]
         peak_tflops: f64,
+        /// Run this many data-parallel ranks as threads of this one process
+        /// (each computing on one core, summing in shared memory), as
+        /// `orrery launch -n N` runs processes.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// Read (fetch + decode) every file of a dataset, N times, and print
     /// clips/s and MB/s (compare with benchmarks/data/pyarrow_read.py).
@@ -214,7 +219,14 @@ pub fn run_bench(cmd: BenchCommand) -> Result<()> {
             warmup,
             synthetic,
             peak_tflops,
-        } => run_bench_step(&config, &set, (steps, warmup), synthetic, peak_tflops),
+            threads,
+        } => run_bench_step(
+            &config,
+            &set,
+            (steps, warmup, threads),
+            synthetic,
+            peak_tflops,
+        ),
     }
 }
 
@@ -222,18 +234,21 @@ pub fn run_bench(cmd: BenchCommand) -> Result<()> {
 fn run_bench_step(
     config: &std::path::Path,
     set: &[String],
-    (steps, warmup): (usize, usize),
+    (steps, warmup, threads): (usize, usize, usize),
     synthetic: bool,
     peak_tflops: f64,
 ) -> Result<()> {
-    if steps == 0 {
-        bail!("--steps must be at least 1");
+    if steps == 0 || threads == 0 {
+        bail!("--steps and --threads must be at least 1");
     }
     if !(peak_tflops > 0.0 && peak_tflops.is_finite()) {
         bail!("--peak-tflops {peak_tflops}: give the device's peak in TFLOP/s (e.g. 989)");
     }
     let cfg = TrainConfig::load(config, set)?;
-    let b = orrery_diagnostics::bench::bench_step(&cfg, steps, warmup, synthetic)?;
+    let b = match threads {
+        1 => orrery_diagnostics::bench::bench_step(&cfg, steps, warmup, synthetic)?,
+        n => orrery_diagnostics::bench::bench_step_threads(&cfg, (steps, warmup), synthetic, n)?,
+    };
     let mean = b.step_s.iter().sum::<f64>() / b.step_s.len() as f64;
     let min = b.step_s.iter().copied().fold(f64::INFINITY, f64::min);
     let median = b.median_step();

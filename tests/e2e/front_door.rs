@@ -547,5 +547,12 @@ fn bench_step_reports_mfu_on_synthetic_batches() {
         orrery(&[&args[..], &["--peak-tflops", "0"]].concat(), &dir),
         "--peak-tflops 0",
     );
+    // Two ranks as threads of this one process.
+    let out = ok(orrery(&[&args[..], &["--threads", "2"]].concat(), &dir));
+    assert!(out.contains("| ranks | 2 (ddp) |"), "{out}");
+    user_error(
+        orrery(&[&args[..], &["--threads", "3"]].concat(), &dir),
+        "does not split evenly over 3 ranks",
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

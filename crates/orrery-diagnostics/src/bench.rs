@@ -66,9 +66,96 @@ pub fn bench_step(
     warmup: usize,
     synthetic: bool,
 ) -> Result<StepBench> {
-    orrery_parallel::with_backend!(cfg.run, |AB, device| bench_on::<AB>(
-        cfg, steps, warmup, synthetic, device
+    orrery_parallel::with_backend!(cfg.run, |AB, device| {
+        let (world, comm) = join_world(cfg, None)?;
+        bench_on::<AB>(
+            cfg,
+            (steps, warmup),
+            synthetic,
+            device,
+            (&world, comm.as_ref()),
+        )
+    })
+}
+
+/// [`bench_step`] with `threads` data-parallel ranks as threads of this
+/// process (shared-memory sums, [`ThreadComm`]), each with a rayon pool of
+/// one thread: what one process gets from using every core the way
+/// `orrery launch -n N` does. Returns rank 0's figures.
+pub fn bench_step_threads(
+    cfg: &TrainConfig,
+    (steps, warmup): (usize, usize),
+    synthetic: bool,
+    threads: usize,
+) -> Result<StepBench> {
+    cfg.validate_world(threads)?;
+    orrery_parallel::with_backend!(cfg.run, |AB, device| threads_on::<AB>(
+        cfg,
+        (steps, warmup),
+        synthetic,
+        device,
+        threads
     ))
+}
+
+fn threads_on<B: TrainBackend>(
+    cfg: &TrainConfig,
+    (steps, warmup): (usize, usize),
+    synthetic: bool,
+    device: B::Device,
+    threads: usize,
+) -> Result<StepBench> {
+    use orrery_dist::Collective;
+    let comms = orrery_dist::ThreadComm::world(
+        threads,
+        std::time::Duration::from_secs_f64(cfg.parallel.timeout_s),
+    );
+    let results: Vec<Result<StepBench>> = std::thread::scope(|s| {
+        let handles: Vec<_> = comms
+            .iter()
+            .map(|comm| {
+                let device = device.clone();
+                s.spawn(move || {
+                    let world = orrery_dist::World {
+                        rank: comm.rank(),
+                        size: threads,
+                        local_rank: comm.rank(),
+                        launcher: "threads",
+                    };
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(1)
+                        .build()
+                        .map_err(|e| {
+                            orrery_parallel::Error::Config(format!("a thread pool: {e}"))
+                        })?;
+                    pool.install(|| {
+                        let out =
+                            bench_on::<B>(cfg, (steps, warmup), synthetic, device, (&world, comm));
+                        if let Err(e) = &out {
+                            comm.fail(&e.to_string());
+                        }
+                        out
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(orrery_parallel::Error::Config(
+                        "a thread rank panicked".into(),
+                    ))
+                })
+            })
+            .collect()
+    });
+    let mut first = None;
+    for r in results {
+        let r = r?;
+        first.get_or_insert(r);
+    }
+    first.ok_or_else(|| orrery_parallel::Error::Config("no ranks".into()))
 }
 
 /// Where the benchmark's batches come from.
@@ -128,12 +215,11 @@ impl Source<'_> {
 
 fn bench_on<B: TrainBackend>(
     cfg: &TrainConfig,
-    steps: usize,
-    warmup: usize,
+    (steps, warmup): (usize, usize),
     synthetic: bool,
     device: B::Device,
+    (world, comm): (&orrery_dist::World, &dyn orrery_dist::Collective),
 ) -> Result<StepBench> {
-    let (world, comm) = join_world(cfg, None)?;
     let data = if synthetic {
         None
     } else {
@@ -147,14 +233,8 @@ fn bench_on<B: TrainBackend>(
     let model: Dit<B> = cfg.model.init(&device)?;
     let shapes = param_shapes(&model);
     let params = model.param_count();
-    let (mut replica, mut optim, mut ema) = Replica::new(
-        cfg,
-        model,
-        &world,
-        comm.as_ref(),
-        &device,
-        StartState::Fresh,
-    )?;
+    let (mut replica, mut optim, mut ema) =
+        Replica::new(cfg, model, world, comm, &device, StartState::Fresh)?;
     // The ranks of a context group read the same clips.
     let c = cfg.parallel.context.max(1);
     let (data_rank, data_ranks) = (world.rank / c, world.size / c);
@@ -228,7 +308,7 @@ fn bench_on<B: TrainBackend>(
             step as u64,
             (&mut optim, &mut ema),
             &shapes,
-            comm.as_ref(),
+            comm,
         )?;
         replica = next;
         let t2 = Instant::now();
