@@ -255,3 +255,34 @@ fn a_model_key_can_be_set_without_a_model_table() {
     assert_eq!(cfg.model.depth, 1);
     assert_eq!(cfg.model.hidden, orrery_model::DitConfig::default().hidden);
 }
+
+/// The long-clip settings: defaults, and layouts refused with what to change.
+#[test]
+fn long_clip_settings_default_and_refuse_bad_layouts() {
+    let cfg = parse("", &[]).unwrap();
+    assert_eq!(
+        cfg.model.attention_impl,
+        orrery_model::AttentionImpl::Blockwise
+    );
+    assert_eq!(cfg.parallel.context, 1);
+    assert_eq!(
+        cfg.parallel.activation_checkpoint,
+        crate::ActivationCheckpoint::None
+    );
+    let err = |set: &[&str]| parse("", set).unwrap_err().to_string();
+    assert!(err(&["model.attention_block=0"]).contains("model.attention_block must be at least 1"));
+    assert!(err(&["parallel.context=0"]).contains("parallel.context must be at least 1"));
+    // The default model has 4 heads and 8 frames: 3 divides neither.
+    assert!(err(&["parallel.context=3"]).contains("both must be divisible by 3"));
+    let two = parse("", &["parallel.context=2"]).unwrap();
+    assert!(two.validate_world(4).is_ok());
+    let world = two.validate_world(3).unwrap_err().to_string();
+    assert!(world.contains("start a multiple of 2 ranks"), "{world}");
+    // Context groups share clips: a global batch of 16 over 4 ranks in groups of 2 is 8 per group.
+    let odd = parse("", &["parallel.context=2", "data.global_batch=6"]).unwrap();
+    assert!(odd
+        .validate_world(8)
+        .unwrap_err()
+        .to_string()
+        .contains("over 4 ranks"));
+}

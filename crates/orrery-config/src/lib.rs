@@ -16,9 +16,11 @@
 
 mod config;
 mod overrides;
+mod parallel;
 mod preset;
 
 pub use config::*;
+pub use parallel::*;
 
 /// A config problem, with what to change.
 #[derive(Debug, thiserror::Error)]
