@@ -179,8 +179,13 @@ fn the_model_with_blockwise_attention_matches_naive_with_rope_and_qk_norm() {
                 false => gn.clone().abs().max().into_scalar().elem::<f32>(),
             };
             let d = (gb - gn).abs().max().into_scalar().elem::<f32>() / scale;
+            // Parameter gradients sum over every token, clip and the later
+            // block, so the kernels' different summation orders add up: CI
+            // once saw 1.2e-5 on an adaLN weight (the weights are drawn
+            // afresh each run). The kernels themselves agree within 1e-5
+            // (the test above).
             assert!(
-                d < 1e-5,
+                d < 1e-4,
                 "{attention:?} {pos_embed:?} {qk_norm:?}: gradient of {name} differs by {d:e}"
             );
         }
