@@ -92,6 +92,7 @@ pub fn forward<B: Backend>(
     let dtype = v.dtype();
     let tiles = blocks(n, spec.block.max(1));
     let keys = key_tiles(&k, &v, &tiles);
+    let device = q.device();
     let (mut outs, mut lses) = (Vec::new(), Vec::new());
     for rows in &tiles {
         let qb = q.clone().narrow(2, rows.start, rows.len()); // [b, h, bq, e]
@@ -117,7 +118,6 @@ pub fn forward<B: Backend>(
                 }
             });
         }
-        let device = q.device();
         let (out, lse) = match state {
             Some((m, l, acc)) => (acc / l.clone(), m + l.log()),
             // A row that sees no key at all (no frame mask makes one)
