@@ -396,6 +396,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    orrery_diagnostics::heap::keep_freed_pages();
     log_store_retries();
     let cli = Cli::parse();
     let result = match cli.command {
