@@ -3,6 +3,8 @@
 //! autodiff it is one graph node whose backward recomputes tiles from q, k,
 //! v, the output and the log-sum-exp, so autodiff keeps nothing n x n
 //! (burn 0.21's autodiff would otherwise keep every tile's probabilities).
+//! The block's element-wise ops ([`pointwise`]) are single nodes too, and
+//! the CPU backend runs them as one-pass kernels ([`flex_ops`]).
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -11,8 +13,12 @@ use burn::backend::autodiff::Autodiff;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorPrimitive};
 
+use burn::backend::flex::FlexTensor;
+use burn::backend::Flex;
+
 use crate::blockwise::{self, Blockwise};
 use crate::context::{self, ContextShard};
+use crate::{flex_ops, pointwise, pointwise_nodes};
 
 /// A backend the model runs on. Implemented for Flex, every CubeCL
 /// backend (CUDA, wgpu), fusion over them, and autodiff over any of these.
@@ -47,9 +53,134 @@ pub trait ModelBackend: Backend {
     fn heads_to_seq(y: Tensor<Self, 5>, group: &ContextShard) -> Tensor<Self, 5> {
         context::heads_to_seq(y, group)
     }
+
+    /// GELU, tanh approximation ([`pointwise::gelu_tanh`]).
+    fn gelu_tanh<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
+        pointwise::gelu_tanh(x)
+    }
+
+    /// Its gradient times `grad` ([`pointwise::gelu_tanh_backward`]).
+    fn gelu_tanh_backward<const D: usize>(
+        x: Tensor<Self, D>,
+        grad: Tensor<Self, D>,
+    ) -> Tensor<Self, D> {
+        pointwise::gelu_tanh_backward(x, grad)
+    }
+
+    /// `x * (1 + scale) + shift` ([`pointwise::modulate`]).
+    ///
+    /// # Shapes
+    /// x: [b, t, s, d], shift, scale: [b, t, 1, d] -> [b, t, s, d]
+    fn modulate(
+        x: Tensor<Self, 4>,
+        shift: Tensor<Self, 4>,
+        scale: Tensor<Self, 4>,
+    ) -> Tensor<Self, 4> {
+        pointwise::modulate(x, shift, scale)
+    }
+
+    /// dx, dshift, dscale ([`pointwise::modulate_backward`]).
+    fn modulate_backward(
+        x: Tensor<Self, 4>,
+        scale: Tensor<Self, 4>,
+        g: Tensor<Self, 4>,
+    ) -> [Tensor<Self, 4>; 3] {
+        pointwise::modulate_backward(x, scale, g)
+    }
+
+    /// `x + gate * y` ([`pointwise::gated_residual`]).
+    ///
+    /// # Shapes
+    /// x, y: [b, t, s, d], gate: [b, t, 1, d] -> [b, t, s, d]
+    fn gated_residual(
+        x: Tensor<Self, 4>,
+        gate: Tensor<Self, 4>,
+        y: Tensor<Self, 4>,
+    ) -> Tensor<Self, 4> {
+        pointwise::gated_residual(x, gate, y)
+    }
+
+    /// dgate, dy ([`pointwise::gated_residual_backward`]).
+    fn gated_residual_backward(
+        gate: Tensor<Self, 4>,
+        y: Tensor<Self, 4>,
+        g: Tensor<Self, 4>,
+    ) -> [Tensor<Self, 4>; 2] {
+        pointwise::gated_residual_backward(gate, y, g)
+    }
 }
 
-impl ModelBackend for burn::backend::Flex {}
+/// A Flex tensor's primitive, and back.
+fn flex<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
+    t.into_primitive().tensor()
+}
+
+fn unflex<const D: usize>(t: FlexTensor) -> Tensor<Flex, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// The CPU runs [`flex_ops`]' one-pass kernels (f32; other types take the
+/// generic path).
+impl ModelBackend for Flex {
+    fn gelu_tanh<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
+        unflex(flex_ops::gelu_tanh(flex(x)))
+    }
+
+    fn gelu_tanh_backward<const D: usize>(
+        x: Tensor<Self, D>,
+        grad: Tensor<Self, D>,
+    ) -> Tensor<Self, D> {
+        unflex(flex_ops::gelu_tanh_backward(flex(x), flex(grad)))
+    }
+
+    fn modulate(
+        x: Tensor<Self, 4>,
+        shift: Tensor<Self, 4>,
+        scale: Tensor<Self, 4>,
+    ) -> Tensor<Self, 4> {
+        match flex_ops::modulate(flex(x.clone()), flex(shift.clone()), flex(scale.clone())) {
+            Some(y) => unflex(y),
+            None => pointwise::modulate(x, shift, scale),
+        }
+    }
+
+    fn modulate_backward(
+        x: Tensor<Self, 4>,
+        scale: Tensor<Self, 4>,
+        g: Tensor<Self, 4>,
+    ) -> [Tensor<Self, 4>; 3] {
+        match flex_ops::modulate_backward(flex(x.clone()), flex(scale.clone()), flex(g.clone())) {
+            Some(d) => d.map(unflex),
+            None => pointwise::modulate_backward(x, scale, g),
+        }
+    }
+
+    fn gated_residual(
+        x: Tensor<Self, 4>,
+        gate: Tensor<Self, 4>,
+        y: Tensor<Self, 4>,
+    ) -> Tensor<Self, 4> {
+        match flex_ops::gated_residual(flex(x.clone()), flex(gate.clone()), flex(y.clone())) {
+            Some(out) => unflex(out),
+            None => pointwise::gated_residual(x, gate, y),
+        }
+    }
+
+    fn gated_residual_backward(
+        gate: Tensor<Self, 4>,
+        y: Tensor<Self, 4>,
+        g: Tensor<Self, 4>,
+    ) -> [Tensor<Self, 4>; 2] {
+        match flex_ops::gated_residual_backward(
+            flex(gate.clone()),
+            flex(y.clone()),
+            flex(g.clone()),
+        ) {
+            Some(d) => d.map(unflex),
+            None => pointwise::gated_residual_backward(gate, y, g),
+        }
+    }
+}
 
 #[cfg(feature = "cubecl")]
 impl<R, F, I, BT> ModelBackend for burn_cubecl::CubeBackend<R, F, I, BT>
@@ -179,6 +310,26 @@ fn swap_tracked<B: ModelBackend, C: CheckpointStrategy>(
 }
 
 impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
+    fn gelu_tanh<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
+        pointwise_nodes::gelu_tanh(x)
+    }
+
+    fn modulate(
+        x: Tensor<Self, 4>,
+        shift: Tensor<Self, 4>,
+        scale: Tensor<Self, 4>,
+    ) -> Tensor<Self, 4> {
+        pointwise_nodes::modulate(x, shift, scale)
+    }
+
+    fn gated_residual(
+        x: Tensor<Self, 4>,
+        gate: Tensor<Self, 4>,
+        y: Tensor<Self, 4>,
+    ) -> Tensor<Self, 4> {
+        pointwise_nodes::gated_residual(x, gate, y)
+    }
+
     fn seq_to_heads(x: Tensor<Self, 5>, group: &ContextShard) -> Tensor<Self, 5> {
         swap_tracked(x, Swap::SeqToHeads, group)
     }

@@ -7,7 +7,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{backend::Backend, Tensor};
 
 use crate::attention::{Attention, AttnContext};
-use crate::layers::{apply, layer_norm, linear, modulate, Mlp};
+use crate::layers::{apply, layer_norm, linear, Mlp};
 use crate::ModelBackend;
 
 /// A DiT block with adaLN-Zero conditioning (Peebles & Xie 2023, section 3.2),
@@ -39,13 +39,13 @@ impl<B: ModelBackend> DitBlock<B> {
         let m = apply(&self.ada_ln, silu(c))
             .unsqueeze_dim::<4>(2)
             .chunk(6, 3); // 6 x [b, t, 1, d]
-        let h = modulate(layer_norm(x.clone()), m[0].clone(), m[1].clone());
+        let h = B::modulate(layer_norm(x.clone()), m[0].clone(), m[1].clone());
         let h = self
             .attn
             .forward(h.reshape([b, t * s, d]), ctx)
             .reshape([b, t, s, d]);
-        let x = x + m[2].clone() * h;
-        let h = modulate(layer_norm(x.clone()), m[3].clone(), m[4].clone());
-        x + m[5].clone() * self.mlp.forward(h)
+        let x = B::gated_residual(x, m[2].clone(), h);
+        let h = B::modulate(layer_norm(x.clone()), m[3].clone(), m[4].clone());
+        B::gated_residual(x, m[5].clone(), self.mlp.forward(h))
     }
 }

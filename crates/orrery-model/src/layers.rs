@@ -3,11 +3,11 @@
 //! n = t*s tokens, d hidden, k heads, e head dim, f timestep frequencies.
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
-use burn::tensor::activation::{gelu_approximate, silu};
+use burn::tensor::activation::silu;
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
 use crate::cast::like;
-use crate::{MlpKind, QkNorm};
+use crate::{MlpKind, ModelBackend, QkNorm};
 
 /// Width of the sinusoidal timestep features.
 pub const FREQ_DIM: usize = 128;
@@ -21,15 +21,6 @@ pub fn layer_norm<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let centered = x - mean;
     let var = (centered.clone() * centered.clone()).mean_dim(D - 1);
     like(centered / (var + 1e-6).sqrt(), dtype)
-}
-
-/// `x * (1 + scale) + shift`, the adaLN modulation.
-pub fn modulate<B: Backend>(
-    x: Tensor<B, 4>,
-    shift: Tensor<B, 4>,
-    scale: Tensor<B, 4>,
-) -> Tensor<B, 4> {
-    x * (scale + 1.0) + shift
 }
 
 /// Apply a linear layer as one 2-D matmul over all leading dims
@@ -202,14 +193,16 @@ impl<B: Backend> Mlp<B> {
             fc2: linear(inner, hidden, false, device),
         }
     }
+}
 
+impl<B: ModelBackend> Mlp<B> {
     /// GELU: fc2(gelu(fc1 x)); SwiGLU: fc2(silu(gate x) * fc1 x).
     ///
     /// # Shapes
     /// x: [b, t, s, d] -> [b, t, s, d]
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let inner = match &self.gate {
-            None => gelu_approximate(apply(&self.fc1, x)),
+            None => B::gelu_tanh(apply(&self.fc1, x)),
             Some(gate) => silu(apply(gate, x.clone())) * apply(&self.fc1, x),
         };
         apply(&self.fc2, inner)
@@ -231,7 +224,9 @@ impl<B: Backend> FinalLayer<B> {
             linear: linear(hidden, patch_dim, true, device),
         }
     }
+}
 
+impl<B: ModelBackend> FinalLayer<B> {
     /// # Shapes
     /// x: [b, t, s, d], c: [b, t, d] -> [b, t, s, c*p*p]
     pub fn forward(&self, x: Tensor<B, 4>, c: Tensor<B, 3>) -> Tensor<B, 4> {
@@ -240,7 +235,7 @@ impl<B: Backend> FinalLayer<B> {
             .chunk(2, 3); // 2 x [b, t, 1, d]
         apply(
             &self.linear,
-            modulate(layer_norm(x), m[0].clone(), m[1].clone()),
+            B::modulate(layer_norm(x), m[0].clone(), m[1].clone()),
         )
     }
 }

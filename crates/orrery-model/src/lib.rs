@@ -39,9 +39,12 @@ pub mod context;
 mod count;
 mod dit;
 mod embed;
+mod flex_ops;
 pub mod frame_mask;
 mod layers;
 pub mod named;
+pub mod pointwise;
+mod pointwise_nodes;
 pub mod rope;
 mod tokens;
 
@@ -85,3 +88,5 @@ mod tests;
 mod tests_blockwise;
 #[cfg(test)]
 mod tests_options;
+#[cfg(test)]
+mod tests_pointwise;
