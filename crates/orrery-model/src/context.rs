@@ -6,6 +6,7 @@
 //! back. The group itself (over MPI, threads, ...) is implemented outside
 //! the model, behind [`ContextGroup`]. Letters: p stacked tensors (q, k, v),
 //! b batch, k heads, n tokens, nl = n/C local tokens, e head dim, c ranks.
+use std::any::Any;
 use std::sync::Arc;
 
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
@@ -23,6 +24,14 @@ pub trait ContextGroup: Send + Sync + std::fmt::Debug {
     /// `send` is C equal blocks, block j for rank j; returns block i from
     /// rank i, in rank order.
     fn all_to_all(&self, send: Vec<f32>) -> Vec<f32>;
+    /// The same exchange on the device, where the group has a way (NCCL
+    /// for CUDA tensors): `send` is a flat `Tensor<B, 1>` behind `Any`,
+    /// and the result is one of the same type. `None` (the default): the
+    /// host path, [`ContextGroup::all_to_all`].
+    fn device_all_to_all(&self, send: &dyn Any) -> Option<Box<dyn Any>> {
+        let _ = send;
+        None
+    }
     /// Every rank's equal `local`, concatenated in rank order.
     fn all_gather(&self, local: Vec<f32>) -> Vec<f32>;
     /// Bytes this rank has sent to the others so far (for benchmarks).
@@ -70,6 +79,28 @@ fn host<B: Backend, const D: usize>(x: Tensor<B, D>) -> Vec<f32> {
         .expect("an f32 tensor reads as f32")
 }
 
+/// The all-to-all of `send`'s first axis (block j to rank j), on the
+/// device when the group can, else through the host.
+///
+/// # Shapes
+/// send: [C, ...] -> [C, ...] (block i from rank i), in send's type
+fn exchange<B: Backend>(send: Tensor<B, 6>, group: &ContextShard) -> Tensor<B, 6> {
+    let dims = send.dims();
+    let (dtype, device) = (send.dtype(), send.device());
+    let flat = send.reshape([dims.iter().product::<usize>()]);
+    if let Some(recv) = group.0.device_all_to_all(&flat) {
+        let recv = recv
+            .downcast::<Tensor<B, 1>>()
+            .expect("a device all_to_all returns the tensor type it was given");
+        return recv.reshape(dims);
+    }
+    let recv = group.0.all_to_all(host(flat));
+    like(
+        Tensor::<B, 6>::from_data(TensorData::new(recv, dims), &device),
+        dtype,
+    )
+}
+
 /// Sequence shard to head shard: this rank's tokens of every head to every
 /// rank's tokens of this rank's k/C heads.
 ///
@@ -78,15 +109,12 @@ fn host<B: Backend, const D: usize>(x: Tensor<B, D>) -> Vec<f32> {
 pub fn seq_to_heads<B: Backend>(x: Tensor<B, 5>, group: &ContextShard) -> Tensor<B, 5> {
     let [p, b, k, nl, e] = x.dims();
     let c = group.size();
-    let (dtype, device) = (x.dtype(), x.device());
     let send = x
         .reshape([p, b, c, k / c, nl, e])
         .permute([2, 0, 1, 3, 4, 5]); // [c (to), p, b, k/c, nl, e]
-    let recv = group.0.all_to_all(host(send));
-    let y = Tensor::<B, 6>::from_data(TensorData::new(recv, [c, p, b, k / c, nl, e]), &device)
+    exchange(send, group) // [c (from), p, b, k/c, nl, e]
         .permute([1, 2, 3, 0, 4, 5]) // [p, b, k/c, c (from), nl, e]
-        .reshape([p, b, k / c, c * nl, e]);
-    like(y, dtype)
+        .reshape([p, b, k / c, c * nl, e])
 }
 
 /// Head shard to sequence shard, the inverse of [`seq_to_heads`] (and so
@@ -98,13 +126,10 @@ pub fn heads_to_seq<B: Backend>(y: Tensor<B, 5>, group: &ContextShard) -> Tensor
     let [p, b, kc, n, e] = y.dims();
     let c = group.size();
     let nl = n / c;
-    let (dtype, device) = (y.dtype(), y.device());
     let send = y.reshape([p, b, kc, c, nl, e]).permute([3, 0, 1, 2, 4, 5]); // [c (to), p, b, k/c, nl, e]
-    let recv = group.0.all_to_all(host(send));
-    let x = Tensor::<B, 6>::from_data(TensorData::new(recv, [c, p, b, kc, nl, e]), &device)
+    exchange(send, group) // [c (from), p, b, k/c, nl, e]
         .permute([1, 2, 0, 3, 4, 5]) // [p, b, c (from), k/c, nl, e]
-        .reshape([p, b, c * kc, nl, e]);
-    like(x, dtype)
+        .reshape([p, b, c * kc, nl, e])
 }
 
 /// Every rank's frames of the model output, in order: the other ranks'

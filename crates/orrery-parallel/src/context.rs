@@ -69,6 +69,10 @@ pub struct ContextComm {
     // Used only by the thread that runs the model (the training loop);
     // the lock makes that so, whatever the collective.
     comm: Mutex<Box<dyn Collective>>,
+    // The group's NCCL communicator when the world's is installed (CUDA):
+    // the swaps then stay on the device.
+    #[cfg(feature = "cuda")]
+    device: Option<crate::nccl::Nccl>,
     rank: usize,
     size: usize,
     sent: AtomicUsize,
@@ -92,10 +96,20 @@ impl ContextComm {
     /// ranks; a collective: every rank calls it.
     pub fn split(world: &dyn Collective, mesh: &Mesh) -> Result<Arc<Self>> {
         let comm = world.split(mesh.data_rank)?;
+        #[cfg(feature = "cuda")]
+        let device =
+            match crate::nccl::installed() {
+                Some(nccl) => Some(nccl.connect_group(comm.as_ref()).map_err(|e| {
+                    Error::Comm(format!("the context group's NCCL communicator: {e}"))
+                })?),
+                None => None,
+            };
         Ok(Arc::new(Self {
             rank: comm.rank(),
             size: comm.size(),
             comm: Mutex::new(comm),
+            #[cfg(feature = "cuda")]
+            device,
             sent: AtomicUsize::new(0),
         }))
     }
@@ -139,6 +153,32 @@ impl ContextGroup for ContextComm {
         let mut recv = vec![0.0; send.len()];
         self.run("all_to_all", send.len(), |c| c.all_to_all(&send, &mut recv));
         recv
+    }
+    #[cfg(feature = "cuda")]
+    fn device_all_to_all(&self, send: &dyn std::any::Any) -> Option<Box<dyn std::any::Any>> {
+        let nccl = self.device.as_ref()?;
+        let done = crate::nccl::all_to_all_any(nccl, send)?;
+        let out = done.unwrap_or_else(|e| {
+            eprintln!(
+                "[context rank {} of {}] error: all_to_all of the context group failed: {e}",
+                self.rank, self.size
+            );
+            self.comm.lock().unwrap_or_else(|p| p.into_inner()).abort(2)
+        });
+        // Counted as values of the f32 host path, whatever the device type.
+        let values = out
+            .downcast_ref::<burn::tensor::Tensor<crate::CudaFused, 1>>()
+            .map(|t| t.dims()[0])
+            .or_else(|| {
+                out.downcast_ref::<burn::tensor::Tensor<crate::CudaPlain, 1>>()
+                    .map(|t| t.dims()[0])
+            })
+            .unwrap_or(0);
+        self.sent.fetch_add(
+            4 * values * (self.size - 1) / self.size.max(1),
+            Ordering::Relaxed,
+        );
+        Some(out)
     }
     /// Bytes sent to the others of the group (this rank's own block of
     /// each exchange stays here and is not counted).
@@ -229,13 +269,54 @@ mod tests {
         (host, named_grads(&model, &mut grads))
     }
 
+    /// A group that offers the device path for CPU tensors (the host
+    /// exchange behind it), as NCCL does for CUDA tensors: checks the
+    /// model's hand-over of flat tensors behind `Any` and back.
+    #[derive(Debug)]
+    struct OnDevice(Arc<ContextComm>, AtomicUsize);
+
+    impl ContextGroup for OnDevice {
+        fn rank(&self) -> usize {
+            self.0.rank()
+        }
+        fn size(&self) -> usize {
+            self.0.size()
+        }
+        fn all_to_all(&self, _: Vec<f32>) -> Vec<f32> {
+            panic!("the device path was offered, so the host path must not run")
+        }
+        fn device_all_to_all(&self, send: &dyn std::any::Any) -> Option<Box<dyn std::any::Any>> {
+            let t = send.downcast_ref::<Tensor<Flex, 1>>()?;
+            let n = t.dims()[0];
+            let recv = self
+                .0
+                .all_to_all(t.clone().into_data().into_vec::<f32>().unwrap());
+            self.1.fetch_add(1, Ordering::Relaxed);
+            Some(Box::new(Tensor::<Flex, 1>::from_data(
+                TensorData::new(recv, [n]),
+                &t.device(),
+            )))
+        }
+        fn all_gather(&self, local: Vec<f32>) -> Vec<f32> {
+            self.0.all_gather(local)
+        }
+        fn bytes_sent(&self) -> usize {
+            self.0.bytes_sent()
+        }
+    }
+
     /// C = 2 and 4 ranks of a context group (threads) give one process's
     /// output on every rank, and their parameter gradients sum to one
     /// process's, with RoPE, QK-norm, history frames and a frame-causal
-    /// mask, for both attention kernels.
+    /// mask, for both attention kernels, and through the host and the
+    /// device hand-over of the swaps.
     #[test]
     fn context_ranks_give_the_one_process_output_and_gradients() {
-        for kernel in [AttentionImpl::Naive, AttentionImpl::Blockwise] {
+        for (kernel, handed_over) in [
+            (AttentionImpl::Naive, false),
+            (AttentionImpl::Blockwise, false),
+            (AttentionImpl::Blockwise, true),
+        ] {
             let cfg = config(kernel);
             let device = Default::default();
             Flex::seed(&device, 5);
@@ -255,7 +336,14 @@ mod tests {
                             s.spawn(move || {
                                 let mesh = Mesh::new(comm.rank(), c, c).unwrap();
                                 let group = ContextComm::split(comm, &mesh).unwrap();
-                                let (out, grads) = run(cfg, weights, Some(group.shard()));
+                                let on_device =
+                                    Arc::new(OnDevice(group.clone(), AtomicUsize::new(0)));
+                                let shard = match handed_over {
+                                    true => ContextShard(on_device.clone()),
+                                    false => group.shard(),
+                                };
+                                let (out, grads) = run(cfg, weights, Some(shard));
+                                assert_eq!(on_device.1.load(Ordering::Relaxed) > 0, handed_over);
                                 let host: BTreeMap<String, Vec<f32>> = grads
                                     .into_iter()
                                     .map(|(k, g)| (k, g.into_data().into_vec::<f32>().unwrap()))

@@ -1,5 +1,6 @@
 //! NCCL collectives on CUDA tensors: all_reduce for DDP's gradient sum,
-//! all_gather and reduce_scatter for FSDP's units. One process per GPU; the
+//! all_gather and reduce_scatter for FSDP's units, all_to_all (grouped
+//! send/recv) for context parallelism's swaps. One process per GPU; the
 //! flat tensors never leave the device. The NCCL unique id is made on rank 0
 //! and broadcast over the bootstrap collective (MPI).
 //!
@@ -30,6 +31,7 @@ pub struct Nccl {
     stream: dsys::CUstream,
     rank: usize,
     size: usize,
+    ordinal: usize,
     timeout: Duration,
 }
 
@@ -101,8 +103,16 @@ impl Nccl {
             stream,
             rank: boot.rank(),
             size: boot.size(),
+            ordinal,
             timeout,
         })
+    }
+
+    /// A communicator of the ranks of `group` (a split of this one's world,
+    /// such as a context group) on the same GPU and with the same deadline;
+    /// every rank of `group` calls it.
+    pub fn connect_group(&self, group: &dyn Collective) -> Result<Self, String> {
+        Self::connect(group, self.ordinal, self.timeout)
     }
 
     /// Ranks in the communicator.
@@ -200,6 +210,70 @@ impl Nccl {
                 }
                 .map_err(|e| err("ncclReduceScatter", e))?;
                 self.wait("reduce_scatter")
+            })
+        })?;
+        Ok(out)
+    }
+
+    /// All-to-all as grouped sends and receives (NCCL has no all-to-all
+    /// call): block j of `send` goes to rank j, and block i of the result
+    /// came from rank i. Context parallelism's swap on the device.
+    ///
+    /// # Shapes
+    /// send: [n k] -> [n k]
+    pub fn all_to_all<B: Backend>(&self, send: Tensor<B, 1>) -> Result<Tensor<B, 1>, String> {
+        let m = send.dims()[0];
+        if m % self.size != 0 {
+            return Err(format!(
+                "NCCL all_to_all: {m} values do not split over {} ranks",
+                self.size
+            ));
+        }
+        let k = m / self.size;
+        let out = send.zeros_like();
+        with_buffer(&send, "all_to_all", |from, dtype| {
+            with_buffer(&out, "all_to_all", |to, _| {
+                let bytes = if dtype == sys::ncclDataType_t::ncclBfloat16 {
+                    2
+                } else {
+                    4
+                };
+                nccl::group_start().map_err(|e| err("ncclGroupStart", e))?;
+                let mut sent = Ok(());
+                for peer in 0..self.size {
+                    let at = peer * k * bytes;
+                    // SAFETY: from and to hold n k values of dtype on this
+                    // device; block `peer` starts `at` bytes in.
+                    sent = unsafe {
+                        nccl::send(
+                            (from as *const u8).add(at) as *const c_void,
+                            k,
+                            dtype,
+                            peer as i32,
+                            self.comm,
+                            self.stream as _,
+                        )
+                        .and_then(|_| {
+                            nccl::recv(
+                                (to as *mut u8).add(at) as *mut c_void,
+                                k,
+                                dtype,
+                                peer as i32,
+                                self.comm,
+                                self.stream as _,
+                            )
+                        })
+                    }
+                    .map(|_| ())
+                    .map_err(|e| err("ncclSend/ncclRecv", e));
+                    if sent.is_err() {
+                        break;
+                    }
+                }
+                // The group is closed whatever happened inside it.
+                let ended = nccl::group_end().map_err(|e| err("ncclGroupEnd", e));
+                sent.and(ended.map(|_| ()))?;
+                self.wait("all_to_all")
             })
         })?;
         Ok(out)
@@ -334,6 +408,20 @@ pub fn all_gather_on_device<B: Backend>(
     t: Tensor<B, 1>,
 ) -> Result<Result<Tensor<B, 1>, String>, Tensor<B, 1>> {
     on_device(t, |c, t| c.all_gather(t))
+}
+
+/// [`Nccl::all_to_all`] of a flat tensor behind `Any` (the model's
+/// context swap, which cannot name the backend): `None` unless it is a
+/// tensor of one of orrery's CUDA backends; the result is the same type.
+pub fn all_to_all_any(comm: &Nccl, send: &dyn Any) -> Option<Result<Box<dyn Any>, String>> {
+    fn on<B: Backend>(comm: &Nccl, send: &dyn Any) -> Option<Result<Box<dyn Any>, String>> {
+        let t = send.downcast_ref::<Tensor<B, 1>>()?;
+        Some(
+            comm.all_to_all(t.clone())
+                .map(|t| Box::new(t) as Box<dyn Any>),
+        )
+    }
+    on::<Fused>(comm, send).or_else(|| on::<Cube>(comm, send))
 }
 
 /// [`Nccl::reduce_scatter_sum`] when NCCL is installed and `t` is a CUDA tensor.
