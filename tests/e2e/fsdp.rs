@@ -1,5 +1,6 @@
 //! FSDP over mpirun: the one-process run's state on any number of ranks,
-//! 1/N of the state per rank, bf16 gathers and compute, DDP -> FSDP resume.
+//! 1/N of the state per rank, bf16 gathers and compute, prefetch, DDP ->
+//! FSDP resume.
 use super::dist::{assert_bitwise_checkpoint, assert_same_checkpoint, launch_train, losses};
 use super::{ok, orrery, tiny_dir, user_error};
 
@@ -74,6 +75,21 @@ fn fsdp_over_mpi_matches_one_process_with_a_1_over_n_share_of_the_state() {
     assert_ne!(full, half, "bf16 gathers change the numbers");
     for (a, b) in full.iter().zip(&half) {
         assert!((a - b).abs() / a < 1e-2, "losses {full:?} vs bf16 {half:?}");
+    }
+    // Prefetch (the next unit gathered on a helper thread over a duplicate
+    // communicator) gives the in-line gathers' checkpoints bit for bit, with
+    // f32 gathers on 4 ranks and bf16 gathers on 2.
+    let prefetch = "parallel.prefetch=true";
+    let out = launch_train(&dir, "4", "prefetch4", &["--set", fsdp, "--set", prefetch]);
+    assert!(
+        out.contains("fsdp: prefetch: each next unit is gathered on a helper thread"),
+        "{out}"
+    );
+    let bf16_prefetch = [bf16.as_slice(), &["--set", prefetch]].concat();
+    launch_train(&dir, "2", "prefetch-bf16", &bf16_prefetch);
+    for (run, inline) in [("prefetch4", "fsdp4micro0"), ("prefetch-bf16", "bf16")] {
+        let ckpt = |run: &str| dir.join(run).join("checkpoints/step_00000006");
+        assert_bitwise_checkpoint(&ckpt(run), &ckpt(inline), "prefetch vs in-line gathers");
     }
     // Mixed precision (bf16 compute and gathers, f32 shards) on 2 ranks
     // takes the one-process bf16 run's steps, not f32's.

@@ -44,6 +44,10 @@ pub struct ParallelConfig {
     /// clip's frames (Ulysses all-to-all around attention). The world is
     /// C x data-parallel ranks; 1 turns it off.
     pub context: usize,
+    /// FSDP over MPI: gather the next unit on a helper thread while this
+    /// one computes (needs MPI_THREAD_MULTIPLE; without it, or on NCCL,
+    /// units are gathered in line as with `false`).
+    pub prefetch: bool,
 }
 
 /// Activation checkpointing.
@@ -88,6 +92,7 @@ impl Default for ParallelConfig {
             comm: CommBackend::Auto,
             activation_checkpoint: ActivationCheckpoint::None,
             context: 1,
+            prefetch: false,
         }
     }
 }

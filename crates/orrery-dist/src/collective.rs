@@ -1,6 +1,8 @@
 //! Collectives over flat f32 buffers in host memory: the single-process
 //! identity backend and MPI (the `mpi` feature, on by default).
 //! Letters: n = world size, k = elements per rank.
+use std::sync::Arc;
+
 use crate::{Deadline, DistError, World};
 
 /// The collective operations orrery's parallel strategies use. Every rank
@@ -45,6 +47,23 @@ pub trait Collective {
     /// End the whole job now with `code` (MPI_Abort): for a rank that fails
     /// alone, which must not wait in MPI_Finalize for peers that wait for it.
     fn abort(&self, code: i32) -> !;
+    /// This world's [`GatherLane`]: made on the first call, which is a
+    /// collective (every rank calls it at the same point). `None` where the
+    /// backend has none: one process, thread ranks, or MPI without
+    /// `MPI_THREAD_MULTIPLE`.
+    fn gather_lane(&self) -> Option<Arc<dyn GatherLane>> {
+        None
+    }
+}
+
+/// A second channel of all_gathers over the same ranks, independent of the
+/// collective's own calls: a helper thread may gather on it while the
+/// thread that owns the collective runs other collectives (FSDP's
+/// prefetch). Every rank issues the same gathers on it in the same order,
+/// one at a time.
+pub trait GatherLane: Send + Sync {
+    /// As [`Collective::all_gather`]: [k] -> [n k].
+    fn all_gather(&self, local: &[f32], out: &mut [f32]) -> Result<(), DistError>;
 }
 
 /// Pass `result` through; on an error in a multi-rank job, print it with the
@@ -168,22 +187,58 @@ pub struct Mpi {
     // The send copy of in-place all_reduce, kept between calls (the mpi crate
     // has no MPI_IN_PLACE; a fresh allocation per call costs page faults).
     scratch: std::cell::RefCell<Vec<f32>>,
+    // Whether MPI gave MPI_THREAD_MULTIPLE (a gather lane needs it).
+    threads: bool,
+    // The gather lane, a duplicate of the communicator, made on first use;
+    // freed before the universe below.
+    lane: std::cell::OnceCell<Option<Arc<MpiLane>>>,
     // Keeps MPI initialised; MPI_Finalize runs when the world and every
     // split of it have dropped.
     _universe: std::rc::Rc<mpi::environment::Universe>,
 }
 
+/// A duplicate of an MPI communicator for a [`GatherLane`].
+#[cfg(feature = "mpi")]
+struct MpiLane(std::sync::Mutex<mpi::topology::SimpleCommunicator>);
+
+// SAFETY: a lane exists only when MPI runs with MPI_THREAD_MULTIPLE, so any
+// thread may call MPI; its communicator is its own duplicate, used by one
+// call at a time (the mutex), so its collectives never interleave with the
+// owning collective's.
+#[cfg(feature = "mpi")]
+unsafe impl Send for MpiLane {}
+#[cfg(feature = "mpi")]
+unsafe impl Sync for MpiLane {}
+
+#[cfg(feature = "mpi")]
+impl GatherLane for MpiLane {
+    fn all_gather(&self, local: &[f32], out: &mut [f32]) -> Result<(), DistError> {
+        use mpi::collective::CommunicatorCollectives;
+        use mpi::topology::Communicator;
+        let comm = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        check_blocks("all_gather", local.len(), out.len(), comm.size() as usize)?;
+        comm.all_gather_into(local, out);
+        Ok(())
+    }
+}
+
 #[cfg(feature = "mpi")]
 impl Mpi {
-    /// Initialise MPI (once per process) and take the world communicator.
+    /// Initialise MPI (once per process, asking for MPI_THREAD_MULTIPLE so
+    /// a [`GatherLane`] can run on a helper thread) and take the world
+    /// communicator.
     pub fn init() -> Result<Self, DistError> {
-        let universe = mpi::initialize().ok_or_else(|| {
-            DistError::Backend("MPI was already initialised in this process".into())
-        })?;
+        use mpi::Threading;
+        let (universe, threading) = mpi::initialize_with_threading(Threading::Multiple)
+            .ok_or_else(|| {
+                DistError::Backend("MPI was already initialised in this process".into())
+            })?;
         let world = universe.world();
         Ok(Mpi {
             world,
             scratch: Default::default(),
+            threads: threading == Threading::Multiple,
+            lane: Default::default(),
             _universe: std::rc::Rc::new(universe),
         })
     }
@@ -268,12 +323,22 @@ impl Collective for Mpi {
         Ok(Box::new(Mpi {
             world: sub,
             scratch: Default::default(),
+            threads: self.threads,
+            lane: Default::default(),
             _universe: self._universe.clone(),
         }))
     }
     fn abort(&self, code: i32) -> ! {
         use mpi::topology::Communicator;
         self.world.abort(code)
+    }
+    fn gather_lane(&self) -> Option<Arc<dyn GatherLane>> {
+        use mpi::topology::Communicator;
+        let lane = self.lane.get_or_init(|| {
+            self.threads
+                .then(|| Arc::new(MpiLane(std::sync::Mutex::new(self.world.duplicate()))))
+        });
+        lane.clone().map(|l| l as Arc<dyn GatherLane>)
     }
 }
 
@@ -392,8 +457,36 @@ pub fn self_test(comm: &dyn Collective) -> Result<String, DistError> {
         return fail("bucketed all_reduce (first values)", &big[..4], &want[..4]);
     }
     comm.barrier()?;
+    // The gather lane on a helper thread while this thread all_reduces.
+    let lane = match comm.gather_lane() {
+        None => "no gather lane",
+        Some(lane) => {
+            let local = vec![r as f32 + 0.5; k];
+            let helper = std::thread::spawn(move || {
+                let mut out = vec![0.0; n * k];
+                lane.all_gather(&local, &mut out).map(|_| out)
+            });
+            let mut sum = vec![1.0f32; k];
+            comm.all_reduce_sum(&mut sum)?;
+            let gathered = helper
+                .join()
+                .map_err(|_| DistError::Backend("the gather lane's thread panicked".into()))??;
+            let want: Vec<f32> = (0..n * k).map(|x| (x / k) as f32 + 0.5).collect();
+            if gathered != want {
+                return fail("all_gather on the gather lane", &gathered, &want);
+            }
+            if sum != vec![n as f32; k] {
+                return fail(
+                    "all_reduce beside the gather lane",
+                    &sum,
+                    &vec![n as f32; k],
+                );
+            }
+            "the gather lane beside an all_reduce"
+        }
+    };
     Ok(format!(
-        "rank {r} of {n} ({}): all_reduce, all_gather, reduce_scatter, all_to_all, broadcast (f32 and u64), bucketed all_reduce and barrier ok",
+        "rank {r} of {n} ({}): all_reduce, all_gather, reduce_scatter, all_to_all, broadcast (f32 and u64), bucketed all_reduce, barrier and {lane} ok",
         comm.name()
     ))
 }

@@ -247,6 +247,11 @@ impl Collective for Deadline {
     fn all_to_all(&self, send: &[f32], recv: &mut [f32]) -> Result<(), DistError> {
         self.watch("all_to_all", |c| c.all_to_all(send, recv))
     }
+    /// The inner lane, unwatched: its user waits for each gather with a
+    /// deadline of its own (a helper thread cannot be watched from here).
+    fn gather_lane(&self) -> Option<std::sync::Arc<dyn crate::GatherLane>> {
+        self.inner.gather_lane()
+    }
     fn split(&self, color: usize) -> Result<Box<dyn Collective>, DistError> {
         let sub = self.watch("split", |c| c.split(color))?;
         Ok(Box::new(Deadline::new(sub, self.timeout, None)))

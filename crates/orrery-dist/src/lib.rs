@@ -29,7 +29,8 @@ pub use bench::CommRow;
 #[cfg(feature = "mpi")]
 pub use collective::Mpi;
 pub use collective::{
-    abort_on_error, all_reduce_sum_bucketed, connect, self_test, Collective, SingleProcess,
+    abort_on_error, all_reduce_sum_bucketed, connect, self_test, Collective, GatherLane,
+    SingleProcess,
 };
 pub use deadline::Deadline;
 pub use threads::ThreadComm;

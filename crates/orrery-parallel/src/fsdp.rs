@@ -97,6 +97,9 @@ pub struct Fsdp<B: Backend> {
     /// This rank's context group (context parallelism), applied to every
     /// input whose clip splits over it.
     pub context: Option<ContextShard>,
+    /// Prefetch (`parallel.prefetch`): gather the next unit on a helper
+    /// thread, waiting at most this long for it; `None` gathers in line.
+    pub prefetch: Option<std::time::Duration>,
     /// Seconds spent in collectives and bytes sent, since the last take.
     comm_s: Cell<f64>,
     comm_bytes: Cell<usize>,
@@ -163,6 +166,7 @@ impl<B: Backend> Fsdp<B> {
             gather_bf16: false,
             compute_bf16: false,
             context: None,
+            prefetch: None,
             comm_s: Cell::new(0.0),
             comm_bytes: Cell::new(0),
         };
@@ -265,19 +269,12 @@ impl<B: Backend> Fsdp<B> {
                 return Ok(like(full, DType::F32));
             }
         }
-        if !self.gather_bf16 {
-            return Ok(flat(self.gather(shards, u, comm)?, &self.device));
-        }
-        let packed = pack_bf16(&host(shards[&unit.prefix].clone()));
-        let mut all = vec![0.0; packed.len() * self.size];
+        let send = self.host_send(shards, u);
+        let mut all = vec![0.0; send.len() * self.size];
         let t = Instant::now();
-        comm.all_gather(&packed, &mut all)?;
-        self.count(t, packed.len());
-        let full = all
-            .chunks(packed.len())
-            .flat_map(|block| unpack_bf16(block, k))
-            .collect();
-        Ok(flat(full, &self.device))
+        comm.all_gather(&send, &mut all)?;
+        self.count(t, send.len());
+        Ok(self.host_finish(u, all))
     }
 
     /// Sum a unit's whole gradient over ranks (reduce_scatter: NCCL on the
@@ -321,7 +318,7 @@ impl<B: Backend> Fsdp<B> {
         Ok(())
     }
 
-    fn count(&self, since: Instant, elems: usize) {
+    pub(crate) fn count(&self, since: Instant, elems: usize) {
         self.comm_s
             .set(self.comm_s.get() + since.elapsed().as_secs_f64());
         if self.size > 1 {
@@ -478,21 +475,31 @@ impl<B: ModelBackend> Fsdp<B> {
         (keep_all, train): (bool, bool),
         comm: &dyn Collective,
     ) -> Result<(Stem<B>, Vec<Tensor<B, 4>>)> {
-        let embed = self.compute(self.embed(shards, comm)?, train);
-        let input = ContextShard::apply(self.context.as_ref(), input, &self.cfg);
-        let stem = embed.forward(input)?;
-        drop(embed);
-        let mut xs = vec![stem.x.clone()];
-        for i in 0..self.cfg.depth {
-            let block = self.compute(self.block(i, shards, comm)?, train);
+        let mut input = Some(ContextShard::apply(self.context.as_ref(), input, &self.cfg));
+        let mut stem: Option<Stem<B>> = None;
+        let mut xs = Vec::new();
+        let order: Vec<usize> = (0..=self.cfg.depth).collect(); // the embedder, then each block
+        self.each_unit(shards, &order, comm, |u, full| {
+            let Some(stem) = &stem else {
+                let embed = DitEmbed::new(&self.cfg, &self.device);
+                let embed = self.compute(load_flat(embed, full, false), train);
+                let s = embed.forward(input.take().expect("one input"))?;
+                xs.push(s.x.clone());
+                stem = Some(s);
+                return Ok(());
+            };
+            debug_assert!(u >= 1);
+            let block = DitBlock::new(&self.cfg, &self.device);
+            let block = self.compute(load_flat(block, full, false), train);
             let x = xs.last().expect("one").clone();
             let next = block.forward(x, stem.cond.clone(), &stem.attn);
             if !keep_all {
                 xs.clear();
             }
             xs.push(next);
-        }
-        Ok((stem, xs))
+            Ok(())
+        })?;
+        Ok((stem.expect("the embedder ran"), xs))
     }
 
     /// A no-autodiff denoiser over `shards` (the weights or their EMA), for

@@ -111,32 +111,48 @@ fn backward<B: TrainBackend>(
     drop(head);
     fsdp.scatter_add(u, g, acc.get_mut(&unit.prefix).expect("unit"), comm)?;
     let attn = AttnContext::<B>::from_inner(stem.attn.clone());
-    for (i, x_in) in xs.into_iter().enumerate().rev() {
-        let u = 1 + i;
-        let block = leaf(fsdp, DitBlock::new(&fsdp.cfg, device), u, comm)?;
+    let (mut xs, mut input) = (xs, Some(input));
+    // Each block in reverse, then the embedder; gathered ahead under
+    // parallel.prefetch. The parameters become autodiff leaves.
+    let order: Vec<usize> = (0..=fsdp.cfg.depth).rev().collect();
+    fsdp.each_unit(&fsdp.params, &order, comm, |u, full| {
+        let unit = &fsdp.units[u];
+        let acc = acc.get_mut(&unit.prefix).expect("unit");
+        if u == 0 {
+            let embed = load_flat(
+                DitEmbed::new(&fsdp.cfg, device),
+                Tensor::from_inner(full),
+                true,
+            );
+            let again = fsdp
+                .compute(embed.clone(), true)
+                .forward(input.take().expect("one input"))?;
+            let g_c = like(g_c.clone(), again.cond.dtype());
+            let grads = ((again.x * Tensor::from_inner(g_x.clone())).sum()
+                + (again.cond * Tensor::from_inner(g_c)).sum())
+            .backward();
+            let g = unit_grads(unit, &embed, grads, &fsdp.device);
+            return fsdp.scatter_add(0, g, acc, comm);
+        }
+        let x_in = xs.pop().expect("the input of every block");
+        let block = load_flat(
+            DitBlock::new(&fsdp.cfg, device),
+            Tensor::from_inner(full),
+            true,
+        );
         let grads;
         (grads, g_x, g_c) = crate::recompute::block_vjp(
             &fsdp.compute(block.clone(), true),
             x_in,
             &stem.cond,
             &attn,
-            (g_x, g_c),
+            (g_x.clone(), g_c.clone()),
             &missing,
         )?;
-        let unit = &fsdp.units[u];
         let g = unit_grads(unit, &block, grads, &fsdp.device);
         drop(block);
-        fsdp.scatter_add(u, g, acc.get_mut(&unit.prefix).expect("unit"), comm)?;
-    }
-    let embed = leaf(fsdp, DitEmbed::new(&fsdp.cfg, device), 0, comm)?;
-    let again = fsdp.compute(embed.clone(), true).forward(input)?;
-    let g_c = like(g_c, again.cond.dtype());
-    let grads = ((again.x * Tensor::from_inner(g_x)).sum()
-        + (again.cond * Tensor::from_inner(g_c)).sum())
-    .backward();
-    let unit = &fsdp.units[0];
-    let g = unit_grads(unit, &embed, grads, &fsdp.device);
-    fsdp.scatter_add(0, g, acc.get_mut(&unit.prefix).expect("unit"), comm)?;
+        fsdp.scatter_add(u, g, acc, comm)
+    })?;
     Ok(())
 }
 

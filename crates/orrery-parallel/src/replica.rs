@@ -153,6 +153,7 @@ impl<B: TrainBackend> Replica<B> {
         drop(model);
         fsdp.gather_bf16 = cfg.parallel.gather_dtype == GatherDtype::Bf16;
         fsdp.compute_bf16 = cfg.run.precision == orrery_config::Precision::Bf16;
+        fsdp.prefetch = prefetch(cfg, world, comm);
         fsdp.context = context;
         let (sharded_optim, sharded_ema) = match start {
             StartState::Fresh => {
@@ -321,4 +322,35 @@ impl<B: TrainBackend> Replica<B> {
             }
         }
     }
+}
+
+/// FSDP's prefetch deadline when `parallel.prefetch` is on and can run:
+/// several ranks over MPI with a gather lane, not NCCL. Makes the lane now
+/// (a collective) and says on rank 0 what happens.
+fn prefetch(
+    cfg: &TrainConfig,
+    world: &World,
+    comm: &dyn Collective,
+) -> Option<std::time::Duration> {
+    if !cfg.parallel.prefetch || world.size == 1 {
+        return None;
+    }
+    let why_not = if crate::nccl::device_collectives() {
+        Some("units are gathered by NCCL on the device")
+    } else if comm.gather_lane().is_none() {
+        Some("MPI here does not give MPI_THREAD_MULTIPLE")
+    } else {
+        None
+    };
+    if world.is_main() {
+        match why_not {
+            Some(why) => eprintln!("fsdp: parallel.prefetch is on, but {why}: gathering in line"),
+            None => eprintln!(
+                "fsdp: prefetch: each next unit is gathered on a helper thread over a duplicate MPI communicator"
+            ),
+        }
+    }
+    why_not
+        .is_none()
+        .then(|| std::time::Duration::from_secs_f64(cfg.parallel.timeout_s))
 }
