@@ -136,6 +136,10 @@ struct SampleArgs {
     /// Use the online weights instead of the EMA.
     #[arg(long)]
     no_ema: bool,
+    /// World models: also write the real and generated clips ([n, t, c, h, w],
+    /// with their actions) to this .safetensors file, to score with other tools.
+    #[arg(long, value_name = "FILE.safetensors")]
+    save_frames: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -266,6 +270,7 @@ fn run_sample(args: SampleArgs) -> Result<()> {
         seed: args.seed,
         no_ema: args.no_ema,
         eta: args.eta,
+        save_frames: args.save_frames,
     };
     let r = match sample(&opts)? {
         SampleReport::Rollout(r) => r,
@@ -291,21 +296,30 @@ fn run_sample(args: SampleArgs) -> Result<()> {
         "rollout of {} held-out clips: {} context frames, {} generated",
         r.clips, r.context, r.frames
     );
-    println!("agent-position error (pixels, mean over generated frames):");
-    println!("  model                 {:>6.2}", r.model_error_px);
-    println!("  copy last context     {:>6.2}", r.copy_last_error_px);
-    println!("  generated frames without an agent: {}", r.agent_lost);
-    println!(
-        "  moves in the commanded direction: {:.0}% of frames where the agent moved",
-        100.0 * r.direction_accuracy
-    );
-    let per: Vec<String> = r
-        .model_error_by_frame
-        .iter()
-        .zip(&r.copy_last_error_by_frame)
-        .map(|(a, b)| format!("{a:.1}/{b:.1}"))
-        .collect();
-    println!("  per frame (model/copy): {}", per.join(" "));
+    print_pixel_scores(&r.pixels);
+    if let Some(a) = &r.agent {
+        println!("agent-position error (pixels, mean over generated frames; the synthetic sprite world):");
+        println!("  model                 {:>6.2}", a.agent_error_px);
+        println!(
+            "  copy last context     {:>6.2}",
+            a.agent_error_copy_last_px
+        );
+        println!("  generated frames without an agent: {}", a.agent_lost);
+        match a.agent_direction_accuracy {
+            Some(acc) => println!(
+                "  moves in the commanded direction: {:.0}% of frames where the agent moved",
+                100.0 * acc
+            ),
+            None => println!("  the agent never moved in these frames"),
+        }
+        let per: Vec<String> = a
+            .agent_error_by_frame
+            .iter()
+            .zip(&a.agent_error_copy_last_by_frame)
+            .map(|(a, b)| format!("{a:.1}/{b:.1}"))
+            .collect();
+        println!("  per frame (model/copy): {}", per.join(" "));
+    }
     let json = opts.out.with_extension("json");
     std::fs::write(&json, serde_json::to_string_pretty(&r)?)
         .with_context(|| format!("writing {}", json.display()))?;
@@ -321,6 +335,46 @@ fn run_sample(args: SampleArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The rollout's scores on any data, model against copying the last
+/// context frame.
+fn print_pixel_scores(p: &orrery_train::scores::PixelScores) {
+    let opt =
+        |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+    println!("frame scores (mean over generated frames; values in [-1, 1]):");
+    println!("  {:<30} {:>7}  {:>7}", "", "model", "copy last context");
+    let row = |name: &str, a: String, b: String| println!("  {name:<30} {a:>7}  {b:>7}");
+    row(
+        "PSNR (dB)",
+        format!("{:.2}", p.psnr_db),
+        format!("{:.2}", p.psnr_copy_last_db),
+    );
+    row("SSIM", opt(p.ssim, 3), opt(p.ssim_copy_last, 3));
+    row(
+        "PSNR on changed pixels (dB)",
+        opt(p.changed_psnr_db, 2),
+        opt(p.changed_psnr_copy_last_db, 2),
+    );
+    println!(
+        "  ({:.1}% of pixels changed since the last context frame, by more than {})",
+        100.0 * p.changed_share_by_frame.iter().sum::<f64>()
+            / p.changed_share_by_frame.len().max(1) as f64,
+        orrery_train::scores::CHANGED
+    );
+    let per: Vec<String> = p
+        .model
+        .psnr_by_frame
+        .iter()
+        .zip(&p.copy_last.psnr_by_frame)
+        .map(|(a, b)| format!("{a:.1}/{b:.1}"))
+        .collect();
+    println!("  PSNR per frame (model/copy): {}", per.join(" "));
+    println!(
+        "  the model beats copying on {} of {} generated frames",
+        p.frames_model_beats_copy,
+        p.model.psnr_by_frame.len()
+    );
 }
 
 fn parse_sampler(name: &str, eta: f64) -> Result<Sampler> {

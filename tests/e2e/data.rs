@@ -47,6 +47,11 @@ fn continuous_actions_train_and_roll_out() {
         &dir,
     ));
     assert!(out.contains("rollout of 2 held-out clips"), "{out}");
+    // The sprite world's data: its agent scores, beside the frame scores.
+    assert!(
+        out.contains("agent-position error") && out.contains("PSNR (dB)"),
+        "{out}"
+    );
     // Discrete ids asked of continuous data, and the wrong width.
     user_error(
         orrery(&["train", "tiny.toml", "--set", "model.action_dim=0", "--set", "model.num_actions=5", "--run-dir", "r2"], &dir),
@@ -265,6 +270,107 @@ print('same')
     user_error(
         orrery(&["data", "import", "--from", "clips", "--out", "x"], &dir),
         "bad.npy: not a .npy file",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// On data that is not the sprite world (imported clips of a moving square
+/// over a gradient, with actions): no agent scores, and the frame scores
+/// (PSNR, SSIM, changed-pixel PSNR, model and copy-last) are what
+/// scikit-image and numpy compute from `--save-frames`' file.
+#[test]
+fn rollout_scores_on_imported_clips_match_scikit_image() {
+    let dir = scratch("scores");
+    std::fs::create_dir_all(dir.join("npy")).unwrap();
+    python(&[
+        "-c",
+        &format!(
+            r#"
+import numpy as np
+rng = np.random.default_rng(1)
+d = '{}'
+yy, xx = np.mgrid[0:16, 0:16] / 15.0
+for i in range(12):
+    frames = np.zeros((8, 3, 16, 16), '<f4')
+    x, y = rng.integers(2, 10, 2)
+    acts = rng.integers(0, 4, 8)
+    for f in range(8):
+        dx, dy = [(1, 0), (-1, 0), (0, 1), (0, -1)][acts[f]]
+        x, y = np.clip(x + dx, 0, 12), np.clip(y + dy, 0, 12)
+        frames[f] = 0.6 * (xx - 0.5) + 0.3 * (yy - 0.5) - 0.2
+        frames[f, :, y:y + 4, x:x + 4] = np.array([0.9, -0.8, 0.4])[:, None, None]
+    np.save(f'{{d}}/clip-{{i:02}}.npy', frames)
+    np.save(f'{{d}}/clip-{{i:02}}.actions.npy', acts.astype('<i8'))
+"#,
+            dir.join("npy").display()
+        ),
+    ]);
+    ok(orrery(
+        &["data", "import", "--from", "npy", "--out", "data"],
+        &dir,
+    ));
+    std::fs::write(dir.join("tiny.toml"), super::TINY).unwrap();
+    ok(orrery(
+        &[
+            "train",
+            "tiny.toml",
+            "--set",
+            "run.steps=3",
+            "--set",
+            "model.channels=3",
+        ],
+        &dir,
+    ));
+    let out = ok(orrery(
+        &[
+            "sample",
+            "--checkpoint",
+            "runs/tiny",
+            "--out",
+            "s/r.gif",
+            "--frames",
+            "3",
+            "--save-frames",
+            "s/frames.safetensors",
+        ],
+        &dir,
+    ));
+    assert!(
+        out.contains("PSNR (dB)") && out.contains("the model beats copying on"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("agent"),
+        "no agent scores off the sprite world: {out}"
+    );
+    let report = std::fs::read_to_string(dir.join("s/r.json")).unwrap();
+    assert!(
+        !report.contains("agent") && !report.contains("NaN"),
+        "{report}"
+    );
+    let check = python(&[
+        &format!(
+            "{}/tests/python/check_rollout.py",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+        &dir.join("s/frames.safetensors").display().to_string(),
+        &dir.join("s/r.json").display().to_string(),
+    ]);
+    assert!(check.contains("scores match"), "{check}");
+    user_error(
+        orrery(
+            &[
+                "sample",
+                "--checkpoint",
+                "runs/tiny",
+                "--out",
+                "t.gif",
+                "--save-frames",
+                "f.npz",
+            ],
+            &dir,
+        ),
+        "name the file FILE.safetensors",
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -16,6 +16,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod agent_scores;
 pub mod bench_ckpt;
 pub mod checkpoint;
 /// The config tree (orrery-config).
@@ -36,6 +37,7 @@ mod rundir;
 mod runlog;
 pub mod sample;
 mod saver;
+pub mod scores;
 mod start;
 pub mod stop;
 pub mod tensorboard;

@@ -1,21 +1,24 @@
 //! `orrery sample`. World models (with actions): roll out frames
 //! autoregressively from held-out context frames and their actions, write a
-//! GIF and a PNG strip, and score the agent's position against the synthetic
-//! world's ground truth. Other models: generate from noise (generate.rs).
+//! GIF and a PNG strip, and score the frames against the real ones and
+//! copying the last context frame (scores.rs; on the synthetic sprite
+//! world also the agent's position, agent_scores.rs). Other models:
+//! generate from noise (generate.rs).
 //! Letters: b clips, k context frames, m generated frames, c/h/w frame size.
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Tensor, TensorData};
-use orrery_data::synth::locate_agent;
 use orrery_data::Clip;
 use orrery_diffusion::sample::{rollout, RolloutConfig, Sampler, SamplerConfig};
 use orrery_model::named::load_host;
 use orrery_model::ModelBackend;
 use serde::Serialize;
 
+use crate::agent_scores::{self, AgentScores};
 use crate::checkpoint::{self, read_safetensors, EMA_FILE, MODEL_FILE};
 use crate::glue::denoiser;
 use crate::media::{grid, write_gif, Rgb};
+use crate::scores::{score_frames, PixelScores};
 use crate::tensorboard::EventWriter;
 use crate::{Result, TrainError};
 
@@ -43,6 +46,9 @@ pub struct SampleOptions {
     pub no_ema: bool,
     /// DDIM's eta, for a DDIM sampler (from --sampler or the run's).
     pub eta: Option<f64>,
+    /// World models: also write the real and generated clips here
+    /// (.safetensors), to score with other tools.
+    pub save_frames: Option<PathBuf>,
 }
 
 /// The run's sampler settings with the command line's overrides.
@@ -90,7 +96,8 @@ pub enum SampleReport {
     Generate(crate::generate::GenerateReport),
 }
 
-/// Scores of a rollout.
+/// Scores of a rollout (rollout.json: every number at the top level, as
+/// sweeps' reports read them).
 #[derive(Debug, Clone, Serialize)]
 pub struct RolloutReport {
     /// Clips rolled out.
@@ -99,20 +106,14 @@ pub struct RolloutReport {
     pub context: usize,
     /// Frames generated per clip.
     pub frames: usize,
-    /// Mean agent-position error of the model, pixels.
-    pub model_error_px: f64,
-    /// Mean error of copying the last context frame, pixels.
-    pub copy_last_error_px: f64,
-    /// Mean model error per generated frame index.
-    pub model_error_by_frame: Vec<f64>,
-    /// Mean copy-last error per generated frame index.
-    pub copy_last_error_by_frame: Vec<f64>,
-    /// Generated frames where no agent was found (counted at half the frame diagonal).
-    pub agent_lost: usize,
-    /// Of generated frames where the true agent moved, the fraction where the
-    /// generated agent moved the same way (sign of the larger axis).
-    pub direction_accuracy: f64,
-    /// Where the GIF / PNG went.
+    /// PSNR, SSIM and changed-pixel PSNR against copying the last context
+    /// frame: every kind of data.
+    #[serde(flatten)]
+    pub pixels: PixelScores,
+    /// The sprite world's agent scores: only data `orrery data synth` made.
+    #[serde(flatten)]
+    pub agent: Option<AgentScores>,
+    /// Where the GIF / PNG (and the saved frames) went.
     pub outputs: Vec<PathBuf>,
 }
 
@@ -161,6 +162,15 @@ fn check_options(opts: &SampleOptions) -> Result<()> {
         return Err(TrainError::Config("--per-class must be at least 1".into()));
     }
     crate::paths::output_file(&opts.out, "--out")?;
+    if let Some(path) = &opts.save_frames {
+        if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+            return Err(TrainError::Config(format!(
+                "--save-frames {}: the clips are written as safetensors; name the file FILE.safetensors",
+                path.display()
+            )));
+        }
+        crate::paths::output_file(path, "--save-frames")?;
+    }
     for beside in ["png", "json", "safetensors"] {
         let p = opts.out.with_extension(beside);
         if p != opts.out {
@@ -181,6 +191,11 @@ fn sample_on<B: ModelBackend>(
     let model = load_host(cfg.model.init::<B>(&device)?, &weights, &device)?;
     let m = &cfg.model;
     if !m.has_actions() {
+        if opts.save_frames.is_some() {
+            return Err(TrainError::Config(
+                "--save-frames writes a world model's rollout next to the real clips; this model has no actions and generates from noise: leave --save-frames out".into(),
+            ));
+        }
         return generate(opts, state, &model, &device);
     }
     if opts.per_class.is_some() {
@@ -247,9 +262,22 @@ fn sample_on<B: ModelBackend>(
         .expect("f32");
     let gen_frame =
         |i: usize, j: usize| &generated[(i * m + j) * frame_len..(i * m + j + 1) * frame_len];
-    let mut report = score(&clips, k, m, c, h, w, gen_frame);
-    let (outputs, strip) = write_pictures(&opts.out, &clips, k, m, (h, w), gen_frame)?;
-    report.outputs = outputs;
+    let pixels = score_frames((b, k, m), [c, h, w], |i, f| clips[i].frame(f), gen_frame);
+    let agent = agent_scores::applies(&data.meta, &clips)
+        .then(|| agent_scores::score(&clips, k, m, c, h, w, gen_frame));
+    let (mut outputs, strip) = write_pictures(&opts.out, &clips, k, m, (h, w), gen_frame)?;
+    if let Some(path) = &opts.save_frames {
+        save_frames(path, &clips, (k, m), &generated, &host)?;
+        outputs.push(path.clone());
+    }
+    let report = RolloutReport {
+        clips: b,
+        context: k,
+        frames: m,
+        pixels,
+        agent,
+        outputs,
+    };
     add_to_tensorboard(dir, state.step, &strip, &report)?;
     Ok(SampleReport::Rollout(report))
 }
@@ -303,89 +331,33 @@ fn add_to_tensorboard(dir: &Path, step: u64, strip: &Rgb, report: &RolloutReport
             strip.width,
         )
         .map_err(io)?;
-        tb.scalar("rollout/agent_error_px", step, report.model_error_px)
-            .map_err(io)?;
-        tb.scalar(
-            "rollout/copy_last_error_px",
-            step,
-            report.copy_last_error_px,
-        )
-        .map_err(io)?;
+        let p = &report.pixels;
+        let mut scalars = vec![
+            ("rollout/psnr_db", Some(p.psnr_db)),
+            ("rollout/psnr_copy_last_db", Some(p.psnr_copy_last_db)),
+            ("rollout/ssim", p.ssim),
+            ("rollout/ssim_copy_last", p.ssim_copy_last),
+            ("rollout/changed_psnr_db", p.changed_psnr_db),
+            (
+                "rollout/changed_psnr_copy_last_db",
+                p.changed_psnr_copy_last_db,
+            ),
+        ];
+        if let Some(a) = &report.agent {
+            scalars.push(("rollout/agent_error_px", Some(a.agent_error_px)));
+            scalars.push((
+                "rollout/agent_error_copy_last_px",
+                Some(a.agent_error_copy_last_px),
+            ));
+        }
+        for (tag, value) in scalars {
+            if let Some(v) = value {
+                tb.scalar(tag, step, v).map_err(io)?;
+            }
+        }
         tb.flush().map_err(io)?;
     }
     Ok(())
-}
-
-fn score<'a>(
-    clips: &[&Clip],
-    k: usize,
-    m: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    gen_frame: impl Fn(usize, usize) -> &'a [f32],
-) -> RolloutReport {
-    let penalty = ((h * h + w * w) as f64).sqrt() / 2.0;
-    let (mut model_by, mut copy_by) = (vec![0.0; m], vec![0.0; m]);
-    let (mut lost, mut moves, mut right_way) = (0, 0, 0);
-    let dist =
-        |a: (f32, f32), b: (f32, f32)| (((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)) as f64).sqrt();
-    for (i, clip) in clips.iter().enumerate() {
-        let Some(xy) = clip.agent_xy.as_ref() else {
-            continue;
-        };
-        let truth = |f: usize| (xy[2 * f], xy[2 * f + 1]);
-        let mut prev = Some(truth(k - 1));
-        for j in 0..m {
-            let found = if c == 3 {
-                locate_agent(gen_frame(i, j), h, w)
-            } else {
-                None
-            };
-            model_by[j] += found.map(|p| dist(p, truth(k + j))).unwrap_or(penalty);
-            copy_by[j] += dist(truth(k - 1), truth(k + j));
-            lost += found.is_none() as usize;
-            let true_move = (
-                truth(k + j).0 - truth(k + j - 1).0,
-                truth(k + j).1 - truth(k + j - 1).1,
-            );
-            if true_move != (0.0, 0.0) {
-                moves += 1;
-                if let (Some(p), Some(q)) = (prev, found) {
-                    let gen_move = (q.0 - p.0, q.1 - p.1);
-                    let axis_x = true_move.0.abs() > true_move.1.abs();
-                    let (t, g) = if axis_x {
-                        (true_move.0, gen_move.0)
-                    } else {
-                        (true_move.1, gen_move.1)
-                    };
-                    right_way += (t.signum() == g.signum() && g.abs() > 0.5) as usize;
-                }
-            }
-            prev = found;
-        }
-    }
-    let n = clips.len() as f64;
-    model_by
-        .iter_mut()
-        .chain(copy_by.iter_mut())
-        .for_each(|v| *v /= n);
-    RolloutReport {
-        clips: clips.len(),
-        context: k,
-        frames: m,
-        model_error_px: model_by.iter().sum::<f64>() / m as f64,
-        copy_last_error_px: copy_by.iter().sum::<f64>() / m as f64,
-        model_error_by_frame: model_by,
-        copy_last_error_by_frame: copy_by,
-        agent_lost: lost,
-        direction_accuracy: if moves > 0 {
-            right_way as f64 / moves as f64
-        } else {
-            f64::NAN
-        },
-        outputs: Vec::new(),
-    }
 }
 
 fn write_pictures<'a>(
@@ -436,4 +408,61 @@ fn write_pictures<'a>(
         outputs.insert(0, out.to_path_buf());
     }
     Ok((outputs, strip))
+}
+
+/// `--save-frames`: the real and generated clips as safetensors, for other
+/// tools: `real` and `generated` [n, k + m, c, h, w] f32 (the generated
+/// clips start with the k real context frames), the actions of those
+/// frames (`action_ids` [n, k + m] i64 or `actions` [n, k + m, A] f32),
+/// and the metadata `context` = k and `clip_ids` (comma-separated).
+fn save_frames(
+    path: &Path,
+    clips: &[&Clip],
+    (k, m): (usize, usize),
+    generated: &[f32],
+    batch: &orrery_data::Batch,
+) -> Result<()> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let [_, c, h, w] = clips[0].shape;
+    let (n, frame_len) = (clips.len(), c * h * w);
+    let real: Vec<f32> = clips
+        .iter()
+        .flat_map(|cl| cl.latents[..(k + m) * frame_len].iter().copied())
+        .collect();
+    let rolled: Vec<f32> = clips
+        .iter()
+        .enumerate()
+        .flat_map(|(i, cl)| {
+            let gen = &generated[i * m * frame_len..(i + 1) * m * frame_len];
+            cl.latents[..k * frame_len].iter().chain(gen).copied()
+        })
+        .collect();
+    let le = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let shape = vec![n, k + m, c, h, w];
+    let mut tensors = vec![
+        ("real".to_string(), Dtype::F32, shape.clone(), le(&real)),
+        ("generated".to_string(), Dtype::F32, shape, le(&rolled)),
+    ];
+    if let Some(ids) = &batch.actions {
+        let bytes = ids.iter().flat_map(|a| a.to_le_bytes()).collect();
+        tensors.push(("action_ids".into(), Dtype::I64, vec![n, k + m], bytes));
+    }
+    if let Some(values) = &batch.action_values {
+        let a = values.len() / (n * (k + m));
+        tensors.push(("actions".into(), Dtype::F32, vec![n, k + m, a], le(values)));
+    }
+    let views = tensors
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            TensorView::new(*dtype, shape.clone(), bytes).map(|v| (name.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| TrainError::Config(format!("--save-frames: {e}")))?;
+    let ids: Vec<&str> = clips.iter().map(|c| c.id.as_str()).collect();
+    let meta = std::collections::HashMap::from([
+        ("context".to_string(), k.to_string()),
+        ("clip_ids".to_string(), ids.join(",")),
+    ]);
+    safetensors::serialize_to_file(views, Some(meta), path)
+        .map_err(|e| TrainError::Config(format!("--save-frames {}: {e}", path.display())))
 }
