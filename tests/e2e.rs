@@ -257,10 +257,13 @@ fn train_sample_export_and_python_reads_everything() {
         script.to_str().unwrap(),
         run.to_str().unwrap(),
         dir.join("ema.safetensors").to_str().unwrap(),
+        dir.join("out/rollout.json").to_str().unwrap(),
     ]);
+    // Six frame scores and the sprite world's two agent errors.
     assert!(
         summary.contains("\"scalar_steps\": [2, 4, 6]")
-            && summary.contains("\"export_hidden\": 64"),
+            && summary.contains("\"export_hidden\": 64")
+            && summary.contains("\"rollout_scalars\": 8"),
         "{summary}"
     );
     std::fs::remove_dir_all(&dir).unwrap();

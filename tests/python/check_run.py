@@ -1,10 +1,11 @@
 """Read orrery's outputs with the reference Python readers.
 
-Usage: check_run.py RUN_DIR EXPORTED.safetensors
+Usage: check_run.py RUN_DIR EXPORTED.safetensors [ROLLOUT.json]
 Checks that Python's `safetensors` reads every checkpoint file and the export,
 and that TensorBoard's EventAccumulator reads the scalars (matching
-metrics.jsonl) and the rollout image. Prints a JSON summary; exits 1 on any
-mismatch.
+metrics.jsonl) and the rollout image, and (given a rollout.json of
+`orrery sample` on that run) the rollout's scores. Prints a JSON summary;
+exits 1 on any mismatch.
 """
 import io
 import json
@@ -95,6 +96,22 @@ def main():
     if png[:8] != b"\x89PNG\r\n\x1a\n" or img.width < 16 or img.height < 16:
         fail("rollout image is not a PNG of a sensible size")
     summary["image"] = [img.height, img.width]
+    if len(sys.argv) > 3:
+        rollout = json.loads(pathlib.Path(sys.argv[3]).read_text())
+        keys = ["psnr_db", "psnr_copy_last_db", "ssim", "ssim_copy_last",
+                "changed_psnr_db", "changed_psnr_copy_last_db", "agent_error_px",
+                "agent_error_copy_last_px"]
+        for key in keys:
+            want = rollout.get(key)
+            if want is None:
+                continue
+            tag = f"rollout/{key}"
+            if tag not in tags["scalars"]:
+                fail(f"rollout.json has {key} but TensorBoard has no {tag}")
+            got = [e.value for e in acc.Scalars(tag)]
+            if not any(abs(g - want) <= 1e-5 * max(1.0, abs(want)) for g in got):
+                fail(f"TensorBoard {tag} {got} has no {want} (rollout.json's {key})")
+        summary["rollout_scalars"] = sum(1 for k in keys if rollout.get(k) is not None)
     print(json.dumps(summary))
 
 
