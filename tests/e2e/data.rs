@@ -374,3 +374,53 @@ for i in range(12):
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `datasets/vizdoom_record.py` records clips from a real game engine
+/// (ViZDoom, headless): the same seed gives the same files, `data import`
+/// takes them (4 actions), and the frames are the game's, in [-1, 1].
+#[test]
+fn vizdoom_clips_record_and_import() {
+    let dir = scratch("vizdoom");
+    let script = format!("{}/datasets/vizdoom_record.py", env!("CARGO_MANIFEST_DIR"));
+    for out in ["a", "b"] {
+        let out = dir.join(out).display().to_string();
+        let args = [
+            "--out", &out, "--clips", "3", "--frames", "6", "--size", "16", "16",
+        ];
+        let said = python(&[[script.as_str()].as_slice(), &args].concat());
+        assert!(
+            said.contains("\"clips\": 3") && said.contains("\"num_actions\": 4"),
+            "{said}"
+        );
+    }
+    let check = python(&[
+        "-c",
+        &format!(
+            r#"
+import glob, os, numpy as np
+d = '{}'
+names = sorted(os.path.basename(p) for p in glob.glob(f'{{d}}/a/*'))
+assert len(names) == 6, names
+for n in names:
+    assert open(f'{{d}}/a/{{n}}', 'rb').read() == open(f'{{d}}/b/{{n}}', 'rb').read(), n
+x = np.load(f'{{d}}/a/{{names[1]}}')
+a = np.load(f'{{d}}/a/{{names[0]}}')
+assert x.shape == (6, 3, 16, 16) and x.dtype == np.float32, x.shape
+assert x.min() >= -1 and x.max() <= 1 and x.std() > 0.05, (x.min(), x.max(), x.std())
+assert a.shape == (6,) and a[0] == 0 and a.min() >= 0 and a.max() <= 3, a
+print('recorded', names[1])
+"#,
+            dir.display()
+        ),
+    ]);
+    assert!(check.contains("recorded"), "{check}");
+    let out = ok(orrery(
+        &["data", "import", "--from", "a", "--out", "data"],
+        &dir,
+    ));
+    assert!(
+        out.contains("imported 3 clips") && out.contains("num_actions 4"),
+        "{out}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
