@@ -1,7 +1,8 @@
 //! The block's element-wise ops as single differentiable ops: GELU (tanh
 //! approximation), adaLN's modulation and the gated residual. These are the
-//! backend-generic definitions, written with burn tensor ops; [`crate::flex_ops`]
-//! has one-pass CPU kernels for the same functions. Letters: b batch, t
+//! backend-generic definitions, written with burn tensor ops; flex_ops.rs
+//! has one-pass CPU kernels for the same functions (and takes its
+//! constants from here). Letters: b batch, t
 //! frames, s tokens per frame, d hidden.
 use burn::tensor::{backend::Backend, Tensor};
 
