@@ -131,6 +131,34 @@ impl Interpolant {
     pub fn snr(&self, t: f64) -> f64 {
         self.coeffs(t).snr()
     }
+
+    /// The level t where sigma_t / alpha_t = `ratio` (EDM's noise level
+    /// sigma: x_t / alpha_t = x_0 + sigma ε), in closed form, clamped to
+    /// [0, 1].
+    pub fn t_at_ratio(&self, ratio: f64) -> f64 {
+        // alpha = 1 / sqrt(1 + ratio^2) on the variance-preserving paths.
+        let half_log = 0.5 * ratio.mul_add(ratio, 1.0).ln(); // -ln alpha
+        let t = match *self {
+            // sigma / alpha = t / (1 - t).
+            Interpolant::RectifiedFlow => ratio / (1.0 + ratio),
+            // -ln alpha = (beta_max - beta_min) t^2 / 4 + beta_min t / 2.
+            Interpolant::VpLinear { beta_min, beta_max } => {
+                let (a, b) = (0.25 * (beta_max - beta_min), 0.5 * beta_min);
+                (-b + (b * b + 4.0 * a * half_log).sqrt()) / (2.0 * a)
+            }
+            // alpha = cos(u) / cos(u0), u = (t + s) k.
+            Interpolant::VpCosine { s } => {
+                let k = FRAC_PI_2 / (1.0 + s);
+                let u = ((s * k).cos() * (-half_log).exp()).acos();
+                u / k - s
+            }
+        };
+        if t.is_nan() {
+            1.0 // an infinite ratio: pure noise
+        } else {
+            t.clamp(0.0, 1.0)
+        }
+    }
 }
 
 /// Coefficients of a variance-preserving path from alpha and its derivative:

@@ -172,3 +172,5 @@ pub fn sample_rng(seed: u64, step: u64, sample: u64) -> ChaCha8Rng {
 mod tests;
 #[cfg(test)]
 mod tests_cond;
+#[cfg(test)]
+mod tests_edm;

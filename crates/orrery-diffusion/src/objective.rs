@@ -150,7 +150,7 @@ impl ObjectiveConfig {
 
     /// One drawn noise level, shifted.
     fn draw(&self, rng: &mut impl Rng, alpha: f64) -> f64 {
-        shift(self.timesteps.draw(rng), alpha)
+        shift(self.timesteps.draw_on(rng, &self.interpolant), alpha)
     }
 
     /// Draw the noise levels, noise, loss mask and action dropout for a batch.

@@ -10,7 +10,7 @@ use crate::{
 
 pub(super) type B = Flex;
 
-const INTERPOLANTS: [Interpolant; 3] = [
+pub(super) const INTERPOLANTS: [Interpolant; 3] = [
     Interpolant::RectifiedFlow,
     Interpolant::VpLinear {
         beta_min: 0.1,

@@ -6,7 +6,7 @@ use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
-use crate::{DiffusionError, Result};
+use crate::{DiffusionError, Interpolant, Result};
 
 /// How training noise levels are drawn.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -31,6 +31,17 @@ pub enum TimestepSampler {
     /// CosMap (SD3 eq. 21-22): t = 1 - 1 / (tan(pi u / 2) + 1), with density
     /// 2 / (pi (1 - 2 t + 2 t^2)).
     CosMap,
+    /// EDM's noise levels (Karras et al. 2022, table 1): the level where
+    /// sigma_t / alpha_t = exp(p_mean + p_std n), n ~ N(0, 1), on the
+    /// configured interpolant. With interpolant vp_cosine, prediction v and
+    /// weighting none this is EDM's preconditioning at sigma_data = 1
+    /// (docs/config.md, "EDM").
+    EdmLogNormal {
+        /// Mean of ln sigma; EDM uses -1.2.
+        p_mean: f64,
+        /// Spread of ln sigma, > 0; EDM uses 1.2.
+        p_std: f64,
+    },
 }
 
 /// The resolution/duration shift t' = a t / (1 + (a - 1) t) (SD3 section
@@ -101,6 +112,13 @@ impl TimestepSampler {
                     "objective.timesteps: logit_normal needs s > 0 and a finite m (got m = {m}, s = {s})"
                 )))
             }
+            TimestepSampler::EdmLogNormal { p_mean, p_std }
+                if !(p_std > 0.0 && p_std.is_finite() && p_mean.is_finite()) =>
+            {
+                Err(DiffusionError::Config(format!(
+                    "objective.timesteps: edm_log_normal needs p_std > 0 and a finite p_mean (got p_mean = {p_mean}, p_std = {p_std})"
+                )))
+            }
             TimestepSampler::Mode { s } if !(-1.0..=2.0 / (PI - 2.0)).contains(&s) => {
                 Err(DiffusionError::Config(format!(
                     "objective.timesteps: mode needs -1 <= s <= 2 / (pi - 2) = 1.75 so the map stays monotone (got s = {s})"
@@ -110,9 +128,19 @@ impl TimestepSampler {
         }
     }
 
-    /// Draw one noise level.
+    /// Draw one noise level (EDM's levels on the rectified-flow path; see
+    /// [`TimestepSampler::draw_on`]).
     pub fn draw(&self, rng: &mut impl Rng) -> f64 {
+        self.draw_on(rng, &Interpolant::RectifiedFlow)
+    }
+
+    /// Draw one noise level for `interpolant` (only EDM's levels depend on it).
+    pub fn draw_on(&self, rng: &mut impl Rng, interpolant: &Interpolant) -> f64 {
         match *self {
+            TimestepSampler::EdmLogNormal { p_mean, p_std } => {
+                let n: f64 = StandardNormal.sample(rng);
+                interpolant.t_at_ratio((p_mean + p_std * n).exp())
+            }
             TimestepSampler::Uniform => rng.random::<f64>(),
             TimestepSampler::LogitNormal { m, s } => {
                 let n: f64 = StandardNormal.sample(rng);

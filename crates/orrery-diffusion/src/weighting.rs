@@ -92,7 +92,7 @@ impl crate::ObjectiveConfig {
         let mut counts = vec![0usize; bins];
         let mut rng = crate::sample_rng(0, 0, 0);
         for _ in 0..draws {
-            let t = crate::shift(self.timesteps.draw(&mut rng), alpha);
+            let t = crate::shift(self.timesteps.draw_on(&mut rng, &self.interpolant), alpha);
             counts[((t * bins as f64) as usize).min(bins - 1)] += 1;
         }
         (0..bins)
