@@ -31,21 +31,37 @@ pub(super) fn small(attention: AttentionMask) -> DitConfig {
 /// A frame that does see the change moves by more than 1e-3.
 pub(super) const UNSEEN: f32 = 2e-5;
 
+/// burn has one random generator per process, and tests run on parallel
+/// threads: seeded draws hold this lock, so a test's weights and inputs are
+/// the same whatever else runs.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// `f` after seeding burn's generator with `seed`, alone.
+pub(super) fn seeded<T>(seed: u64, f: impl FnOnce() -> T) -> T {
+    let _alone = RNG.lock().unwrap_or_else(|p| p.into_inner());
+    B::seed(&Default::default(), seed);
+    f()
+}
+
 /// adaLN-Zero makes a fresh model output exactly zero; perturb every weight so
 /// that tests see a model whose outputs depend on all of its inputs.
 pub(super) fn perturbed(cfg: &DitConfig) -> Dit<B> {
     let device = Default::default();
-    B::seed(&device, 7);
-    let model = cfg.init::<B>(&device).unwrap();
-    map_named(model, |_, _, t| {
-        let n = t.dims()[0];
-        t + Tensor::random([n], Distribution::Normal(0.0, 0.2), &device)
+    seeded(7, || {
+        // Reading every weight draws it here, under the lock.
+        map_named(cfg.init::<B>(&device).unwrap(), |_, _, t| {
+            let n = t.dims()[0];
+            t + Tensor::random([n], Distribution::Normal(0.0, 0.2), &device)
+        })
     })
 }
 
 pub(super) fn input(cfg: &DitConfig, b: usize, seed: u64) -> DitInput<B> {
+    seeded(seed, || input_drawn(cfg, b))
+}
+
+fn input_drawn(cfg: &DitConfig, b: usize) -> DitInput<B> {
     let device = Default::default();
-    B::seed(&device, seed);
     let t = cfg.frames;
     DitInput {
         latents: Tensor::random(

@@ -10,11 +10,13 @@ use crate::{AttentionMask, Dit, DitConfig, DitInput, MlpKind, PosEmbed, Preset, 
 fn output_change(model: &Dit<B>, a: &DitInput<B>, changed: usize) -> Vec<f32> {
     let [_, t, c, h, w] = a.latents.dims();
     let mut b = a.clone();
-    let new = Tensor::random(
-        [1, 1, c, h, w],
-        Distribution::Normal(0.0, 1.0),
-        &Default::default(),
-    );
+    let new = crate::tests::seeded(100 + changed as u64, || {
+        Tensor::random(
+            [1, 1, c, h, w],
+            Distribution::Normal(0.0, 1.0),
+            &Default::default(),
+        )
+    });
     b.latents = b
         .latents
         .slice_assign([0..1, changed..changed + 1, 0..c, 0..h, 0..w], new);
