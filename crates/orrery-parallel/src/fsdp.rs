@@ -517,37 +517,6 @@ impl<B: ModelBackend> Fsdp<B> {
     }
 }
 
-/// Round to bf16 (nearest even) and pack two values per f32 bit pattern.
-///
-/// # Shapes
-/// [k] -> [ceil(k / 2)]
-pub fn pack_bf16(values: &[f32]) -> Vec<f32> {
-    values
-        .chunks(2)
-        .map(|pair| {
-            let bits = |v: f32| half::bf16::from_f32(v).to_bits() as u32;
-            let hi = pair.get(1).map_or(0, |&v| bits(v));
-            f32::from_bits(bits(pair[0]) | (hi << 16))
-        })
-        .collect()
-}
-
-/// Inverse of [`pack_bf16`], widened to f32: the first `k` values.
-///
-/// # Shapes
-/// [ceil(k / 2)] -> [k]
-pub fn unpack_bf16(packed: &[f32], k: usize) -> impl Iterator<Item = f32> + '_ {
-    (0..k).map(move |i| {
-        let bits = packed[i / 2].to_bits();
-        let half = if i % 2 == 0 {
-            bits & 0xFFFF
-        } else {
-            bits >> 16
-        };
-        half::bf16::from_bits(half as u16).to_f32()
-    })
-}
-
 /// The sharded model as a [`Denoiser`], gathering unit by unit.
 pub struct ShardedDenoiser<'a, B: Backend> {
     fsdp: &'a Fsdp<B>,

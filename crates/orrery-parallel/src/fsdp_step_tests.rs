@@ -169,7 +169,8 @@ fn fsdp_bf16_compute_takes_the_whole_model_bf16_steps() {
 #[test]
 fn bf16_gathers_round_weights_for_compute_only() {
     let v = [1.0f32, 1.0078125, std::f32::consts::PI, -2.5e-3, 7.0];
-    let back: Vec<f32> = crate::fsdp::unpack_bf16(&crate::fsdp::pack_bf16(&v), v.len()).collect();
+    let back: Vec<f32> =
+        crate::fsdp_gather::unpack_bf16(&crate::fsdp_gather::pack_bf16(&v), v.len()).collect();
     assert_eq!(back[..2], [1.0, 1.0078125], "bf16 values pass exactly");
     assert_eq!((back[2], back[4]), (3.140625, 7.0), "nearest bf16");
     assert!((back[3] - v[3]).abs() <= v[3].abs() / 256.0, "{back:?}");

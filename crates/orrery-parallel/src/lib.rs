@@ -97,7 +97,7 @@ pub mod context;
 pub mod ddp;
 pub mod fixtures;
 pub mod fsdp;
-mod fsdp_prefetch;
+pub mod fsdp_gather;
 mod fsdp_shard;
 pub mod fsdp_step;
 pub mod glue;

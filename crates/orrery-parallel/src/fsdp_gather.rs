@@ -1,5 +1,7 @@
-//! FSDP's prefetch (`parallel.prefetch`): while unit i computes, unit i+1
-//! is gathered on a helper thread over the collective's gather lane (a
+//! How FSDP gathers units through the host: two bf16 values packed per
+//! f32 slot when gathering in bf16 (a gather only moves bits), and the
+//! prefetch (`parallel.prefetch`): while unit i computes, unit i+1 is
+//! gathered on a helper thread over the collective's gather lane (a
 //! duplicate MPI communicator), so its all_gather overlaps the compute
 //! instead of following it. Every rank asks for the same units in the same
 //! order; the values are the same bits as the in-line gather's. The time
@@ -11,7 +13,7 @@ use std::time::Instant;
 use burn::tensor::{backend::Backend, Tensor};
 use orrery_dist::Collective;
 
-use crate::fsdp::{pack_bf16, unpack_bf16, Fsdp};
+use crate::fsdp::Fsdp;
 use crate::optim::{flat, host, FlatMap};
 use crate::{Error, Result};
 
@@ -101,4 +103,35 @@ impl<B: Backend> Fsdp<B> {
         }
         Ok(())
     }
+}
+
+/// Round to bf16 (nearest even) and pack two values per f32 bit pattern.
+///
+/// # Shapes
+/// [k] -> [ceil(k / 2)]
+pub fn pack_bf16(values: &[f32]) -> Vec<f32> {
+    values
+        .chunks(2)
+        .map(|pair| {
+            let bits = |v: f32| half::bf16::from_f32(v).to_bits() as u32;
+            let hi = pair.get(1).map_or(0, |&v| bits(v));
+            f32::from_bits(bits(pair[0]) | (hi << 16))
+        })
+        .collect()
+}
+
+/// Inverse of [`pack_bf16`], widened to f32: the first `k` values.
+///
+/// # Shapes
+/// [ceil(k / 2)] -> [k]
+pub fn unpack_bf16(packed: &[f32], k: usize) -> impl Iterator<Item = f32> + '_ {
+    (0..k).map(move |i| {
+        let bits = packed[i / 2].to_bits();
+        let half = if i % 2 == 0 {
+            bits & 0xFFFF
+        } else {
+            bits >> 16
+        };
+        half::bf16::from_bits(half as u16).to_f32()
+    })
 }
