@@ -92,25 +92,33 @@ pub fn ssim(a: &[f32], b: &[f32], [c, h, w]: [usize; 3], win: usize) -> f64 {
     total / c as f64
 }
 
-/// The squared error summed over the pixels of `frame` that changed since
-/// `last` (every channel of such a pixel), and how many values that is.
+/// The squared errors of `guesses` summed over the pixels of `frame` that
+/// changed since `last` (every channel of such a pixel), in one pass, and
+/// how many values that is.
 ///
 /// # Shapes
-/// frame, last, guess: [c, h, w]
-pub fn changed_error(frame: &[f32], last: &[f32], guess: &[f32], c: usize) -> (f64, usize) {
+/// frame, last, each guess: [c, h, w]
+pub fn changed_errors<const N: usize>(
+    frame: &[f32],
+    last: &[f32],
+    guesses: [&[f32]; N],
+    c: usize,
+) -> ([f64; N], usize) {
     let hw = frame.len() / c;
-    let (mut sum, mut count) = (0.0, 0);
+    let (mut sums, mut count) = ([0.0; N], 0);
     for p in 0..hw {
         let moved = (0..c).any(|ch| (frame[ch * hw + p] - last[ch * hw + p]).abs() > CHANGED);
         if moved {
             for ch in 0..c {
                 let i = ch * hw + p;
-                sum += (frame[i] as f64 - guess[i] as f64).powi(2);
+                for (sum, guess) in sums.iter_mut().zip(&guesses) {
+                    *sum += (frame[i] as f64 - guess[i] as f64).powi(2);
+                }
                 count += 1;
             }
         }
     }
-    (sum, count)
+    (sums, count)
 }
 
 /// One predictor's scores (the model's, or copying the last context frame).
@@ -187,8 +195,7 @@ pub fn score_frames<'a, 'b>(
                 s += ssim(guess, truth, [c, h, w], win);
                 sc += ssim(last, truth, [c, h, w], win);
             }
-            let (err, values) = changed_error(truth, last, guess, c);
-            let (err_copy, _) = changed_error(truth, last, last, c);
+            let ([err, err_copy], values) = changed_errors(truth, last, [guess, last], c);
             (e, ec, count) = (e + err, ec + err_copy, count + values);
         }
         let nf = n as f64;
