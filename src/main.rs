@@ -14,6 +14,7 @@ mod shell;
 mod signals;
 mod sweep;
 mod sweep_slurm;
+mod vae;
 
 // mimalloc, counting tensor-sized allocations for `bench step`'s heap figures.
 #[global_allocator]
@@ -59,6 +60,12 @@ enum Command {
     Sweep(sweep::SweepCommand),
     /// Compare runs: a table of their final losses and throughput.
     Report(sweep::ReportArgs),
+    /// The video autoencoder of latent diffusion's first stage.
+    #[command(subcommand)]
+    Vae(vae::VaeCommand),
+    /// Encode pixel clips to latent Parquet with a trained autoencoder
+    /// (under `orrery launch -n N`, each rank encodes its share of the files).
+    Encode(vae::EncodeArgs),
     /// Print the loss weight per noise level of a config's objective.
     Weights {
         /// The experiment config (TOML).
@@ -157,11 +164,9 @@ enum CkptCommand {
     },
 }
 
-fn run_train(args: TrainArgs) -> Result<()> {
-    let cfg = TrainConfig::load(&args.config, &args.set)?;
-    let run_dir = args
-        .run_dir
-        .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.run.name));
+/// The run options of `train` and `vae train` (run directory `run_dir`),
+/// with signal handlers installed.
+fn run_options(args: &TrainArgs, run_dir: &std::path::Path) -> Result<RunOptions> {
     if args.overwrite && args.resume == "auto" {
         bail!("--overwrite starts a new run in place of the old one: use it with --resume never (or --resume CHECKPOINT of another run); --resume auto continues the old run");
     }
@@ -170,32 +175,39 @@ fn run_train(args: TrainArgs) -> Result<()> {
         "never" => Resume::Never,
         path => Resume::From(PathBuf::from(path)),
     };
+    Ok(RunOptions {
+        run_dir: run_dir.to_path_buf(),
+        resume,
+        stop_after: args.stop_after,
+        overwrite: args.overwrite,
+        stop: signals::stop_on_signals(run_dir),
+        hparams: if args.hparams.is_empty() {
+            args.set
+                .iter()
+                .filter_map(|s| s.split_once('=').map(|(k, _)| k.trim().to_string()))
+                .collect()
+        } else {
+            args.hparams.clone()
+        },
+        kill_at: args.debug_kill_at.as_deref().map(|p| match p {
+            "tensors" => SavePoint::Tensors,
+            "rename" => SavePoint::Rename,
+            _ => SavePoint::Latest,
+        }),
+    })
+}
+
+fn run_train(args: TrainArgs) -> Result<()> {
+    let cfg = TrainConfig::load(&args.config, &args.set)?;
+    let run_dir = args
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.run.name));
     let world_model = cfg.model.has_actions();
     let steps = cfg.run.steps;
-    let stop = signals::stop_on_signals(&run_dir);
-    let s = train(
-        cfg,
-        RunOptions {
-            run_dir: run_dir.clone(),
-            resume,
-            stop_after: args.stop_after,
-            overwrite: args.overwrite,
-            stop: stop.clone(),
-            hparams: if args.hparams.is_empty() {
-                args.set
-                    .iter()
-                    .filter_map(|s| s.split_once('=').map(|(k, _)| k.trim().to_string()))
-                    .collect()
-            } else {
-                args.hparams.clone()
-            },
-            kill_at: args.debug_kill_at.as_deref().map(|p| match p {
-                "tensors" => SavePoint::Tensors,
-                "rename" => SavePoint::Rename,
-                _ => SavePoint::Latest,
-            }),
-        },
-    )?;
+    let opts = run_options(&args, &run_dir)?;
+    let stop = opts.stop.clone();
+    let s = train(cfg, opts)?;
     if let Some(sig) = s.stopped_by {
         // Another rank's signal stopped the run; this rank's own may have
         // come since (a scheduler signals every rank).
@@ -455,6 +467,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => run_train(args),
+        Command::Vae(cmd) => vae::run_vae(cmd),
+        Command::Encode(args) => vae::run_encode(args),
         Command::Data(cmd) => run_data(cmd),
         Command::Sample(args) => run_sample(args),
         Command::Bench(cmd) => run_bench(cmd),

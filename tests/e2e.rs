@@ -42,6 +42,10 @@ mod unattended;
 #[path = "e2e/sweep.rs"]
 mod sweep;
 
+/// Latent diffusion: autoencoder, encode, a DiT on latents, decoded rollouts.
+#[path = "e2e/latent.rs"]
+mod latent;
+
 fn orrery(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_orrery"))
         .args(args)

@@ -123,6 +123,10 @@ pub struct DataConfig {
     pub shuffle_buffer: usize,
     /// Streaming: row groups read at once, ahead of the trainer.
     pub prefetch_blocks: usize,
+    /// The autoencoder checkpoint that made these latents (from `orrery vae
+    /// train`; "" = the data are pixels): `orrery sample` decodes rollouts
+    /// with it into frames for the pictures and the scores.
+    pub vae: String,
 }
 
 impl Default for DataConfig {
@@ -136,6 +140,7 @@ impl Default for DataConfig {
             streaming: false,
             shuffle_buffer: 4096,
             prefetch_blocks: 8,
+            vae: String::new(),
         }
     }
 }
@@ -349,33 +354,7 @@ impl TrainConfig {
 
     /// The optimizer, EMA, checkpoint and logging sections.
     fn validate_training(&self) -> Result<()> {
-        let bad = |m: String| Err(ConfigError(m));
-        let o = &self.optim;
-        if !(o.lr > 0.0 && o.lr.is_finite()) {
-            return bad(format!("optim.lr = {} must be positive", o.lr));
-        }
-        for (k, b) in [("beta1", o.beta1), ("beta2", o.beta2)] {
-            if !(0.0..1.0).contains(&b) {
-                return bad(format!("optim.{k} = {b} must be in [0, 1)"));
-            }
-        }
-        if o.eps <= 0.0
-            || o.weight_decay < 0.0
-            || o.grad_clip < 0.0
-            || !(0.0..=1.0).contains(&o.min_lr_ratio)
-        {
-            return bad("optim.eps must be > 0, optim.weight_decay and optim.grad_clip >= 0, optim.min_lr_ratio in [0, 1]".into());
-        }
-        if !(0.0..1.0).contains(&self.ema.decay) {
-            return bad(format!("ema.decay = {} must be in [0, 1)", self.ema.decay));
-        }
-        if self.checkpoint.every == 0 || self.checkpoint.keep == 0 {
-            return bad("checkpoint.every and checkpoint.keep must be at least 1".into());
-        }
-        if self.logging.every == 0 || self.logging.eval_every == 0 {
-            return bad("logging.every and logging.eval_every must be at least 1".into());
-        }
-        Ok(())
+        validate_training(&self.optim, &self.ema, &self.checkpoint, &self.logging)
     }
 
     /// The sample section, and guidance against what the model was trained with.
@@ -442,6 +421,43 @@ impl TrainConfig {
         }
         Ok(())
     }
+}
+
+/// The optimizer, EMA, checkpoint and logging sections (of a DiT's or an
+/// autoencoder's run).
+pub(crate) fn validate_training(
+    o: &OptimConfig,
+    ema: &EmaConfig,
+    checkpoint: &CheckpointConfig,
+    logging: &LoggingConfig,
+) -> Result<()> {
+    let bad = |m: String| Err(ConfigError(m));
+
+    if !(o.lr > 0.0 && o.lr.is_finite()) {
+        return bad(format!("optim.lr = {} must be positive", o.lr));
+    }
+    for (k, b) in [("beta1", o.beta1), ("beta2", o.beta2)] {
+        if !(0.0..1.0).contains(&b) {
+            return bad(format!("optim.{k} = {b} must be in [0, 1)"));
+        }
+    }
+    if o.eps <= 0.0
+        || o.weight_decay < 0.0
+        || o.grad_clip < 0.0
+        || !(0.0..=1.0).contains(&o.min_lr_ratio)
+    {
+        return bad("optim.eps must be > 0, optim.weight_decay and optim.grad_clip >= 0, optim.min_lr_ratio in [0, 1]".into());
+    }
+    if !(0.0..1.0).contains(&ema.decay) {
+        return bad(format!("ema.decay = {} must be in [0, 1)", ema.decay));
+    }
+    if checkpoint.every == 0 || checkpoint.keep == 0 {
+        return bad("checkpoint.every and checkpoint.keep must be at least 1".into());
+    }
+    if logging.every == 0 || logging.eval_every == 0 {
+        return bad("logging.every and logging.eval_every must be at least 1".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

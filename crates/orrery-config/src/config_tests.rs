@@ -286,3 +286,88 @@ fn long_clip_settings_default_and_refuse_bad_layouts() {
         .to_string()
         .contains("over 4 ranks"));
 }
+
+/// docs/vae.md documents every key of an autoencoder run's own sections
+/// (`vae`, `train`), and the TOML parser takes the documented defaults.
+#[test]
+fn every_autoencoder_key_is_documented() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/vae.md");
+    let doc = std::fs::read_to_string(path).expect("docs/vae.md");
+    let mut rows = std::collections::BTreeMap::new();
+    for line in doc.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() >= 4 && cells[1].starts_with('`') {
+            rows.insert(
+                cells[1].trim_matches('`').to_string(),
+                cells[2].trim_matches('`').to_string(),
+            );
+        }
+    }
+    let defaults = toml::Table::try_from(crate::VaeTrainConfig::default()).unwrap();
+    let mut text = String::new();
+    for section in ["vae", "train"] {
+        text += &format!("[{section}]\n");
+        for key in defaults[section].as_table().unwrap().keys() {
+            let dotted = format!("{section}.{key}");
+            let value = rows
+                .remove(&dotted)
+                .unwrap_or_else(|| panic!("{dotted} is missing from docs/vae.md"));
+            text += &format!("{key} = {value}\n");
+        }
+    }
+    assert!(
+        rows.is_empty(),
+        "documented in docs/vae.md but no key: {rows:?}"
+    );
+    let parsed = crate::VaeTrainConfig::from_toml(&text, "docs/vae.md", &[]).unwrap();
+    assert_eq!(parsed, crate::VaeTrainConfig::default());
+}
+
+#[test]
+fn autoencoder_configs_say_what_to_change() {
+    let err = |text: &str| {
+        crate::VaeTrainConfig::from_toml(text, "v.toml", &[])
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err("[vae]\ntemporal_down = 4\n[train]\nframes = 4\n").contains("1 + 4k frames"));
+    assert!(err("[vae]\nspatial_down = 2\n").contains("use 4 or 8"));
+    assert!(err("[train]\ndisc_weight = 0.5\ndisc_groups = 5\n").contains("train.disc_groups"));
+    assert!(err("[parallel]\nstrategy = \"fsdp\"\n").contains("ddp"));
+    assert!(err("[train]\nkl_wieght = 1\n").contains("kl_weight"));
+}
+
+/// Every config we ship parses and validates: a DiT's, or (with `[vae]`)
+/// an autoencoder's.
+#[test]
+fn every_shipped_config_loads() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs");
+    let mut seen = 0;
+    let mut dirs = vec![std::path::PathBuf::from(root)];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                if p.file_name().is_some_and(|n| n != "sweeps") {
+                    dirs.push(p);
+                }
+                continue;
+            }
+            if p.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&p).unwrap();
+            let is_vae = toml::from_str::<toml::Table>(&text)
+                .unwrap()
+                .contains_key("vae");
+            let loaded = if is_vae {
+                crate::VaeTrainConfig::load(&p, &[]).map(|_| ())
+            } else {
+                TrainConfig::load(&p, &[]).map(|_| ())
+            };
+            loaded.unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 5, "{seen} configs");
+}

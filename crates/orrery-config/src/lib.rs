@@ -18,9 +18,11 @@ mod config;
 mod overrides;
 mod parallel;
 mod preset;
+mod vae;
 
 pub use config::*;
 pub use parallel::*;
+pub use vae::{VaeTrainConfig, VaeTrainingConfig};
 
 /// A config problem, with what to change.
 #[derive(Debug, thiserror::Error)]

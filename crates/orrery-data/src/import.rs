@@ -219,9 +219,9 @@ fn safetensors_clip(path: &Path, id: String) -> Result<Clip> {
     })
 }
 
-/// Read every clip file under `opts.from` (sorted by name) and write shards.
-pub fn import(opts: &ImportOptions) -> Result<ImportReport> {
-    let dir = &opts.from;
+/// The clip files of folder `dir` (`.npy` but not `.actions.npy`, and
+/// `.safetensors`), sorted by name; an error when there are none.
+pub fn clip_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| bad(dir, e))?
         .flatten()
@@ -236,23 +236,36 @@ pub fn import(opts: &ImportOptions) -> Result<ImportReport> {
     if paths.is_empty() {
         return Err(bad(dir, "no .npy or .safetensors clip files here"));
     }
+    Ok(paths)
+}
+
+/// One clip file (`.npy` with its `.actions.npy`, or `.safetensors`), its
+/// stem the clip id; negative action ids and labels are refused.
+pub fn read_clip_file(p: &Path) -> Result<Clip> {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let clip = match name.strip_suffix(".npy") {
+        Some(stem) => npy_clip(p, stem.to_string()),
+        None => {
+            let stem = name.trim_end_matches(".safetensors");
+            safetensors_clip(p, stem.to_string())
+        }
+    }?;
+    if let Some(bad_id) = clip.actions.iter().flatten().find(|&&a| a < 0) {
+        return Err(bad(p, format!("action id {bad_id} is negative")));
+    }
+    if let Some(l) = clip.label.filter(|&l| l < 0) {
+        return Err(bad(p, format!("label {l} is negative")));
+    }
+    Ok(clip)
+}
+
+/// Read every clip file under `opts.from` (sorted by name) and write shards.
+pub fn import(opts: &ImportOptions) -> Result<ImportReport> {
+    let paths = clip_files(&opts.from)?;
     let mut clips = Vec::with_capacity(paths.len());
     for p in &paths {
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        let (id, clip) = match name.strip_suffix(".npy") {
-            Some(stem) => (stem, npy_clip(p, stem.to_string())),
-            None => {
-                let stem = name.trim_end_matches(".safetensors");
-                (stem, safetensors_clip(p, stem.to_string()))
-            }
-        };
-        let clip = clip?;
-        if let Some(bad_id) = clip.actions.iter().flatten().find(|&&a| a < 0) {
-            return Err(bad(p, format!("action id {bad_id} is negative")));
-        }
-        if let Some(l) = clip.label.filter(|&l| l < 0) {
-            return Err(bad(p, format!("label {l} is negative")));
-        }
+        let clip = read_clip_file(p)?;
+        let id = clip.id.clone();
         if clips.iter().any(|c: &Clip| c.id == clip.id) {
             return Err(bad(
                 p,

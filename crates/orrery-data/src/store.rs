@@ -532,3 +532,25 @@ pub fn bench_read(url: &str) -> Result<ReadBench> {
         })
     })
 }
+
+/// Read file `name` (relative to `url`, as [`parquet_names`] gives it)
+/// whole and decode it; a bad row is an error naming the file and row.
+pub fn read_named(url: &str, name: &str) -> Result<crate::schema::ParquetClips> {
+    let loc = parse(url)?;
+    let path = loc.prefix.clone().join(name);
+    let bytes = runtime().block_on(loc.get(&path))?;
+    crate::schema::read_parquet(&bytes, &loc.shown(&path))
+}
+
+/// Write `clips` as file `name` under `url` (one Parquet file, schema v1).
+/// Returns the path written.
+pub fn write_named(
+    url: &str,
+    name: &str,
+    clips: &[crate::Clip],
+    meta: &crate::DatasetMeta,
+) -> Result<String> {
+    let loc = parse(url)?;
+    let bytes = crate::schema::write_parquet(clips, meta)?;
+    runtime().block_on(async { Ok(loc.put(name, bytes).await?.to_string()) })
+}

@@ -48,7 +48,9 @@ pub fn sum_over_ranks<B: Backend>(
         *g = sum.clone().narrow(0, at, n);
         at += n;
     }
-    scalars.copy_from_slice(&host(sum.narrow(0, at, scalars.len())));
+    if !scalars.is_empty() {
+        scalars.copy_from_slice(&host(sum.narrow(0, at, scalars.len())));
+    }
     Ok(())
 }
 

@@ -232,7 +232,13 @@ pub fn fsdp_step<B: TrainBackend>(
             decay,
         });
     }
-    let (next, lr) = update(cfg, step, (loss_value, norm), (optim, ema), params)?;
+    let (next, lr) = update(
+        cfg.into(),
+        step,
+        (loss_value, norm),
+        (optim, Some(ema)),
+        params,
+    )?;
     fsdp.params.extend(next);
     Ok(StepOut {
         loss: loss_value,

@@ -184,7 +184,7 @@ pub fn apply_step<B: TrainBackend>(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let (mut next, lr) = update(cfg, step, (loss, norm), (optim, ema), params)?;
+    let (mut next, lr) = update(cfg.into(), step, (loss, norm), (optim, Some(ema)), params)?;
     let model = map_named(model, |name, _, _| {
         Tensor::from_inner(next.remove(name).expect("every parameter was updated"))
     });

@@ -42,6 +42,7 @@ mod start;
 pub mod stop;
 pub mod tensorboard;
 mod trainer;
+pub mod vae;
 
 pub(crate) use orrery_parallel::io;
 /// Errors of a run; each says what to change (orrery-parallel's error type).

@@ -156,7 +156,12 @@ fn newest_intact(ckpt_dir: &Path, main: bool, comm: &dyn Collective) -> Result<O
             }
         }
         if let Some(found) = &intact.found {
-            step[0] = checkpoint::load_state(found)?.step;
+            // Only the step: a DiT's or an autoencoder's state file.
+            #[derive(serde::Deserialize)]
+            struct Step {
+                step: u64,
+            }
+            step[0] = orrery_checkpoint::read_state::<Step>(found)?.step;
         }
     }
     if comm.size() > 1 {

@@ -260,6 +260,25 @@ fn sample_on<B: ModelBackend>(
         .convert::<f32>()
         .into_vec()
         .expect("f32");
+    // Latents (data.vae): decode the real clips and the rollouts to frames.
+    let decoded = match cfg.data.vae.as_str() {
+        "" => None,
+        vae => {
+            eprintln!("decoding the latents with the autoencoder {vae} (data.vae)");
+            Some(crate::vae::decode::decode_rollout(
+                vae.as_ref(),
+                &data.meta,
+                &clips,
+                (k, m),
+                &generated,
+            )?)
+        }
+    };
+    let (clips, generated, [c, h, w]) = match &decoded {
+        None => (clips, &generated, [c, h, w]),
+        Some(d) => (d.clips.iter().collect(), &d.generated, d.frame),
+    };
+    let frame_len = c * h * w;
     let gen_frame =
         |i: usize, j: usize| &generated[(i * m + j) * frame_len..(i * m + j + 1) * frame_len];
     let pixels = score_frames((b, k, m), [c, h, w], |i, f| clips[i].frame(f), gen_frame);
@@ -267,7 +286,7 @@ fn sample_on<B: ModelBackend>(
         .then(|| agent_scores::score(&clips, k, m, c, h, w, gen_frame));
     let (mut outputs, strip) = write_pictures(&opts.out, &clips, k, m, (h, w), gen_frame)?;
     if let Some(path) = &opts.save_frames {
-        save_frames(path, &clips, (k, m), &generated, &host)?;
+        save_frames(path, &clips, (k, m), generated, &host)?;
         outputs.push(path.clone());
     }
     let report = RolloutReport {

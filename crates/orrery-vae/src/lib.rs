@@ -7,8 +7,8 @@
 //! on its own frames and earlier ones only, and the first frame is encoded
 //! on its own, so a world model's context frames can be encoded as they
 //! arrive. The bottleneck is a diagonal Gaussian ([`Posterior`]) with a KL
-//! term. Not yet here (issue 19): the training loop with its reconstruction
-//! loss and patch discriminator, `orrery vae train` and `orrery encode`.
+//! term. [`loss`] holds the training losses and [`PatchDisc`] the patch
+//! discriminator; orrery-train's `vae` module trains them.
 //!
 //! ```
 //! use burn::backend::Flex;
@@ -25,10 +25,13 @@
 #![deny(missing_docs)]
 
 mod config;
+mod disc;
 pub mod layers;
+pub mod loss;
 mod model;
 
 pub use config::VaeConfig;
+pub use disc::{DiscConfig, PatchDisc};
 pub use model::{Decoder, Encoder, Posterior, VideoVae};
 
 /// Errors of the autoencoder: each says what to change.

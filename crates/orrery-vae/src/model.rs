@@ -32,6 +32,16 @@ impl<B: Backend> Posterior<B> {
         self.mean.clone() + (self.logvar.clone() * 0.5).exp() * noise
     }
 
+    /// The draw mean + exp(logvar / 2) * noise for given standard normal
+    /// noise (drawn per sample by the caller, so a draw does not depend on
+    /// which rank holds the sample).
+    ///
+    /// # Shapes
+    /// noise: as `mean`
+    pub fn sample_with(&self, noise: Tensor<B, 5>) -> Tensor<B, 5> {
+        self.mean.clone() + (self.logvar.clone() * 0.5).exp() * noise
+    }
+
     /// KL(q || N(0, 1)) per latent value, the mean over all of them:
     /// 0.5 (mean^2 + var - 1 - logvar).
     pub fn kl(&self) -> Tensor<B, 1> {
@@ -147,6 +157,16 @@ impl<B: Backend> Decoder<B> {
     /// # Shapes
     /// z: [b, t', C, h', w'] -> [b, 1 + (t' - 1) d, c, h' s, w' s]
     pub fn forward(&self, z: Tensor<B, 5>) -> Tensor<B, 5> {
+        self.forward_parts(z).1
+    }
+
+    /// The frames, and what the last layer ([`Decoder::last_layer`]) took
+    /// in to make them: the adversarial loss's adaptive weight compares
+    /// gradients at that layer.
+    ///
+    /// # Shapes
+    /// z: [b, t', C, h', w'] -> ([b, w0, t, h, w], [b, t, c, h, w])
+    pub fn forward_parts(&self, z: Tensor<B, 5>) -> (Tensor<B, 5>, Tensor<B, 5>) {
         let mut h = self.mid.forward(self.conv_in.forward(z.swap_dims(1, 2)));
         for (up, blocks) in &self.levels {
             h = up.forward(h);
@@ -154,9 +174,14 @@ impl<B: Backend> Decoder<B> {
                 h = block.forward(h);
             }
         }
-        self.conv_out
-            .forward(silu(self.norm_out.forward(h)))
-            .swap_dims(1, 2)
+        let features = silu(self.norm_out.forward(h));
+        let frames = self.conv_out.forward(features.clone()).swap_dims(1, 2);
+        (features, frames)
+    }
+
+    /// The last layer: features [b, w0, t, h, w] to frames [b, c, t, h, w].
+    pub fn last_layer(&self) -> &CausalConv<B> {
+        &self.conv_out
     }
 }
 

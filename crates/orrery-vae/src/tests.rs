@@ -225,3 +225,64 @@ fn a_few_steps_learn_to_reconstruct() {
         losses[39]
     );
 }
+
+/// The hinge loss's closed form, the generator's term, and the adaptive
+/// weight's clamp.
+#[test]
+fn hinge_generator_and_adaptive_weight() {
+    use crate::loss::{
+        adaptive_weight, generator, hinge_discriminator, reconstruction, Reconstruction,
+    };
+    let d = Default::default();
+    let t =
+        |v: Vec<f32>| Tensor::<B, 4>::from_data(burn::tensor::TensorData::new(v, [1, 1, 1, 2]), &d);
+    let v = |x: Tensor<B, 1>| x.into_scalar().elem::<f32>();
+    // Real logits above 1 and fake below -1: nothing to learn.
+    assert_eq!(
+        v(hinge_discriminator(t(vec![1.5, 2.0]), t(vec![-1.0, -3.0]))),
+        0.0
+    );
+    // 0.5 (mean(relu(1 - [0, 0.5])) + mean(relu(1 + [0, -2]))) = 0.5 (0.75 + 0.5)
+    assert!((v(hinge_discriminator(t(vec![0.0, 0.5]), t(vec![0.0, -2.0]))) - 0.625).abs() < 1e-6);
+    assert_eq!(v(generator(t(vec![1.0, 3.0]))), -2.0);
+    assert_eq!(adaptive_weight(2.0, 0.0), 1e4);
+    assert!((adaptive_weight(1.0, 0.5 - 1e-4) - 2.0).abs() < 1e-9);
+    let a = Tensor::<B, 5>::from_data(
+        burn::tensor::TensorData::new(vec![1.0f32, -1.0], [1, 1, 1, 1, 2]),
+        &d,
+    );
+    let z = Tensor::<B, 5>::zeros([1, 1, 1, 1, 2], &d);
+    assert_eq!(
+        v(reconstruction(Reconstruction::L1, a.clone(), z.clone())),
+        1.0
+    );
+    assert_eq!(v(reconstruction(Reconstruction::L2, a * 2.0, z)), 4.0);
+}
+
+/// One logit per patch, per frame: 2 strided layers make 16 x 16 frames
+/// 4 x 4 patches; a frame's logits do not depend on the other frames.
+#[test]
+fn the_patch_discriminator_scores_each_frame_alone() {
+    let cfg = crate::DiscConfig {
+        width: 8,
+        layers: 2,
+        groups: 4,
+    };
+    let disc = seeded(4, || cfg.init::<B>(3, &Default::default()).unwrap());
+    let x = clip(3, 16, 9);
+    let logits = disc.forward(x.clone());
+    assert_eq!(logits.dims(), [2 * 3, 1, 4, 4]);
+    let changed = disc.forward(change_frame(&x, 2));
+    let diff = (logits - changed)
+        .abs()
+        .reshape([6, 16])
+        .sum_dim(1)
+        .into_data()
+        .into_vec::<f32>()
+        .unwrap();
+    assert!(
+        diff[..2].iter().chain(&diff[3..5]).all(|&d| d == 0.0) && diff[2] > 0.0 && diff[5] > 0.0,
+        "{diff:?}"
+    );
+    assert!(crate::DiscConfig { groups: 3, ..cfg }.validate().is_err());
+}
