@@ -281,3 +281,68 @@ print('latent path checked')
     assert!(scores.contains("scores match"), "{scores}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Clips as folders of frame images (PNG or JPEG, actions beside the
+/// folder): `data import` reads the pixels as PIL does (v / 127.5 - 1),
+/// `encode` takes the folder, and a broken frame is named.
+#[test]
+fn frame_image_folders_import_and_encode() {
+    let dir = scratch("frames");
+    let said = python(&[
+        "-c",
+        &format!(
+            r#"
+import os, numpy as np
+from PIL import Image
+d = '{}'
+rng = np.random.default_rng(3)
+for i in range(3):
+    os.makedirs(f'{{d}}/img/clip-{{i}}')
+    for f in range(5):
+        px = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        ext = 'jpg' if (i, f) == (2, 4) else 'png'
+        Image.fromarray(px).save(f'{{d}}/img/clip-{{i}}/{{f:03}}.{{ext}}')
+    np.save(f'{{d}}/img/clip-{{i}}.actions.npy', np.arange(5, dtype='<i8') % 3)
+print('written')
+"#,
+            dir.display()
+        ),
+    ]);
+    assert!(said.contains("written"), "{said}");
+    ok(orrery(
+        &["data", "import", "--from", "img", "--out", "px"],
+        &dir,
+    ));
+    let check = python(&[
+        "-c",
+        &format!(
+            r#"
+import glob, numpy as np, pyarrow.parquet as pq
+from PIL import Image
+d = '{}'
+t = pq.read_table(glob.glob(f'{{d}}/px/*.parquet')[0]).to_pydict()
+assert t['clip_id'] == ['clip-0', 'clip-1', 'clip-2'], t['clip_id']
+for i, cid in enumerate(t['clip_id']):
+    x = np.frombuffer(t['latents'][i], '<f4').reshape(t['latent_shape'][i])
+    assert x.shape == (5, 3, 16, 16), x.shape
+    for f, p in enumerate(sorted(glob.glob(f'{{d}}/img/{{cid}}/*'))):
+        want = np.asarray(Image.open(p).convert('RGB'), np.float32).transpose(2, 0, 1) / 127.5 - 1
+        d = np.abs(x[f] - want)
+        if p.endswith('.png'):
+            assert d.max() < 1e-6, (cid, f)
+        else:  # JPEG decoders differ in the last levels (IDCT, chroma upsampling)
+            assert d.mean() < 0.03 and d.max() < 0.4, (cid, f, d.mean(), d.max())
+    assert t['action_ids'][i] == [0, 1, 2, 0, 1]
+print('pixels match PIL')
+"#,
+            dir.display()
+        ),
+    ]);
+    assert!(check.contains("pixels match PIL"), "{check}");
+    std::fs::write(dir.join("img/clip-1/002.png"), b"not a png").unwrap();
+    user_error(
+        orrery(&["data", "import", "--from", "img", "--out", "px2"], &dir),
+        "clip-1/002.png",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -298,6 +298,11 @@ impl TrainConfig {
     pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self> {
         let mut value: toml::Table = toml::from_str(text)
             .map_err(|e| ConfigError(format!("{origin} is not valid TOML: {e}")))?;
+        if value.contains_key("vae") || value.contains_key("train") {
+            return Err(ConfigError(format!(
+                "{origin} has [vae] or [train]: it configures an autoencoder; run it with `orrery vae train {origin}`"
+            )));
+        }
         let mut defaults =
             toml::Table::try_from(TrainConfig::default()).expect("defaults serialize");
         // Optional keys are absent from the serialized defaults; name them.

@@ -335,6 +335,11 @@ fn autoencoder_configs_say_what_to_change() {
     assert!(err("[train]\ndisc_weight = 0.5\ndisc_groups = 5\n").contains("train.disc_groups"));
     assert!(err("[parallel]\nstrategy = \"fsdp\"\n").contains("ddp"));
     assert!(err("[train]\nkl_wieght = 1\n").contains("kl_weight"));
+    assert!(err("[model]\nhidden = 64\n").contains("`orrery train v.toml`"));
+    let dit = TrainConfig::from_toml("[vae]\nwidth = 8\n", "v.toml", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(dit.contains("`orrery vae train v.toml`"), "{dit}");
 }
 
 /// Every config we ship parses and validates: a DiT's, or (with `[vae]`)

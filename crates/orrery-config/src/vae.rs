@@ -107,6 +107,11 @@ impl VaeTrainConfig {
     pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self> {
         let mut value: toml::Table = toml::from_str(text)
             .map_err(|e| ConfigError(format!("{origin} is not valid TOML: {e}")))?;
+        if value.contains_key("model") || value.contains_key("objective") {
+            return Err(ConfigError(format!(
+                "{origin} has [model] or [objective]: it configures a DiT; run it with `orrery train {origin}`"
+            )));
+        }
         let defaults = toml::Table::try_from(Self::default()).expect("defaults serialize");
         for o in overrides {
             crate::overrides::apply(&mut value, &defaults, o)?;

@@ -6,7 +6,10 @@
 //!   `NAME.actions.npy`: integer [T] (action ids) or float [T, A] (vectors);
 //! - `NAME.safetensors`: tensor `latents` [T, C, H, W] (F32, F16 or BF16) and
 //!   optionally `action_ids` [T] (I32/I64), `actions` [T, A] (F32) and
-//!   `label` [] or [1] (I32/I64).
+//!   `label` [] or [1] (I32/I64);
+//! - `NAME/`: a folder of frame images (`.png`, `.jpg`; sorted by name),
+//!   RGB pixels [T, 3, H, W] in [-1, 1], with the sidecar
+//!   `NAME.actions.npy` beside the folder (pixel clips for `orrery encode`).
 //!
 //! Values are stored as f32. The number of actions and classes written to the
 //! metadata is the largest id + 1 unless given.
@@ -145,6 +148,70 @@ fn npy_clip(path: &Path, id: String) -> Result<Clip> {
     })
 }
 
+/// Whether `name` is a frame image (`.png`, `.jpg`, `.jpeg`, any case).
+fn is_image(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    [".png", ".jpg", ".jpeg"].iter().any(|e| lower.ends_with(e))
+}
+
+/// A folder of frame images (sorted by name) as one clip: RGB in [-1, 1]
+/// (v / 127.5 - 1; grey and alpha images become RGB), with the sidecar
+/// `<folder>.actions.npy` beside the folder.
+fn image_clip(dir: &Path, id: String) -> Result<Clip> {
+    let mut frames: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| bad(dir, e))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(is_image))
+        .collect();
+    frames.sort();
+    let mut latents = Vec::new();
+    let mut size = None;
+    for f in &frames {
+        let img = image::ImageReader::open(f)
+            .map_err(|e| bad(f, e))?
+            .with_guessed_format()
+            .map_err(|e| bad(f, e))?
+            .decode()
+            .map_err(|e| bad(f, format!("not a readable image ({e})")))?
+            .to_rgb8();
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        match size {
+            None => size = Some((h, w)),
+            Some(s) if s != (h, w) => {
+                return Err(bad(
+                    f,
+                    format!("is {w} x {h}, but the clip's first frame is {} x {}: every frame of a clip needs the same size", s.1, s.0),
+                ))
+            }
+            Some(_) => {}
+        }
+        let px = img.as_raw();
+        for c in 0..3 {
+            latents.extend((0..h * w).map(|i| px[i * 3 + c] as f32 / 127.5 - 1.0));
+        }
+    }
+    let Some((h, w)) = size else {
+        return Err(bad(dir, "no .png or .jpg frames in this clip folder"));
+    };
+    let shape = [frames.len(), 3, h, w];
+    let sidecar = dir.with_file_name(format!("{id}.actions.npy"));
+    let (actions, action_values) = if sidecar.is_file() {
+        actions_from(&sidecar, read_npy(&sidecar)?, shape[0])?
+    } else {
+        (None, None)
+    };
+    Ok(Clip {
+        id,
+        shape,
+        latents,
+        actions,
+        action_values,
+        label: None,
+        agent_xy: None,
+    })
+}
+
 fn safetensors_clip(path: &Path, id: String) -> Result<Clip> {
     let bytes = std::fs::read(path).map_err(|e| bad(path, e))?;
     let st = SafeTensors::deserialize(&bytes)
@@ -230,19 +297,36 @@ pub fn clip_files(dir: &Path) -> Result<Vec<PathBuf>> {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
             (name.ends_with(".npy") && !name.ends_with(".actions.npy"))
                 || name.ends_with(".safetensors")
+                || (p.is_dir() && has_images(p))
         })
         .collect();
     paths.sort();
     if paths.is_empty() {
-        return Err(bad(dir, "no .npy or .safetensors clip files here"));
+        return Err(bad(
+            dir,
+            "no .npy or .safetensors clip files, nor folders of .png / .jpg frames here",
+        ));
     }
     Ok(paths)
 }
 
-/// One clip file (`.npy` with its `.actions.npy`, or `.safetensors`), its
-/// stem the clip id; negative action ids and labels are refused.
+/// Whether folder `dir` holds frame images.
+fn has_images(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_str().is_some_and(is_image))
+    })
+}
+
+/// One clip file (`.npy` with its `.actions.npy`, `.safetensors`, or a
+/// folder of frame images with its `.actions.npy` beside it), its stem the
+/// clip id; negative action ids and labels are refused.
 pub fn read_clip_file(p: &Path) -> Result<Clip> {
     let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if p.is_dir() {
+        return image_clip(p, name.to_string());
+    }
     let clip = match name.strip_suffix(".npy") {
         Some(stem) => npy_clip(p, stem.to_string()),
         None => {

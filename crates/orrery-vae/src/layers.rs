@@ -6,7 +6,8 @@ use burn::module::Module;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, PaddingConfig3d};
 use burn::tensor::activation::silu;
-use burn::tensor::module::interpolate;
+use burn::tensor::module::{conv2d, interpolate};
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{backend::Backend, Tensor};
 
@@ -38,6 +39,25 @@ impl<B: Backend> CausalConv<B> {
     /// # Shapes
     /// x: [b, c_in, t, h, w] -> [b, c_out, (t - 1) / st + 1, h / s, w / s]
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let [b, c, t, h, w] = x.dims();
+        if t == 1 {
+            // One frame sees kt copies of itself: the 3-D convolution is a
+            // 2-D one with the kernel summed over time (kt times less work;
+            // a world model's frames and single images take this path).
+            let weight = self.conv.weight.val(); // [c_out, c_in, kt, k, k]
+            let [co, ci, kt, k, _] = weight.dims();
+            let weight = weight.sum_dim(2).reshape([co, ci, k, k]);
+            let [_, s, _] = self.conv.stride;
+            let y = conv2d(
+                x.reshape([b, c, h, w]),
+                weight,
+                self.conv.bias.as_ref().map(|bias| bias.val()),
+                ConvOptions::new([s, s], [k / 2, k / 2], [1, 1], 1),
+            );
+            let [_, _, h2, w2] = y.dims();
+            debug_assert!(kt == self.kt);
+            return y.reshape([b, co, 1, h2, w2]);
+        }
         let x = match self.kt {
             1 => x,
             kt => {
@@ -46,6 +66,13 @@ impl<B: Backend> CausalConv<B> {
             }
         };
         self.conv.forward(x)
+    }
+}
+
+impl<B: Backend> CausalConv<B> {
+    /// The id of the kernel's parameter (tests compare its gradients).
+    pub fn weight_id(&self) -> burn::module::ParamId {
+        self.conv.weight.id
     }
 }
 

@@ -286,3 +286,56 @@ fn the_patch_discriminator_scores_each_frame_alone() {
     );
     assert!(crate::DiscConfig { groups: 3, ..cfg }.validate().is_err());
 }
+
+/// A single frame takes the 2-D shortcut (the kernel summed over time): it
+/// equals the 3-D convolution over the frame's kt copies, for strides 1 and
+/// 2, in value and in the weights' gradient.
+#[test]
+fn one_frame_convolutions_equal_the_padded_3d_convolution() {
+    use crate::layers::CausalConv;
+    type AB = Autodiff<B>;
+    for stride in [[1, 1], [2, 2], [1, 2]] {
+        let conv = seeded(6, || {
+            CausalConv::<AB>::new([3, 5], [3, 3], stride, &Default::default())
+        });
+        let x = clip(1, 8, 2);
+        let x = Tensor::<AB, 5>::from_inner(x.swap_dims(1, 2)); // [2, 3, 1, 8, 8]
+        let fast = conv.forward(x.clone());
+        // The reference: the same frame three times (what the causal
+        // padding makes of it), through a frame count that skips the shortcut.
+        let three = Tensor::cat(vec![x.clone(), x.clone(), x.clone()], 2);
+        let slow = conv.forward(three).narrow(2, 0, 1);
+        assert_eq!(fast.dims(), slow.dims());
+        let d: f32 = (fast.clone() - slow.clone())
+            .abs()
+            .max()
+            .into_scalar()
+            .elem();
+        assert!(d < 1e-5, "stride {stride:?}: {d}");
+        let (gf, gs) = (fast.sum().backward(), slow.sum().backward());
+        let grad = |g| {
+            let mut p = GradientsParams::from_grads(g, &conv);
+            let mut out = Vec::new();
+            for id in [conv.weight_id()] {
+                out.extend(
+                    p.remove::<B, 5>(id)
+                        .unwrap()
+                        .into_data()
+                        .into_vec::<f32>()
+                        .unwrap(),
+                );
+            }
+            out
+        };
+        let (a, b) = (grad(gf), grad(gs));
+        let d = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            d < 1e-4,
+            "stride {stride:?}: weight gradients differ by {d}"
+        );
+    }
+}
