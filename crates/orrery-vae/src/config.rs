@@ -26,6 +26,11 @@ pub struct VaeConfig {
     pub blocks: usize,
     /// Groups of the per-frame group norms (must divide every width).
     pub groups: usize,
+    /// Frames each convolution sees: 3 (the frame and the two before it),
+    /// or 1 (every frame on its own: an image autoencoder applied per
+    /// frame, as world models on per-frame latents want; needs
+    /// `temporal_down = 1`).
+    pub time_kernel: usize,
 }
 
 impl Default for VaeConfig {
@@ -39,6 +44,7 @@ impl Default for VaeConfig {
             width_cap: 128,
             blocks: 1,
             groups: 8,
+            time_kernel: 3,
         }
     }
 }
@@ -58,6 +64,15 @@ impl VaeConfig {
                 "vae.temporal_down = {}: use 1 or 4",
                 self.temporal_down
             ));
+        }
+        match (self.time_kernel, self.temporal_down) {
+            (3, _) | (1, 1) => {}
+            (1, d) => {
+                return bad(format!(
+                    "vae.time_kernel = 1 encodes every frame alone, which cannot merge frames: it needs vae.temporal_down = 1, not {d}"
+                ))
+            }
+            (k, _) => return bad(format!("vae.time_kernel = {k}: use 3 (causal in time) or 1 (per frame)")),
         }
         if self.channels == 0 || self.latent_channels == 0 || self.blocks == 0 {
             return bad(

@@ -115,13 +115,13 @@ pub struct ResBlock<B: Backend> {
 }
 
 impl<B: Backend> ResBlock<B> {
-    /// `c_in -> c_out`, norms of `groups` groups.
-    pub fn new([c_in, c_out]: [usize; 2], groups: usize, device: &B::Device) -> Self {
+    /// `c_in -> c_out`, norms of `groups` groups, kernels `kt` frames long.
+    pub fn new([c_in, c_out]: [usize; 2], groups: usize, kt: usize, device: &B::Device) -> Self {
         Self {
             norm1: FrameNorm::new(groups, c_in, device),
-            conv1: CausalConv::new([c_in, c_out], [3, 3], [1, 1], device),
+            conv1: CausalConv::new([c_in, c_out], [kt, 3], [1, 1], device),
             norm2: FrameNorm::new(groups, c_out, device),
-            conv2: CausalConv::new([c_out, c_out], [3, 3], [1, 1], device),
+            conv2: CausalConv::new([c_out, c_out], [kt, 3], [1, 1], device),
             skip: (c_in != c_out).then(|| CausalConv::new([c_in, c_out], [1, 1], [1, 1], device)),
         }
     }
@@ -150,11 +150,11 @@ pub struct Upsample<B: Backend> {
 }
 
 impl<B: Backend> Upsample<B> {
-    /// `c_in -> c_out`, doubling time when `time`.
-    pub fn new([c_in, c_out]: [usize; 2], time: bool, device: &B::Device) -> Self {
+    /// `c_in -> c_out`, doubling time when `time`, the kernel `kt` frames long.
+    pub fn new([c_in, c_out]: [usize; 2], time: bool, kt: usize, device: &B::Device) -> Self {
         let out = if time { 2 * c_out } else { c_out };
         Self {
-            conv: CausalConv::new([c_in, out], [3, 3], [1, 1], device),
+            conv: CausalConv::new([c_in, out], [kt, 3], [1, 1], device),
             time,
         }
     }

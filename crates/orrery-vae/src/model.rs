@@ -88,41 +88,42 @@ impl VaeConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<VideoVae<B>> {
         self.validate()?;
         let (w, g, n) = (self.widths(), self.groups, self.levels());
+        let kt = self.time_kernel;
         let blocks = |c: usize| {
             (0..self.blocks)
-                .map(|_| ResBlock::new([c, c], g, device))
+                .map(|_| ResBlock::new([c, c], g, kt, device))
                 .collect::<Vec<_>>()
         };
         let time = |i: usize| i < self.time_levels();
         let encoder = Encoder {
-            conv_in: CausalConv::new([self.channels, w[0]], [3, 3], [1, 1], device),
+            conv_in: CausalConv::new([self.channels, w[0]], [kt, 3], [1, 1], device),
             levels: (0..n)
                 .map(|i| {
                     let st = if time(i) { 2 } else { 1 };
                     (
                         blocks(w[i]),
-                        CausalConv::new([w[i], w[i + 1]], [3, 3], [st, 2], device),
+                        CausalConv::new([w[i], w[i + 1]], [kt, 3], [st, 2], device),
                     )
                 })
                 .collect(),
-            mid: ResBlock::new([w[n], w[n]], g, device),
+            mid: ResBlock::new([w[n], w[n]], g, kt, device),
             norm_out: FrameNorm::new(g, w[n], device),
-            conv_out: CausalConv::new([w[n], 2 * self.latent_channels], [3, 3], [1, 1], device),
+            conv_out: CausalConv::new([w[n], 2 * self.latent_channels], [kt, 3], [1, 1], device),
         };
         let decoder = Decoder {
-            conv_in: CausalConv::new([self.latent_channels, w[n]], [3, 3], [1, 1], device),
-            mid: ResBlock::new([w[n], w[n]], g, device),
+            conv_in: CausalConv::new([self.latent_channels, w[n]], [kt, 3], [1, 1], device),
+            mid: ResBlock::new([w[n], w[n]], g, kt, device),
             levels: (0..n)
                 .rev()
                 .map(|i| {
                     (
-                        Upsample::new([w[i + 1], w[i]], time(i), device),
+                        Upsample::new([w[i + 1], w[i]], time(i), kt, device),
                         blocks(w[i]),
                     )
                 })
                 .collect(),
             norm_out: FrameNorm::new(g, w[0], device),
-            conv_out: CausalConv::new([w[0], self.channels], [3, 3], [1, 1], device),
+            conv_out: CausalConv::new([w[0], self.channels], [kt, 3], [1, 1], device),
         };
         Ok(VideoVae { encoder, decoder })
     }

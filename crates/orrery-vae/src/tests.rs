@@ -339,3 +339,39 @@ fn one_frame_convolutions_equal_the_padded_3d_convolution() {
         );
     }
 }
+
+/// With `time_kernel = 1` every frame is encoded and decoded on its own.
+#[test]
+fn a_per_frame_autoencoder_keeps_frames_apart() {
+    let cfg = VaeConfig {
+        time_kernel: 1,
+        ..small(1, 4)
+    };
+    let vae = model(&cfg);
+    let x = clip(4, 16, 12);
+    let y = change_frame(&x, 1);
+    let (qx, qy) = (
+        vae.encoder.forward(x.clone()).mean,
+        vae.encoder.forward(y.clone()).mean,
+    );
+    let enc = per_frame_change(&qx, &qy);
+    let dec = per_frame_change(&vae.decoder.forward(qx), &vae.decoder.forward(qy));
+    for change in [enc, dec] {
+        assert!(
+            change[1] > 0.0 && [0, 2, 3].iter().all(|&f| change[f] == 0.0),
+            "{change:?}"
+        );
+    }
+    assert!(VaeConfig {
+        time_kernel: 1,
+        ..small(4, 4)
+    }
+    .validate()
+    .is_err());
+    assert!(VaeConfig {
+        time_kernel: 2,
+        ..small(1, 4)
+    }
+    .validate()
+    .is_err());
+}

@@ -177,6 +177,18 @@ pub fn reconstruct<B: Backend>(
     (real, decoded)
 }
 
+/// Frames of each held-out clip that the scores and strips use: as many as
+/// the shortest held-out clip has, up to 16 (so that encoding whole clips,
+/// as `orrery encode` does, is what is measured), cut to 1 + 4k with
+/// temporal downsampling.
+fn eval_frames(cfg: &VaeTrainConfig, data: &Dataset) -> usize {
+    let shortest = data.holdout.iter().map(|c| c.shape[0]).min().unwrap_or(1);
+    (1..=shortest.min(16))
+        .rev()
+        .find(|&t| cfg.vae.latent_frames(t).is_some())
+        .unwrap_or(1)
+}
+
 /// Held-out scores of `vae` (inner backend, no graph).
 fn heldout_scores<B: Backend>(
     vae: &VideoVae<B>,
@@ -188,7 +200,7 @@ fn heldout_scores<B: Backend>(
     if clips.is_empty() {
         return ReconScores::default();
     }
-    let (real, decoded) = reconstruct(vae, &clips, cfg.train.frames, device);
+    let (real, decoded) = reconstruct(vae, &clips, eval_frames(cfg, data), device);
     let [_, c, h, w] = clips[0].shape;
     score(&real, &decoded, [c, h, w], cfg.vae.spatial_down)
 }
@@ -209,11 +221,11 @@ fn strips<B: Backend>(
     if clips.is_empty() {
         return None;
     }
-    let (real, decoded) = reconstruct(vae, &clips, cfg.train.frames, device);
+    let t = eval_frames(cfg, data).min(8);
+    let (real, decoded) = reconstruct(vae, &clips, t, device);
     let [_, c, h, w] = clips[0].shape;
     let len = c * h * w;
     let scale = (128 / h.max(w)).clamp(1, 4);
-    let t = cfg.train.frames;
     let mut rows = Vec::new();
     for (i, _) in clips.iter().enumerate() {
         let frames = |v: &[f32]| -> Vec<Rgb> {
