@@ -197,6 +197,37 @@ fn run_options(args: &TrainArgs, run_dir: &std::path::Path) -> Result<RunOptions
     })
 }
 
+/// The error a run stopped by a signal ends with: every rank exits with the
+/// code a scheduler requeues on, and rank 0 says why and how to continue
+/// (`command`, with `--run-dir run_dir`).
+fn preempted(
+    sig: i32,
+    stop: &orrery_train::StopRequest,
+    (rank, step, steps, checkpoint): (usize, u64, u64, &std::path::Path),
+    command: &str,
+    run_dir: &std::path::Path,
+) -> anyhow::Error {
+    // Another rank's signal stopped the run; this rank's own may have come
+    // since (a scheduler signals every rank).
+    let sig = if sig == 0 {
+        stop.requested().unwrap_or(0)
+    } else {
+        sig
+    };
+    let msg = if rank == 0 {
+        format!(
+            "stopped by {} after step {step} of {steps}: wrote checkpoint {}. Continue with `{command} --run-dir {}` (the default --resume auto); exit code {}",
+            if sig == 0 { "a signal to another rank" } else { signals::name(sig) },
+            checkpoint.display(),
+            run_dir.display(),
+            orrery_train::PREEMPTED_EXIT_CODE,
+        )
+    } else {
+        String::new()
+    };
+    signals::Preempted(msg).into()
+}
+
 fn run_train(args: TrainArgs) -> Result<()> {
     let cfg = TrainConfig::load(&args.config, &args.set)?;
     let run_dir = args
@@ -209,29 +240,14 @@ fn run_train(args: TrainArgs) -> Result<()> {
     let stop = opts.stop.clone();
     let s = train(cfg, opts)?;
     if let Some(sig) = s.stopped_by {
-        // Another rank's signal stopped the run; this rank's own may have
-        // come since (a scheduler signals every rank).
-        let sig = if sig == 0 {
-            stop.requested().unwrap_or(0)
-        } else {
-            sig
-        };
-        // Every rank exits with the code a scheduler requeues on; rank 0 says why.
-        let msg = if s.rank == 0 {
-            format!(
-                "stopped by {} after step {} of {}: wrote checkpoint {}. Continue with `orrery train {} --run-dir {}` (the default --resume auto); exit code {}",
-                if sig == 0 { "a signal to another rank" } else { signals::name(sig) },
-                s.end_step,
-                steps,
-                s.checkpoint.display(),
-                args.config.display(),
-                run_dir.display(),
-                orrery_train::PREEMPTED_EXIT_CODE,
-            )
-        } else {
-            String::new()
-        };
-        return Err(signals::Preempted(msg).into());
+        let at = (s.rank, s.end_step, steps, &s.checkpoint);
+        return Err(preempted(
+            sig,
+            &stop,
+            at,
+            &format!("orrery train {}", args.config.display()),
+            &run_dir,
+        ));
     }
     if s.rank != 0 {
         return Ok(());

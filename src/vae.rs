@@ -8,7 +8,7 @@ use orrery_train::config::VaeTrainConfig;
 use orrery_train::vae::encode::{encode, EncodeOptions};
 use orrery_train::vae::train_vae;
 
-use crate::{run_options, signals, TrainArgs};
+use crate::{preempted, run_options, TrainArgs};
 
 #[derive(Subcommand)]
 pub enum VaeCommand {
@@ -51,28 +51,12 @@ pub fn run_vae(cmd: VaeCommand) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.run.name));
     let opts = run_options(&args, &run_dir)?;
-    let stop = opts.stop.clone();
+    let (stop, steps) = (opts.stop.clone(), cfg.run.steps);
     let s = train_vae(cfg, opts)?;
     if let Some(sig) = s.stopped_by {
-        let sig = if sig == 0 {
-            stop.requested().unwrap_or(0)
-        } else {
-            sig
-        };
-        let msg = if s.rank == 0 {
-            format!(
-                "stopped by {} after step {}: wrote checkpoint {}. Continue with `orrery vae train {} --run-dir {}`; exit code {}",
-                if sig == 0 { "a signal to another rank" } else { signals::name(sig) },
-                s.end_step,
-                s.checkpoint.display(),
-                args.config.display(),
-                run_dir.display(),
-                orrery_train::PREEMPTED_EXIT_CODE,
-            )
-        } else {
-            String::new()
-        };
-        return Err(signals::Preempted(msg).into());
+        let at = (s.rank, s.end_step, steps, s.checkpoint.as_path());
+        let command = format!("orrery vae train {}", args.config.display());
+        return Err(preempted(sig, &stop, at, &command, &run_dir));
     }
     if s.rank != 0 {
         return Ok(());

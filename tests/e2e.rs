@@ -146,6 +146,36 @@ fn tiny_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// `n` pixel clips as `.npy` pairs under `dir` (made here): 8 frames of
+/// 16 x 16 RGB, a square moved by 4 actions over a gradient, from numpy's
+/// generator seeded with `seed`.
+fn square_clips(dir: &Path, n: usize, seed: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    python(&[
+        "-c",
+        &format!(
+            r#"
+import numpy as np
+rng = np.random.default_rng({seed})
+d = '{}'
+yy, xx = np.mgrid[0:16, 0:16] / 15.0
+for i in range({n}):
+    frames = np.zeros((8, 3, 16, 16), '<f4')
+    x, y = rng.integers(2, 10, 2)
+    acts = rng.integers(0, 4, 8)
+    for f in range(8):
+        dx, dy = [(1, 0), (-1, 0), (0, 1), (0, -1)][acts[f]]
+        x, y = np.clip(x + dx, 0, 12), np.clip(y + dy, 0, 12)
+        frames[f] = 0.6 * (xx - 0.5) + 0.3 * (yy - 0.5) - 0.2
+        frames[f, :, y:y + 4, x:x + 4] = np.array([0.9, -0.8, 0.4])[:, None, None]
+    np.save(f'{{d}}/clip-{{i:02}}.npy', frames)
+    np.save(f'{{d}}/clip-{{i:02}}.actions.npy', acts.astype('<i8'))
+"#,
+            dir.display()
+        ),
+    ]);
+}
+
 fn python(args: &[&str]) -> String {
     let out = Command::new("python3")
         .args(args)

@@ -281,30 +281,7 @@ print('same')
 #[test]
 fn rollout_scores_on_imported_clips_match_scikit_image() {
     let dir = scratch("scores");
-    std::fs::create_dir_all(dir.join("npy")).unwrap();
-    python(&[
-        "-c",
-        &format!(
-            r#"
-import numpy as np
-rng = np.random.default_rng(1)
-d = '{}'
-yy, xx = np.mgrid[0:16, 0:16] / 15.0
-for i in range(12):
-    frames = np.zeros((8, 3, 16, 16), '<f4')
-    x, y = rng.integers(2, 10, 2)
-    acts = rng.integers(0, 4, 8)
-    for f in range(8):
-        dx, dy = [(1, 0), (-1, 0), (0, 1), (0, -1)][acts[f]]
-        x, y = np.clip(x + dx, 0, 12), np.clip(y + dy, 0, 12)
-        frames[f] = 0.6 * (xx - 0.5) + 0.3 * (yy - 0.5) - 0.2
-        frames[f, :, y:y + 4, x:x + 4] = np.array([0.9, -0.8, 0.4])[:, None, None]
-    np.save(f'{{d}}/clip-{{i:02}}.npy', frames)
-    np.save(f'{{d}}/clip-{{i:02}}.actions.npy', acts.astype('<i8'))
-"#,
-            dir.join("npy").display()
-        ),
-    ]);
+    super::square_clips(&dir.join("npy"), 12, 1);
     ok(orrery(
         &["data", "import", "--from", "npy", "--out", "data"],
         &dir,

@@ -72,31 +72,8 @@ clips = 2
 #[test]
 fn pixels_to_latents_to_a_world_model_and_back() {
     let dir = scratch("latent");
-    std::fs::create_dir_all(dir.join("npy")).unwrap();
     // 15 clips of 8 frames, 16 x 16 RGB: a square moved by 4 actions over a gradient.
-    python(&[
-        "-c",
-        &format!(
-            r#"
-import numpy as np
-rng = np.random.default_rng(7)
-d = '{}'
-yy, xx = np.mgrid[0:16, 0:16] / 15.0
-for i in range(15):
-    frames = np.zeros((8, 3, 16, 16), '<f4')
-    x, y = rng.integers(2, 10, 2)
-    acts = rng.integers(0, 4, 8)
-    for f in range(8):
-        dx, dy = [(1, 0), (-1, 0), (0, 1), (0, -1)][acts[f]]
-        x, y = np.clip(x + dx, 0, 12), np.clip(y + dy, 0, 12)
-        frames[f] = 0.6 * (xx - 0.5) + 0.3 * (yy - 0.5) - 0.2
-        frames[f, :, y:y + 4, x:x + 4] = np.array([0.9, -0.8, 0.4])[:, None, None]
-    np.save(f'{{d}}/clip-{{i:02}}.npy', frames)
-    np.save(f'{{d}}/clip-{{i:02}}.actions.npy', acts.astype('<i8'))
-"#,
-            dir.join("npy").display()
-        ),
-    ]);
+    super::square_clips(&dir.join("npy"), 15, 7);
     // 2 clips (24 KiB each) per file: 8 files.
     ok(orrery(
         &[

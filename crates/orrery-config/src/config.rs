@@ -289,15 +289,12 @@ impl Default for SampleConfig {
 impl TrainConfig {
     /// Load a TOML file, apply `key=value` overrides, and validate.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
-        Self::from_toml(&text, &path.display().to_string(), overrides)
+        Self::from_toml(&read_text(path)?, &path.display().to_string(), overrides)
     }
 
     /// Parse TOML text (named `origin` in messages), apply overrides, validate.
     pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self> {
-        let mut value: toml::Table = toml::from_str(text)
-            .map_err(|e| ConfigError(format!("{origin} is not valid TOML: {e}")))?;
+        let mut value = parse_table(text, origin)?;
         if value.contains_key("vae") || value.contains_key("train") {
             return Err(ConfigError(format!(
                 "{origin} has [vae] or [train]: it configures an autoencoder; run it with `orrery vae train {origin}`"
@@ -426,6 +423,17 @@ impl TrainConfig {
         }
         Ok(())
     }
+}
+
+/// A config file's text.
+pub(crate) fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))
+}
+
+/// A config's text (named `origin` in messages) as a TOML table.
+pub(crate) fn parse_table(text: &str, origin: &str) -> Result<toml::Table> {
+    toml::from_str(text).map_err(|e| ConfigError(format!("{origin} is not valid TOML: {e}")))
 }
 
 /// The optimizer, EMA, checkpoint and logging sections (of a DiT's or an

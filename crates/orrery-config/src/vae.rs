@@ -98,15 +98,13 @@ pub struct VaeTrainConfig {
 impl VaeTrainConfig {
     /// Load a TOML file, apply `key=value` overrides, and validate.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        let text = crate::config::read_text(path)?;
         Self::from_toml(&text, &path.display().to_string(), overrides)
     }
 
     /// Parse TOML text (named `origin` in messages), apply overrides, validate.
     pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self> {
-        let mut value: toml::Table = toml::from_str(text)
-            .map_err(|e| ConfigError(format!("{origin} is not valid TOML: {e}")))?;
+        let mut value = crate::config::parse_table(text, origin)?;
         if value.contains_key("model") || value.contains_key("objective") {
             return Err(ConfigError(format!(
                 "{origin} has [model] or [objective]: it configures a DiT; run it with `orrery train {origin}`"

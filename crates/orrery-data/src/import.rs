@@ -131,6 +131,12 @@ fn npy_clip(path: &Path, id: String) -> Result<Clip> {
         Npy::Float(v, s) => (v, shape4(path, &s)?),
         Npy::Int(..) => return Err(bad(path, "latents must be floats (f4 or f2)")),
     };
+    with_sidecar(path, id, shape, latents)
+}
+
+/// A clip of `latents` [T, ...] with the actions of the sidecar
+/// `<id>.actions.npy` beside `path`, if there is one.
+fn with_sidecar(path: &Path, id: String, shape: [usize; 4], latents: Vec<f32>) -> Result<Clip> {
     let sidecar = path.with_file_name(format!("{id}.actions.npy"));
     let (actions, action_values) = if sidecar.is_file() {
         actions_from(&sidecar, read_npy(&sidecar)?, shape[0])?
@@ -195,21 +201,7 @@ fn image_clip(dir: &Path, id: String) -> Result<Clip> {
         return Err(bad(dir, "no .png or .jpg frames in this clip folder"));
     };
     let shape = [frames.len(), 3, h, w];
-    let sidecar = dir.with_file_name(format!("{id}.actions.npy"));
-    let (actions, action_values) = if sidecar.is_file() {
-        actions_from(&sidecar, read_npy(&sidecar)?, shape[0])?
-    } else {
-        (None, None)
-    };
-    Ok(Clip {
-        id,
-        shape,
-        latents,
-        actions,
-        action_values,
-        label: None,
-        agent_xy: None,
-    })
+    with_sidecar(dir, id, shape, latents)
 }
 
 fn safetensors_clip(path: &Path, id: String) -> Result<Clip> {
