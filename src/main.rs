@@ -240,7 +240,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
     let stop = opts.stop.clone();
     let s = train(cfg, opts)?;
     if let Some(sig) = s.stopped_by {
-        let at = (s.rank, s.end_step, steps, &s.checkpoint);
+        let at = (s.rank, s.end_step, steps, s.checkpoint.as_path());
         return Err(preempted(
             sig,
             &stop,

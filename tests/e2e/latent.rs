@@ -128,6 +128,44 @@ fn pixels_to_latents_to_a_world_model_and_back() {
         );
     }
 
+    // A signal stops an autoencoder run with a checkpoint and the exit code
+    // a scheduler requeues on, and says how to continue.
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .args([
+            "vae",
+            "train",
+            "vae.toml",
+            "--run-dir",
+            "runs/sig",
+            "--set",
+            "run.steps=100000",
+        ])
+        .current_dir(&dir)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = dir.join("runs/sig/metrics.jsonl");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&metrics).is_ok_and(|m| m.contains("\"step\":2,")) {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "the run never reached step 2"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(
+        err.contains("Continue with `orrery vae train vae.toml --run-dir runs/sig`"),
+        "{err}"
+    );
+    assert!(dir.join("runs/sig/checkpoints/latest").is_file());
+
     // Encode: 1 rank, 2 ranks (the same files), and the folder of clip files.
     let enc = |out: &'static str| {
         vec![
