@@ -60,7 +60,7 @@ pub fn train_vae_on<B: AutodiffBackend>(
     device: B::Device,
 ) -> Result<VaeSummary> {
     let world = World::from_env()?;
-    if cfg.data.global_batch % world.size != 0 {
+    if !cfg.data.global_batch.is_multiple_of(world.size) {
         return Err(TrainError::Config(format!(
             "data.global_batch = {} does not split over {} ranks: make it a multiple of {}",
             cfg.data.global_batch, world.size, world.size
@@ -385,6 +385,7 @@ fn ranks<B: AutodiffBackend>(
     let mut last_ckpt = from.clone().unwrap_or_default();
     let (mut stopped, run_start, mut window) = (None, Instant::now(), Instant::now());
     let mut steps_in_window = 0u64;
+    let mut last_scores = None;
     while run.step < stop_at {
         let batch = loader.next_batch();
         let x = Tensor::<B, 5>::from_data(TensorData::new(batch.latents, batch.dims), &device);
@@ -428,6 +429,9 @@ fn ranks<B: AutodiffBackend>(
                 r.image(step, img)?;
             }
         }
+        if let (Some(online), Some(ema)) = (line.heldout, line.heldout_ema) {
+            last_scores = Some((online, ema));
+        }
         if line.out.is_some() || line.heldout.is_some() {
             if let Some(r) = records.as_mut() {
                 r.log(&line)?;
@@ -462,12 +466,14 @@ fn ranks<B: AutodiffBackend>(
         }
     }
     comm.barrier()?;
-    let (heldout, heldout_ema) = match main {
-        true => (
+    // The last step's scores, or (no step was left to take) scored now.
+    let (heldout, heldout_ema) = match (main, last_scores) {
+        (true, Some(scores)) => scores,
+        (true, None) => (
             heldout_scores(&run.vae.valid(), &cfg, &data, &device),
             heldout_scores(&ema_vae(&run), &cfg, &data, &device),
         ),
-        false => Default::default(),
+        (false, _) => Default::default(),
     };
     Ok(VaeSummary {
         start_step,
