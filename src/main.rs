@@ -273,13 +273,18 @@ fn run_train(args: TrainArgs) -> Result<()> {
             s.context_gain, s.action_gain
         );
     }
+    print_run_dir(&run_dir, &s.checkpoint);
+    Ok(())
+}
+
+/// The last lines of a finished run: where it wrote and its last checkpoint.
+fn print_run_dir(run_dir: &std::path::Path, checkpoint: &std::path::Path) {
     println!(
         "run directory: {}  (tensorboard --logdir {})",
         run_dir.display(),
         run_dir.join("tensorboard").display()
     );
-    println!("checkpoint: {}", s.checkpoint.display());
-    Ok(())
+    println!("checkpoint: {}", checkpoint.display());
 }
 
 fn run_sample(args: SampleArgs) -> Result<()> {

@@ -8,7 +8,7 @@ use orrery_train::config::VaeTrainConfig;
 use orrery_train::vae::encode::{encode, EncodeOptions};
 use orrery_train::vae::train_vae;
 
-use crate::{preempted, run_options, TrainArgs};
+use crate::{preempted, print_run_dir, run_options, TrainArgs};
 
 #[derive(Subcommand)]
 pub enum VaeCommand {
@@ -78,12 +78,7 @@ pub fn run_vae(cmd: VaeCommand) -> Result<()> {
             h.frames
         );
     }
-    println!(
-        "run directory: {}  (tensorboard --logdir {})",
-        run_dir.display(),
-        run_dir.join("tensorboard").display()
-    );
-    println!("checkpoint: {}", s.checkpoint.display());
+    print_run_dir(&run_dir, &s.checkpoint);
     Ok(())
 }
 

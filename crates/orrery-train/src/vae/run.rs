@@ -129,6 +129,14 @@ fn fresh<B: AutodiffBackend>(
     })
 }
 
+/// Parameters of a module, from its layout (no copy of the weights).
+fn count<B: Backend, M: burn::module::Module<B>>(m: &M) -> usize {
+    super::ckpt::shapes(m)
+        .values()
+        .map(|s| s.iter().product::<usize>())
+        .sum()
+}
+
 /// `m` with rank 0's weights (drawn now: burn draws lazily).
 fn same_on_all<B: AutodiffBackend, M: burn::module::AutodiffModule<B>>(
     m: M,
@@ -367,9 +375,9 @@ fn ranks<B: AutodiffBackend>(
     let start_step = run.step;
     say(format!(
         "training an autoencoder ({} parameters{}) on {} clips ({} held out, {} too short) of {:?}, {} steps from step {start_step}",
-        to_host(&run.vae).values().map(|t| t.data.len()).sum::<usize>(),
+        count(&run.vae),
         match &run.disc {
-            Some(d) => format!(", discriminator {} from step {}", to_host(d).values().map(|t| t.data.len()).sum::<usize>(), cfg.train.disc_start),
+            Some(d) => format!(", discriminator {} from step {}", count(d), cfg.train.disc_start),
             None => String::new(),
         },
         data.train.len() - loader.skipped_short,
