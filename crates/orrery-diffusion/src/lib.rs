@@ -174,3 +174,5 @@ mod tests;
 mod tests_cond;
 #[cfg(test)]
 mod tests_edm;
+#[cfg(test)]
+mod tests_residual;

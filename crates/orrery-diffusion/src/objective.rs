@@ -51,6 +51,13 @@ pub struct ObjectiveConfig {
     /// Probability of replacing a clip's class label by the null label,
     /// drawn independently of the action dropout.
     pub label_dropout: f64,
+    /// Predict the first frame after the context frames as a change from
+    /// the last context frame (clean): the network's target becomes that
+    /// of x_0 - x_last, and e_t x_last is added to its output (target =
+    /// e_t x_0 + f_t ε). With `prediction = "x0"` a zero output copies the
+    /// last context frame, so a static scene costs the network nothing.
+    /// Every frame of a rollout is such a frame.
+    pub residual: bool,
 }
 
 impl Default for ObjectiveConfig {
@@ -66,6 +73,7 @@ impl Default for ObjectiveConfig {
             context_noise: 0.0,
             action_dropout: 0.1,
             label_dropout: 0.1,
+            residual: false,
         }
     }
 }
@@ -125,6 +133,16 @@ impl ObjectiveConfig {
                     "objective.{key} = {p} must be in [0, 1]"
                 )));
             }
+        }
+        if self.residual && self.context_prob == 0.0 {
+            return Err(DiffusionError::Config(
+                "objective.residual = true predicts the frame after the context frames as a change from the last of them, but objective.context_prob = 0 gives no clip context frames, so training would never use it while rollouts would: raise objective.context_prob (0.5 is the default)".into(),
+            ));
+        }
+        if self.residual && self.prediction == Prediction::Epsilon {
+            return Err(DiffusionError::Config(
+                "objective.residual = true changes nothing with objective.prediction = \"epsilon\" (ε does not depend on x_0): use \"x0\" (where a zero output copies the last context frame), \"velocity\" or \"v\", or drop objective.residual".into(),
+            ));
         }
         if !(0.0..1.0).contains(&self.context_noise) {
             return Err(DiffusionError::Config(format!(
@@ -235,6 +253,46 @@ impl ObjectiveConfig {
         plan
     }
 
+    /// With `residual`, what is added to the network's output: e_t times
+    /// the clean previous frame on each frame right after the context
+    /// frames (the frames out of the loss), 0 elsewhere; `None` without.
+    ///
+    /// # Shapes
+    /// x_0: [b, t, c, h, w] -> [b, t, c, h, w]
+    pub fn residual_skip<B: Backend>(
+        &self,
+        x_0: &Tensor<B, 5>,
+        plan: &NoisePlan,
+    ) -> Option<Tensor<B, 5>> {
+        let [b, t, c, h, w] = x_0.dims();
+        if !self.residual || t < 2 {
+            return None;
+        }
+        let param = self.parameterization();
+        let coefs: Vec<f32> = (0..b * t)
+            .map(|i| {
+                let f = i % t;
+                let after_context =
+                    f > 0 && plan.loss_mask[i - 1] == 0.0 && plan.loss_mask[i] > 0.0;
+                if after_context {
+                    let coeffs = param.interpolant.coeffs(plan.t[i] as f64);
+                    param.prediction.target_coeffs(&coeffs).0 as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let device = x_0.device();
+        let previous = Tensor::cat(
+            vec![
+                Tensor::zeros([b, 1, c, h, w], &device),
+                x_0.clone().narrow(1, 0, t - 1),
+            ],
+            1,
+        ); // [b, t, c, h, w]: frame f holds frame f - 1
+        Some(previous * per_frame::<B>(coefs, b, t, &device))
+    }
+
     /// The masked loss of one batch: the mean over generated frames of
     /// weight(t) ||out - target||^2 / (c h w).
     ///
@@ -285,6 +343,7 @@ impl ObjectiveConfig {
         let device = x_0.device();
         let param = self.parameterization();
         let t_levels = Tensor::<B, 2>::from_data(TensorData::new(plan.t.clone(), [b, t]), &device);
+        let skip = self.residual_skip(&batch.latents, &plan);
         let eps = Tensor::<B, 5>::from_data(TensorData::new(plan.eps, dims), &device);
         // x_t = alpha_t x_0 + sigma_t ε (rectified flow: (1 - t) x_0 + t ε,
         // SD3 eq. 1) and the target e x_0 + f ε (rectified flow: ε - x_0).
@@ -313,6 +372,10 @@ impl ObjectiveConfig {
             l.mask_fill(drop, batch.null_label)
         });
         let out = model.predict(x_t, t_levels, Cond { actions, labels })?;
+        let out = match skip {
+            Some(skip) => out + skip,
+            None => out,
+        };
         let err = out - target;
         let frame_mse = (err.clone() * err)
             .reshape([b, t, c * h * w])

@@ -259,6 +259,10 @@ pub struct RolloutConfig {
     pub window: usize,
     /// Noise level the context frames are shown at (as in training).
     pub context_noise: f64,
+    /// Each new frame is predicted as a change from the frame before it
+    /// (`objective.residual`): e_t times that frame, clean, is added to the
+    /// network's output.
+    pub residual: bool,
     /// How each frame is sampled.
     pub sampler: SamplerConfig,
 }
@@ -298,6 +302,7 @@ pub fn rollout<B: Backend>(
         let start = (f + 1).saturating_sub(cfg.window);
         let ctx_len = f - start;
         let ctx = frames.clone().narrow(1, start, ctx_len); // [b, ctx_len, c, h, w]
+        let previous = frames.clone().narrow(1, f - 1, 1); // [b, 1, c, h, w], clean
         let tc = cfg.context_noise as f32;
         let ctx_levels = vec![tc; b * ctx_len];
         let ctx = if tc > 0.0 {
@@ -317,6 +322,16 @@ pub fn rollout<B: Backend>(
             let window = Tensor::cat(vec![ctx.clone(), x.clone()], 1);
             let out =
                 guided(model, window, &levels, &cond, cfg.sampler.guidance)?.narrow(1, ctx_len, 1); // [b, 1, c, h, w]
+            let out = if cfg.residual {
+                // Guidance mixes outputs that share the skip, so it adds once.
+                let e = param
+                    .prediction
+                    .target_coeffs(&param.interpolant.coeffs(t))
+                    .0;
+                out + previous.clone() * e
+            } else {
+                out
+            };
             Ok(param.split(x, out, &vec![t as f32; b]))
         };
         let x = host_normal::<B>(rng, [b, 1, c, h, w], &device);

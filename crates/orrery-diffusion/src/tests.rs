@@ -253,6 +253,7 @@ fn rollout_generates_the_requested_frames_from_the_model() {
     let cfg = RolloutConfig {
         window: 3,
         context_noise: 0.1,
+        residual: false,
         sampler: sampler_cfg(Sampler::Euler, 50, Parameterization::default()),
     };
     let out = rollout(

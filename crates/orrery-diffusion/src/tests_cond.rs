@@ -131,6 +131,7 @@ fn rollout_keeps_the_labels_on_every_conditional_call() {
     let cfg = RolloutConfig {
         window: 2,
         context_noise: 0.0,
+        residual: false,
         sampler: SamplerConfig {
             guidance: 2.0,
             ..sampler_cfg(Sampler::Euler, 3, Parameterization::default())

@@ -239,6 +239,7 @@ fn sample_on<B: ModelBackend>(
     let rcfg = RolloutConfig {
         window: cfg.model.frames,
         context_noise: cfg.objective.context_noise,
+        residual: cfg.objective.residual,
         sampler: sampler_config(cfg, opts, [b, cfg.model.frames, c, h, w])?,
     };
     eprintln!(
