@@ -15,15 +15,17 @@ def f(x, fmt):
 
 
 print('| run | PSNR | first 3 frames | last 3 | SSIM | changed-pixel PSNR | frames beating copy | '
-      'held-out loss (EMA) | context gain | action gain (share of next-frame loss) |')
-print('|---|---|---|---|---|---|---|---|---|---|')
+      'held-out loss (EMA) | context gain | action gain (share of next-frame loss) | anchored: PSNR, first frame |')
+print('|---|---|---|---|---|---|---|---|---|---|---|')
 c = rows[0][1]['copy']
 print(f"| copy last context | {c['psnr']:.2f} | {' / '.join('%.1f' % x for x in c['psnr_by_frame'][:3])} | "
-      f"{' / '.join('%.1f' % x for x in c['psnr_by_frame'][-3:])} | {c['ssim']:.3f} | {c['changed_psnr']:.2f} | | | | |")
+      f"{' / '.join('%.1f' % x for x in c['psnr_by_frame'][-3:])} | {c['ssim']:.3f} | {c['changed_psnr']:.2f} | | | | | |")
 for name, s in rows:
     m = s['model']
+    a = s.get('anchored')
+    anchored = f"{a['psnr']:.2f}, {a['psnr_by_frame'][0]:.1f}" if a else ''
     share = s['action_gain'] / s['next_frame_loss'] if s.get('action_gain') is not None else None
     print(f"| {name} | {m['psnr']:.2f} | {' / '.join('%.1f' % x for x in m['psnr_by_frame'][:3])} | "
           f"{' / '.join('%.1f' % x for x in m['psnr_by_frame'][-3:])} | {m['ssim']:.3f} | {m['changed_psnr']:.2f} | "
           f"{m['beats_copy']} of {s['frames']} | {f(s.get('heldout_loss_ema'), '.4f')} | "
-          f"{f(s.get('context_gain'), '+.4f')} | {f(s.get('action_gain'), '+.4f')} ({f(share, '.0%')}) |")
+          f"{f(s.get('context_gain'), '+.4f')} | {f(s.get('action_gain'), '+.4f')} ({f(share, '.0%')}) | {anchored} |")

@@ -52,11 +52,13 @@ pub struct ObjectiveConfig {
     /// drawn independently of the action dropout.
     pub label_dropout: f64,
     /// Predict the first frame after the context frames as a change from
-    /// the last context frame (clean): the network's target becomes that
-    /// of x_0 - x_last, and e_t x_last is added to its output (target =
-    /// e_t x_0 + f_t ε). With `prediction = "x0"` a zero output copies the
-    /// last context frame, so a static scene costs the network nothing.
-    /// Every frame of a rollout is such a frame.
+    /// the last context frame as the network sees it (x_last = x_t / alpha
+    /// at `context_noise`: the clean frame at 0): the network's target
+    /// becomes that of x_0 - x_last, and e_t x_last is added to its output
+    /// (target = e_t x_0 + f_t ε). With `prediction = "x0"` a zero output
+    /// copies the last context frame. Every frame of a rollout is such a
+    /// frame; context noise teaches the network to correct the frame it
+    /// starts from.
     pub residual: bool,
 }
 
@@ -253,18 +255,20 @@ impl ObjectiveConfig {
         plan
     }
 
-    /// With `residual`, what is added to the network's output: e_t times
-    /// the clean previous frame on each frame right after the context
-    /// frames (the frames out of the loss), 0 elsewhere; `None` without.
+    /// With `residual`, what is added to the network's output: on each
+    /// frame right after the context frames (the frames out of the loss),
+    /// e_t times the previous frame as the network sees it, x_t / alpha at
+    /// its level (the clean frame when `context_noise` = 0); 0 elsewhere.
+    /// `None` without `residual`.
     ///
     /// # Shapes
-    /// x_0: [b, t, c, h, w] -> [b, t, c, h, w]
+    /// x_t: [b, t, c, h, w] -> [b, t, c, h, w]
     pub fn residual_skip<B: Backend>(
         &self,
-        x_0: &Tensor<B, 5>,
+        x_t: &Tensor<B, 5>,
         plan: &NoisePlan,
     ) -> Option<Tensor<B, 5>> {
-        let [b, t, c, h, w] = x_0.dims();
+        let [b, t, c, h, w] = x_t.dims();
         if !self.residual || t < 2 {
             return None;
         }
@@ -276,17 +280,18 @@ impl ObjectiveConfig {
                     f > 0 && plan.loss_mask[i - 1] == 0.0 && plan.loss_mask[i] > 0.0;
                 if after_context {
                     let coeffs = param.interpolant.coeffs(plan.t[i] as f64);
-                    param.prediction.target_coeffs(&coeffs).0 as f32
+                    let alpha = param.interpolant.coeffs(plan.t[i - 1] as f64).alpha;
+                    (param.prediction.target_coeffs(&coeffs).0 / alpha) as f32
                 } else {
                     0.0
                 }
             })
             .collect();
-        let device = x_0.device();
+        let device = x_t.device();
         let previous = Tensor::cat(
             vec![
                 Tensor::zeros([b, 1, c, h, w], &device),
-                x_0.clone().narrow(1, 0, t - 1),
+                x_t.clone().narrow(1, 0, t - 1),
             ],
             1,
         ); // [b, t, c, h, w]: frame f holds frame f - 1
@@ -343,11 +348,11 @@ impl ObjectiveConfig {
         let device = x_0.device();
         let param = self.parameterization();
         let t_levels = Tensor::<B, 2>::from_data(TensorData::new(plan.t.clone(), [b, t]), &device);
-        let skip = self.residual_skip(&batch.latents, &plan);
-        let eps = Tensor::<B, 5>::from_data(TensorData::new(plan.eps, dims), &device);
+        let eps = Tensor::<B, 5>::from_data(TensorData::new(plan.eps.clone(), dims), &device);
         // x_t = alpha_t x_0 + sigma_t ε (rectified flow: (1 - t) x_0 + t ε,
         // SD3 eq. 1) and the target e x_0 + f ε (rectified flow: ε - x_0).
         let x_t = param.noised(x_0.clone(), eps.clone(), &plan.t);
+        let skip = self.residual_skip(&x_t, &plan);
         let target = param.target_masked(x_0, eps, &plan.t, &plan.loss_mask);
         let actions = batch.actions.clone().map(|a| {
             let drop: Vec<bool> = plan

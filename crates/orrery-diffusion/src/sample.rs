@@ -260,8 +260,8 @@ pub struct RolloutConfig {
     /// Noise level the context frames are shown at (as in training).
     pub context_noise: f64,
     /// Each new frame is predicted as a change from the frame before it
-    /// (`objective.residual`): e_t times that frame, clean, is added to the
-    /// network's output.
+    /// (`objective.residual`): e_t times that frame as the network sees it
+    /// (noised to `context_noise`, over alpha) is added to its output.
     pub residual: bool,
     /// How each frame is sampled.
     pub sampler: SamplerConfig,
@@ -302,7 +302,6 @@ pub fn rollout<B: Backend>(
         let start = (f + 1).saturating_sub(cfg.window);
         let ctx_len = f - start;
         let ctx = frames.clone().narrow(1, start, ctx_len); // [b, ctx_len, c, h, w]
-        let previous = frames.clone().narrow(1, f - 1, 1); // [b, 1, c, h, w], clean
         let tc = cfg.context_noise as f32;
         let ctx_levels = vec![tc; b * ctx_len];
         let ctx = if tc > 0.0 {
@@ -311,6 +310,9 @@ pub fn rollout<B: Backend>(
         } else {
             ctx
         };
+        // The last context frame as the network sees it, x_t / alpha.
+        let previous = ctx.clone().narrow(1, ctx_len - 1, 1)
+            / param.interpolant.coeffs(cfg.context_noise).alpha; // [b, 1, c, h, w]
         let cond = Cond {
             actions: Some(actions.narrow(start, ctx_len + 1)), // [b, ctx_len + 1]
             labels: cond.labels.clone(),

@@ -36,8 +36,9 @@ fn moving_batch(b: usize, t: usize, len: usize) -> (TrainBatch<B>, Vec<f32>) {
 }
 
 /// The loss of the zero network, from the plan on the host: frame f's error
-/// is its target e x_0 + f ε minus the skip e x_{f-1} (right after the
-/// context only), weighted 1, averaged over the frames in the loss.
+/// is its target e x_0 + f ε minus the skip e x_t / alpha of frame f - 1
+/// (right after the context only), weighted 1, averaged over the frames in
+/// the loss.
 fn zero_network_loss_by_hand(cfg: &ObjectiveConfig, residual: bool) -> (f32, f32) {
     let (b, t, len) = (16, 4, 3);
     let (batch, x0) = moving_batch(b, t, len);
@@ -59,7 +60,10 @@ fn zero_network_loss_by_hand(cfg: &ObjectiveConfig, residual: bool) -> (f32, f32
         let mut sq = 0.0;
         for k in 0..len {
             let skip = if residual && after_context {
-                e * x0[(i - 1) * len + k] as f64
+                // The previous frame as the network sees it: x_t / alpha.
+                let c = param.interpolant.coeffs(plan.t[i - 1] as f64);
+                let j = (i - 1) * len + k;
+                e * (c.alpha * x0[j] as f64 + c.sigma * plan.eps[j] as f64) / c.alpha
             } else {
                 0.0
             };
@@ -83,6 +87,7 @@ fn the_loss_skips_from_the_last_context_frame_for_every_target() {
             prediction,
             weighting: LossWeighting::None,
             context_prob: 0.75,
+            context_noise: 0.2,
             ..Default::default()
         };
         for residual in [false, true] {
@@ -154,7 +159,7 @@ fn a_rollout_of_the_zero_x0_network_copies_the_last_context_frame() {
     for (residual, want) in [(true, last.clone()), (false, last.zeros_like())] {
         let cfg = RolloutConfig {
             window: 3,
-            context_noise: 0.1, // the skip takes the clean frame, not the noised one
+            context_noise: 0.0,
             residual,
             sampler: crate::SamplerConfig {
                 guidance: 2.0,
@@ -200,4 +205,31 @@ fn residual_is_refused_where_it_cannot_work() {
     }
     .validate()
     .is_ok());
+}
+
+#[test]
+fn a_rollout_with_context_noise_starts_from_the_noised_frame_over_alpha() {
+    // Zero x_0 network: the first new frame is the last context frame as the
+    // network saw it, x_t / alpha = x + (sigma / alpha) ε at t = 0.2 (rectified
+    // flow: 0.25 ε), not the clean frame.
+    let device = Default::default();
+    let param = Parameterization {
+        prediction: Prediction::X0,
+        ..Default::default()
+    };
+    let len = 4096;
+    let context = Tensor::<B, 5>::full([1, 2, len, 1, 1], 0.3, &device);
+    let cond = Cond::actions(Actions::Ids(Tensor::<B, 2, Int>::zeros([1, 3], &device)));
+    let cfg = RolloutConfig {
+        window: 3,
+        context_noise: 0.2,
+        residual: true,
+        sampler: sampler_cfg(Sampler::Euler, 2, param),
+    };
+    let out = rollout(&zero, context, cond, &cfg, &mut sample_rng(0, 0, 0)).unwrap();
+    let dev: Vec<f32> = (out - 0.3).into_data().into_vec().unwrap();
+    let mean = dev.iter().sum::<f32>() / len as f32;
+    let std = (dev.iter().map(|d| (d - mean).powi(2)).sum::<f32>() / len as f32).sqrt();
+    assert!(mean.abs() < 0.02, "mean {mean}");
+    assert!((std - 0.25).abs() < 0.02, "std {std}");
 }
