@@ -1,11 +1,15 @@
 # The recipe search's table (markdown) from every score_pixels.json that
 # score_against_pixels.py wrote under WORK_DIR/runs, the copy-last baseline
-# first, the runs in the order they were scored.   python3 recipe_table.py WORK_DIR
+# first, the runs in the order they were scored (or as named).
+#   python3 recipe_table.py WORK_DIR [RUN[=LABEL] ...]
 import glob, json, os, sys
 
 rows = []
 for p in sorted(glob.glob(f'{sys.argv[1]}/runs/**/score_pixels.json', recursive=True), key=os.path.getmtime):
     rows.append((os.path.relpath(os.path.dirname(p), f'{sys.argv[1]}/runs'), json.load(open(p))))
+if len(sys.argv) > 2:  # these runs, in this order, as RUN or RUN=LABEL
+    found = dict(rows)
+    rows = [(a.partition('=')[2] or a, found[a.partition('=')[0]]) for a in sys.argv[2:]]
 if not rows:
     sys.exit('no score_pixels.json under runs/')
 
