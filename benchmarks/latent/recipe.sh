@@ -2,8 +2,8 @@
 # Issue 19's recipe search for the ViZDoom world model on latents: one
 # change at a time from configs/vizdoom-latent.toml (context noise, frame
 # stacking, context dropout, action dropout and guidance, EDM, the x_0
-# target and the residual skip, sampling steps, model size, steps), each run 2 ranks on the same data, scored
-# against the true pixels. Needs benchmarks/latent/run.sh's WORK_DIR (its
+# target and the residual skip, sampling steps, model size, steps), each
+# run 2 ranks on the same data, scored against the true pixels. Needs benchmarks/latent/run.sh's WORK_DIR (its
 # data/vizdoom, data/lat-1 and runs/vae-kl; wm-latent is the baseline).
 #   benchmarks/latent/recipe.sh WORK_DIR [VARIANT ...]   (default: all, in order)
 # Appends to WORK_DIR/recipe.log; recipe_table.py WORK_DIR makes the table.
@@ -57,10 +57,11 @@ variant() {
       --set objective.weighting='"none"' \
       --set objective.timesteps='{ kind = "edm_log_normal", p_mean = -1.2, p_std = 1.2 }' ;;
     wide) latent r-wide --set model.hidden=192 --set model.depth=6 --set model.heads=6 ;;
-    steps-2400) latent r-2400 --set run.steps=2400 ;;
+    steps-2400) latent r-2400 --set run.steps=2400; resample r-2400 s3 --steps 3 ;;
+    pixels-2400) train wm-pixels-2400 vizdoom.toml --set data.url=data/vizdoom --set run.steps=2400 ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac
 }
 all=(base guidance sample-steps sample-seed context-noise-0 history-0 context-prob-0.9 action-dropout-0 edm
-  context-noise-0.2 history-3 x0 x0-residual residual wide steps-2400)
+  context-noise-0.2 history-3 x0 x0-residual residual wide steps-2400 pixels-2400)
 for v in "${@:-${all[@]}}"; do say "variant $v"; variant "$v"; done

@@ -1,8 +1,12 @@
 # The recipe search's table (markdown) from every score_pixels.json that
 # score_against_pixels.py wrote under WORK_DIR/runs, the copy-last baseline
-# first, the runs in the order they were scored (or as named).
-#   python3 recipe_table.py WORK_DIR [RUN[=LABEL] ...]
+# first, the runs in the order they were scored (or as named). With
+# --per-frame: PSNR and SSIM for each generated frame instead.
+#   python3 recipe_table.py [--per-frame] WORK_DIR [RUN[=LABEL] ...]
 import glob, json, os, sys
+
+per_frame = '--per-frame' in sys.argv
+sys.argv = [a for a in sys.argv if a != '--per-frame']
 
 rows = []
 for p in sorted(glob.glob(f'{sys.argv[1]}/runs/**/score_pixels.json', recursive=True), key=os.path.getmtime):
@@ -12,6 +16,16 @@ if len(sys.argv) > 2:  # these runs, in this order, as RUN or RUN=LABEL
     rows = [(a.partition('=')[2] or a, found[a.partition('=')[0]]) for a in sys.argv[2:]]
 if not rows:
     sys.exit('no score_pixels.json under runs/')
+
+
+if per_frame:
+    n = rows[0][1]['frames']
+    print('| predictor | score | ' + ' | '.join(str(i + 1) for i in range(n)) + ' |')
+    print('|---|---|' + '---|' * n)
+    for name, m in [('copy last context', rows[0][1]['copy'])] + [(r, s['model']) for r, s in rows]:
+        for score, fmt in (('psnr', '%.1f'), ('ssim', '%.2f')):
+            print(f'| {name} | {score.upper()} | ' + ' | '.join(fmt % x for x in m[f'{score}_by_frame']) + ' |')
+    sys.exit()
 
 
 def f(x, fmt):
