@@ -56,7 +56,7 @@ variant() {
     edm) latent r-edm --set objective.interpolant='"vp_cosine"' --set objective.prediction='"v"' \
       --set objective.weighting='"none"' \
       --set objective.timesteps='{ kind = "edm_log_normal", p_mean = -1.2, p_std = 1.2 }' ;;
-    wide) latent r-wide --set model.hidden=192 --set model.depth=6 --set model.heads=6 ;;
+    wide) latent r-wide-600 --set model.hidden=192 --set model.depth=6 --set model.heads=6 --set run.steps=600 ;;  # ~ the time of 2400 base steps
     steps-2400) latent r-2400 --set run.steps=2400; resample r-2400 s3 --steps 3 ;;
     pixels-2400) train wm-pixels-2400 vizdoom.toml --set data.url=data/vizdoom --set run.steps=2400 ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;

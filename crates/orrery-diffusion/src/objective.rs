@@ -339,7 +339,7 @@ impl ObjectiveConfig {
         &self,
         model: &(impl Denoiser<B> + ?Sized),
         batch: &TrainBatch<B>,
-        plan: NoisePlan,
+        mut plan: NoisePlan,
         frames_in_loss: f32,
     ) -> Result<Tensor<B, 1>> {
         let x_0 = batch.latents.clone();
@@ -348,7 +348,9 @@ impl ObjectiveConfig {
         let device = x_0.device();
         let param = self.parameterization();
         let t_levels = Tensor::<B, 2>::from_data(TensorData::new(plan.t.clone(), [b, t]), &device);
-        let eps = Tensor::<B, 5>::from_data(TensorData::new(plan.eps.clone(), dims), &device);
+        // The plan's ε moves to the device; its levels and mask stay for the skip.
+        let eps = std::mem::take(&mut plan.eps);
+        let eps = Tensor::<B, 5>::from_data(TensorData::new(eps, dims), &device);
         // x_t = alpha_t x_0 + sigma_t ε (rectified flow: (1 - t) x_0 + t ε,
         // SD3 eq. 1) and the target e x_0 + f ε (rectified flow: ε - x_0).
         let x_t = param.noised(x_0.clone(), eps.clone(), &plan.t);
