@@ -310,9 +310,12 @@ pub fn rollout<B: Backend>(
         } else {
             ctx
         };
-        // The last context frame as the network sees it, x_t / alpha.
-        let previous = ctx.clone().narrow(1, ctx_len - 1, 1)
-            / param.interpolant.coeffs(cfg.context_noise).alpha; // [b, 1, c, h, w]
+        // With `residual`: the last context frame as the network sees it,
+        // x_t / alpha, [b, 1, c, h, w].
+        let previous = cfg.residual.then(|| {
+            ctx.clone().narrow(1, ctx_len - 1, 1)
+                / param.interpolant.coeffs(cfg.context_noise).alpha
+        });
         let cond = Cond {
             actions: Some(actions.narrow(start, ctx_len + 1)), // [b, ctx_len + 1]
             labels: cond.labels.clone(),
@@ -324,15 +327,16 @@ pub fn rollout<B: Backend>(
             let window = Tensor::cat(vec![ctx.clone(), x.clone()], 1);
             let out =
                 guided(model, window, &levels, &cond, cfg.sampler.guidance)?.narrow(1, ctx_len, 1); // [b, 1, c, h, w]
-            let out = if cfg.residual {
+            let out = match &previous {
                 // Guidance mixes outputs that share the skip, so it adds once.
-                let e = param
-                    .prediction
-                    .target_coeffs(&param.interpolant.coeffs(t))
-                    .0;
-                out + previous.clone() * e
-            } else {
-                out
+                Some(previous) => {
+                    let e = param
+                        .prediction
+                        .target_coeffs(&param.interpolant.coeffs(t))
+                        .0;
+                    out + previous.clone() * e
+                }
+                None => out,
             };
             Ok(param.split(x, out, &vec![t as f32; b]))
         };
